@@ -1,0 +1,14 @@
+"""lmtt-widget: information flow routes of a Transformer LM's prediction, in the notebook.
+
+    import lmtt_widget as lw
+    model = lw.load_model()                    # the offline demo model
+    run = lw.analyze(model, "The capital of France is")
+    run.top_tokens(), run.graph()              # prediction, routes to it
+"""
+
+from .errors import LmttError
+from .models import load_model
+from .run import Run, analyze
+
+__all__ = ["LmttError", "Run", "analyze", "load_model"]
+__version__ = "0.1.0"

@@ -1,0 +1,44 @@
+"""Command line: `python -m lmtt_widget demo [PROMPT]` prints a prediction and its routes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+DEMO_PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+def demo(args: argparse.Namespace) -> int:
+    import lmtt_widget as lw
+
+    start = time.perf_counter()
+    model = lw.load_model(args.model)
+    loaded = time.perf_counter()
+    run = lw.analyze(model, args.prompt)
+    graph = run.graph(threshold=args.threshold)
+    done = time.perf_counter()
+    print(f"model: {run.model_name} ({run.shape.n_layers} layers), loaded in {loaded - start:.1f} s")
+    print(f"prompt: {args.prompt!r} ({run.n_tokens} tokens), analysed in {done - loaded:.2f} s")
+    print("prediction:", ", ".join(f"{tok!r} {p:.3f}" for tok, p in run.top_tokens(k=5)))
+    print(f"routes to it (threshold {args.threshold}): {graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges")
+    attention = [(u, v, d) for u, v, d in graph.edges(data=True) if d["kind"] == "attention" and u[2] != v[2]]
+    attention.sort(key=lambda e: -e[2]["weight"])
+    for u, v, d in attention[:10]:
+        print(f"  layer {v[1]:>2}: {run.tokens[u[2]]!r} -> {run.tokens[v[2]]!r}  weight {d['weight']:.3f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lmtt_widget")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo_parser = commands.add_parser("demo", help="analyse a prompt on the demo model and print its routes")
+    demo_parser.add_argument("prompt", nargs="?", default=DEMO_PROMPT)
+    demo_parser.add_argument("--model", default=None, help="hub id, directory or .gguf (default: the demo model)")
+    demo_parser.add_argument("--threshold", type=float, default=0.04)
+    args = parser.parse_args(argv)
+    return demo(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

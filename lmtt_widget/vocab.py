@@ -1,0 +1,106 @@
+"""Reading residual nodes and component writes through the vocabulary.
+
+- logit lens: `W_U · norm_final(x)` of a residual node, with rank changes along the stream;
+- direct logit effect of an update u (block, head, neuron): `W_U · N(u)`, where N is the
+  final norm linearised with the per-token scale that the real final residual has
+  (RMSNorm: gamma * u / s; LayerNorm: gamma * (u - mean u) / s). Biases belong to no update.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+
+from .architectures import Family
+
+
+class LensToken(NamedTuple):
+    token: str
+    probability: float
+    rank: int  # 0-based rank at this node
+    rank_change: int | None  # rank at the previous node minus rank here (> 0: moved up); None at the embedding
+
+
+class LogitEffect(NamedTuple):
+    promoted: list[tuple[str, float]]  # largest direct logit effects first
+    suppressed: list[tuple[str, float]]  # most negative first
+
+
+def unembed(hf_model, family: Family, normed: torch.Tensor) -> torch.Tensor:
+    """Logits of already-normalised residuals [..., d] -> [..., V], as the model computes them."""
+    head = hf_model.get_output_embeddings()
+    with torch.no_grad():
+        return head(normed.to(head.weight.device, head.weight.dtype))
+
+
+def final_norm(hf_model, family: Family, resid: torch.Tensor) -> torch.Tensor:
+    norm = family.get(hf_model, "final_norm")
+    with torch.no_grad():
+        return norm(resid.to(norm.weight.device, norm.weight.dtype))
+
+
+def _norm_eps(norm: torch.nn.Module) -> float:
+    for name in ("variance_epsilon", "eps", "epsilon"):
+        if hasattr(norm, name):
+            return float(getattr(norm, name))
+    raise AttributeError(f"cannot find the epsilon of {type(norm).__name__}")
+
+
+@torch.no_grad()
+def frozen_final_norm(hf_model, family: Family, update: torch.Tensor, final_resid: torch.Tensor) -> torch.Tensor:
+    """The final norm applied to `update` [..., d] as a linear map, its scale frozen at `final_resid` [d]."""
+    norm = family.get(hf_model, "final_norm")
+    x = final_resid.float()
+    u = update.float()
+    if family.norm_kind == "layer":
+        u = u - u.mean(-1, keepdim=True)
+        scale = (x.var(-1, unbiased=False) + _norm_eps(norm)).sqrt()
+    else:
+        scale = (x.pow(2).mean(-1) + _norm_eps(norm)).sqrt()
+    gamma = norm.weight.float().to(u.device) if getattr(norm, "weight", None) is not None else 1.0
+    return gamma * u / scale
+
+
+@torch.no_grad()
+def direct_logits(hf_model, family: Family, update: torch.Tensor, final_resid: torch.Tensor) -> torch.Tensor:
+    """[..., V] float32: the update's direct effect on the logits (no unembedding bias)."""
+    head = hf_model.get_output_embeddings()
+    normed = frozen_final_norm(hf_model, family, update, final_resid)
+    return (normed.to(head.weight.device) @ head.weight.float().T).cpu()
+
+
+def direct_effect(hf_model, family: Family, update: torch.Tensor, final_resid: torch.Tensor, k: int,
+                  decode: Callable[[int], str]) -> LogitEffect:
+    logits = direct_logits(hf_model, family, update, final_resid)
+    k = min(k, logits.numel())
+    top = logits.topk(k)
+    bottom = (-logits).topk(k)
+    return LogitEffect(
+        promoted=[(decode(i), float(v)) for v, i in zip(top.values, top.indices)],
+        suppressed=[(decode(i), -float(v)) for v, i in zip(bottom.values, bottom.indices)],
+    )
+
+
+def lens_logits(hf_model, family: Family, resid: torch.Tensor, normalize: bool) -> torch.Tensor:
+    normed = final_norm(hf_model, family, resid) if normalize else resid
+    return unembed(hf_model, family, normed).float().cpu()
+
+
+def _ranks(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each of `ids` in `logits` (number of strictly larger logits)."""
+    return (logits[None, :] > logits[ids][:, None]).sum(-1)
+
+
+def logit_lens(hf_model, family: Family, resid: torch.Tensor, previous: torch.Tensor | None, k: int,
+               normalize: bool, decode: Callable[[int], str]) -> list[LensToken]:
+    logits = lens_logits(hf_model, family, resid, normalize)
+    probs = logits.softmax(-1)
+    values, ids = probs.topk(min(k, probs.numel()))
+    ranks = _ranks(logits, ids)
+    if previous is None:
+        changes = [None] * len(ids)
+    else:
+        before = _ranks(lens_logits(hf_model, family, previous, normalize), ids)
+        changes = [int(b - r) for b, r in zip(before, ranks)]
+    return [LensToken(decode(i), float(v), int(r), c) for v, i, r, c in zip(values, ids, ranks, changes)]
