@@ -42,14 +42,21 @@ def analyze(model, prompt: str, *, distance: str = "l1", prepend_bos: bool | Non
     `prepend_bos`: None keeps what the tokenizer does by default; True/False force a BOS
     token at the start or none.
     """
+    input_ids = tokenize(model.tokenizer, prompt, prepend_bos, shape_of(model._module, family_of(model._module)).n_ctx)
+    return analyze_ids(model, input_ids, prompt=prompt, distance=distance, budget_bytes=budget_bytes)
+
+
+def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, distance: str = "l1",
+                budget_bytes: int = C.DEFAULT_BUDGET_BYTES, edits=None) -> "Run":
+    """`analyze` on token ids [T]; `edits` (see tracing.trace) change the forward pass."""
     p = C.distance_order(distance)
     hf_model = model._module
     family = family_of(hf_model)
     shape = shape_of(hf_model, family)
-    input_ids = tokenize(model.tokenizer, prompt, prepend_bos, shape.n_ctx)
-    capture = trace(model, family, shape, input_ids.to(hf_model.device))
+    capture = trace(model, family, shape, input_ids.to(hf_model.device), edits)
     layers = [_layer_shares(hf_model, family, shape, capture, layer, p, budget_bytes) for layer in range(shape.n_layers)]
-    return Run(model, prompt, input_ids, capture, layers, distance, budget_bytes)
+    text = prompt if prompt is not None else model.tokenizer.decode(input_ids)
+    return Run(model, text, input_ids, capture, layers, distance, budget_bytes)
 
 
 def tokenize(tokenizer, prompt: str, prepend_bos: bool | None, n_ctx: int | None) -> torch.Tensor:
@@ -300,3 +307,19 @@ class Run:
     def _head_values(self, layer: int, head: int) -> torch.Tensor:
         kv = head // (self.shape.n_heads // self.shape.n_kv_heads)
         return self.capture.values[layer][:, kv:kv + 1]
+
+    # -- interventions (lmtt_widget.interventions) ----------------------------------------
+
+    def intervene(self, ablations, mode: str = "zero"):
+        """Rerun with components ablated; returns (the intervened Run, a comparison). See
+        lmtt_widget.interventions.intervene."""
+        from .interventions import intervene
+
+        return intervene(self, ablations, mode=mode)
+
+    def faithfulness(self, token: int = -1, threshold: float = 0.04, k: int = 5, draws: int = 10, seed: int = 0):
+        """Ablate the route's k strongest attention edges vs k random edges; see
+        lmtt_widget.interventions.faithfulness."""
+        from .interventions import faithfulness
+
+        return faithfulness(self, token=token, threshold=threshold, k=k, draws=draws, seed=seed)

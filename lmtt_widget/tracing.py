@@ -26,8 +26,12 @@ def _first(value):
     return value[0] if isinstance(value, tuple) else value
 
 
-def trace(model, family: Family, shape: Shape, input_ids: torch.Tensor) -> Capture:
-    """Run the model once on `input_ids` [T] and capture residuals, updates, probabilities, values."""
+def trace(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=None) -> Capture:
+    """Run the model once on `input_ids` [T] and capture residuals, updates, probabilities, values.
+
+    `edits` (None: the plain forward pass) change the forward pass; lmtt_widget.interventions
+    defines them. Not yet applied: see issue #4.
+    """
     n_tokens = input_ids.shape[0]
 
     def rows(tensor: torch.Tensor) -> torch.Tensor:  # [1, T, ...] or [T, ...] -> [T, ...]
