@@ -1,5 +1,9 @@
 """The graph of information flow (tokens x layers) and the routes to a prediction.
 
+The graph is a `networkx.MultiDiGraph` whose edge keys are the kinds, because a token's
+self-attention edge and its residual edge join the same two nodes and are different edges:
+`g.edges[("post", 3, 5), ("mid", 4, 5), "attention"]`.
+
 Nodes are `(stage, layer, position)` tuples, stage in {"embed", "mid", "ffn", "post"}
 ("embed" has layer -1; parallel blocks have no "mid"). Node attributes: `stage`, `layer`,
 `token` (the position) and `label` (the token's text). Edges carry `kind` in
@@ -57,22 +61,22 @@ def _node_names(run, layer: int):
     return before, (lambda i: ("mid", layer, i)), (lambda i: ("ffn", layer, i)), (lambda i: ("post", layer, i))
 
 
-def _add_layer(g: nx.DiGraph, run, layer: int, edges: LayerEdges, keep: dict[str, torch.Tensor]) -> None:
+def _add_layer(g: nx.MultiDiGraph, run, layer: int, edges: LayerEdges, keep: dict[str, torch.Tensor]) -> None:
     before, mid, ffn, post = _node_names(run, layer)
     attn_into = post if run.shape.parallel else mid
     ffn_from = before if run.shape.parallel else mid
     for i, j in keep["attention"].nonzero().tolist():
-        g.add_edge(before(j), attn_into(i), kind="attention", weight=float(edges.attention[i, j]),
+        g.add_edge(before(j), attn_into(i), "attention", kind="attention", weight=float(edges.attention[i, j]),
                    heads=edges.heads[i, j].tolist(), source=j, target=i)
     for i in keep["attn_residual"].nonzero()[:, 0].tolist():
-        g.add_edge(before(i), attn_into(i), kind="residual", weight=float(edges.attn_residual[i]))
+        g.add_edge(before(i), attn_into(i), "residual", kind="residual", weight=float(edges.attn_residual[i]))
     for i in keep["ffn"].nonzero()[:, 0].tolist():
         weight = float(edges.ffn[i])
-        g.add_edge(ffn_from(i), ffn(i), kind="ffn", weight=weight)
-        g.add_edge(ffn(i), post(i), kind="ffn", weight=weight)
+        g.add_edge(ffn_from(i), ffn(i), "ffn", kind="ffn", weight=weight)
+        g.add_edge(ffn(i), post(i), "ffn", kind="ffn", weight=weight)
     if not run.shape.parallel:
         for i in keep["ffn_residual"].nonzero()[:, 0].tolist():
-            g.add_edge(mid(i), post(i), kind="residual", weight=float(edges.ffn_residual[i]))
+            g.add_edge(mid(i), post(i), "residual", kind="residual", weight=float(edges.ffn_residual[i]))
 
 
 def _keep(edges: LayerEdges, threshold: float, active: torch.Tensor | None, parallel: bool):
@@ -93,19 +97,18 @@ def _keep(edges: LayerEdges, threshold: float, active: torch.Tensor | None, para
     return dict(attention=attention, attn_residual=attn_residual, ffn=ffn, ffn_residual=ffn_residual), feeding
 
 
-def _new_graph(run) -> nx.DiGraph:
-    g = nx.DiGraph(tokens=list(run.tokens), n_layers=run.shape.n_layers, parallel=run.shape.parallel)
-    return g
+def _new_graph(run) -> nx.MultiDiGraph:
+    return nx.MultiDiGraph(tokens=list(run.tokens), n_layers=run.shape.n_layers, parallel=run.shape.parallel)
 
 
-def _label_nodes(g: nx.DiGraph, run) -> nx.DiGraph:
+def _label_nodes(g: nx.MultiDiGraph, run) -> nx.MultiDiGraph:
     for node in g.nodes:
         stage, layer, position = node
         g.nodes[node].update(stage=stage, layer=layer, token=position, label=run.tokens[position])
     return g
 
 
-def routes(run, token: int, threshold: float = 0.04, renormalize: bool = True) -> nx.DiGraph:
+def routes(run, token: int, threshold: float = 0.04, renormalize: bool = True) -> nx.MultiDiGraph:
     """Edges above `threshold` reachable backwards from post^{L-1}_token."""
     threshold = check_threshold(threshold)
     g = _new_graph(run)
@@ -121,7 +124,7 @@ def routes(run, token: int, threshold: float = 0.04, renormalize: bool = True) -
     return _label_nodes(g, run)
 
 
-def full_graph(run, threshold: float = 0.04, renormalize: bool = True) -> nx.DiGraph:
+def full_graph(run, threshold: float = 0.04, renormalize: bool = True) -> nx.MultiDiGraph:
     """Every edge above `threshold`, for all tokens."""
     threshold = check_threshold(threshold)
     g = _new_graph(run)

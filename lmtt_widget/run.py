@@ -230,7 +230,7 @@ class Run:
     # -- graphs ---------------------------------------------------------------------------
 
     def graph(self, token: int = -1, threshold: float = 0.04, renormalize: bool = True):
-        """The routes to the prediction at `token`: a networkx.DiGraph (see lmtt_widget.graph)."""
+        """The routes to the prediction at `token`: a networkx.MultiDiGraph keyed by edge kind (see lmtt_widget.graph)."""
         return G.routes(self, self.position(token), threshold, renormalize)
 
     def full_graph(self, threshold: float = 0.04, renormalize: bool = True):
