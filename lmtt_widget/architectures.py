@@ -165,7 +165,7 @@ def out_proj_per_head(module: torch.nn.Module, n_heads: int, head_dim: int) -> t
 
 def _weight_in_out(module: torch.nn.Module) -> torch.Tensor:
     """A projection's weight as [in, out], for nn.Linear ([out, in]) and GPT-2's Conv1D ([in, out])."""
-    weight = module.weight
+    weight = module.weight.detach()
     return weight if type(module).__name__ == "Conv1D" else weight.T
 
 

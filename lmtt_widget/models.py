@@ -49,7 +49,7 @@ def load_model(
     import nnsight
 
     torch_dtype = _dtype(dtype)
-    if isinstance(source, nnsight.NNsight):
+    if isinstance(source, nnsight.Envoy):
         hf_model, tokenizer = source._module, tokenizer or getattr(source, "tokenizer", None)
         _place(hf_model, device, torch_dtype)
     elif isinstance(source, torch.nn.Module):
@@ -63,7 +63,7 @@ def load_model(
     family_of(hf_model)  # unsupported families fail here, with the list of supported ones
     _use_eager_attention(hf_model)
     hf_model.eval()
-    if isinstance(source, nnsight.NNsight) and getattr(source, "tokenizer", None) is tokenizer:
+    if isinstance(source, nnsight.Envoy) and getattr(source, "tokenizer", None) is tokenizer:
         return source
     return nnsight.TransformersModel(hf_model, tokenizer=tokenizer)
 
@@ -99,6 +99,8 @@ def _from_files(source: Any, tokenizer: Any, device: Any, dtype: Any, hf_kwargs:
             if not path.is_file():
                 raise LmttError(f"GGUF file not found: {path}")
             directory, gguf_file = path.parent, path.name
+        elif _looks_like_path(str(source)) and not path.is_dir():
+            raise LmttError(f"model directory not found: {path}")
         else:
             directory, gguf_file = str(source), None
     extra = {"gguf_file": gguf_file} if gguf_file else {}
@@ -116,6 +118,11 @@ def _from_files(source: Any, tokenizer: Any, device: Any, dtype: Any, hf_kwargs:
     if device is not None and "device_map" not in kwargs:
         model.to(device)
     return model, tokenizer
+
+
+def _looks_like_path(source: str) -> bool:
+    """A hub id is "name" or "org/name"; anything else that names a place on disk is a path."""
+    return source.startswith(("/", "./", "../", "~", ".\\")) or os.sep + os.sep in source or source.count("/") > 1
 
 
 def _first_line(error: Exception) -> str:
