@@ -56,7 +56,9 @@ def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, di
     capture = trace(model, family, shape, input_ids.to(hf_model.device), edits)
     layers = [_layer_shares(hf_model, family, shape, capture, layer, p, budget_bytes) for layer in range(shape.n_layers)]
     text = prompt if prompt is not None else model.tokenizer.decode(input_ids)
-    return Run(model, text, input_ids, capture, layers, distance, budget_bytes)
+    run = Run(model, text, input_ids, capture, layers, distance, budget_bytes)
+    run.edits = edits  # a later trace of this run (e.g. neuron activations) must repeat them
+    return run
 
 
 def tokenize(tokenizer, prompt: str, prepend_bos: bool | None, n_ctx: int | None) -> torch.Tensor:
@@ -147,7 +149,8 @@ class Run:
 
     @property
     def model_name(self) -> str:
-        return getattr(self.hf_model.config, "name_or_path", "") or type(self.hf_model).__name__
+        name = getattr(self.hf_model.config, "name_or_path", "") or type(self.hf_model).__name__
+        return name.rstrip("/").rsplit("/", 1)[-1] if name.startswith(("/", ".", "~")) else name
 
     @property
     def n_tokens(self) -> int:
@@ -310,16 +313,19 @@ class Run:
 
     # -- interventions (lmtt_widget.interventions) ----------------------------------------
 
-    def intervene(self, ablations, mode: str = "zero"):
-        """Rerun with components ablated; returns (the intervened Run, a comparison). See
+    def intervene(self, ablations, mode: str = "zero", *, position: int = -1, against=None):
+        """Rerun with components ablated; returns (the intervened Run, a comparison of the
+        prediction at `position`, and its logit difference to `against` or the runner-up). See
         lmtt_widget.interventions.intervene."""
         from .interventions import intervene
 
-        return intervene(self, ablations, mode=mode)
+        return intervene(self, ablations, mode=mode, position=position, against=against)
 
-    def faithfulness(self, token: int = -1, threshold: float = 0.04, k: int = 5, draws: int = 10, seed: int = 0):
+    def faithfulness(self, token: int = -1, threshold: float = 0.04, k: int = 5, draws: int = 10, seed: int = 0,
+                     *, against=None, mode: str = "zero"):
         """Ablate the route's k strongest attention edges vs k random edges; see
         lmtt_widget.interventions.faithfulness."""
         from .interventions import faithfulness
 
-        return faithfulness(self, token=token, threshold=threshold, k=k, draws=draws, seed=seed)
+        return faithfulness(self, token=token, threshold=threshold, k=k, draws=draws, seed=seed,
+                            against=against, mode=mode)

@@ -71,3 +71,13 @@ def test_a_gguf_file_loads(ioi_run):
     run = lw.analyze(model, ioi_run.prompt)
     assert run.top_tokens(k=1)[0][0] == " Mary"
     torch.testing.assert_close(run.logits, ioi_run.logits, rtol=1e-4, atol=1e-4)
+
+
+def test_a_directory_loads_with_dtype_and_device_map_passed_through(ioi_run):
+    model = lw.load_model(cache_dir() / "SmolLM2-135M-Instruct", dtype="bfloat16", device_map="cpu")
+    assert model._module.dtype == torch.bfloat16
+    run = lw.analyze(model, ioi_run.prompt)
+    assert run.top_tokens(k=1)[0][0] == " Mary"
+    heads, residual = run.attention_contributions(23)
+    assert heads.dtype == torch.float32
+    torch.testing.assert_close(heads, ioi_run.attention_contributions(23)[0], atol=0.05, rtol=0)
