@@ -65,7 +65,11 @@ def test_every_whole_sums_to_one_and_future_sources_are_zero(run):
             torch.testing.assert_close(ffn + ffn_res, torch.ones(T))
 
 
-def test_shares_follow_the_proximity_formula(run):
+@pytest.mark.parametrize("distance", ["l1", "l2"])
+def test_shares_follow_the_proximity_formula(run, distance):
+    if distance != run.distance:
+        run = lw.analyze(run.model, run.prompt, distance=distance)
+    order = {"l1": 1, "l2": 2}[distance]
     layer, i = 1, run.n_tokens - 1
     c = run.capture
     x, attn = c.resid[layer][i], c.attn_out[layer][i]
@@ -75,7 +79,7 @@ def test_shares_follow_the_proximity_formula(run):
     parts = [x] + list(z.reshape(-1, z.shape[-1]))
     if run.shape.parallel:
         parts.append(c.ffn_out[layer][i])
-    prox = torch.stack([(whole.abs().sum() - (whole - p).abs().sum()).clamp_min(0) for p in parts])
+    prox = torch.stack([(whole.norm(p=order) - (whole - p).norm(p=order)).clamp_min(0) for p in parts])
     expected = prox / prox.sum()
     heads, residual = run.attention_contributions(layer)
     assert residual[i] == pytest.approx(float(expected[0]), rel=1e-4)
