@@ -9,6 +9,7 @@
 from .errors import LmttError
 from .models import load_model
 from .run import Run, analyze
+from .widget import Widget, show
 
-__all__ = ["LmttError", "Run", "analyze", "load_model"]
+__all__ = ["LmttError", "Run", "Widget", "analyze", "load_model", "show"]
 __version__ = "0.1.0"

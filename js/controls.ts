@@ -1,0 +1,122 @@
+// Controls: threshold, renormalise, normalise before unembedding, the target and its top
+// predictions, a prompt box that re-analyses in Python, model facts, progress and messages.
+
+import { decode } from "./arrays";
+import { h, visible, fmt } from "./dom";
+import type { Info } from "./types";
+
+export interface ControlCallbacks {
+  threshold(value: number): void;
+  renormalize(value: boolean): void;
+  normalizeLens(value: boolean): void;
+  target(position: number): void;
+  analyze(prompt: string): void;
+  fit(): void;
+}
+
+export class Controls {
+  readonly root: HTMLDivElement;
+  readonly status: HTMLDivElement;
+  readonly facts: HTMLDivElement;
+  private thresholdInput: HTMLInputElement;
+  private thresholdValue: HTMLOutputElement;
+  private renorm: HTMLInputElement;
+  private normLens: HTMLInputElement;
+  private targetSelect: HTMLSelectElement;
+  private predictions: HTMLDivElement;
+  private prompt: HTMLTextAreaElement;
+  private analyzeButton: HTMLButtonElement;
+  private busyTimer: number | undefined;
+  private info: Info | null = null;
+
+  constructor(cb: ControlCallbacks, private live: boolean) {
+    this.thresholdInput = h("input", { type: "range", min: 0.005, max: 0.5, step: 0.005, "aria-label": "threshold" });
+    this.thresholdValue = h("output", { class: "num" });
+    this.thresholdInput.addEventListener("input", () => { this.thresholdValue.textContent = fmt(Number(this.thresholdInput.value)); });
+    this.thresholdInput.addEventListener("change", () => cb.threshold(Number(this.thresholdInput.value)));
+    this.renorm = h("input", { type: "checkbox" });
+    this.renorm.addEventListener("change", () => cb.renormalize(this.renorm.checked));
+    this.normLens = h("input", { type: "checkbox" });
+    this.normLens.addEventListener("change", () => cb.normalizeLens(this.normLens.checked));
+    this.targetSelect = h("select", { class: "target-select", "aria-label": "target token" });
+    this.targetSelect.addEventListener("change", () => cb.target(Number(this.targetSelect.value)));
+    this.predictions = h("div", { class: "predictions" });
+    this.prompt = h("textarea", { rows: 2, class: "prompt", "aria-label": "prompt", placeholder: "A prompt to analyse" });
+    this.analyzeButton = h("button", { class: "analyze", title: live ? "Analyse this prompt in the kernel" : "Needs a live kernel" }, "Analyse");
+    this.analyzeButton.disabled = !live;
+    this.prompt.disabled = !live;
+    this.analyzeButton.addEventListener("click", () => cb.analyze(this.prompt.value));
+    this.prompt.addEventListener("keydown", (ev) => {
+      if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey || ev.shiftKey)) { ev.preventDefault(); cb.analyze(this.prompt.value); }
+    });
+    const fit = h("button", { class: "fit", title: "Fit the whole graph (key 0)" }, "Fit");
+    fit.addEventListener("click", () => cb.fit());
+
+    this.facts = h("div", { class: "facts" });
+    this.status = h("div", { class: "status", role: "status", "aria-live": "polite" });
+    this.root = h("div", { class: "lmtt-controls" },
+      h("div", { class: "row" },
+        h("label", { title: "Edges whose importance is not above the threshold are dropped" }, "threshold ", this.thresholdInput, this.thresholdValue),
+        h("label", { title: "Within each block, renormalise the parts above the threshold to sum to 1" }, this.renorm, " renormalise"),
+        h("label", { title: "Apply the final norm before the unembedding in the logit lens" }, this.normLens, " normalise before unembedding"),
+        h("label", {}, "target ", this.targetSelect), fit),
+      h("div", { class: "row" }, this.predictions),
+      h("div", { class: "row prompt-row" }, this.prompt, this.analyzeButton),
+    );
+  }
+
+  setInfo(info: Info): void {
+    this.info = info;
+    this.prompt.value = info.prompt;
+    const options = info.tokens.map((tok, t) => {
+      const top = info.predictions.tokens[t][0] ?? "";
+      return h("option", { value: t }, `${t}: ${visible(tok)} → ${visible(top)}`);
+    });
+    this.targetSelect.replaceChildren(...options);
+    const params = info.n_params >= 1e9 ? `${fmt(info.n_params / 1e9, 2)} B` : `${fmt(info.n_params / 1e6, 1)} M`;
+    this.facts.replaceChildren(
+      h("span", { class: "model", title: "model" }, info.model),
+      h("span", {}, `${info.n_layers} layers`),
+      h("span", {}, `${info.n_heads} heads${info.n_kv_heads !== info.n_heads ? ` (${info.n_kv_heads} KV)` : ""}`),
+      h("span", {}, `d_model ${info.d_model}`),
+      h("span", {}, `${params} parameters`),
+      h("span", {}, `${info.parallel ? "parallel" : "sequential"} blocks`),
+      h("span", {}, `${info.tokens.length} tokens`),
+      h("span", { title: "distance used for proximity importances" }, info.distance.toUpperCase()),
+    );
+  }
+
+  setView(target: number, threshold: number, renormalize: boolean, normalizeLens: boolean): void {
+    this.thresholdInput.value = String(threshold);
+    this.thresholdValue.textContent = fmt(threshold);
+    this.renorm.checked = renormalize;
+    this.normLens.checked = normalizeLens;
+    this.targetSelect.value = String(target);
+    const info = this.info;
+    if (!info) return;
+    const probs = decode<Float32Array>(info.predictions.probs);
+    const k = info.predictions.tokens[target].length;
+    this.predictions.replaceChildren(
+      h("span", { class: "label" }, `Prediction after token ${target} `),
+      h("span", { class: "tok" }, visible(info.tokens[target])), h("span", { class: "label" }, ":"),
+      ...info.predictions.tokens[target].map((tok, i) =>
+        h("span", { class: "pred", title: JSON.stringify(tok) }, h("span", { class: "tok" }, visible(tok)), ` ${fmt(probs[target * k + i])}`)),
+    );
+  }
+
+  /** Progress: what is under way and for how long, instead of a frozen widget. */
+  setBusy(text: string): void {
+    window.clearInterval(this.busyTimer);
+    const busy = text !== "";
+    this.analyzeButton.disabled = busy || !this.live;
+    this.root.classList.toggle("busy", busy);
+    if (!busy) { this.status.replaceChildren(); return; }
+    const start = performance.now();
+    const label = h("span", {}, text);
+    const clock = h("span", { class: "num" });
+    this.status.replaceChildren(h("span", { class: "spinner", "aria-hidden": "true" }), label, " ", clock);
+    const tick = () => { clock.textContent = `${((performance.now() - start) / 1000).toFixed(1)} s`; };
+    tick();
+    this.busyTimer = window.setInterval(tick, 100);
+  }
+}

@@ -1,0 +1,168 @@
+// The drill-down panels: residual node (logit lens + block update), attention edge (per-head
+// shares, pattern and importance heatmaps, the head's promoted/suppressed tokens), FFN block
+// (top neurons and what each writes). Their data is asked of Python lazily.
+
+import { decode, type Encoded } from "./arrays";
+import { h, visible, fmt } from "./dom";
+import type { Effect, Info, Selection } from "./types";
+
+export interface PanelCallbacks {
+  select(sel: Selection): void;
+}
+
+const STAGE_NAMES = { embed: "Embedding", mid: "Residual after attention", post: "Residual after the block" };
+
+export class Panels {
+  readonly root: HTMLDivElement;
+  private body: HTMLDivElement;
+
+  constructor(private cb: PanelCallbacks) {
+    this.body = h("div", { class: "lmtt-panel-body" });
+    this.root = h("div", { class: "lmtt-panel", "aria-live": "polite" }, this.body);
+    this.empty();
+  }
+
+  empty(): void {
+    this.body.replaceChildren(
+      h("h3", {}, "Nothing selected"),
+      h("p", { class: "hint" }, "Click a node (residual stream or FFN block) or an attention edge in the graph. "
+        + "Click above the top layer to choose whose prediction's routes are shown."),
+    );
+  }
+
+  loading(title: string): void {
+    this.body.replaceChildren(h("h3", {}, title), h("p", { class: "hint loading" }, "Loading…"));
+  }
+
+  unavailable(title: string, why: string): void {
+    this.body.replaceChildren(h("h3", {}, title), h("p", { class: "hint unavailable" }, why));
+  }
+
+  show(info: Info, sel: Selection, data: any): void {
+    if (!("kind" in sel)) return this.empty();
+    if (sel.kind === "residual") this.residual(info, sel, data);
+    else if (sel.kind === "attention") this.attention(info, sel, data);
+    else this.ffn(info, sel, data);
+  }
+
+  private residual(info: Info, sel: Extract<Selection, { kind: "residual" }>, data: any): void {
+    const lens = h("table", { class: "lens" },
+      h("thead", {}, h("tr", {}, h("th", {}, "token"), h("th", {}, "probability"), h("th", { title: "rank change since the previous node on the stream" }, "rank Δ"))));
+    const tbody = h("tbody");
+    for (const t of data.lens as { token: string; probability: number; rank: number; rank_change: number | null }[]) {
+      const rc = t.rank_change;
+      const change = rc === null ? "" : rc > 0 ? `▲${rc}` : rc < 0 ? `▼${-rc}` : "–";
+      tbody.append(h("tr", {}, h("td", { class: "tok" }, visible(t.token)),
+        h("td", {}, bar(t.probability, 1, fmt(t.probability))),
+        h("td", { class: rc !== null && rc > 0 ? "up" : rc !== null && rc < 0 ? "down" : "" }, change)));
+    }
+    lens.append(tbody);
+    const blocks = (data.blocks as ({ block: string } & Effect)[]).map((b) =>
+      h("div", {}, h("h4", {}, `${b.block === "ffn" ? "FFN" : "Attention"} update of layer ${sel.layer}: direct logit effect`), effect(b)));
+    this.body.replaceChildren(
+      h("h3", {}, `${STAGE_NAMES[sel.stage]}${sel.stage === "embed" ? "" : `, layer ${sel.layer}`}`),
+      h("p", { class: "where" }, `token ${sel.token} `, tokenSpan(info.tokens[sel.token])),
+      h("h4", {}, `Logit lens${data.normalized ? " (final norm applied)" : " (no final norm)"}`),
+      lens, ...blocks,
+    );
+  }
+
+  private attention(info: Info, sel: Extract<Selection, { kind: "attention" }>, data: any): void {
+    const shares = decode<Float32Array>(data.shares as Encoded);
+    const max = Math.max(...shares, 1e-9);
+    const heads = h("div", { class: "heads", role: "listbox", "aria-label": "heads" });
+    shares.forEach((v, head) => {
+      const button = h("button", {
+        class: head === sel.head ? "head active" : "head", title: `head ${head}: share ${fmt(v)}`,
+        "aria-selected": head === sel.head ? "true" : "false", "data-head": head,
+      }, h("span", { class: "hbar", style: `height:${fmt((100 * v) / max, 1)}%` }), h("span", { class: "hlabel" }, String(head)));
+      button.addEventListener("click", () => this.cb.select({ ...sel, head }));
+      heads.append(button);
+    });
+    const T = info.tokens.length;
+    const pattern = heatmap(decode<Float32Array>(data.pattern as Encoded), T, sel, "attention pattern");
+    const importance = heatmap(decode<Float32Array>(data.importance as Encoded), T, sel, "importance (share)");
+    this.body.replaceChildren(
+      h("h3", {}, `Attention edge, layer ${sel.layer}`),
+      h("p", { class: "where" }, `from ${sel.source} `, tokenSpan(info.tokens[sel.source]), ` to ${sel.target} `, tokenSpan(info.tokens[sel.target])),
+      h("h4", {}, "Share of each head in this edge"), heads,
+      h("h4", {}, `Head ${sel.head}: target × source`),
+      h("div", { class: "maps" }, pattern, importance),
+      h("h4", {}, `Head ${sel.head} at the target, from this source: direct logit effect`), effect(data.from_source),
+      h("h4", {}, `Head ${sel.head} at the target, from all sources`), effect(data.total),
+    );
+  }
+
+  private ffn(info: Info, sel: Extract<Selection, { kind: "ffn" }>, data: any): void {
+    const table = h("table", { class: "neurons" }, h("thead", {}, h("tr", {},
+      h("th", {}, "neuron"), h("th", {}, "share"), h("th", {}, "activation"), h("th", {}, "promotes"), h("th", {}, "suppresses"))));
+    const tbody = h("tbody");
+    const rows = data.neurons as ({ index: number; share: number; activation: number } & Effect)[];
+    const maxShare = Math.max(...rows.map((n) => n.share), 1e-9);
+    for (const n of rows) {
+      const row = h("tr", { class: n.index === sel.neuron ? "active" : "", tabindex: 0, "data-neuron": n.index,
+        title: `neuron ${n.index}: share ${fmt(n.share, 4)}, activation ${fmt(n.activation)}` },
+        h("td", {}, String(n.index)), h("td", {}, bar(n.share, maxShare, fmt(n.share, 3))), h("td", {}, fmt(n.activation, 2)),
+        h("td", { class: "toks up" }, n.promoted.map(([t]) => visible(t)).join(" · ")),
+        h("td", { class: "toks down" }, n.suppressed.map(([t]) => visible(t)).join(" · ")));
+      const choose = () => this.cb.select({ ...sel, neuron: n.index });
+      row.addEventListener("click", choose);
+      row.addEventListener("keydown", (ev) => { if (ev.key === "Enter") choose(); });
+      tbody.append(row);
+    }
+    table.append(tbody);
+    this.body.replaceChildren(
+      h("h3", {}, `FFN block, layer ${sel.layer}`),
+      h("p", { class: "where" }, `token ${sel.token} `, tokenSpan(info.tokens[sel.token]), `; share of the update in the block's output: ${fmt(data.ffn_share)}`),
+      h("h4", {}, "Top neurons by share (their tokens scaled by the activation)"), table,
+      h("h4", {}, "The FFN update: direct logit effect"), effect(data.block),
+    );
+  }
+}
+
+function tokenSpan(token: string): HTMLSpanElement {
+  return h("span", { class: "tok", title: JSON.stringify(token) }, visible(token));
+}
+
+function bar(value: number, max: number, label: string): HTMLSpanElement {
+  const pct = Math.max(0, Math.min(100, (100 * value) / max));
+  return h("span", { class: "bar" }, h("span", { class: "fill", style: `width:${fmt(pct, 1)}%` }), h("span", { class: "num" }, label));
+}
+
+function effect(e: Effect): HTMLDivElement {
+  const list = (items: [string, number][], cls: string) => {
+    const ul = h("ul", { class: `effect ${cls}` });
+    for (const [t, v] of items) ul.append(h("li", {}, h("span", { class: "tok" }, visible(t)), h("span", { class: "num" }, fmt(v, 2))));
+    return ul;
+  };
+  return h("div", { class: "effects" },
+    h("div", {}, h("div", { class: "col-title up" }, "promoted"), list(e.promoted, "up")),
+    h("div", {}, h("div", { class: "col-title down" }, "suppressed"), list(e.suppressed, "down")));
+}
+
+/** A T×T map (rows: target, columns: source) on a canvas, the selected cell marked. */
+function heatmap(values: Float32Array, T: number, sel: Extract<Selection, { kind: "attention" }>, title: string): HTMLElement {
+  const canvas = h("canvas", { class: "heatmap", width: T, height: T, role: "img",
+    "aria-label": `${title}: ${T} targets × ${T} sources` });
+  const ctx = canvas.getContext("2d");
+  let max = 0;
+  for (const v of values) if (v > max) max = v;
+  if (ctx) {
+    const img = ctx.createImageData(T, T);
+    for (let i = 0; i < T * T; i++) {
+      const v = max > 0 ? values[i] / max : 0;
+      img.data[4 * i] = Math.round(255 - 220 * v);
+      img.data[4 * i + 1] = Math.round(255 - 160 * v);
+      img.data[4 * i + 2] = Math.round(255 - 40 * v);
+      img.data[4 * i + 3] = 255;
+    }
+    ctx.putImageData(img, 0, 0);
+  }
+  const size = 150;
+  canvas.style.width = canvas.style.height = `${size}px`;
+  const cell = size / T;
+  const mark = h("span", { class: "cell-mark", style: `left:${fmt(sel.source * cell, 1)}px;top:${fmt(sel.target * cell, 1)}px;width:${fmt(Math.max(cell, 3), 1)}px;height:${fmt(Math.max(cell, 3), 1)}px` });
+  const value = values[sel.target * T + sel.source];
+  return h("figure", { class: "map" }, h("div", { class: "map-box" }, canvas, mark),
+    h("figcaption", {}, `${title} (max ${fmt(max)}); here ${fmt(value)}`));
+}

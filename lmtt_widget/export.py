@@ -1,0 +1,104 @@
+"""One self-contained HTML file of a widget: the bundle, the state and some panels inline.
+
+It opens offline and makes no request (a Content-Security-Policy forbids any): the graph, the
+controls that need no recomputation, and the panels saved with it work; the page says plainly
+that other panels and a new prompt need a live kernel.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import pathlib
+
+from .serialize import encode_text
+
+STANDALONE_JS = pathlib.Path(__file__).parent / "static" / "standalone.js"
+CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
+ATTENTION_PRELOAD_MAX_TOKENS = 64  # each attention panel carries two T x T maps
+ATTENTION_PRELOADS = 12
+
+
+def panel_key(sel: dict, normalize_lens: bool) -> str:
+    """The key the frontend looks panels up by (js/widget.ts, panelKey)."""
+    kind = sel["kind"]
+    if kind == "residual":
+        return f"residual/{sel['stage']}/{sel['layer']}/{sel['token']}/{int(bool(normalize_lens))}"
+    if kind == "attention":
+        return f"attention/{sel['layer']}/{sel['source']}/{sel['target']}/{sel['head']}"
+    return f"ffn/{sel['layer']}/{sel['token']}"
+
+
+def preload_selections(widget) -> list[dict]:
+    """What the saved page carries: the residual stream at the target, the selection, and
+    (short prompts) the strongest attention edges of the routes, each with its largest head."""
+    run, target = widget.run, widget.target
+    stages = ["post"] if run.shape.parallel else ["mid", "post"]
+    sels = [{"kind": "residual", "stage": "embed", "layer": -1, "token": target}]
+    sels += [{"kind": "residual", "stage": st, "layer": layer, "token": target}
+             for layer in range(run.shape.n_layers) for st in stages]
+    if run.n_tokens <= ATTENTION_PRELOAD_MAX_TOKENS:
+        edges = [(v[1], d) for _, v, d in widget.graph.edges(data=True) if d["kind"] == "attention"]
+        edges.sort(key=lambda e: -e[1]["weight"])
+        for layer, d in edges[:ATTENTION_PRELOADS]:
+            sels.append({"kind": "attention", "layer": layer, "source": d["source"], "target": d["target"], "head": None})
+    if widget.selection:
+        sels.append(dict(widget.selection))
+    return sels
+
+
+def preloaded_panels(widget) -> dict[str, dict]:
+    panels = {}
+    for sel in preload_selections(widget):
+        data = widget.panel(sel)
+        panels[panel_key(data["selection"], widget.normalize_lens)] = data
+    return panels
+
+
+def standalone_html(state: dict, title: str, bridge: bool = False) -> str:
+    """A page that mounts the widget with `state` (bytes become base64). With `bridge`, the
+    page forwards the widget's messages to `window.lmttBridge` (the browser tests' harness)."""
+    bundle = STANDALONE_JS.read_text(encoding="utf-8")
+    # JSON inside <script>: escape what could close the element or start markup
+    data = json.dumps(encode_text(state)).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    mount = ("lmtt.mount(document.getElementById('lmtt-root'), state, "
+             + ("(m) => window.lmttBridge(JSON.stringify(m)).then(JSON.parse)" if bridge else "null")
+             + ").then((m) => { window.lmttModel = m; document.body.dataset.ready = '1'; });")
+    csp = "" if bridge else f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+{csp}
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
+<style>body {{ margin: 16px; background: #fff; }} @media (prefers-color-scheme: dark) {{ body {{ background: #111; }} }}</style>
+</head>
+<body>
+<div id="lmtt-root"></div>
+<script type="application/json" id="lmtt-state">{data}</script>
+<script>{bundle}</script>
+<script>
+const state = JSON.parse(document.getElementById('lmtt-state').textContent);
+{mount}
+</script>
+</body>
+</html>
+"""
+
+
+def widget_state(widget) -> dict:
+    keys = ["info", "payload", "target", "threshold", "renormalize", "normalize_lens", "selection", "message", "busy",
+            "preloaded"]
+    return {k: getattr(widget, k) for k in keys}
+
+
+def save_html(widget, path, *, title: str | None = None) -> pathlib.Path:
+    """Write `widget` as one offline HTML file with the panels of `preload_selections`."""
+    state = widget_state(widget)
+    state["preloaded"] = {**widget.preloaded, **preloaded_panels(widget)}
+    state["busy"] = ""
+    title = title or f"lmtt-widget: {widget.run.prompt[:60]}"
+    path = pathlib.Path(path)
+    path.write_text(standalone_html(state, title), encoding="utf-8")
+    return path

@@ -1,0 +1,129 @@
+"""What crosses from Python to the frontend: arrays as binary buffers, never JSON lists.
+
+An array travels as `{"dtype": "float32", "shape": [T, T], "data": <bytes>}`; ipywidgets
+sends every `bytes` value nested in a trait or message as a separate binary buffer, and the
+frontend views it as a typed array without parsing (js/arrays.ts). This module turns a
+`Run` and its routes graph into that form and back; it computes nothing of its own.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import torch
+
+STAGES = ("embed", "mid", "ffn", "post")  # stage codes 0..3 in the payload
+KINDS = ("attention", "residual", "ffn")  # edge kind codes 0..2
+DTYPES = {"float32": np.float32, "int32": np.int32, "uint32": np.uint32, "int16": np.int16,
+          "uint16": np.uint16, "uint8": np.uint8}
+TOP_K = 5  # predictions shown per target
+
+
+def array(values, dtype: str = "float32") -> dict[str, Any]:
+    """A tensor / ndarray / list as `{dtype, shape, data}` with little-endian bytes."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().float().numpy() if values.is_floating_point() else values.detach().cpu().numpy()
+    data = np.ascontiguousarray(np.asarray(values, dtype=DTYPES[dtype]).astype(np.dtype(DTYPES[dtype]).newbyteorder("<")))
+    return {"dtype": dtype, "shape": list(data.shape), "data": data.tobytes()}
+
+
+def to_numpy(encoded: dict[str, Any]) -> np.ndarray:
+    """The inverse of `array`: accepts bytes, memoryview, or base64 text (the HTML export)."""
+    data = encoded["data"]
+    if isinstance(data, str):
+        data = base64.b64decode(data)
+    dtype = np.dtype(DTYPES[encoded["dtype"]]).newbyteorder("<")
+    return np.frombuffer(bytes(data), dtype=dtype).reshape(encoded["shape"])
+
+
+def _display_name(run) -> str:
+    name = run.model_name.rstrip("/")
+    return name.rsplit("/", 1)[-1] if name.startswith(("/", ".")) else name
+
+
+def run_info(run) -> dict[str, Any]:
+    """Facts about the model and the prompt, and every position's top predictions."""
+    s = run.shape
+    probs = run.logits.softmax(-1)  # [T, V]
+    top = probs.topk(min(TOP_K, probs.shape[-1]), dim=-1)
+    return {
+        "model": _display_name(run),
+        "n_layers": s.n_layers, "n_heads": s.n_heads, "n_kv_heads": s.n_kv_heads, "d_model": s.d_model,
+        "d_vocab": s.d_vocab, "n_ctx": s.n_ctx, "parallel": bool(s.parallel),
+        "n_params": int(sum(p.numel() for p in run.hf_model.parameters())),
+        "distance": run.distance,
+        "prompt": run.prompt,
+        "tokens": list(run.tokens),
+        "predictions": {"tokens": [[run.decode(i) for i in row] for row in top.indices.tolist()],
+                        "probs": array(top.values)},
+    }
+
+
+def graph_payload(graph: nx.MultiDiGraph, n_heads: int) -> dict[str, Any]:
+    """The routes graph as flat arrays: nodes (stage, layer, token), edges (source and target
+    node indices, kind, weight) and the per-head shares of attention edges [E_attention, H]."""
+    nodes = list(graph.nodes)
+    index = {node: i for i, node in enumerate(nodes)}
+    edges = list(graph.edges(keys=True, data=True))
+    heads = [d["heads"] for _, _, _, d in edges if d["kind"] == "attention"]
+    head_row = np.full(len(edges), -1, dtype=np.int32)
+    head_row[[i for i, e in enumerate(edges) if e[3]["kind"] == "attention"]] = np.arange(len(heads), dtype=np.int32)
+    return {
+        "target": int(graph.graph["target"]),
+        "threshold": float(graph.graph["threshold"]),
+        "renormalize": bool(graph.graph["renormalize"]),
+        "nodes": {
+            "stage": array([STAGES.index(n[0]) for n in nodes], "uint8"),
+            "layer": array([n[1] for n in nodes], "int16"),
+            "token": array([n[2] for n in nodes], "int32"),
+        },
+        "edges": {
+            "source": array([index[u] for u, _, _, _ in edges], "uint32"),
+            "target": array([index[v] for _, v, _, _ in edges], "uint32"),
+            "kind": array([KINDS.index(d["kind"]) for _, _, _, d in edges], "uint8"),
+            "weight": array([d["weight"] for _, _, _, d in edges], "float32"),
+            "head_row": array(head_row, "int32"),
+        },
+        "heads": array(np.asarray(heads, dtype=np.float32).reshape(len(heads), n_heads)),
+    }
+
+
+def payload_graph(payload: dict[str, Any]) -> nx.MultiDiGraph:
+    """Rebuild the graph from a payload (for round-trip checks; weights come back as float32)."""
+    stage, layer, token = (to_numpy(payload["nodes"][k]) for k in ("stage", "layer", "token"))
+    nodes = [(STAGES[s], int(l), int(t)) for s, l, t in zip(stage, layer, token)]
+    e = {k: to_numpy(v) for k, v in payload["edges"].items()}
+    heads = to_numpy(payload["heads"])
+    g = nx.MultiDiGraph(target=payload["target"], threshold=payload["threshold"], renormalize=payload["renormalize"])
+    g.add_nodes_from(nodes)
+    for s, t, k, w, h in zip(e["source"], e["target"], e["kind"], e["weight"], e["head_row"]):
+        attrs = {"kind": KINDS[k], "weight": float(w)}
+        if h >= 0:
+            attrs.update(heads=heads[h].tolist(), source=nodes[s][2], target=nodes[t][2])
+        g.add_edge(nodes[s], nodes[t], KINDS[k], **attrs)
+    return g
+
+
+def effect(logit_effect) -> dict[str, list]:
+    """A LogitEffect as JSON-ready lists of [token, value]."""
+    return {"promoted": [[t, float(v)] for t, v in logit_effect.promoted],
+            "suppressed": [[t, float(v)] for t, v in logit_effect.suppressed]}
+
+
+def lens(tokens) -> list[dict[str, Any]]:
+    return [{"token": t.token, "probability": t.probability, "rank": t.rank, "rank_change": t.rank_change}
+            for t in tokens]
+
+
+def encode_text(value: Any) -> Any:
+    """Nested state with bytes turned into base64 text, for the standalone HTML export."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"__b64__": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, dict):
+        return {k: encode_text(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encode_text(v) for v in value]
+    return value

@@ -1,0 +1,137 @@
+"""Browser tests: Debian's chromium driven by Playwright (never `playwright install`).
+
+`Harness` shows a Python `Widget` in a page built from the standalone bundle and bridges the two
+like a kernel would: the page's trait updates and custom messages go to the widget, and what the
+widget sends back (trait updates, panel replies with binary buffers) goes to the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pathlib
+import shutil
+
+import pytest
+
+ARTIFACTS = pathlib.Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def chromium_path() -> str | None:
+    return os.environ.get("LMTT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    path = chromium_path()
+    if path is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = context.new_page()
+    pg.dialogs = []
+    pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
+    pg.errors = []
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.requests = []
+    pg.on("request", lambda r: pg.requests.append(r.url))
+    yield pg
+    context.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> pathlib.Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+class RecordingComm:
+    """Stands in for the kernel's comm: keeps what the widget sends for the page."""
+
+    kernel = object()
+    comm_id = "lmtt-test-comm"
+
+    def on_msg(self, callback):
+        pass
+
+    def __init__(self):
+        self.sent: list[dict] = []
+
+    def send(self, data=None, buffers=None, **_):
+        self.sent.append({**data, "buffers": [base64.b64encode(bytes(b)).decode() for b in (buffers or [])]})
+
+    def take(self) -> list[dict]:
+        out, self.sent = self.sent, []
+        return out
+
+    def close(self, *_, **__):
+        pass
+
+
+class Harness:
+    def __init__(self, page, widget):
+        from lmtt_widget.export import standalone_html, widget_state
+
+        self.page, self.widget = page, widget
+        self.comm = RecordingComm()
+        widget.comm = self.comm
+        page.expose_function("lmttBridge", self._bridge)
+        page.set_content(standalone_html(widget_state(widget), "lmtt test", bridge=True))
+        page.wait_for_selector("body[data-ready='1']")
+
+    def _bridge(self, message: str) -> str:
+        msg = json.loads(message)
+        data = {"method": msg["method"], "buffer_paths": []}
+        if msg["method"] == "update":
+            data["state"] = msg["state"]
+        else:
+            data["content"] = msg["content"]
+        self.widget._handle_msg({"content": {"data": data}, "buffers": []})
+        replies = []
+        for sent in self.comm.take():
+            if sent["method"] in ("update", "echo_update"):
+                if sent["method"] == "echo_update":
+                    continue  # the page already has what it set
+                replies.append({"method": "update", "state": sent["state"],
+                                "buffer_paths": sent.get("buffer_paths", []), "buffers": sent["buffers"]})
+            elif sent["method"] == "custom":
+                replies.append({"method": "custom", "content": sent["content"], "buffer_paths": [],
+                                "buffers": sent["buffers"]})
+        return json.dumps(replies)
+
+    def push(self) -> None:
+        """Deliver what Python changed on its own (w.selection = ...) to the page."""
+        sent = [s for s in self.comm.take() if s["method"] == "update"]
+        replies = [{"method": "update", "state": s["state"], "buffer_paths": s.get("buffer_paths", []),
+                    "buffers": s["buffers"]} for s in sent]
+        self.page.evaluate("(r) => window.lmttModel.apply(JSON.parse(r))", json.dumps(replies))
+
+    def click_edge(self, kind: str = "attention", cross_token: bool = True) -> None:
+        """Click the middle of the heaviest edge of `kind` (between two tokens, if asked)."""
+        point = self.page.evaluate(
+            """([kind, cross]) => {
+                const paths = [...document.querySelectorAll(`path.edge.${kind}`)]
+                  .filter((p) => !cross || p.getAttribute('d').includes('C'));
+                paths.sort((a, b) => parseFloat(b.getAttribute('stroke-width')) - parseFloat(a.getAttribute('stroke-width')));
+                const p = paths[0];
+                const pt = p.getPointAtLength(p.getTotalLength() / 2);
+                const m = p.getScreenCTM();
+                return { x: pt.x * m.a + pt.y * m.c + m.e, y: pt.x * m.b + pt.y * m.d + m.f, edge: p.dataset.edge };
+            }""", [kind, cross_token])
+        self.page.mouse.click(point["x"], point["y"])
+        return point
+
+
+@pytest.fixture()
+def harness(page):
+    return lambda widget: Harness(page, widget)
