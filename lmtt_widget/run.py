@@ -96,24 +96,29 @@ def head_outputs(w_o: torch.Tensor, values: torch.Tensor, n_heads: int) -> torch
 @torch.no_grad()
 def _layer_shares(hf_model, family, shape: Shape, capture: Capture, layer: int, p: int, budget: int) -> LayerShares:
     u = head_outputs(w_o(hf_model, family, shape, layer), capture.values[layer], shape.n_heads)
-    x, attn, ffn = (t.float() for t in (capture.resid[layer], capture.attn_out[layer], capture.ffn_out[layer]))
-    probs = capture.probs[layer]
-    if shape.parallel:
-        whole = capture.resid[layer + 1].float()
-        heads = C.head_source_proximity(whole, probs, u, p, budget)
-        ffn_prox = C.proximity(ffn[:, None], whole, p)[:, 0]
-        res_prox = C.proximity(x[:, None], whole, p)[:, 0]
-        (heads, ffn_share), res = C.shares(heads, ffn_prox[:, None], residual=res_prox)
-        return LayerShares(heads.cpu(), res.cpu(), ffn_share[:, 0].cpu(), res.cpu())
+    shares = block_shares(capture.resid[layer], capture.attn_out[layer], capture.ffn_out[layer],
+                          capture.resid[layer + 1], capture.probs[layer], u, shape.parallel, p, budget)
+    return LayerShares(*(t.cpu() for t in shares))
+
+
+def block_shares(x: torch.Tensor, attn: torch.Tensor, ffn: torch.Tensor, post: torch.Tensor, probs: torch.Tensor,
+                 u: torch.Tensor, parallel: bool, p: int, budget: int) -> tuple[torch.Tensor, ...]:
+    """The shares of one block's parts from its tensors alone (so it can run inside a trace,
+    remotely too): residual in x, updates attn and ffn, residual out `post` (all [T, d]),
+    probabilities [H, T, T] and head writes u [T, H, d]. Returns the fields of LayerShares."""
+    x, attn, ffn, post = (t.float() for t in (x, attn, ffn, post))
+    if parallel:
+        heads = C.head_source_proximity(post, probs, u, p, budget)
+        ffn_prox = C.proximity(ffn[:, None], post, p)
+        res_prox = C.proximity(x[:, None], post, p)[:, 0]
+        (heads, ffn_share), res = C.shares(heads, ffn_prox, residual=res_prox)
+        return heads, res, ffn_share[:, 0], res
     mid = x + attn
     heads = C.head_source_proximity(mid, probs, u, p, budget)
     (heads,), attn_res = C.shares(heads, residual=C.proximity(x[:, None], mid, p)[:, 0])
-    post = capture.resid[layer + 1].float()
-    parts = torch.stack([mid, ffn], dim=1)  # [T, 2, d]
-    prox = C.proximity(parts, post, p)
+    prox = C.proximity(torch.stack([mid, ffn], dim=1), post, p)  # [T, 2]
     (ffn_share,), ffn_res = C.shares(prox[:, 1:], residual=prox[:, 0])
-    return LayerShares(heads.cpu(), attn_res.cpu(), ffn_share[:, 0].cpu(), ffn_res.cpu())
-
+    return heads, attn_res, ffn_share[:, 0], ffn_res
 
 class Run:
     """One analysed prompt: tokens, the importances of every block's parts, and readouts.
