@@ -120,7 +120,66 @@ def block_shares(x: torch.Tensor, attn: torch.Tensor, ffn: torch.Tensor, post: t
     (ffn_share,), ffn_res = C.shares(prox[:, 1:], residual=prox[:, 0])
     return heads, attn_res, ffn_share[:, 0], ffn_res
 
-class Run:
+class Shares:
+    """Tokens and the shares of every block's parts: all that routes, at any target token and
+    threshold, need. `Run` adds the captured activations; `lmtt_widget.remote.analyze_compact`
+    returns a bare `Shares` computed where the model runs."""
+
+    def __init__(self, tokens: list[str], input_ids: torch.Tensor, shape: Shape, layers: list[LayerShares],
+                 distance: str, top: tuple[torch.Tensor, torch.Tensor] | None = None, decode=None):
+        self.tokens = tokens
+        self.input_ids = input_ids
+        self.shape = shape
+        self.layers = layers
+        self.distance = distance
+        self._top = top  # (probabilities [T, k], token ids [T, k]) where no logits are kept
+        self._decode = decode
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    def position(self, position: int) -> int:
+        return check_index("position", position, self.n_tokens)
+
+    def layer(self, layer: int) -> int:
+        return check_index("layer", layer, self.shape.n_layers)
+
+    def head(self, head: int) -> int:
+        return check_index("head", head, self.shape.n_heads)
+
+    def decode(self, token_id) -> str:
+        return self._decode([int(token_id)])
+
+    def top_tokens(self, position: int = -1, k: int = 10) -> list[tuple[str, float]]:
+        """The model's top-k next tokens after `position`, with probabilities."""
+        probs, ids = self._top
+        if k > probs.shape[1]:
+            raise LmttError(f"only the top {probs.shape[1]} tokens were kept; k={k} is too large")
+        position = self.position(position)
+        return [(self.decode(i), float(v)) for v, i in zip(probs[position, :k], ids[position, :k])]
+
+    def attention_contributions(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(shares [T_target, T_source, H] of each head reading each source, residual's share [T])."""
+        shares = self.layers[self.layer(layer)]
+        return shares.heads, shares.attn_residual
+
+    def ffn_contributions(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the FFN update's share [T], the residual's share [T]). For parallel blocks these are
+        shares of the block's one whole, as are the attention shares."""
+        shares = self.layers[self.layer(layer)]
+        return shares.ffn, shares.ffn_residual
+
+    def graph(self, token: int = -1, threshold: float = 0.04, renormalize: bool = True):
+        """The routes to the prediction at `token`: a networkx.MultiDiGraph keyed by edge kind (see lmtt_widget.graph)."""
+        return G.routes(self, self.position(token), threshold, renormalize)
+
+    def full_graph(self, threshold: float = 0.04, renormalize: bool = True):
+        """Every edge above `threshold`, for all tokens."""
+        return G.full_graph(self, threshold, renormalize)
+
+
+class Run(Shares):
     """One analysed prompt: tokens, the importances of every block's parts, and readouts.
 
     Shares are computed once by `analyze`; graphs for other tokens or thresholds, neurons and
@@ -129,17 +188,15 @@ class Run:
 
     def __init__(self, model, prompt: str, input_ids: torch.Tensor, capture: Capture,
                  layers: list[LayerShares], distance: str, budget_bytes: int):
-        self.model = model
-        self.prompt = prompt
-        self.input_ids = input_ids
-        self.capture = capture
-        self.layers = layers
-        self.distance = distance
-        self.budget_bytes = budget_bytes
         hf_model = model._module
         self.family = family_of(hf_model)
-        self.shape = shape_of(hf_model, self.family)
-        self.tokens = [model.tokenizer.decode([int(i)]) for i in input_ids]
+        tokens = [model.tokenizer.decode([int(i)]) for i in input_ids]
+        super().__init__(tokens, input_ids, shape_of(hf_model, self.family), layers, distance,
+                         decode=model.tokenizer.decode)
+        self.model = model
+        self.prompt = prompt
+        self.capture = capture
+        self.budget_bytes = budget_bytes
         self._neuron_cache: dict[int, torch.Tensor] = {}
 
     def __repr__(self) -> str:
@@ -157,19 +214,6 @@ class Run:
         name = getattr(self.hf_model.config, "name_or_path", "") or type(self.hf_model).__name__
         return name.rstrip("/").rsplit("/", 1)[-1] if name.startswith(("/", ".", "~")) else name
 
-    @property
-    def n_tokens(self) -> int:
-        return len(self.tokens)
-
-    def position(self, position: int) -> int:
-        return check_index("position", position, self.n_tokens)
-
-    def layer(self, layer: int) -> int:
-        return check_index("layer", layer, self.shape.n_layers)
-
-    def head(self, head: int) -> int:
-        return check_index("head", head, self.shape.n_heads)
-
     @functools.cached_property
     def logits(self) -> torch.Tensor:
         """[T, V] float32: the model's output logits."""
@@ -181,21 +225,7 @@ class Run:
         values, ids = probs.topk(min(k, probs.numel()))
         return [(self.decode(i), float(v)) for v, i in zip(values, ids)]
 
-    def decode(self, token_id) -> str:
-        return self.model.tokenizer.decode([int(token_id)])
-
     # -- importances ----------------------------------------------------------------------
-
-    def attention_contributions(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(shares [T_target, T_source, H] of each head reading each source, residual's share [T])."""
-        shares = self.layers[self.layer(layer)]
-        return shares.heads, shares.attn_residual
-
-    def ffn_contributions(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the FFN update's share [T], the residual's share [T]). For parallel blocks these are
-        shares of the block's one whole, as are the attention shares."""
-        shares = self.layers[self.layer(layer)]
-        return shares.ffn, shares.ffn_residual
 
     def neuron_activations(self, layer: int) -> torch.Tensor:
         """[T, d_ff]: the activations entering the FFN's output projection (one more trace, cached)."""
@@ -234,16 +264,6 @@ class Run:
         acts = self.neuron_activations(layer)[self.position(position)]
         values, ids = shares.topk(min(k, shares.numel()))
         return [NeuronShare(int(i), float(v), float(acts[i])) for v, i in zip(values, ids)]
-
-    # -- graphs ---------------------------------------------------------------------------
-
-    def graph(self, token: int = -1, threshold: float = 0.04, renormalize: bool = True):
-        """The routes to the prediction at `token`: a networkx.MultiDiGraph keyed by edge kind (see lmtt_widget.graph)."""
-        return G.routes(self, self.position(token), threshold, renormalize)
-
-    def full_graph(self, threshold: float = 0.04, renormalize: bool = True):
-        """Every edge above `threshold`, for all tokens."""
-        return G.full_graph(self, threshold, renormalize)
 
     # -- vocabulary -----------------------------------------------------------------------
 
