@@ -73,7 +73,8 @@ export class Controls {
       return h("option", { value: t }, `${t}: ${visible(tok)} → ${visible(top)}`);
     });
     this.targetSelect.replaceChildren(...options);
-    const params = info.n_params >= 1e9 ? `${fmt(info.n_params / 1e9, 2)} B` : `${fmt(info.n_params / 1e6, 1)} M`;
+    const n = info.n_params;
+    const params = n >= 1e9 ? `${fmt(n / 1e9, 2)} B` : n >= 1e6 ? `${fmt(n / 1e6, 1)} M` : `${fmt(n / 1e3, 1)} K`;
     this.facts.replaceChildren(
       h("span", { class: "model", title: "model" }, info.model),
       h("span", {}, `${info.n_layers} layers`),
@@ -82,7 +83,7 @@ export class Controls {
       h("span", {}, `${params} parameters`),
       h("span", {}, `${info.parallel ? "parallel" : "sequential"} blocks`),
       h("span", {}, `${info.tokens.length} tokens`),
-      h("span", { title: "distance used for proximity importances" }, info.distance.toUpperCase()),
+      h("span", { title: "distance used for proximity importances" }, `${info.distance.toUpperCase()} distance`),
     );
   }
 

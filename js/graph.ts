@@ -5,9 +5,10 @@ import { decode } from "./arrays";
 import { s, visible, fmt } from "./dom";
 import { KINDS, STAGES, type Info, type Payload, type Selection } from "./types";
 
-const COL = 56; // px per token
-const LEVEL = 26; // px per level: embed 0, mid(l) 2l+1, post(l) 2l+2
-const FFN_DX = 20; // the FFN node sits right of the stream
+// Spacing adapts to the view: px per token column and per level (embed 0, mid(l) 2l+1,
+// post(l) 2l+2), so that short prompts and deep models both open readable.
+const COL_RANGE = [44, 120];
+const LEVEL_RANGE = [9, 30];
 const LEFT = 44;
 const TOP = 64; // room for the target row
 const BOTTOM = 40; // room for the token labels
@@ -35,6 +36,8 @@ export class GraphView {
   private view = { k: 1, x: 0, y: 0 };
   private cursor = { token: 0, level: 0 };
   private selection: Selection = {};
+  private col = 56;
+  private lev = 26;
   private drag: { x: number; y: number; vx: number; vy: number; moved: boolean } | null = null;
   private touched = false; // the user zoomed or panned: resizes keep their view
 
@@ -65,10 +68,10 @@ export class GraphView {
     if (stage === 2) return 2 * layer + 1.5;
     return 2 * layer + 2;
   }
-  private x(token: number, stage = 0): number { return LEFT + token * COL + COL / 2 + (stage === 2 ? FFN_DX : 0); }
-  private y(level: number): number { return TOP + (this.maxLevel - level) * LEVEL; }
-  private get width(): number { return LEFT + (this.info ? this.info.tokens.length : 0) * COL + 10; }
-  private get height(): number { return TOP + this.maxLevel * LEVEL + BOTTOM; }
+  private x(token: number, stage = 0): number { return LEFT + token * this.col + this.col / 2 + (stage === 2 ? this.col * 0.32 : 0); }
+  private y(level: number): number { return TOP + (this.maxLevel - level) * this.lev; }
+  private get width(): number { return LEFT + (this.info ? this.info.tokens.length : 0) * this.col + 10; }
+  private get height(): number { return TOP + this.maxLevel * this.lev + BOTTOM; }
 
   // -- drawing ----------------------------------------------------------------------------
 
@@ -82,11 +85,19 @@ export class GraphView {
       source: decode<Uint32Array>(e.source), target: decode<Uint32Array>(e.target), kind: decode<Uint8Array>(e.kind),
       weight: decode<Float32Array>(e.weight), headRow: decode<Int32Array>(e.head_row),
     };
+    if (newRun) this.layout();
     this.draw();
     if (newRun) {
       this.cursor = { token: info.tokens.length - 1, level: this.maxLevel };
       this.initialView();
     }
+  }
+
+  private layout(): void {
+    const w = this.svg.clientWidth || 900, hgt = this.svg.clientHeight || 560;
+    const clamp = (v: number, [lo, hi]: number[]) => Math.max(lo, Math.min(hi, v));
+    this.col = clamp((w - LEFT - 10) / this.info!.tokens.length, COL_RANGE);
+    this.lev = clamp((hgt - TOP - BOTTOM) / Math.max(1, this.maxLevel), LEVEL_RANGE);
   }
 
   private draw(): void {
@@ -103,7 +114,7 @@ export class GraphView {
       const st = d.stage[i];
       const c = s("circle", {
         class: `node ${STAGES[st]}`, cx: this.x(d.token[i], st), cy: this.y(this.level(st, d.layer[i])),
-        r: st === 2 ? 4.5 : 5.5, "data-node": i,
+        r: fmt(Math.min(st === 2 ? 4.5 : 5.5, this.lev * 0.38), 1), "data-node": i,
       });
       nodes.append(c);
     }
@@ -123,8 +134,9 @@ export class GraphView {
     g.append(s("text", { class: "layer-label", x: x0 - 6, y: this.y(0) + 4, "text-anchor": "end" }, "emb"));
     const yb = this.y(0) + 22;
     info.tokens.forEach((tok, t) => {
-      const label = s("text", { class: "token-label", x: this.x(t), y: yb, "text-anchor": "middle" }, clip(visible(tok)));
+      const label = s("g", { class: "token" });
       label.append(s("title", {}, `${t}: ${JSON.stringify(tok)}`));
+      label.append(s("text", { class: "token-label", x: this.x(t), y: yb, "text-anchor": "middle" }, clip(visible(tok))));
       g.append(label);
     });
     return g;
@@ -137,7 +149,7 @@ export class GraphView {
     info.tokens.forEach((tok, t) => {
       const cls = t === target ? "target-cell active" : "target-cell";
       const cell = s("g", { class: cls, "data-target": t });
-      cell.append(s("rect", { x: this.x(t) - COL / 2 + 3, y, width: COL - 6, height: 22, rx: 4 }));
+      cell.append(s("rect", { x: this.x(t) - this.col / 2 + 3, y, width: this.col - 6, height: 22, rx: 4 }));
       cell.append(s("text", { x: this.x(t), y: y + 15, "text-anchor": "middle" }, clip(visible(info.predictions.tokens[t][0] ?? ""))));
       const title = info.predictions.tokens[t].map((p) => JSON.stringify(p)).join(", ");
       cell.append(s("title", {}, `Routes to the prediction after token ${t} ${JSON.stringify(tok)}; top: ${title}`));
@@ -274,8 +286,8 @@ export class GraphView {
       else if (cell) this.cb.target(Number(cell.getAttribute("data-target")));
       else {
         const [wx, wy] = this.worldPoint(ev);
-        const token = Math.round((wx - LEFT - COL / 2) / COL);
-        const level = Math.round(this.maxLevel - (wy - TOP) / LEVEL);
+        const token = Math.round((wx - LEFT - this.col / 2) / this.col);
+        const level = Math.round(this.maxLevel - (wy - TOP) / this.lev);
         if (token >= 0 && token < this.info.tokens.length && level >= 0 && level <= this.maxLevel) {
           this.cb.select(this.selectionAtLevel(token, level));
         }

@@ -114,11 +114,14 @@ function render({ model, el }: RenderProps<State>) {
     const info = model.get("info");
     if (!("kind" in sel)) { shown = ""; panels.empty(); return; }
     const key = panelKey(sel, model.get("normalize_lens"));
-    if (key === shown) return;
+    if (key === shown && sel.kind !== "ffn") return; // (a neuron's row is chosen within the same data)
     shown = key;
     const title = sel.kind === "residual" ? "Residual node" : sel.kind === "attention" ? "Attention edge" : "FFN block";
     const preloaded = model.get("preloaded")?.[key];
     let data = cache.get(key) ?? preloaded;
+    if (data && sel.kind === "ffn" && sel.neuron !== null && !data.neurons.some((n: any) => n.index === sel.neuron)) {
+      data = undefined; // a neuron outside the top ones: Python adds its row
+    }
     if (data === undefined) {
       if (!live) { panels.unavailable(title, "This panel needs a live kernel: it was not saved with this page."); return; }
       panels.loading(title);
@@ -131,7 +134,7 @@ function render({ model, el }: RenderProps<State>) {
       cache.set(key, data);
       if (cache.size > 64) cache.delete(cache.keys().next().value as string);
     }
-    panels.show(info, "kind" in data.selection ? data.selection : sel, data);
+    panels.show(info, sel, data);
     root.dataset.panel = key;
   };
 
