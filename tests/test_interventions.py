@@ -1,0 +1,366 @@
+"""Interventions: every ablation equals the same change made with plain PyTorch hooks; an edge
+ablation removes exactly its term; weights never change; code export runs; faithfulness numbers."""
+
+import itertools
+import runpy
+from collections import Counter
+
+import pytest
+import torch
+
+import lmtt_widget as lw
+import tiny
+from conftest import IOI
+from lmtt_widget import LmttError
+from lmtt_widget import interventions as I
+from lmtt_widget.architectures import out_proj_per_head
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+SWAPPED = "When John and Mary went to the store, Mary gave a drink to"  # same length in tokens
+FAMILIES = ["llama", "gpt2", "gpt_neox", "opt"]  # grouped-query, Conv1D, parallel, 2-d FFN
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def run(request):
+    return lw.analyze(tiny.load(request.param), PROMPT)
+
+
+def modules(run, layer):
+    return run.family.modules(run.hf_model, layer)
+
+
+def hooked_logits(run, hooks) -> torch.Tensor:
+    """[T, V] logits of the plain transformers forward with `hooks`: (module, "pre"|"post", fn),
+    fn taking the module's input [T, .] (pre) or output (post) and returning the new one."""
+    handles = []
+    for module, when, fn in hooks:
+        if when == "pre":
+            def pre(m, args, fn=fn):
+                x = args[0]
+                return (fn(x.clone().view(run.n_tokens, -1)).view(x.shape),) + args[1:]
+            handles.append(module.register_forward_pre_hook(pre))
+        else:
+            handles.append(module.register_forward_hook(lambda m, args, out, fn=fn: fn(out)))
+    try:
+        with torch.no_grad():
+            return run.hf_model(run.input_ids[None]).logits[0].float()
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def recorded(run, module, when="pre") -> torch.Tensor:
+    """[T, .]: the module's input (or output) in the plain clean forward."""
+    seen = []
+
+    def keep(x):
+        seen.append((x[0] if isinstance(x, tuple) else x).clone())
+        return x
+    hooked_logits(run, [(module, when, keep)])
+    return seen[0].view(run.n_tokens, -1)
+
+
+def set_rows(update, rows, value):
+    """A post hook on a module whose output is a tensor or a tuple starting with one."""
+    def fn(out):
+        tensor = out[0] if isinstance(out, tuple) else out
+        tensor = tensor.clone()
+        tensor.view(-1, tensor.shape[-1])[rows] = value
+        return (tensor,) + tuple(out[1:]) if isinstance(out, tuple) else tensor
+    return fn
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+def test_head_ablation_equals_setting_its_slice_before_the_output_projection(run, mode):
+    layer, head, hd = 1, 2, run.shape.head_dim
+    cols = slice(head * hd, (head + 1) * hd)
+    out_proj = modules(run, layer)["out_proj"]
+    value = recorded(run, out_proj)[:, cols].mean(0) if mode == "mean" else 0.0
+
+    def fn(x):
+        x[:, cols] = value
+        return x
+    new, comparison = run.intervene(("head", layer, head), mode)
+    expected = hooked_logits(run, [(out_proj, "pre", fn)])
+    torch.testing.assert_close(new.logits, expected, atol=1e-5, rtol=0)
+    assert comparison.after.logit == pytest.approx(float(expected[-1, comparison.token_id]), abs=1e-5)
+    assert (new.logits - run.logits).abs().max() > 1e-4  # the ablation did something
+
+
+def test_head_ablation_at_some_positions_only(run):
+    layer, head, hd, rows = 0, 1, run.shape.head_dim, [3, 7]
+
+    def fn(x):
+        x[rows, head * hd:(head + 1) * hd] = 0
+        return x
+    new, _ = run.intervene(("head", layer, head, rows))
+    torch.testing.assert_close(new.logits, hooked_logits(run, [(modules(run, layer)["out_proj"], "pre", fn)]),
+                               atol=1e-5, rtol=0)
+    # the head reads nothing at those targets any more: its shares there are 0
+    assert new.attention_contributions(layer)[0][rows, :, head].abs().max() == 0
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+def test_neuron_ablation_equals_setting_its_activation(run, mode):
+    layer, neuron, rows = 1, 5, [2, 9, 22]
+    ffn_out_proj = modules(run, layer)["ffn_out_proj"]
+    value = recorded(run, ffn_out_proj)[:, neuron].mean() if mode == "mean" else 0.0
+
+    def fn(x):
+        x[rows, neuron] = value
+        return x
+    new, _ = run.intervene([("neuron", layer, neuron, rows)], mode)
+    torch.testing.assert_close(new.logits, hooked_logits(run, [(ffn_out_proj, "pre", fn)]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+def test_block_ablations_equal_setting_the_blocks_update(run, mode):
+    attention, ffn = modules(run, 0)["attention"], modules(run, 1)["ffn"]
+    attn_value = recorded(run, attention, "post").mean(0) if mode == "mean" else 0.0
+    ffn_value = recorded(run, ffn, "post").mean(0) if mode == "mean" else 0.0
+    new, _ = run.intervene([("attention", 0), ("ffn", 1, [4, 5])], mode)
+    expected = hooked_logits(run, [(attention, "post", set_rows(None, slice(None), attn_value)),
+                                   (ffn, "post", set_rows(None, [4, 5], ffn_value))])
+    torch.testing.assert_close(new.logits, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("head", [None, 3])
+def test_edge_ablation_removes_exactly_its_term_at_the_target(run, head):
+    layer, source, target = 1, 4, 9
+    heads = range(run.shape.n_heads) if head is None else [head]
+    spec = ("edge", layer, source, target) + (() if head is None else (head,))
+    new, _ = run.intervene(spec)
+    clean_out, new_out = run.capture.attn_out[layer], new.capture.attn_out[layer]
+    others = [i for i in range(run.n_tokens) if i != target]
+    assert torch.equal(new_out[others], clean_out[others])
+    assert torch.equal(new.capture.resid[layer], run.capture.resid[layer])  # earlier layers untouched
+    term = sum(run.head_output(layer, h, target, source) for h in heads)
+    torch.testing.assert_close(new_out[target] - clean_out[target], -term, atol=1e-7, rtol=1e-4)
+    assert term.abs().max() > 1e-4
+    # the routes of the intervened run no longer see the edge
+    assert new.attention_contributions(layer)[0][target, source, list(heads)].abs().max() == 0
+
+
+def test_mean_edge_ablation_reads_the_mean_value_vector(run):
+    layer, source, target, head = 1, 2, 6, 1
+    new, _ = run.intervene(("edge", layer, source, target, head), "mean")
+    kv = head // (run.shape.n_heads // run.shape.n_kv_heads)
+    values = run.capture.values[layer][:, kv].float()
+    w = out_proj_per_head(modules(run, layer)["out_proj"], run.shape.n_heads, run.shape.head_dim)[head].float()
+    weight = run.capture.probs[layer][head, target, source].float()
+    expected = run.capture.attn_out[layer][target] - weight * (values[source] - values.mean(0)) @ w
+    torch.testing.assert_close(new.capture.attn_out[layer][target], expected, atol=1e-5, rtol=0)
+
+
+def test_interventions_never_change_the_weights(run):
+    before = {name: p.clone() for name, p in run.hf_model.state_dict().items()}
+    for mode in ("zero", "mean"):
+        run.intervene([("head", 0, 1), ("neuron", 1, 3), ("attention", 1, 5), ("ffn", 0), ("edge", 1, 2, 8)], mode)
+    other = lw.analyze(run.model, SWAPPED)
+    I.patch(other, run, [("post", 0, 3), ("head", 1, 0, 5), ("embed", -1, 2), ("ffn", 1, 4)])
+    run.faithfulness(threshold=0.01, k=2, draws=1)
+    after = run.hf_model.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    torch.testing.assert_close(lw.analyze(run.model, PROMPT).logits, run.logits, atol=0, rtol=0)
+
+
+def test_interventions_add_up_and_record_themselves(run):
+    once, _ = run.intervene([("head", 0, 1), ("edge", 1, 2, 8, 0)])
+    first, _ = run.intervene(("head", 0, 1))
+    second, comparison = first.intervene(("edge", 1, 2, 8, 0))
+    torch.testing.assert_close(second.logits, once.logits, atol=1e-6, rtol=0)
+    assert [a.as_tuple() for a in second.interventions] == [("head", 0, 1), ("edge", 1, 2, 8, 0)]
+    assert second.clean is run
+    assert comparison.before.logit == pytest.approx(float(first.logits[-1, comparison.token_id]))
+
+
+def test_an_edge_inside_an_ablated_head_is_not_removed_twice(run):
+    alone, _ = run.intervene(("head", 1, 2))
+    both, _ = run.intervene([("head", 1, 2), ("edge", 1, 3, 7, 2), ("attention", 0, 5), ("edge", 0, 1, 5)])
+    only_attention, _ = run.intervene([("head", 1, 2), ("attention", 0, 5)])
+    torch.testing.assert_close(both.logits, only_attention.logits, atol=1e-6, rtol=0)
+    assert (alone.logits - only_attention.logits).abs().max() > 1e-5
+
+
+def test_comparison_reports_the_original_prediction(run):
+    _, comparison = run.intervene(("attention", 2 if run.shape.n_layers > 2 else 1), against=" Mary")
+    new_logits = run.intervene(("attention", 2 if run.shape.n_layers > 2 else 1))[0].logits[-1]
+    clean = run.logits[-1]
+    token = int(clean.argmax())
+    mary = tiny.tokenizer()(" Mary", add_special_tokens=False)["input_ids"][0]
+    assert comparison.token_id == token and comparison.against_id == mary
+    assert comparison.before.probability == pytest.approx(float(clean.softmax(-1)[token]))
+    assert comparison.after.probability == pytest.approx(float(new_logits.softmax(-1)[token]))
+    assert comparison.after.logit_diff == pytest.approx(float(new_logits[token] - new_logits[mary]))
+    assert comparison.top_before[0][1] == pytest.approx(comparison.before.probability)
+    assert set(comparison.to_dict()) >= {"before", "after", "prob_change", "logit_change", "logit_diff_change"}
+
+
+@pytest.mark.parametrize("spec, message", [
+    (("head", 9, 0), "layer 9 is out of range: valid are 0.."),
+    (("head", 0, 4), "head 4 is out of range: valid are 0..3"),
+    (("neuron", 0, 48), "neuron 48 is out of range: valid are 0..47"),
+    (("ffn", 0, [1, 99]), "position 99 is out of range"),
+    (("edge", 0, 5, 2), "source 5 is after its target 2"),
+    (("edge", 0, 1, 40), "target 40 is out of range"),
+    (("edge", 0, 1, 4, 7), "head 7 is out of range"),
+    (("mlp", 0), "an ablation is a tuple starting with one of"),
+    (("attention",), "takes 1 or 2 values"),
+    ([], "no ablations given"),
+])
+def test_bad_ablations_are_refused_with_the_valid_range(spec, message):
+    run = lw.analyze(tiny.load("llama"), PROMPT)
+    with pytest.raises(LmttError, match=message.replace("(", r"\(")):
+        run.intervene(spec)
+
+
+def test_bad_mode_and_tokens_are_refused():
+    run = lw.analyze(tiny.load("llama"), PROMPT)
+    with pytest.raises(LmttError, match="mode must be one of"):
+        run.intervene(("ffn", 0), "resample")
+    with pytest.raises(LmttError, match="not one"):
+        run.intervene(("ffn", 0), against=" Mary and John")
+    with pytest.raises(LmttError, match="k must be a positive integer"):
+        run.faithfulness(k=0)
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+def test_exported_code_runs_and_gives_the_same_logits(run, mode, tmp_path):
+    ablations = [("head", 1, 2), ("neuron", 1, 5, [1, 3]), ("attention", 0, 4), ("ffn", 1),
+                 ("edge", 1, 1, 5), ("edge", 0, 0, 7, 3)]
+    new, _ = run.intervene(ablations, mode)
+    source = I.code(run, ablations, mode, model_expr="model")
+    path = tmp_path / f"reproduce_{run.family.name}_{run.shape.n_kv_heads}_{mode}.py"
+    path.write_text(source)
+    result = runpy.run_path(str(path), init_globals={"model": run.model})
+    torch.testing.assert_close(result["logits"].float(), new.logits, atol=1e-5, rtol=0)
+    assert "lmtt_widget.load_model()" in I.code(new)  # an intervened run exports its own ablations
+
+
+def test_patching_every_embedding_or_final_residual_gives_the_other_prompts_logits(run):
+    other = lw.analyze(run.model, SWAPPED)
+    last = run.shape.n_layers - 1
+    for stage, layer in (("embed", -1), ("post", last)):
+        patched, comparison = I.patch(other, run, [(stage, layer, i) for i in range(run.n_tokens)])
+        torch.testing.assert_close(patched.logits, other.logits, atol=1e-5, rtol=0)
+        assert comparison.before.logit == pytest.approx(float(run.logits[-1, comparison.token_id]))
+
+
+def test_patching_one_node_equals_a_hook(run):
+    other = lw.analyze(run.model, SWAPPED)
+    layer, position = 0, 3
+    block = modules(run, layer)["block"]
+    patched, _ = I.patch(other, run, ("post", layer, position))
+    expected = hooked_logits(run, [(block, "post", set_rows(None, position, other.capture.resid[layer + 1][position]))])
+    torch.testing.assert_close(patched.logits, expected, atol=1e-5, rtol=0)
+    # a head's output, and (sequential blocks) the residual after attention
+    hd, head = run.shape.head_dim, 1
+    head_in = recorded(other, modules(run, 1)["out_proj"])[position, head * hd:(head + 1) * hd]
+
+    def fn(x):
+        x[position, head * hd:(head + 1) * hd] = head_in
+        return x
+    patched, _ = I.patch(other, run, ("head", 1, head, position))
+    torch.testing.assert_close(patched.logits, hooked_logits(run, [(modules(run, 1)["out_proj"], "pre", fn)]),
+                               atol=1e-5, rtol=0)
+    if not run.shape.parallel:
+        patched, _ = I.patch(other, run, ("mid", 1, position))
+        mid = patched.capture.resid[1][position] + patched.capture.attn_out[1][position]
+        torch.testing.assert_close(mid, other.capture.resid[1][position] + other.capture.attn_out[1][position],
+                                   atol=1e-5, rtol=0)
+
+
+def test_two_prompts_of_different_lengths_are_refused():
+    model = tiny.load("llama")
+    run, shorter = lw.analyze(model, PROMPT), lw.analyze(model, "The capital of France is")
+    for call in (lambda: I.patch(shorter, run, ("post", 0, 1)), lambda: I.compare(run, shorter)):
+        with pytest.raises(LmttError, match="(23 and 7|7 and 23) tokens long, so their positions do not align"):
+            call()
+    with pytest.raises(LmttError, match="stage in"):
+        I.patch(run, run, ("resid", 0, 1))
+
+
+def test_compare_lists_the_edge_an_ablation_removes(run):
+    assert I.compare(run, run, full=True).appeared == [] and I.compare(run, run, full=True).changed == []
+    threshold, layer = 0.001, 1
+    edges = [(d["weight"], u, v) for u, v, kind, d in run.full_graph(threshold).edges(keys=True, data=True)
+             if kind == "attention" and v[1] == layer and u[2] != v[2]]
+    _, source, target = max(edges)
+    new, _ = run.intervene(("edge", layer, source[2], target[2]))
+    diff = I.compare(run, new, threshold=threshold, full=True)
+    assert (source, target, "attention") in [(c.source, c.target, c.kind) for c in diff.vanished]
+    assert diff.to_dict()["vanished"]
+
+
+def test_faithfulness_numbers_are_those_of_the_same_ablations(run):
+    result = run.faithfulness(threshold=0.001, k=3, draws=2, seed=1)
+    assert 0 < len(result.route_edges) <= 3
+    weights = [e.weight for e in result.route_edges]
+    assert weights == sorted(weights, reverse=True)
+    for edges, readout in [(result.route_edges, result.route)] + list(zip(result.random_edges, result.random)):
+        _, comparison = run.intervene([("edge", e.layer, e.source, e.target) for e in edges])
+        assert readout.probability == pytest.approx(comparison.after.probability, abs=1e-6)
+        assert readout.logit_diff == pytest.approx(comparison.after.logit_diff, abs=1e-5)
+    route = {(e.layer, e.source, e.target) for e in result.route_edges}
+    for draw in result.random_edges:  # matched to the route's layers and targets, never a route edge
+        assert draw and not Counter((e.layer, e.target) for e in draw) - Counter((e.layer, e.target) for e in result.route_edges)
+        assert not route & {(e.layer, e.source, e.target) for e in draw}
+    assert run.faithfulness(threshold=0.001, k=3, draws=2, seed=1).to_dict() == result.to_dict()
+
+
+# -- the demo model --------------------------------------------------------------------------
+
+def edge_hooks(run, edges):
+    """Plain hooks removing sum_h A^h_ts v^h_s W_O^h at t, for each (layer, source, target)."""
+    hooks, values = [], {}
+    n_rep = run.shape.n_heads // run.shape.n_kv_heads
+    for layer in sorted({e[0] for e in edges}):
+        mods = modules(run, layer)
+
+        def keep(out, layer=layer):
+            values[layer] = out[0].view(run.n_tokens, run.shape.n_kv_heads, run.shape.head_dim)
+            return out
+
+        def remove(out, layer=layer, w=mods["out_proj"].weight):
+            update, probs = out[0].clone(), out[1]
+            for (l, s, t) in edges:
+                if l == layer:
+                    for h in range(run.shape.n_heads):
+                        w_h = w[:, h * run.shape.head_dim:(h + 1) * run.shape.head_dim]  # nn.Linear: [d, hd]
+                        update[0, t] -= probs[0, h, t, s] * (w_h @ values[layer][s, h // n_rep])
+            return (update,) + tuple(out[1:])
+        hooks += [(mods["value_proj"], "post", keep), (mods["attention"], "post", remove)]
+    return hooks
+
+
+@pytest.mark.demo
+def test_demo_faithfulness_equals_the_same_ablations_by_hand(ioi_run):
+    result = ioi_run.faithfulness(k=5, draws=3, seed=0)
+    assert result.token == " Mary" and result.clean.probability == pytest.approx(0.92, abs=0.01)
+    mary, other = ioi_run.logits[-1].topk(2).indices.tolist()
+    for edges, readout in [(result.route_edges, result.route)] + list(zip(result.random_edges, result.random)):
+        logits = hooked_logits(ioi_run, edge_hooks(ioi_run, [(e.layer, e.source, e.target) for e in edges]))[-1]
+        assert readout.probability == pytest.approx(float(logits.softmax(-1)[mary]), abs=1e-5)
+        assert readout.logit == pytest.approx(float(logits[mary]), abs=1e-4)
+        assert readout.logit_diff == pytest.approx(float(logits[mary] - logits[other]), abs=1e-4)
+    # what the method claims, measured: the route's edges matter more than random ones
+    assert result.route_drop.probability > result.random_drop.probability
+
+
+@pytest.mark.demo
+def test_demo_mary_heads_of_layer_23(ioi_run):
+    """The two layer-23 heads with the largest share on ' Mary' -> last, ablated on that edge,
+    against every pair of that layer's heads."""
+    mary = ioi_run.tokens.index(" Mary")
+    last = ioi_run.n_tokens - 1
+    shares = ioi_run.attention_contributions(23)[0][last, mary]  # [H]
+    top = shares.topk(2).indices.tolist()
+
+    def p_mary(heads):
+        _, comparison = ioi_run.intervene([("edge", 23, mary, last, h) for h in heads], against=" John")
+        return comparison
+    top_comparison = p_mary(top)
+    pairs = [p_mary(pair) for pair in itertools.combinations(range(ioi_run.shape.n_heads), 2)]
+    mean_drop = sum(c.before.probability - c.after.probability for c in pairs) / len(pairs)
+    assert top_comparison.token == " Mary"
+    assert top_comparison.before.probability - top_comparison.after.probability > mean_drop
