@@ -8,8 +8,9 @@
 
 from .errors import LmttError
 from .models import load_model
-from .run import Run, analyze
+from .remote import analyze_compact
+from .run import Run, Shares, analyze
 from .widget import Widget, show
 
-__all__ = ["LmttError", "Run", "Widget", "analyze", "load_model", "show"]
+__all__ = ["LmttError", "Run", "Shares", "Widget", "analyze", "analyze_compact", "load_model", "show"]
 __version__ = "0.1.0"

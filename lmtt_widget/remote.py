@@ -1,0 +1,95 @@
+"""Routes computed where the model runs, for models no single machine here holds.
+
+`analyze_compact` runs one nnsight trace whose body computes every block's shares next to the
+model and sends back only compact results: the attention edges whose share is above a `floor` (sparse,
+with their per-head shares), the residual and FFN shares, and the top tokens, never the activations.
+With NDIF:
+
+    from nnsight import TransformersModel
+    model = TransformersModel("meta-llama/Llama-3.1-70B")      # weights stay on the server
+    shares = lmtt_widget.analyze_compact(model, prompt, remote=True)
+    shares.graph(threshold=0.04)                              # routes, computed here
+
+The same code runs locally (`remote=False`), and `remote="local"` makes nnsight simulate the
+remote path here (the trace is serialised, local modules hidden, and run), as the tests do.
+Routes from compact shares are exact for thresholds at or above `floor`: a dropped edge's share
+is at most `floor`, so thresholding (and renormalising, which drops the same parts) would have
+removed it anyway, and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import nnsight
+import torch
+
+from . import contributions as C
+from .architectures import _get, family_of, shape_of
+from .errors import LmttError
+from .run import LayerShares, Shares, block_shares, head_outputs, tokenize
+from .tracing import _first
+
+
+def analyze_compact(model, prompt: str, *, remote: bool | str = False, floor: float = 0.01, k: int = 10,
+                    distance: str = "l1", prepend_bos: bool | None = None,
+                    budget_bytes: int = C.DEFAULT_BUDGET_BYTES) -> Shares:
+    """Shares of every block's parts, computed inside the trace (remotely with `remote=True`)."""
+    if not isinstance(floor, (int, float)) or not 0 <= floor < 1:
+        raise LmttError(f"floor must be a number in [0, 1), got {floor!r}")
+    p = C.distance_order(distance)
+    hf_model = model._module  # on a remote model: the module tree on the meta device
+    family = family_of(hf_model)
+    shape = shape_of(hf_model, family)
+    input_ids = tokenize(model.tokenizer, prompt, prepend_bos, shape.n_ctx)
+    conv1d = type(family.modules(hf_model, 0)["out_proj"]).__name__ == "Conv1D"
+    unembed = next(name for name, module in hf_model.named_modules() if module is hf_model.get_output_embeddings())
+    n_tokens = len(input_ids)
+    with model.trace(input_ids[None], remote=remote):
+        kept = nnsight.save([])
+        for layer in range(shape.n_layers):
+            modules = family.modules(model, layer)
+            x = _first(modules["block"].input).reshape(n_tokens, -1)
+            values = family.values(modules["value_proj"].output.reshape(n_tokens, -1),
+                                   shape.n_heads, shape.n_kv_heads, shape.head_dim)
+            attention = modules["attention"].output
+            ffn = modules["ffn"].output.reshape(n_tokens, -1)
+            post = _first(modules["block"].output).reshape(n_tokens, -1)
+            kept.append(_compact_layer(x, attention[0].reshape(n_tokens, -1), ffn, post, attention[1][0], values,
+                                       modules["out_proj"].weight, conv1d, shape.n_heads, shape.head_dim,
+                                       shape.parallel, p, budget_bytes, floor))
+        top = nnsight.save(_top_k(_get(model, unembed).output.reshape(n_tokens, -1), k))
+    layers = [_expand(layer, n_tokens, shape.n_heads) for layer in kept]
+    tokens = [model.tokenizer.decode([int(i)]) for i in input_ids]
+    result = Shares(tokens, input_ids, shape, layers, distance, top=top, decode=model.tokenizer.decode)
+    result.payload_bytes = _bytes(kept) + _bytes([dict(enumerate(top))])  # what came back from the trace
+    return result
+
+
+@torch.no_grad()
+def _compact_layer(x, attn, ffn, post, probs, values, weight, conv1d: bool, n_heads: int, head_dim: int,
+                   parallel: bool, p: int, budget: int, floor: float) -> dict[str, torch.Tensor]:
+    """One block's shares; attention edges (target, source) whose share, summed over heads, is
+    above `floor` are kept sparse as (index [n, 2], per-head values [n, H])."""
+    w_in_out = weight.detach() if conv1d else weight.detach().T
+    u = head_outputs(w_in_out.reshape(n_heads, head_dim, -1), values, n_heads)
+    heads, attn_residual, ffn_share, ffn_residual = block_shares(x, attn, ffn, post, probs, u, parallel, p, budget)
+    edges = heads.sum(-1) > floor  # graph edges sum their heads: keep or drop whole edges
+    index = edges.nonzero().to(torch.int32)  # [n, 2]: target, source
+    return dict(index=index.cpu(), value=heads[edges].cpu(), attn_residual=attn_residual.cpu(),
+                ffn=ffn_share.cpu(), ffn_residual=ffn_residual.cpu())
+
+
+@torch.no_grad()
+def _top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    probs, ids = logits.float().softmax(-1).topk(min(k, logits.shape[-1]), dim=-1)
+    return probs.cpu(), ids.cpu()
+
+
+def _expand(layer: dict[str, torch.Tensor], n_tokens: int, n_heads: int) -> LayerShares:
+    heads = torch.zeros(n_tokens, n_tokens, n_heads)
+    index = layer["index"].long()
+    heads[index[:, 0], index[:, 1]] = layer["value"]
+    return LayerShares(heads, layer["attn_residual"], layer["ffn"], layer["ffn_residual"])
+
+
+def _bytes(dicts: list[dict]) -> int:
+    return sum(t.numel() * t.element_size() for d in dicts for t in d.values())
