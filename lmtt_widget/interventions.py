@@ -319,6 +319,14 @@ def compare_logits(run, before: torch.Tensor, after: torch.Tensor, position: int
                       _top(run, before, position), _top(run, after, position))
 
 
+def ablated_logits(run, ablations, mode: str = "zero") -> torch.Tensor:
+    """[T, V] float32: the logits of `run` with `ablations` added, from the forward pass only
+    (no importances, no Run): for sweeps over many ablations."""
+    clean, earlier = _base(run)
+    added = _parse_all(clean, ablations, mode)
+    return _logits(clean, list(getattr(run, "edits", None) or []) + edits_for(clean, added, earlier))
+
+
 def intervene(run, ablations, mode: str = "zero", *, position: int = -1, against=None):
     """Rerun `run`'s prompt with `ablations` (see the module docstring) in `mode` "zero" or "mean".
 
@@ -425,15 +433,14 @@ def faithfulness(run, token: int = -1, threshold: float = 0.04, k: int = 5, draw
         raise LmttError(f"k must be a positive integer, got {k!r}")
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 0:
         raise LmttError(f"draws must be a non-negative integer, got {draws!r}")
-    clean, earlier = _base(run)
     position = run.position(token)
     predicted, other = _targets(run, run.logits, position, against)
     route = strongest_edges(run, position, threshold, k)
 
-    def ablated(edges: list[RouteEdge]) -> Readout:
-        specs = [parse(clean, ("edge", e.layer, e.source, e.target), mode) for e in edges]
-        edits = list(getattr(run, "edits", None) or []) + edits_for(clean, specs, earlier)
-        return _readout(_logits(clean, edits), position, predicted, other)
+    def ablated(edges: list[RouteEdge]) -> Readout:  # no edges (no route above threshold): the clean run
+        specs = [("edge", e.layer, e.source, e.target) for e in edges]
+        logits = ablated_logits(run, specs, mode) if specs else run.logits
+        return _readout(logits, position, predicted, other)
 
     rng = random.Random(seed)
     random_sets = [random_edges(run, route, rng) for _ in range(draws)]
