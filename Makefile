@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup js clean
+.PHONY: demo test setup js typecheck clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,26 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
-demo: setup
-	$(PY) -m lmtt_widget demo
+# The frontend: TypeScript in js/, bundled by esbuild into lmtt_widget/static/ (npm scripts).
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
 
-test: setup
+JS_SOURCES := $(wildcard js/*.ts)
+
+lmtt_widget/static/widget.js lmtt_widget/static/standalone.js &: node_modules/.installed $(JS_SOURCES)
+	npm run build
+
+js: lmtt_widget/static/widget.js
+
+typecheck: node_modules/.installed
+	npm run typecheck
+
+# Opens the quickstart notebook in JupyterLab (`python -m lmtt_widget demo` prints the routes).
+demo: setup js
+	$(PY) -m jupyter lab notebooks/quickstart.ipynb
+
+test: setup js typecheck
 	$(PY) -m pytest -q
 
 clean:

@@ -9,26 +9,24 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import pathlib
-import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
-ARTIFACTS = pathlib.Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-
-def chromium_path() -> str | None:
-    return os.environ.get("LMTT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+sys.path.insert(0, str(Path(__file__).parent))
+from chromium import ARTIFACTS, CHROMIUM_ARGS, chromium_path, missing  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        missing("playwright is not installed (pip install -e '.[dev]')")
     path = chromium_path()
     if path is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+        missing("Debian's chromium is not installed (apt-get install chromium)")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
         yield b
@@ -50,7 +48,7 @@ def page(browser):
 
 
 @pytest.fixture(scope="session")
-def artifacts() -> pathlib.Path:
+def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
 

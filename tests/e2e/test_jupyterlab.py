@@ -1,0 +1,88 @@
+"""End to end: the quickstart notebook in a real JupyterLab, a click in the page, and the Python
+kernel sees the selection."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.demo, pytest.mark.browser]
+
+# the middle of a clear attention edge between two tokens in the lowest layers (the notebook
+# itself selects one in layer 22, so this click must change the selection)
+EDGE_MIDPOINT = """() => {
+  const paths = [...document.querySelectorAll('.lmtt path.edge.attention')]
+    .filter((p) => p.getAttribute('d').includes('C') && parseFloat(p.getAttribute('stroke-width')) > 1.2);
+  const mid = (p) => p.getPointAtLength(p.getTotalLength() / 2);
+  paths.sort((a, b) => mid(b).y - mid(a).y);
+  const p = paths[0];
+  const pt = mid(p);
+  const m = p.getScreenCTM();
+  return {x: pt.x * m.a + pt.y * m.c + m.e, y: pt.x * m.b + pt.y * m.d + m.f};
+}"""
+
+
+def run_all(page) -> None:
+    """Run the cells one by one (Shift+Enter), each code cell to its end."""
+    cells = page.locator(".jp-Notebook .jp-Cell")
+    cells.first.click()
+    for i in range(cells.count()):
+        page.keyboard.press("Shift+Enter")
+        if "jp-CodeCell" in (cells.nth(i).get_attribute("class") or ""):
+            page.wait_for_function(
+                "(i) => /\\[\\d+\\]/.test(document.querySelectorAll('.jp-Notebook .jp-Cell')[i]"
+                ".querySelector('.jp-InputArea-prompt').textContent)", arg=i, timeout=120_000)
+
+
+def kernel_head(page) -> int:
+    """The head that Python chose for the notebook's own selection (cell 8's output)."""
+    text = page.locator(".jp-Notebook .jp-Cell").nth(8).locator(".jp-OutputArea-output").first.text_content()
+    return int(re.search(r"'head': (\d+)", text).group(1))
+
+
+def run_cell(page, index: int) -> None:
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    cell.locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Shift+Enter")
+
+
+def test_quickstart_click_reaches_the_kernel(jupyterlab, lab_page, artifacts):
+    try:
+        check_quickstart(jupyterlab, lab_page, artifacts)
+    finally:
+        lab_page.screenshot(path=str(artifacts / "e2e-lab-last.png"))
+
+
+def check_quickstart(jupyterlab, page, artifacts):
+    url, token, _ = jupyterlab
+    page.goto(f"{url}/lab/tree/quickstart.ipynb?token={token}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+    page.get_by_text(re.compile(r"Python 3 \(ipykernel\) \| Idle")).wait_for(timeout=90_000)
+    run_all(page)
+    page.wait_for_selector(".lmtt svg path.edge.attention", timeout=30_000)
+    page.screenshot(path=str(artifacts / "e2e-lab-ran.png"))
+    outputs = page.locator(".jp-Notebook .jp-Cell").nth(5).locator(".jp-OutputArea-output").all_text_contents()
+    assert [o.strip() for o in outputs] == ["{}"]  # nothing selected yet
+    page.screenshot(path=str(artifacts / "e2e-lab-widget.png"))
+    page.locator(".lmtt-graph").first.scroll_into_view_if_needed()
+    before = page.evaluate("() => document.querySelector('.lmtt').dataset.panel")
+    assert before == "attention/22/1/13/" + str(kernel_head(page))
+    point = page.evaluate(EDGE_MIDPOINT)
+    page.mouse.click(point["x"], point["y"])
+    page.wait_for_function("(b) => { const p = document.querySelector('.lmtt').dataset.panel; return p && p !== b; }",
+                           arg=before, timeout=60_000)
+    where = page.locator(".lmtt-panel .where").first.text_content()
+    heading = page.locator(".lmtt-panel h3").first.text_content()
+    source, target = [int(n) for n in re.findall(r"(?:from|to) (\d+)", where)]
+    layer = int(re.search(r"layer (\d+)", heading).group(1))
+    head = int(page.locator(".lmtt .heads button.head.active").first.get_attribute("data-head"))
+    page.screenshot(path=str(artifacts / "e2e-lab-attention.png"))
+    # ask the kernel: re-run `print(w.selection)`
+    run_cell(page, 5)
+    page.wait_for_function(
+        "() => document.querySelectorAll('.jp-Notebook .jp-Cell')[5].querySelector('.jp-OutputArea-output')?.textContent.includes('attention')",
+        timeout=60_000)
+    printed = page.locator(".jp-Notebook .jp-Cell").nth(5).locator(".jp-OutputArea-output").first.text_content()
+    assert printed.strip() == str({"kind": "attention", "layer": layer, "source": source, "target": target, "head": head})
+    assert page.dialogs == []
