@@ -80,6 +80,17 @@ def trace(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=No
     say, in the same trace; everything captured is what the edited pass computed.
     lmtt_widget.interventions makes them from ablations and patches.
     """
+    return _forward(model, family, shape, input_ids, edits)
+
+
+def neuron_activations(model, family: Family, shape: Shape, input_ids: torch.Tensor, layer: int,
+                       edits=None) -> torch.Tensor:
+    """[T, d_ff]: the activations entering `layer`'s FFN output projection in the forward pass
+    with `edits` (after that layer's own neuron edits); the pass stops there."""
+    return _forward(model, family, shape, input_ids, edits, neurons_of=layer)
+
+
+def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=None, neurons_of: int | None = None):
     n_tokens = input_ids.shape[0]
 
     def rows(tensor: torch.Tensor) -> torch.Tensor:  # [1, T, ...] or [T, ...] -> [T, ...]
@@ -88,7 +99,7 @@ def trace(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=No
     def editable(tensor: torch.Tensor) -> torch.Tensor:  # rows() that is surely a view: edits reach the model
         return tensor.view(n_tokens, *tensor.shape[-1:])
 
-    with torch.no_grad(), model.trace(input_ids[None]):
+    with torch.no_grad(), model.trace(input_ids[None]) as tracer:
         resid, attn_out, ffn_out = nnsight.save([]), nnsight.save([]), nnsight.save([])
         probs, values = nnsight.save([]), nnsight.save([])
         for layer in range(shape.n_layers):
@@ -118,6 +129,9 @@ def trace(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=No
             if "ffn_out_proj_input" in here:
                 state = LayerState(resid[-1], values[-1], probs[-1])
                 _apply(here["ffn_out_proj_input"], editable(_first(modules["ffn_out_proj"].input)), state)
+            if layer == neurons_of:
+                neurons = nnsight.save(editable(_first(modules["ffn_out_proj"].input)).clone())
+                tracer.stop()
             ffn = modules["ffn"].output
             if "ffn_output" in here:
                 _apply(here["ffn_output"], editable(_first(ffn)), LayerState(resid[-1], values[-1], probs[-1]))
@@ -127,6 +141,9 @@ def trace(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=No
                 _apply(here["block_output"], editable(block_output), LayerState(resid[-1], values[-1], probs[-1]))
             resid.append(rows(block_output))
         final_normed = rows(family.get(model, "final_norm").output).save()
+    if neurons_of is not None:
+        return neurons.detach()
+
     def plain(tensors):
         return [t.detach() for t in tensors]
 

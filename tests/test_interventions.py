@@ -362,3 +362,25 @@ def test_demo_the_mary_heads_of_layer_23_matter_more_than_other_heads_there(ioi_
     mean_random = sum(p_mary(pair) for pair in pairs) / len(pairs)
     assert ioi_run.decode(token) == " Mary"
     assert p_mary(top) < mean_random < float(ioi_run.logits[-1].softmax(-1)[token])
+
+
+def test_neuron_activations_of_an_intervened_forward(run):
+    """tracing.neuron_activations repeats a run's edits (for Run.neuron_activations of an intervened run)."""
+    from lmtt_widget.tracing import neuron_activations
+
+    new, _ = run.intervene([("head", 0, 1), ("neuron", 1, 3, [2])])
+    acts = neuron_activations(run.model, run.family, run.shape, run.input_ids, 1, new.edits)
+    seen = []
+
+    def zero_head(x):
+        x[:, run.shape.head_dim:2 * run.shape.head_dim] = 0
+        return x
+
+    def keep(x):
+        seen.append(x.clone())
+        return x
+    hooked_logits(run, [(modules(run, 0)["out_proj"], "pre", zero_head), (modules(run, 1)["ffn_out_proj"], "pre", keep)])
+    expected = seen[0]
+    expected[2, 3] = 0
+    torch.testing.assert_close(acts, expected, atol=1e-6, rtol=0)
+    assert torch.equal(neuron_activations(run.model, run.family, run.shape, run.input_ids, 1), run.neuron_activations(1))
