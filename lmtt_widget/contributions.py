@@ -34,20 +34,151 @@ def head_source_proximity(
     head_out: torch.Tensor,  # [T, H, d]: v_j^h W_O^h, each head's write for a unit weight on source j
     p: int,
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    *,
+    values: torch.Tensor | None = None,  # [T, KV, hd]: value vectors, with `w_o` for cheaper dot products
+    w_o: torch.Tensor | None = None,  # [H, hd, d]: head h's slice of the output projection
 ) -> torch.Tensor:
     """prox of every part z^h_{i<-j} = A^h_ij * head_out[j, h] for the whole at i: [T_target, T_source, H].
 
-    Targets are taken in chunks so that the [chunk, sources, H, d] differences stay under
-    `budget_bytes`; only causal sources (j <= i) are computed, the rest are exactly 0.
+    Exact (up to float32 rounding), without ever forming the [T, T, H, d] parts. With a = A^h_ij,
+    u = head_out[j, h], y = whole[i] and s = sign(y) (sign(0) taken as +1):
+
+    - L2: ||y - a u||^2 = ||y||^2 - 2a y.u + a^2 ||u||^2, so prox = delta / (||y|| + ||y - a u||)
+      with delta = 2a y.u - a^2 ||u||^2 (the stable form of ||y|| - ||y - a u||): one matrix product.
+    - L1: per coordinate |y_k - x_k| = |y_k| - s_k x_k + 2 relu(s_k x_k - |y_k|), so
+      prox = max(0, a s.u - 2 sum_k relu(a s_k u_k - |y_k|)). The first term is a matrix product;
+      the correction is non-zero only where some coordinate overshoots (a |u_k| > |y_k|), which
+      needs a ||u||_inf > min_k |y_k|, and then only for the coordinates of y below a ||u||_inf.
+      It is computed exactly for those parts, on just the smallest coordinates of y that can
+      overshoot (8, 32, 128 or all of them). Parts with a s.u <= 0 have prox 0 (the correction is
+      never negative).
+
+    With `values` and `w_o` (given, or remembered on `head_out` by `with_factors`), the dot products are taken in the head dimension:
+    s.u = (W_O^h s) . v_j, which costs T^2 * d instead of T^2 * H * d. Targets are taken in chunks
+    so that the temporaries stay under `budget_bytes` (about eight [chunk, T, H] float32 tensors,
+    plus the candidates of the L1 correction); only causal sources (j <= i) are computed, the rest
+    are exactly 0.
     """
     n_tokens, n_heads, d = head_out.shape
+    if values is None and w_o is None:  # factors remembered on head_out (see with_factors)
+        values, w_o = getattr(head_out, "lmtt_factors", (None, None))
     whole = whole.float()
-    head_out = head_out.float()
-    probs_ts = probs.float().permute(1, 2, 0)  # [T, T, H]
+    head_out = head_out.float().contiguous()
+    probs = probs.float()
+    factored = values is not None and w_o is not None
+    if factored:
+        values = values.float()
+        w_o = w_o.float().to(whole.device)
+        n_kv = values.shape[1]
+        group = n_heads // n_kv
+        values_t = values.permute(1, 2, 0)  # [KV, hd, T]
+    if p == 1:
+        sign = torch.where(whole >= 0, 1.0, -1.0)
+        sorted_abs, order = whole.abs().sort(dim=-1)  # [T, d]
+        sorted_whole = whole.gather(1, order)
+        # per level m: the m smallest coordinates of every target, contiguous for cheap gathers
+        sorted_whole = {m: sorted_whole[:, :m].contiguous() for m in _levels(d)}
+        order = {m: order[:, :m].contiguous() for m in _levels(d)}
+        u_max = head_out.abs().amax(-1).T.contiguous()  # [H, T]
+        direction = sign
+    else:
+        whole_norm = torch.linalg.vector_norm(whole, ord=2, dim=-1)  # [T]
+        u_sq = (head_out * head_out).sum(-1).T.contiguous()  # [H, T]
+        direction = whole
+    prox = torch.zeros(n_tokens, n_tokens, n_heads, device=whole.device)
+    chunk = max(1, budget_bytes // (8 * n_tokens * n_heads * 4))
+    for start in range(0, n_tokens, chunk):
+        stop = min(start + chunk, n_tokens)
+        a = probs[:, start:stop, :stop]  # [H, c, S]
+        if factored:  # q[h, i] = W_O^h direction_i: [H, c, hd]; dot[h, i, j] = q[h, i] . v_j^{kv(h)}
+            q = torch.einsum("hkd,td->htk", w_o, direction[start:stop])
+            q = q.reshape(n_kv, group * (stop - start), -1)
+            dot = torch.bmm(q, values_t[:, :, :stop]).reshape(n_heads, stop - start, stop)
+        else:
+            dot = torch.einsum("td,shd->hts", direction[start:stop], head_out[:stop])
+        if p == 1:
+            block = _l1_block(a, dot, start, sorted_abs, sorted_whole, order, head_out, u_max[:, :stop], budget_bytes)
+        else:
+            norm = whole_norm[start:stop].view(1, -1, 1)
+            delta = a * (2 * dot - a * u_sq[:, None, :stop])
+            del dot
+            rest = (norm * norm - delta).clamp_min(0).sqrt_()
+            block = (delta / (norm + rest).clamp_min(torch.finfo(torch.float32).tiny)).clamp_min_(0)
+            del delta, rest
+        future = torch.arange(stop, device=block.device)[None, :] > torch.arange(start, stop, device=block.device)[:, None]
+        prox[start:stop, :stop] = block.masked_fill_(future, 0).permute(1, 2, 0)
+        del block
+    return prox
+
+
+L1_LEVELS = (8, 32, 128)  # the smallest coordinates of y on which a part's correction is computed
+
+
+def _levels(d: int) -> list[int]:
+    return [m for m in L1_LEVELS if m < d] + [d]
+
+
+def with_factors(head_out: torch.Tensor, values: torch.Tensor, w_o: torch.Tensor) -> torch.Tensor:
+    """Remember on `head_out` [T, H, d] its factors values [T, KV, hd] and W_O [H, hd, d], so that
+    head_source_proximity takes its dot products in the head dimension even when `head_out` is
+    handed to it by code that knows nothing of them. Returns `head_out` itself."""
+    head_out.lmtt_factors = (values, w_o)
+    return head_out
+
+
+def _l1_block(a, dot, start, sorted_abs, sorted_whole, order, head_out, u_max, budget_bytes):
+    """Exact L1 prox of one chunk of targets: [H, c, S] (see head_source_proximity)."""
+    n_heads, n_targets, n_sources = a.shape
+    d = head_out.shape[-1]
+    rows = slice(start, start + n_targets)
+    block = a * dot  # a s.u, then minus the correction where some coordinate overshoots
+    del dot
+    reach = a * u_max[:, None, :]  # a ||u||_inf: only coordinates with |y_k| below it can overshoot
+    flat = ((reach > sorted_abs[rows, 0].view(1, -1, 1)) & (block > 0)).view(-1).nonzero()[:, 0]
+    if flat.numel() == 0:
+        return block.clamp_min_(0)
+    reach = reach.view(-1)[flat]
+    h, rest = flat // (n_targets * n_sources), flat % (n_targets * n_sources)
+    i, j = rest // n_sources, rest % n_sources
+    target = i + start
+    # level of a part: the fewest smallest coordinates of y that hold every overshooting one
+    levels = _levels(d)
+    level = torch.zeros_like(flat)
+    for m in levels[:-1]:
+        level += reach > sorted_abs[:, m].index_select(0, target)
+    weights = a[h, i, j]
+    correction = torch.empty_like(weights)
+    for index, m in enumerate(levels):
+        at = (level == index).nonzero()[:, 0]
+        step = max(1, budget_bytes // (8 * m * 8))
+        for lo in range(0, at.numel(), step):
+            part = at[lo:lo + step]
+            tgt = target[part]
+            y = sorted_whole[m].index_select(0, tgt)  # [n, m]: y's coordinates, smallest |y_k| first
+            coords = order[m].index_select(0, tgt) + ((j[part] * n_heads + h[part]) * d)[:, None]
+            u = head_out.view(-1).take(coords)
+            # relu(s_k (a u_k - y_k)), s_k = sign(y_k) (sign(0) = +1, as for the linear term)
+            x = weights[part, None] * u - y
+            correction[part] = torch.where(y >= 0, x, -x).clamp_min_(0).sum(-1)
+    values = (block.view(-1)[flat] - 2 * correction).clamp_min_(0)
+    block = block.clamp_min_(0)
+    block.view(-1)[flat] = values
+    return block
+
+
+def head_source_proximity_reference(
+    whole: torch.Tensor, probs: torch.Tensor, head_out: torch.Tensor, p: int,
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+) -> torch.Tensor:
+    """The plain formula, for tests: forms the parts' differences [chunk, T, H, d] chunk by chunk."""
+    n_tokens, n_heads, d = head_out.shape
+    dtype = torch.float64 if whole.dtype == torch.float64 else torch.float32
+    whole = whole.to(dtype)
+    head_out = head_out.to(dtype)
+    probs_ts = probs.to(dtype).permute(1, 2, 0)  # [T, T, H]
     whole_norm = torch.linalg.vector_norm(whole, ord=p, dim=-1)  # [T]
-    prox = torch.zeros(n_tokens, n_tokens, n_heads)
-    # the differences tensor plus one temporary of its size, for a chunk against all sources
-    chunk = max(1, budget_bytes // (2 * n_tokens * n_heads * d * 4))
+    prox = torch.zeros(n_tokens, n_tokens, n_heads, dtype=dtype)
+    chunk = max(1, budget_bytes // (2 * n_tokens * n_heads * d * whole.element_size()))
     for start in range(0, n_tokens, chunk):
         stop = min(start + chunk, n_tokens)
         diff = whole[start:stop, None, None, :] - probs_ts[start:stop, :stop, :, None] * head_out[None, :stop]

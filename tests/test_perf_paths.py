@@ -1,0 +1,130 @@
+"""The fast paths against the naive formulas they replace (float64 references)."""
+
+import pytest
+import torch
+
+import lmtt_widget as lw
+import tiny
+from lmtt_widget import contributions as C
+from lmtt_widget import graph as G
+from lmtt_widget import run as R
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+def random_layer(n_tokens=24, n_heads=6, n_kv=2, head_dim=4, d=20, seed=0, zeros=0, peaked=False):
+    g = torch.Generator().manual_seed(seed)
+    whole = torch.randn(n_tokens, d, generator=g, dtype=torch.float64)
+    whole[:, :zeros] = 0  # sign(0): both sides must agree
+    scores = torch.randn(n_heads, n_tokens, n_tokens, generator=g, dtype=torch.float64) * (8 if peaked else 2)
+    scores = scores.masked_fill(torch.ones(n_tokens, n_tokens, dtype=torch.bool).triu(1), float("-inf"))
+    probs = scores.softmax(-1)
+    values = torch.randn(n_tokens, n_kv, head_dim, generator=g, dtype=torch.float64)
+    w_o = torch.randn(n_heads, head_dim, d, generator=g, dtype=torch.float64)
+    head_out = R.head_outputs(w_o, values, n_heads).double()
+    return whole, probs, values, w_o, head_out
+
+
+def assert_prox_close(fast, reference):
+    scale = reference.abs().max().clamp_min(1e-12)
+    torch.testing.assert_close(fast.double() / scale, reference / scale, rtol=0, atol=1e-5)
+
+
+CASES = [
+    dict(),
+    dict(n_tokens=1),
+    dict(d=5, head_dim=5, n_heads=2, n_kv=1),  # d below the L1 levels
+    dict(d=200, head_dim=25, n_heads=8, n_kv=8, n_tokens=40),  # every L1 level, no GQA
+    dict(zeros=3),
+    dict(peaked=True, n_tokens=40),  # large weights: many coordinates overshoot
+]
+
+
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("factored", [False, True])
+@pytest.mark.parametrize("budget", [C.DEFAULT_BUDGET_BYTES, 3000])
+def test_head_source_proximity_matches_the_formula(p, case, factored, budget):
+    whole, probs, values, w_o, head_out = random_layer(seed=case, **CASES[case])
+    reference = C.head_source_proximity_reference(whole, probs, head_out, p)
+    kwargs = dict(values=values, w_o=w_o) if factored else {}
+    fast = C.head_source_proximity(whole.float(), probs.float(), head_out.float(), p, budget, **kwargs)
+    assert fast.dtype == torch.float32 and fast.shape == reference.shape
+    assert (fast >= 0).all()
+    assert_prox_close(fast, reference)
+
+
+def test_the_reference_is_the_formula_on_each_part():
+    whole, probs, values, w_o, head_out = random_layer(n_tokens=6, n_heads=2, n_kv=1, d=7, head_dim=3)
+    reference = C.head_source_proximity_reference(whole, probs, head_out, 1)
+    for i in range(6):
+        for j in range(6):
+            for h in range(2):
+                part = probs[h, i, j] * head_out[j, h]
+                expected = max(0.0, float(whole[i].abs().sum() - (whole[i] - part).abs().sum())) if j <= i else 0.0
+                assert float(reference[i, j, h]) == pytest.approx(expected, abs=1e-9)
+
+
+def test_factors_remembered_on_head_out_are_used():
+    whole, probs, values, w_o, head_out = random_layer()
+    u = C.with_factors(head_out.float(), values.float(), w_o.float())
+    assert u.lmtt_factors[0] is not None
+    assert_prox_close(C.head_source_proximity(whole.float(), probs.float(), u, 1),
+                      C.head_source_proximity_reference(whole, probs, head_out, 1))
+
+
+def test_sources_after_the_target_get_nothing():
+    whole, probs, values, w_o, head_out = random_layer()
+    probs = probs + 0.01  # even with weight above the diagonal, only causal sources count
+    fast = C.head_source_proximity(whole.float(), probs.float(), head_out.float(), 1, 3000)
+    assert (fast.permute(2, 0, 1).triu(1) == 0).all()
+
+
+# -- whole models ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=tiny.FAMILIES)
+def family_run(request):
+    return lw.analyze(tiny.load(request.param), PROMPT)
+
+
+@pytest.mark.parametrize("distance", ["l1", "l2"])
+def test_layer_shares_match_the_naive_formula(family_run, distance, monkeypatch):
+    run = family_run if distance == "l1" else lw.analyze(family_run.model, PROMPT, distance="l2")
+    p = C.distance_order(distance)
+
+    def naive(whole, probs, head_out, p, budget=None, **_):
+        return C.head_source_proximity_reference(whole.double(), probs.double(), head_out.double(), p).float()
+
+    for layer in range(run.shape.n_layers):
+        fast = run.layers[layer]
+        monkeypatch.setattr(C, "head_source_proximity", naive)
+        expected = R._layer_shares(run.hf_model, run.family, run.shape, run.capture, layer, p, C.DEFAULT_BUDGET_BYTES)
+        monkeypatch.undo()
+        for name in ("heads", "attn_residual", "ffn", "ffn_residual"):
+            torch.testing.assert_close(getattr(fast, name), getattr(expected, name), rtol=1e-5, atol=1e-6)
+
+
+def naive_routes_edges(run, token, threshold):
+    """The routes' edges by the plain layer-by-layer walk over whole [T, T] matrices."""
+    edges = {}
+    active = torch.zeros(run.n_tokens, dtype=torch.bool)
+    active[token] = True
+    for layer in range(run.shape.n_layers - 1, -1, -1):
+        e = G.layer_edges(run, layer, threshold, True)
+        keep, active = G._keep(e, threshold, active, run.shape.parallel)
+        for i, j in keep["attention"].nonzero().tolist():
+            edges[(layer, "attention", j, i)] = float(e.attention[i, j])
+    return edges
+
+
+@pytest.mark.parametrize("threshold", [0.001, 0.04, 0.2])
+def test_routes_for_any_token_and_threshold_match_the_full_computation(family_run, threshold):
+    for token in (family_run.n_tokens - 1, family_run.n_tokens // 2, 0):
+        g = family_run.graph(token=token, threshold=threshold)
+        got = {(v[1], "attention", d["source"], d["target"]): d["weight"]
+               for u, v, k, d in g.edges(keys=True, data=True) if k == "attention"}
+        expected = naive_routes_edges(family_run, token, threshold)
+        assert got.keys() == expected.keys()
+        for key, weight in expected.items():
+            assert got[key] == pytest.approx(weight, rel=1e-5, abs=1e-7)
