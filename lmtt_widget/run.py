@@ -95,7 +95,9 @@ def head_outputs(w_o: torch.Tensor, values: torch.Tensor, n_heads: int) -> torch
 
 @torch.no_grad()
 def _layer_shares(hf_model, family, shape: Shape, capture: Capture, layer: int, p: int, budget: int) -> LayerShares:
-    u = head_outputs(w_o(hf_model, family, shape, layer), capture.values[layer], shape.n_heads)
+    out_proj = w_o(hf_model, family, shape, layer)
+    # the factors let the importances take their dot products in the head dimension (9x fewer flops)
+    u = C.with_factors(head_outputs(out_proj, capture.values[layer], shape.n_heads), capture.values[layer], out_proj)
     shares = block_shares(capture.resid[layer], capture.attn_out[layer], capture.ffn_out[layer],
                           capture.resid[layer + 1], capture.probs[layer], u, shape.parallel, p, budget)
     return LayerShares(*(t.cpu() for t in shares))
