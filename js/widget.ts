@@ -136,6 +136,7 @@ function render({ model, el }: RenderProps<State>) {
     }
     panels.show(info, sel, data);
     root.dataset.panel = key;
+    root.dataset.panelAt = performance.now().toFixed(1); // for bench/widget.py
   };
 
   // -- traits -> views -----------------------------------------------------------------------
@@ -143,6 +144,8 @@ function render({ model, el }: RenderProps<State>) {
     const t0 = performance.now();
     graph.setData(model.get("info"), model.get("payload"));
     root.dataset.renderMs = (performance.now() - t0).toFixed(1);
+    // time to the first frame painted with the graph in it
+    requestAnimationFrame(() => setTimeout(() => { root.dataset.paintMs = (performance.now() - t0).toFixed(1); }, 0));
     controls.setView(model.get("target"), model.get("threshold"), model.get("renormalize"), model.get("normalize_lens"));
   };
   const onInfo = () => { controls.setInfo(model.get("info")); cache.clear(); shown = ""; };

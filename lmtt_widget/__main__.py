@@ -1,4 +1,5 @@
-"""Command line: `python -m lmtt_widget demo [PROMPT]` prints a prediction and its routes."""
+"""Command line: `python -m lmtt_widget demo [PROMPT]` prints a prediction and its routes;
+`python -m lmtt_widget export PROMPT -o routes.html` writes the widget as one offline HTML file."""
 
 from __future__ import annotations
 
@@ -29,6 +30,21 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def export(args: argparse.Namespace) -> int:
+    import lmtt_widget as lw
+
+    model = lw.load_model(args.model)
+    try:
+        widget = lw.Widget(lw.analyze(model, args.prompt), target=args.target, threshold=args.threshold)
+    except lw.LmttError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    path = widget.save_html(args.output)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB): {widget.run.n_tokens} tokens, "
+          f"{widget.graph.number_of_edges()} edges in the routes to token {widget.target}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lmtt_widget")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -36,8 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser.add_argument("prompt", nargs="?", default=DEMO_PROMPT)
     demo_parser.add_argument("--model", default=None, help="hub id, directory or .gguf (default: the demo model)")
     demo_parser.add_argument("--threshold", type=float, default=0.04)
+    export_parser = commands.add_parser("export", help="write the widget for a prompt as one offline HTML file")
+    export_parser.add_argument("prompt")
+    export_parser.add_argument("-o", "--output", default="routes.html", help="the HTML file to write")
+    export_parser.add_argument("--model", default=None, help="hub id, directory or .gguf (default: the demo model)")
+    export_parser.add_argument("--threshold", type=float, default=0.04)
+    export_parser.add_argument("--target", type=int, default=-1, help="whose prediction's routes (default: the last token)")
     args = parser.parse_args(argv)
-    return demo(args)
+    return {"demo": demo, "export": export}[args.command](args)
 
 
 if __name__ == "__main__":

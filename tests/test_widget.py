@@ -316,3 +316,19 @@ def test_export_escapes_markup_in_the_state(model):
     text = standalone_html(widget_state(w), "t")
     body = text.split('id="lmtt-state">', 1)[1].split("</script>", 1)[0]
     assert "<" not in body and ">" not in body
+
+
+def test_export_command_writes_an_offline_page(monkeypatch, tmp_path, capsys):
+    from lmtt_widget.__main__ import main
+
+    tiny_model = tiny.load("llama")
+    monkeypatch.setattr(lw, "load_model", lambda name=None: tiny_model)
+    out = tmp_path / "routes.html"
+    assert main(["export", "The capital of France is", "-o", str(out), "--threshold", "0.02", "--target", "2"]) == 0
+    text = out.read_text()
+    state = json.loads(re.search(r'id="lmtt-state">(.*?)</script>', text, re.S).group(1))
+    assert state["target"] == 2 and state["threshold"] == 0.02
+    assert "residual/post/0/2/1" in state["preloaded"]
+    assert "wrote" in capsys.readouterr().out
+    assert main(["export", "  ", "-o", str(tmp_path / "bad.html")]) == 2
+    assert "prompt is empty" in capsys.readouterr().err and not (tmp_path / "bad.html").exists()
