@@ -61,27 +61,82 @@ def _node_names(run, layer: int):
     return before, (lambda i: ("mid", layer, i)), (lambda i: ("ffn", layer, i)), (lambda i: ("post", layer, i))
 
 
-def _add_layer(g: nx.MultiDiGraph, run, layer: int, edges: LayerEdges, keep: dict[str, torch.Tensor]) -> None:
+def _layer_graph(g: nx.MultiDiGraph, run, layer: int, threshold: float, renormalize: bool,
+                 active: torch.Tensor | None) -> torch.Tensor:
+    """Add one layer's edges above `threshold` that reach an `active` node leaving the layer
+    (every node if None) and return which nodes feeding the layer they make active.
+
+    The same edges and weights as `layer_edges` + `_keep`, but the attention shares are summed,
+    renormalised and rescaled only for the targets that can keep an edge, and per-head shares
+    only for the kept edges: re-routing (another token or threshold) costs little at length.
+    """
+    shares = run.layers[layer]
+    parallel = run.shape.parallel
+    n_tokens = shares.ffn.shape[0]
+    everything = torch.ones(n_tokens, dtype=torch.bool)
+    active_out = everything if active is None else active
+    ffn_share, ffn_residual = shares.ffn, shares.ffn_residual
+    if not parallel:
+        if renormalize:
+            ffn_share, ffn_residual = threshold_renormalize(shares.ffn[:, None], shares.ffn_residual, threshold)
+            ffn_share = ffn_share[:, 0]
+        keep_ffn = active_out & (ffn_share > threshold)
+        keep_ffn_residual = active_out & (ffn_residual > threshold)
+        active_in = everything if active is None else (keep_ffn | keep_ffn_residual)
+    else:
+        active_in = active_out
+    rows = active_in.nonzero()[:, 0]  # targets whose attention block can keep an edge
+    heads = shares.heads.index_select(0, rows)  # [n, T, H]
+    attention = heads.sum(-1)  # [n, T]
+    residual = shares.attn_residual.index_select(0, rows)
+    if renormalize:
+        if parallel:
+            parts = torch.cat([attention, shares.ffn.index_select(0, rows)[:, None]], dim=1)
+            parts, residual = threshold_renormalize(parts, residual, threshold)
+            new_attention, ffn_rows = parts[:, :-1], parts[:, -1]
+        else:
+            new_attention, residual = threshold_renormalize(attention, residual, threshold)
+    else:
+        new_attention = attention
+        if parallel:
+            ffn_rows = shares.ffn.index_select(0, rows)
+    kept = (new_attention > threshold).nonzero()  # [k, 2]: (row, source)
+    kept_rows, kept_sources = kept[:, 0], kept[:, 1]
+    weights = new_attention[kept_rows, kept_sources]
+    kept_heads = heads[kept_rows, kept_sources]  # [k, H]
+    if renormalize:
+        old = attention[kept_rows, kept_sources]
+        kept_heads = kept_heads * torch.where(old > 0, weights / old.clamp_min(1e-30), torch.zeros_like(old))[:, None]
+    keep_residual = residual > threshold
+    feeding = torch.zeros(n_tokens, dtype=torch.bool)
+    feeding[kept_sources] = True
+    feeding[rows[keep_residual]] = True
+
     before, mid, ffn, post = _node_names(run, layer)
-    attn_into = post if run.shape.parallel else mid
-    ffn_from = before if run.shape.parallel else mid
-    for i, j in keep["attention"].nonzero().tolist():
-        g.add_edge(before(j), attn_into(i), "attention", kind="attention", weight=float(edges.attention[i, j]),
-                   heads=edges.heads[i, j].tolist(), source=j, target=i)
-    for i in keep["attn_residual"].nonzero()[:, 0].tolist():
-        g.add_edge(before(i), attn_into(i), "residual", kind="residual", weight=float(edges.attn_residual[i]))
-    for i in keep["ffn"].nonzero()[:, 0].tolist():
-        weight = float(edges.ffn[i])
-        g.add_edge(ffn_from(i), ffn(i), "ffn", kind="ffn", weight=weight)
-        g.add_edge(ffn(i), post(i), "ffn", kind="ffn", weight=weight)
-    if not run.shape.parallel:
-        for i in keep["ffn_residual"].nonzero()[:, 0].tolist():
-            g.add_edge(mid(i), post(i), "residual", kind="residual", weight=float(edges.ffn_residual[i]))
+    attn_into = post if parallel else mid
+    ffn_from = before if parallel else mid
+    targets = rows[kept_rows].tolist()
+    for i, j, w, h in zip(targets, kept_sources.tolist(), weights.tolist(), kept_heads.tolist()):
+        g.add_edge(before(j), attn_into(i), "attention", kind="attention", weight=w, heads=h, source=j, target=i)
+    for i, w in zip(rows[keep_residual].tolist(), residual[keep_residual].tolist()):
+        g.add_edge(before(i), attn_into(i), "residual", kind="residual", weight=w)
+    if parallel:
+        keep_ffn_rows = ffn_rows > threshold
+        feeding[rows[keep_ffn_rows]] = True
+        ffn_edges = zip(rows[keep_ffn_rows].tolist(), ffn_rows[keep_ffn_rows].tolist())
+    else:
+        ffn_edges = zip(keep_ffn.nonzero()[:, 0].tolist(), ffn_share[keep_ffn].tolist())
+        for i, w in zip(keep_ffn_residual.nonzero()[:, 0].tolist(), ffn_residual[keep_ffn_residual].tolist()):
+            g.add_edge(mid(i), post(i), "residual", kind="residual", weight=w)
+    for i, w in ffn_edges:
+        g.add_edge(ffn_from(i), ffn(i), "ffn", kind="ffn", weight=w)
+        g.add_edge(ffn(i), post(i), "ffn", kind="ffn", weight=w)
+    return feeding
 
 
 def _keep(edges: LayerEdges, threshold: float, active: torch.Tensor | None, parallel: bool):
     """Which edges of a layer to keep (above threshold, and reaching an active node if given),
-    and which nodes feeding the layer they make active."""
+    and which nodes feeding the layer they make active. (The plain form of _layer_graph.)"""
     everything = torch.ones_like(edges.ffn, dtype=torch.bool)
     active_out = everything if active is None else active
     ffn = active_out & (edges.ffn > threshold)
@@ -117,9 +172,7 @@ def routes(run, token: int, threshold: float = 0.04, renormalize: bool = True) -
     active = torch.zeros(run.n_tokens, dtype=torch.bool)
     active[token] = True
     for layer in range(last, -1, -1):
-        edges = layer_edges(run, layer, threshold, renormalize)
-        keep, active = _keep(edges, threshold, active, run.shape.parallel)
-        _add_layer(g, run, layer, edges, keep)
+        active = _layer_graph(g, run, layer, threshold, renormalize, active)
     g.graph.update(target=token, threshold=threshold, renormalize=renormalize)
     return _label_nodes(g, run)
 
@@ -129,8 +182,6 @@ def full_graph(run, threshold: float = 0.04, renormalize: bool = True) -> nx.Mul
     threshold = check_threshold(threshold)
     g = _new_graph(run)
     for layer in range(run.shape.n_layers):
-        edges = layer_edges(run, layer, threshold, renormalize)
-        keep, _ = _keep(edges, threshold, None, run.shape.parallel)
-        _add_layer(g, run, layer, edges, keep)
+        _layer_graph(g, run, layer, threshold, renormalize, None)
     g.graph.update(threshold=threshold, renormalize=renormalize)
     return _label_nodes(g, run)

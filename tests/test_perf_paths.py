@@ -105,26 +105,52 @@ def test_layer_shares_match_the_naive_formula(family_run, distance, monkeypatch)
             torch.testing.assert_close(getattr(fast, name), getattr(expected, name), rtol=1e-5, atol=1e-6)
 
 
-def naive_routes_edges(run, token, threshold):
-    """The routes' edges by the plain layer-by-layer walk over whole [T, T] matrices."""
-    edges = {}
-    active = torch.zeros(run.n_tokens, dtype=torch.bool)
-    active[token] = True
-    for layer in range(run.shape.n_layers - 1, -1, -1):
-        e = G.layer_edges(run, layer, threshold, True)
-        keep, active = G._keep(e, threshold, active, run.shape.parallel)
+def naive_graph(run, token, threshold, renormalize=True):
+    """The plain walk: every layer's edges as whole [T, T] and [T, T, H] tensors, then masks."""
+    g = G._new_graph(run)
+    active = None
+    if token is not None:
+        active = torch.zeros(run.n_tokens, dtype=torch.bool)
+        active[token] = True
+    layers = range(run.shape.n_layers)
+    for layer in (reversed(layers) if token is not None else layers):
+        e = G.layer_edges(run, layer, threshold, renormalize)
+        keep, feeding = G._keep(e, threshold, active, run.shape.parallel)
+        active = feeding if token is not None else None
+        before, mid, ffn, post = G._node_names(run, layer)
+        attn_into = post if run.shape.parallel else mid
+        ffn_from = before if run.shape.parallel else mid
         for i, j in keep["attention"].nonzero().tolist():
-            edges[(layer, "attention", j, i)] = float(e.attention[i, j])
-    return edges
+            g.add_edge(before(j), attn_into(i), "attention", kind="attention", weight=float(e.attention[i, j]),
+                       heads=e.heads[i, j].tolist(), source=j, target=i)
+        for i in keep["attn_residual"].nonzero()[:, 0].tolist():
+            g.add_edge(before(i), attn_into(i), "residual", kind="residual", weight=float(e.attn_residual[i]))
+        for i in keep["ffn"].nonzero()[:, 0].tolist():
+            g.add_edge(ffn_from(i), ffn(i), "ffn", kind="ffn", weight=float(e.ffn[i]))
+            g.add_edge(ffn(i), post(i), "ffn", kind="ffn", weight=float(e.ffn[i]))
+        if not run.shape.parallel:
+            for i in keep["ffn_residual"].nonzero()[:, 0].tolist():
+                g.add_edge(mid(i), post(i), "residual", kind="residual", weight=float(e.ffn_residual[i]))
+    return g
+
+
+def assert_same_graph(got, expected):
+    edges = {(u, v, k): d for u, v, k, d in got.edges(keys=True, data=True)}
+    reference = {(u, v, k): d for u, v, k, d in expected.edges(keys=True, data=True)}
+    assert edges.keys() == reference.keys()
+    for key, data in reference.items():
+        assert edges[key].keys() == data.keys()
+        assert edges[key]["weight"] == pytest.approx(data["weight"], rel=1e-5, abs=1e-7)
+        if "heads" in data:
+            assert edges[key]["heads"] == pytest.approx(data["heads"], rel=1e-5, abs=1e-7)
+            assert (edges[key]["source"], edges[key]["target"]) == (data["source"], data["target"])
 
 
 @pytest.mark.parametrize("threshold", [0.001, 0.04, 0.2])
-def test_routes_for_any_token_and_threshold_match_the_full_computation(family_run, threshold):
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_routes_and_full_graph_match_the_plain_walk(family_run, threshold, renormalize):
     for token in (family_run.n_tokens - 1, family_run.n_tokens // 2, 0):
-        g = family_run.graph(token=token, threshold=threshold)
-        got = {(v[1], "attention", d["source"], d["target"]): d["weight"]
-               for u, v, k, d in g.edges(keys=True, data=True) if k == "attention"}
-        expected = naive_routes_edges(family_run, token, threshold)
-        assert got.keys() == expected.keys()
-        for key, weight in expected.items():
-            assert got[key] == pytest.approx(weight, rel=1e-5, abs=1e-7)
+        assert_same_graph(family_run.graph(token=token, threshold=threshold, renormalize=renormalize),
+                          naive_graph(family_run, token, threshold, renormalize))
+    assert_same_graph(family_run.full_graph(threshold=threshold, renormalize=renormalize),
+                      naive_graph(family_run, None, threshold, renormalize))
