@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .errors import LmttError
+from .progress import progress_bar  # noqa: F401  (used by run.analyze_ids)
 
 DISTANCES = {"l1": 1, "l2": 2}
 DEFAULT_BUDGET_BYTES = 256 * 2**20

@@ -35,7 +35,7 @@ class LayerShares:
 
 
 def analyze(model, prompt: str, *, distance: str = "l1", prepend_bos: bool | None = None,
-            budget_bytes: int = C.DEFAULT_BUDGET_BYTES) -> "Run":
+            budget_bytes: int = C.DEFAULT_BUDGET_BYTES, progress: bool | None = None) -> "Run":
     """Run `model` once on `prompt` and compute the importances of every block's parts.
 
     `model` comes from `load_model`. `distance` is "l1" (the papers' default) or "l2".
@@ -43,18 +43,18 @@ def analyze(model, prompt: str, *, distance: str = "l1", prepend_bos: bool | Non
     token at the start or none.
     """
     input_ids = tokenize(model.tokenizer, prompt, prepend_bos, shape_of(model._module, family_of(model._module)).n_ctx)
-    return analyze_ids(model, input_ids, prompt=prompt, distance=distance, budget_bytes=budget_bytes)
+    return analyze_ids(model, input_ids, prompt=prompt, distance=distance, budget_bytes=budget_bytes, progress=progress)
 
 
 def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, distance: str = "l1",
-                budget_bytes: int = C.DEFAULT_BUDGET_BYTES, edits=None) -> "Run":
+                budget_bytes: int = C.DEFAULT_BUDGET_BYTES, edits=None, progress: bool | None = None) -> "Run":
     """`analyze` on token ids [T]; `edits` (see tracing.trace) change the forward pass."""
     p = C.distance_order(distance)
     hf_model = model._module
     family = family_of(hf_model)
     shape = shape_of(hf_model, family)
     capture = trace(model, family, shape, input_ids.to(hf_model.device), edits)
-    layers = [_layer_shares(hf_model, family, shape, capture, layer, p, budget_bytes) for layer in range(shape.n_layers)]
+    layers = [_layer_shares(hf_model, family, shape, capture, layer, p, budget_bytes) for layer in C.progress_bar(range(shape.n_layers), enabled=progress, desc="importances", unit="layer")]
     text = prompt if prompt is not None else model.tokenizer.decode(input_ids)
     run = Run(model, text, input_ids, capture, layers, distance, budget_bytes)
     run.edits = edits  # a later trace of this run (e.g. neuron activations) must repeat them

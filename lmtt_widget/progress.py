@@ -1,0 +1,25 @@
+"""Progress bars for steps that may take a while: tqdm.auto (a widget in Jupyter, text in a
+terminal), shown only once a step has run for `delay` seconds, so quick analyses stay silent."""
+
+from __future__ import annotations
+
+from typing import Iterable, TypeVar
+
+T = TypeVar("T")
+DELAY_S = 1.0
+
+
+def progress_bar(iterable: Iterable[T], *, enabled: bool | None = None, desc: str | None = None,
+                 total: int | None = None, delay: float = DELAY_S, unit: str = "it") -> Iterable[T]:
+    """`iterable`, wrapped in a tqdm.auto bar.
+
+    `enabled`: None (the default) shows the bar only if iterating takes longer than `delay`
+    seconds; True shows it at once; False never (and tqdm is not even imported).
+    """
+    if enabled is False:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is a dependency, but never fail an analysis for a progress bar
+        return iterable
+    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, delay=0.0 if enabled else delay)
