@@ -18,13 +18,20 @@ becomes A^h_ts * mean_j(v^h_j) W_O^h). Everything runs in the one trace of `anal
 run's importances, an activation replaced by a constant (zero, a mean, a patched-in value) reads
 no source of this prompt: the captured probabilities of what it replaced are set to 0, so the
 routes show no attention edge through it. The model's weights are never changed.
+
+    intervene(run, ablations, mode)        -> (Run, Comparison)   also run.intervene(...)
+    ablated_logits(run, ablations, mode)   -> [T, V] logits only, for sweeps
+    faithfulness(run, token, threshold, k) -> Faithfulness        also run.faithfulness(...)
+    compare(run_a, run_b)                  -> GraphDiff           edges that appear, vanish, change
+    patch(run_from, run_into, node)        -> (Run, Comparison)   a node's activation from another prompt
+    code(run, ablations, mode)             -> str                 standalone nnsight code
 """
 
 from __future__ import annotations
 
 import random
 import statistics
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -157,9 +164,9 @@ def parse(run, spec, mode: str = "zero") -> Ablation:
 
 
 def _parse_all(run, ablations, mode: str) -> list[Ablation]:
-    if isinstance(ablations, (Ablation, tuple)) and ablations and (isinstance(ablations, Ablation) or isinstance(ablations[0], str)):
-        ablations = [ablations]
-    parsed = [parse(run, spec, mode) for spec in ablations]
+    """A list of checked ablations from one ablation or a list of them."""
+    one = isinstance(ablations, Ablation) or (isinstance(ablations, tuple) and ablations and isinstance(ablations[0], str))
+    parsed = [parse(run, spec, mode) for spec in ([ablations] if one else ablations)]
     if not parsed:
         raise LmttError("no ablations given")
     return parsed

@@ -2,6 +2,8 @@
 ablation removes exactly its term; weights never change; code export runs; faithfulness numbers."""
 
 import itertools
+import json
+import random
 import runpy
 from collections import Counter
 
@@ -18,6 +20,15 @@ from lmtt_widget.architectures import out_proj_per_head
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 SWAPPED = "When John and Mary went to the store, Mary gave a drink to"  # same length in tokens
 FAMILIES = ["llama", "gpt2", "gpt_neox", "opt"]  # grouped-query, Conv1D, parallel, 2-d FFN
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: with a busy CPU, more threads only wait on each other (10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -194,6 +205,7 @@ def test_comparison_reports_the_original_prediction(run):
     assert comparison.after.logit_diff == pytest.approx(float(new_logits[token] - new_logits[mary]))
     assert comparison.top_before[0][1] == pytest.approx(comparison.before.probability)
     assert set(comparison.to_dict()) >= {"before", "after", "prob_change", "logit_change", "logit_diff_change"}
+    assert json.loads(json.dumps(comparison.to_dict()))["after"]["probability"] == comparison.after.probability
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -289,7 +301,7 @@ def test_compare_lists_the_edge_an_ablation_removes(run):
     new, _ = run.intervene(("edge", layer, source[2], target[2]))
     diff = I.compare(run, new, threshold=threshold, full=True)
     assert (source, target, "attention") in [(c.source, c.target, c.kind) for c in diff.vanished]
-    assert diff.to_dict()["vanished"]
+    assert json.loads(json.dumps(diff.to_dict()))["vanished"]
 
 
 def test_faithfulness_numbers_are_those_of_the_same_ablations(run):
@@ -306,6 +318,7 @@ def test_faithfulness_numbers_are_those_of_the_same_ablations(run):
         assert draw and not Counter((e.layer, e.target) for e in draw) - Counter((e.layer, e.target) for e in result.route_edges)
         assert not route & {(e.layer, e.source, e.target) for e in draw}
     assert run.faithfulness(threshold=0.001, k=3, draws=2, seed=1).to_dict() == result.to_dict()
+    assert json.loads(json.dumps(result.to_dict()))["route_drop"]["probability"] == result.route_drop.probability
 
 
 # -- the demo model --------------------------------------------------------------------------
@@ -350,7 +363,7 @@ def test_demo_faithfulness_equals_the_same_ablations_by_hand(ioi_run):
 @pytest.mark.demo
 def test_demo_the_mary_heads_of_layer_23_matter_more_than_other_heads_there(ioi_run):
     """The two layer-23 heads with the largest share on ' Mary' -> last, that edge ablated for
-    them, against the same for every pair of that layer's heads (bench/faithfulness.py prints it)."""
+    them, against the same for 6 random pairs of that layer's heads (bench/faithfulness.py: all pairs)."""
     mary, last = ioi_run.tokens.index(" Mary"), ioi_run.n_tokens - 1
     top = ioi_run.attention_contributions(23)[0][last, mary].topk(2).indices.tolist()
     token = int(ioi_run.logits[-1].argmax())
@@ -358,7 +371,7 @@ def test_demo_the_mary_heads_of_layer_23_matter_more_than_other_heads_there(ioi_
     def p_mary(heads):
         logits = I.ablated_logits(ioi_run, [("edge", 23, mary, last, h) for h in heads])
         return float(logits[-1].softmax(-1)[token])
-    pairs = list(itertools.combinations(range(ioi_run.shape.n_heads), 2))
+    pairs = random.Random(0).sample(list(itertools.combinations(range(ioi_run.shape.n_heads), 2)), 6)
     mean_random = sum(p_mary(pair) for pair in pairs) / len(pairs)
     assert ioi_run.decode(token) == " Mary"
     assert p_mary(top) < mean_random < float(ioi_run.logits[-1].softmax(-1)[token])
