@@ -12,7 +12,6 @@ import torch
 
 import lmtt_widget as lw
 import tiny
-from conftest import IOI
 from lmtt_widget import LmttError
 from lmtt_widget import interventions as I
 from lmtt_widget.architectures import out_proj_per_head
