@@ -34,9 +34,9 @@ CASES = [
     dict(),
     dict(n_tokens=1),
     dict(d=5, head_dim=5, n_heads=2, n_kv=1),  # d below the L1 levels
-    dict(d=200, head_dim=25, n_heads=8, n_kv=8, n_tokens=40),  # every L1 level, no GQA
+    dict(d=136, head_dim=17, n_heads=8, n_kv=8, n_tokens=24),  # every L1 level, no GQA
     dict(zeros=3),
-    dict(peaked=True, n_tokens=40),  # large weights: many coordinates overshoot
+    dict(peaked=True, n_tokens=32),  # large weights: many coordinates overshoot
 ]
 
 
