@@ -628,7 +628,7 @@ def code(run, ablations=None, mode: str = "zero", model_expr: str = "lmtt_widget
         "",
         f"model = {model_expr}",
         "hf = model._module  # the transformers model: weights are read, never changed",
-        f"input_ids = torch.tensor([{clean.input_ids.tolist()!r}])",
+        f"input_ids = torch.tensor([{clean.input_ids.tolist()!r}]).to(hf.device)",
         "T = input_ids.shape[1]",
     ]
     means, edit_lines, w_o_lines = {}, {}, []
