@@ -7,10 +7,14 @@
 """
 
 from .errors import LmttError
+from .interventions import code, compare, patch
 from .models import load_model
 from .remote import analyze_compact
 from .run import Run, Shares, analyze
 from .widget import Widget, show
 
-__all__ = ["LmttError", "Run", "Shares", "Widget", "analyze", "analyze_compact", "load_model", "show"]
+__all__ = [
+    "LmttError", "Run", "Shares", "Widget", "analyze", "analyze_compact", "code", "compare", "load_model", "patch",
+    "show",
+]
 __version__ = "0.1.0"

@@ -7,7 +7,6 @@ import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import nnsight
 import torch
 
 from . import contributions as C
@@ -15,7 +14,7 @@ from . import graph as G
 from . import vocab as V
 from .architectures import Shape, family_of, ffn_out_matrix, out_proj_per_head, shape_of
 from .errors import LmttError, check_index
-from .tracing import Capture, trace
+from .tracing import Capture, neuron_activations, trace
 
 
 class NeuronShare(NamedTuple):
@@ -56,9 +55,7 @@ def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, di
     capture = trace(model, family, shape, input_ids.to(hf_model.device), edits)
     layers = [_layer_shares(hf_model, family, shape, capture, layer, p, budget_bytes) for layer in C.progress_bar(range(shape.n_layers), enabled=progress, desc="importances", unit="layer")]
     text = prompt if prompt is not None else model.tokenizer.decode(input_ids)
-    run = Run(model, text, input_ids, capture, layers, distance, budget_bytes)
-    run.edits = edits  # a later trace of this run (e.g. neuron activations) must repeat them
-    return run
+    return Run(model, text, input_ids, capture, layers, distance, budget_bytes, edits=edits)
 
 
 def tokenize(tokenizer, prompt: str, prepend_bos: bool | None, n_ctx: int | None) -> torch.Tensor:
@@ -189,7 +186,7 @@ class Run(Shares):
     """
 
     def __init__(self, model, prompt: str, input_ids: torch.Tensor, capture: Capture,
-                 layers: list[LayerShares], distance: str, budget_bytes: int):
+                 layers: list[LayerShares], distance: str, budget_bytes: int, edits=None):
         hf_model = model._module
         self.family = family_of(hf_model)
         tokens = [model.tokenizer.decode([int(i)]) for i in input_ids]
@@ -199,11 +196,16 @@ class Run(Shares):
         self.prompt = prompt
         self.capture = capture
         self.budget_bytes = budget_bytes
+        self.edits = edits  # how the forward pass was changed; later traces of this run repeat them
+        self.clean: Run | None = None  # for an intervened run: the run it was made from
+        self.interventions: tuple = ()  # the ablations (lmtt_widget.interventions.Ablation) applied
+        self.patches: tuple = ()  # the activations patched in from other prompts
         self._neuron_cache: dict[int, torch.Tensor] = {}
 
     def __repr__(self) -> str:
+        changed = f", {len(self.interventions)} ablations, {len(self.patches)} patches" if self.clean else ""
         return (f"Run({self.model_name!r}, {len(self.tokens)} tokens, {self.shape.n_layers} layers, "
-                f"distance={self.distance!r}, prediction={self.top_tokens(k=1)[0][0]!r})")
+                f"distance={self.distance!r}, prediction={self.top_tokens(k=1)[0][0]!r}{changed})")
 
     # -- basics ---------------------------------------------------------------------------
 
@@ -233,11 +235,8 @@ class Run(Shares):
         """[T, d_ff]: the activations entering the FFN's output projection (one more trace, cached)."""
         layer = self.layer(layer)
         if layer not in self._neuron_cache:
-            module = self.family.modules(self.model, layer)["ffn_out_proj"]
-            with torch.no_grad(), self.model.trace(self.input_ids[None].to(self.hf_model.device)) as tracer:
-                acts = nnsight.save(module.input)
-                tracer.stop()
-            self._neuron_cache[layer] = acts.detach().reshape(self.n_tokens, -1)
+            self._neuron_cache[layer] = neuron_activations(
+                self.model, self.family, self.shape, self.input_ids.to(self.hf_model.device), layer, self.edits)
         return self._neuron_cache[layer]
 
     @torch.no_grad()

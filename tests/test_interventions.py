@@ -396,3 +396,13 @@ def test_neuron_activations_of_an_intervened_forward(run):
     expected[2, 3] = 0
     torch.testing.assert_close(acts, expected, atol=1e-6, rtol=0)
     assert torch.equal(neuron_activations(run.model, run.family, run.shape, run.input_ids, 1), run.neuron_activations(1))
+
+
+def test_neuron_readouts_of_an_intervened_run_follow_its_interventions(run):
+    ablated, _ = run.intervene([("attention", 0)])
+    seen = []
+    hooks = [(modules(run, 0)["attention"], "post", lambda out: (torch.zeros_like(out[0]),) + tuple(out[1:])),
+             (modules(run, 1)["ffn_out_proj"], "pre", lambda x: seen.append(x.clone()) or x)]
+    hooked_logits(run, hooks)
+    torch.testing.assert_close(ablated.neuron_activations(1), seen[0].view(run.n_tokens, -1), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(ablated.neuron_activations(1), run.neuron_activations(1))
