@@ -36,7 +36,7 @@ typecheck: node_modules/.installed
 
 # Opens the quickstart notebook in JupyterLab (`python -m lmtt_widget demo` prints the routes).
 demo: setup js
-	$(PY) -m jupyter lab notebooks/quickstart.ipynb
+	$(PY) -m jupyter lab notebooks/quickstart.ipynb $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: setup js typecheck
 	$(PY) -m pytest -q

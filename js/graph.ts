@@ -340,10 +340,12 @@ export class GraphView {
     const tip = this.tooltip;
     if (!text) { tip.style.display = "none"; return; }
     tip.textContent = text;
-    const r = this.root.getBoundingClientRect();
-    tip.style.left = `${ev.clientX - r.left + 12}px`;
-    tip.style.top = `${ev.clientY - r.top + 12}px`;
     tip.style.display = "block";
+    // beside the pointer, flipped to stay inside the graph
+    const r = this.root.getBoundingClientRect();
+    const x = ev.clientX - r.left, y = ev.clientY - r.top;
+    tip.style.left = `${x + 12 + tip.offsetWidth > r.width ? Math.max(0, x - 12 - tip.offsetWidth) : x + 12}px`;
+    tip.style.top = `${y + 12 + tip.offsetHeight > r.height ? Math.max(0, y - 12 - tip.offsetHeight) : y + 12}px`;
   }
 
   private describe(el: Element): string {

@@ -80,7 +80,7 @@ export const CSS = `
 .lmtt-svg .cursor { fill: none; stroke: var(--accent); stroke-width: 2; stroke-dasharray: 3 2; pointer-events: none; }
 .lmtt-tooltip { position: absolute; display: none; pointer-events: none; max-width: 360px; padding: 3px 6px;
   background: var(--bg-2); color: var(--fg); border: 1px solid var(--border); border-radius: 4px; font-size: 12px;
-  white-space: pre-wrap; z-index: 2; }
+  white-space: nowrap; z-index: 2; }
 .lmtt-panel { flex: 0 1 400px; min-width: 300px; max-height: 560px; overflow: auto; border: 1px solid var(--border);
   border-radius: 4px; padding: 6px 10px; background: var(--bg); }
 .lmtt-panel h3 { margin: 2px 0 4px; font-size: 14px; }
@@ -91,6 +91,7 @@ export const CSS = `
 .lmtt-panel table { border-collapse: collapse; width: 100%; }
 .lmtt-panel th { text-align: left; color: var(--fg-dim); font-weight: normal; font-size: 11px; }
 .lmtt-panel td { padding: 1px 4px 1px 0; vertical-align: middle; }
+.lmtt-panel td.tok { background: none; }
 .lmtt-panel td.up, .lmtt .col-title.up { color: var(--up); }
 .lmtt-panel td.down, .lmtt .col-title.down { color: var(--down); }
 .lmtt-panel td.toks { font-size: 11px; white-space: pre; max-width: 120px; overflow: hidden; text-overflow: ellipsis;

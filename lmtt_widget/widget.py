@@ -21,6 +21,7 @@ import anywidget
 import traitlets
 
 from . import serialize as S
+from . import vocab as V
 from .errors import LmttError, check_index, check_threshold
 
 STATIC = pathlib.Path(__file__).parent / "static"
@@ -293,11 +294,20 @@ class Widget(anywidget.AnyWidget):
             shares, _ = run.neuron_shares(layer, token)
             n = sel["neuron"]
             neurons.append(type(neurons[0])(n, float(shares[n]), float(run.neuron_activations(layer)[token, n])))
+        # every listed neuron's write through the vocabulary in one product: [k, d] -> [k, V]
+        writes = run.neuron_writes(layer, token)[[n.index for n in neurons]]
+        logits = V.direct_logits(run.hf_model, run.family, writes, run.capture.resid[-1][token])
         return {"selection": sel, "ffn_share": float(ffn_share[token]),
                 "block": S.effect(run.block_logits(layer, token, "ffn", k=LOGITS_K)),
                 "neurons": [{"index": n.index, "share": n.share, "activation": n.activation,
-                             **S.effect(run.neuron_logits(layer, n.index, token, k=NEURON_LOGITS_K))}
-                            for n in neurons]}
+                             **_top_bottom(run, row, NEURON_LOGITS_K)} for n, row in zip(neurons, logits)]}
+
+
+def _top_bottom(run, logits, k: int) -> dict[str, list]:
+    """Promoted and suppressed tokens of one row of direct logit effects [V]."""
+    top, bottom = logits.topk(k), (-logits).topk(k)
+    return {"promoted": [[run.decode(i), float(v)] for v, i in zip(top.values, top.indices)],
+            "suppressed": [[run.decode(i), -float(v)] for v, i in zip(bottom.values, bottom.indices)]}
 
 
 def _split_buffers(content: dict):
