@@ -79,9 +79,8 @@ export class Panels {
       button.addEventListener("click", () => this.cb.select({ ...sel, head }));
       heads.append(button);
     });
-    const T = info.tokens.length;
-    const pattern = heatmap(decode<Float32Array>(data.pattern as Encoded), T, sel, "attention pattern");
-    const importance = heatmap(decode<Float32Array>(data.importance as Encoded), T, sel, "importance (share)");
+    const pattern = heatmap(decode<Float32Array>(data.pattern as Encoded), info, sel, "attention pattern");
+    const importance = heatmap(decode<Float32Array>(data.importance as Encoded), info, sel, "importance (share)");
     this.body.replaceChildren(
       h("h3", {}, `Attention edge, layer ${sel.layer}`),
       h("p", { class: "where" }, `from ${sel.source} `, tokenSpan(info.tokens[sel.source]), ` to ${sel.target} `, tokenSpan(info.tokens[sel.target])),
@@ -140,29 +139,53 @@ function effect(e: Effect): HTMLDivElement {
     h("div", {}, h("div", { class: "col-title down" }, "suppressed"), list(e.suppressed, "down")));
 }
 
-/** A T×T map (rows: target, columns: source) on a canvas, the selected cell marked. */
-function heatmap(values: Float32Array, T: number, sel: Extract<Selection, { kind: "attention" }>, title: string): HTMLElement {
-  const canvas = h("canvas", { class: "heatmap", width: T, height: T, role: "img",
-    "aria-label": `${title}: ${T} targets × ${T} sources` });
-  const ctx = canvas.getContext("2d");
+const MAP_PX = 180;
+
+/** A T×T map (rows: target, columns: source) on a canvas, the selected cell marked, and the
+ * target's row below it as a strip; hovering names the cell. */
+function heatmap(values: Float32Array, info: Info, sel: Extract<Selection, { kind: "attention" }>, title: string): HTMLElement {
+  const T = info.tokens.length;
   let max = 0;
   for (const v of values) if (v > max) max = v;
+  const canvas = paint(values, T, T, max);
+  canvas.setAttribute("aria-label", `${title}: ${T} targets × ${T} sources`);
+  canvas.style.width = canvas.style.height = `${MAP_PX}px`;
+  const cell = MAP_PX / T;
+  const markSize = fmt(Math.max(cell, 3), 1);
+  const mark = h("span", { class: "cell-mark", style: `left:${fmt(sel.source * cell, 1)}px;top:${fmt(sel.target * cell, 1)}px;width:${markSize}px;height:${markSize}px` });
+  const row = paint(values.subarray(sel.target * T, sel.target * T + T), T, 1, max);
+  row.classList.add("row-strip");
+  row.style.width = `${MAP_PX}px`;
+  const rowMark = h("span", { class: "cell-mark", style: `left:${fmt(sel.source * cell, 1)}px;top:0;width:${markSize}px;height:12px` });
+  const name = (t: number) => `${t} ${JSON.stringify(info.tokens[t])}`;
+  const hover = (ev: MouseEvent, el: HTMLCanvasElement, target: number | null) => {
+    const r = el.getBoundingClientRect();
+    const j = Math.min(T - 1, Math.floor(((ev.clientX - r.left) / r.width) * T));
+    const i = target ?? Math.min(T - 1, Math.floor(((ev.clientY - r.top) / r.height) * T));
+    el.title = `target ${name(i)} ← source ${name(j)}: ${fmt(values[i * T + j])}`;
+  };
+  canvas.addEventListener("mousemove", (ev) => hover(ev, canvas, null));
+  row.addEventListener("mousemove", (ev) => hover(ev, row, sel.target));
+  const value = values[sel.target * T + sel.source];
+  return h("figure", { class: "map" },
+    h("div", { class: "map-box" }, canvas, mark),
+    h("div", { class: "strip-box" }, row, rowMark),
+    h("figcaption", {}, `${title} (max ${fmt(max)}); this edge ${fmt(value)}; below: the target's row`));
+}
+
+function paint(values: Float32Array, width: number, height: number, max: number): HTMLCanvasElement {
+  const canvas = h("canvas", { class: "heatmap", width, height, role: "img" });
+  const ctx = canvas.getContext("2d");
   if (ctx) {
-    const img = ctx.createImageData(T, T);
-    for (let i = 0; i < T * T; i++) {
-      const v = max > 0 ? values[i] / max : 0;
-      img.data[4 * i] = Math.round(255 - 220 * v);
-      img.data[4 * i + 1] = Math.round(255 - 160 * v);
-      img.data[4 * i + 2] = Math.round(255 - 40 * v);
+    const img = ctx.createImageData(width, height);
+    for (let i = 0; i < width * height; i++) {
+      const v = max > 0 ? Math.sqrt(Math.max(0, values[i]) / max) : 0; // sqrt: small weights stay visible
+      img.data[4 * i] = Math.round(255 - 230 * v);
+      img.data[4 * i + 1] = Math.round(255 - 170 * v);
+      img.data[4 * i + 2] = Math.round(255 - 50 * v);
       img.data[4 * i + 3] = 255;
     }
     ctx.putImageData(img, 0, 0);
   }
-  const size = 150;
-  canvas.style.width = canvas.style.height = `${size}px`;
-  const cell = size / T;
-  const mark = h("span", { class: "cell-mark", style: `left:${fmt(sel.source * cell, 1)}px;top:${fmt(sel.target * cell, 1)}px;width:${fmt(Math.max(cell, 3), 1)}px;height:${fmt(Math.max(cell, 3), 1)}px` });
-  const value = values[sel.target * T + sel.source];
-  return h("figure", { class: "map" }, h("div", { class: "map-box" }, canvas, mark),
-    h("figcaption", {}, `${title} (max ${fmt(max)}); here ${fmt(value)}`));
+  return canvas;
 }

@@ -109,10 +109,12 @@ export const CSS = `
 .lmtt .heads .head.active { border-color: var(--select); border-width: 2px; }
 .lmtt .maps { display: flex; flex-wrap: wrap; gap: 10px; }
 .lmtt figure.map { margin: 0; }
-.lmtt .map-box { position: relative; width: 150px; height: 150px; border: 1px solid var(--border); }
+.lmtt .map-box { position: relative; width: 182px; height: 182px; border: 1px solid var(--border); }
+.lmtt .strip-box { position: relative; width: 182px; height: 14px; margin-top: 3px; border: 1px solid var(--border); }
+.lmtt canvas.row-strip { height: 12px; }
 .lmtt canvas.heatmap { image-rendering: pixelated; display: block; }
 .lmtt .cell-mark { position: absolute; outline: 2px solid var(--select); pointer-events: none; }
-.lmtt figcaption { font-size: 11px; color: var(--fg-dim); max-width: 150px; }
+.lmtt figcaption { font-size: 11px; color: var(--fg-dim); max-width: 182px; }
 .lmtt .effects { display: grid; grid-template-columns: 1fr 1fr; gap: 8px; }
 .lmtt ul.effect { list-style: none; margin: 0; padding: 0; }
 .lmtt ul.effect li { display: flex; justify-content: space-between; gap: 6px; font-size: 12px; }
