@@ -13,8 +13,9 @@ in one process, after a warm-up, medians of `--repeats`:
 - routes: `run.graph()` (the last token's routes), and re-routing: `run.graph(token=T//2)` and
   `run.graph(threshold=0.1)` on the same run, which reuse the kept shares;
 - total = analyze + routes, ratio total / forward (eager and sdpa);
-- peak memory: on CPU the peak RSS (VmHWM, reset per length through /proc/self/clear_refs)
-  minus the RSS before that length; on GPU max_memory_allocated minus what was allocated
+- peak memory: on CPU the peak RSS (VmHWM) of a fresh process per length (model loaded, a short
+  warm-up, then that length; `--in-process` measures all lengths in one process, resetting the
+  peak through /proc/self/clear_refs), and that minus the RSS before the length ("extra"); on GPU max_memory_allocated minus what was allocated
   before; and the bytes of what a Run keeps (shares [L,T,T,H] and probabilities [L,H,T,T]).
 
 Writes a markdown table to stdout and a JSON file (bench/results/, git-ignored).
@@ -211,22 +212,21 @@ def measure(model, n_tokens: int, args) -> dict:
     times: dict[str, list[float]] = {}
     peaks = {}
     run = graph = None
+    memory.start()  # peaks over every round, from what was in use before this length
     for repeat in range(args.repeats + 1):  # the first round is the warm-up
         record = {}
-        memory.start()
         _, record["forward_eager_s"] = _timed(forward, device)
+        if repeat == 0:
+            peaks["forward"] = memory.peak()
         _, record["forward_sdpa_s"] = _timed(forward_sdpa, device)
-        peaks["forward"] = memory.peak()
         capture, record["trace_s"] = _timed(lambda: trace(model, family, shape, ids, None), device)
         del capture
         del run, graph
         gc.collect()
-        memory.start()
         run, record["analyze_s"] = _timed(lambda: analyze_ids(model, ids, **kwargs), device)
         graph, record["routes_s"] = _timed(lambda: run.graph(threshold=args.threshold), device)
         _, record["reroute_token_s"] = _timed(lambda: run.graph(token=n_tokens // 2, threshold=args.threshold), device)
         _, record["reroute_threshold_s"] = _timed(lambda: run.graph(threshold=0.1), device)
-        peaks["analysis"] = memory.peak()
         for key, value in record.items():
             times.setdefault(key, []).append(value)
         slow = record["analyze_s"] > args.slow_s
@@ -235,6 +235,7 @@ def measure(model, n_tokens: int, args) -> dict:
         if repeat == 0:
             for key in times:
                 times[key].clear()
+    peaks["analysis"] = memory.peak()
     row: dict = dict(tokens=n_tokens, repeats=len(times["analyze_s"]))
     for key, values in times.items():
         row[key] = statistics.median(values)
@@ -275,7 +276,7 @@ def _sec(s: float | None) -> str:
 
 def table(rows: list[dict]) -> str:
     head = ("| T | forward (eager) | forward (sdpa) | trace | importances | analyze | routes | re-route token "
-            "| re-route threshold | total | × fwd eager | × fwd sdpa | × (minima) | peak extra GiB | shares GiB | probs GiB |")
+            "| re-route threshold | total | × fwd eager | × fwd sdpa | × (minima) | peak GiB | peak extra GiB | shares GiB | probs GiB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         if "error" in r:
@@ -287,9 +288,26 @@ def table(rows: list[dict]) -> str:
             f"| {_sec(r['shares_s'])} | {_sec(r['analyze_s'])}{'' if r['repeats'] > 1 else ' (n=1)'} "
             f"| {_sec(r['routes_s'])} | {_sec(r['reroute_token_s'])} | {_sec(r['reroute_threshold_s'])} "
             f"| {_sec(r['total_s'])} | {r['ratio_eager']:.1f}× | {ratio_sdpa} | {r['ratio_min_eager']:.1f}× "
-            f"| {_gib(r['peak_extra_bytes'])} "
+            f"| {_gib(r['peak_bytes'])} | {_gib(r['peak_extra_bytes'])} "
             f"| {_gib(r['shares_bytes'])} | {_gib(r['probs_bytes'])} |")
     return "\n".join(lines)
+
+
+def _in_subprocess(argv, n_tokens: int) -> dict:
+    import subprocess
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--lengths" in argv:
+        at = argv.index("--lengths")
+        del argv[at:at + 2]
+    argv = [a for a in argv if not a.startswith("--lengths=") and a != "--child"]
+    done = subprocess.run([sys.executable, "-m", "bench.analysis", *argv, "--lengths", str(n_tokens), "--child",
+                           "--out", os.devnull], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    for line in done.stdout.splitlines():
+        if line.startswith("ROW "):
+            return json.loads(line[4:])
+    tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    return dict(tokens=n_tokens, error=f"exit {done.returncode}: {tail[:200]}")
 
 
 def main(argv=None) -> int:
@@ -307,6 +325,9 @@ def main(argv=None) -> int:
     parser.add_argument("--slow-s", type=float, default=30.0,
                         help="a warm-up slower than this is the only measurement of that step")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="on CPU, measure every length in this process (default: one process per length)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--label", default="", help="a note stored in the JSON (e.g. which optimisation)")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/analysis-<...>.json)")
     args = parser.parse_args(argv)
@@ -322,19 +343,29 @@ def main(argv=None) -> int:
         args.budget = C.DEFAULT_BUDGET_BYTES
     lengths = [int(x) for x in args.lengths.split(",") if x]
 
-    model, model_name = build_model(args)
-    # warm-up of every step on a short prompt (kernels, lazy imports, caches)
-    measure_args = argparse.Namespace(**{**vars(args), "repeats": 1})
-    measure(model, 16, measure_args)
+    # on CPU each length runs in a fresh process, so that its peak RSS is its own
+    isolate = args.device == "cpu" and not args.in_process
+    model, model_name = (None, "demo (SmolLM2-135M-Instruct)" if args.shape is None else f"random-init {args.shape}")
+    if not isolate or args.child:
+        model, model_name = build_model(args)
+        # warm-up of every step on a short prompt (kernels, lazy imports, caches)
+        measure_args = argparse.Namespace(**{**vars(args), "repeats": 1})
+        measure(model, 16, measure_args)
 
     rows = []
     for n_tokens in lengths:
-        try:
-            row = measure(model, n_tokens, args)
-        except (RuntimeError, MemoryError) as error:  # out of memory and the like: report, go on
-            row = dict(tokens=n_tokens, error=f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
+        if isolate and not args.child:
+            row = _in_subprocess(argv, n_tokens)
+        else:
+            try:
+                row = measure(model, n_tokens, args)
+            except (RuntimeError, MemoryError) as error:  # out of memory and the like: report, go on
+                row = dict(tokens=n_tokens, error=f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
+    if args.child:
+        print("ROW " + json.dumps(rows[0]), flush=True)
+        return 0
 
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     meta = dict(model=model_name, device=args.device, device_name=device_name, dtype=args.dtype,
