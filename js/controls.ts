@@ -94,7 +94,7 @@ export class Controls {
     this.normLens.checked = normalizeLens;
     this.targetSelect.value = String(target);
     const info = this.info;
-    if (!info) return;
+    if (!info || !info.predictions.tokens[target]) return; // (a new run's target before its info)
     const probs = decode<Float32Array>(info.predictions.probs);
     const k = info.predictions.tokens[target].length;
     this.predictions.replaceChildren(

@@ -39,6 +39,8 @@ export class GraphView {
   private col = 56;
   private lev = 26;
   private drag: { x: number; y: number; vx: number; vy: number; moved: boolean } | null = null;
+  private drawn: [number, number] = [0, -1]; // the token columns drawn
+  private redrawPending = false;
   private touched = false; // the user zoomed or panned: resizes keep their view
 
   constructor(private cb: GraphCallbacks) {
@@ -85,12 +87,28 @@ export class GraphView {
       source: decode<Uint32Array>(e.source), target: decode<Uint32Array>(e.target), kind: decode<Uint8Array>(e.kind),
       weight: decode<Float32Array>(e.weight), headRow: decode<Int32Array>(e.head_row),
     };
-    if (newRun) this.layout();
-    this.draw();
     if (newRun) {
+      this.layout();
       this.cursor = { token: info.tokens.length - 1, level: this.maxLevel };
       this.initialView();
     }
+    this.draw();
+  }
+
+  /** Token columns in view, widened by `margin` view widths on each side. */
+  private columnsInView(margin: number): [number, number] {
+    const w = this.svg.clientWidth || 900, k = this.view.k;
+    const x0 = (-this.view.x - margin * w) / k, x1 = (w - this.view.x + margin * w) / k;
+    return [Math.floor((x0 - LEFT) / this.col) - 1, Math.ceil((x1 - LEFT) / this.col) + 1];
+  }
+
+  /** Redraw when the view leaves the columns drawn (long prompts draw only what is near the view). */
+  private scheduleRedraw(): void {
+    if (this.redrawPending || !this.data) return;
+    const [a, b] = this.columnsInView(0), [c0, c1] = this.drawn;
+    if (a >= c0 && b <= c1) return;
+    this.redrawPending = true;
+    requestAnimationFrame(() => { this.redrawPending = false; this.draw(); });
   }
 
   private layout(): void {
@@ -102,15 +120,22 @@ export class GraphView {
 
   private draw(): void {
     const info = this.info!, d = this.data!;
+    const [c0, c1] = this.columnsInView(1);
+    this.drawn = [c0, c1];
+    const near = (t: number) => t >= c0 && t <= c1;
     const frag = document.createDocumentFragment();
-    frag.append(this.drawGrid(info));
+    frag.append(this.drawGrid(info, near));
     const edges = s("g", { class: "edges" });
-    // lighter edges first, so that strong ones are drawn on top
-    const order = Array.from(d.weight.keys()).sort((a, b) => d.weight[a] - d.weight[b]);
+    // lighter edges first, so that strong ones are drawn on top; only those reaching the columns drawn
+    const order = Array.from(d.weight.keys()).filter((i) => {
+      const ta = d.token[d.source[i]], tb = d.token[d.target[i]];
+      return Math.max(ta, tb) >= c0 && Math.min(ta, tb) <= c1;
+    }).sort((a, b) => d.weight[a] - d.weight[b]);
     for (const i of order) edges.append(this.edgePath(i));
     frag.append(edges);
     const nodes = s("g", { class: "nodes" });
     for (let i = 0; i < d.stage.length; i++) {
+      if (!near(d.token[i])) continue;
       const st = d.stage[i];
       const c = s("circle", {
         class: `node ${STAGES[st]}`, cx: this.x(d.token[i], st), cy: this.y(this.level(st, d.layer[i])),
@@ -118,12 +143,14 @@ export class GraphView {
       });
       nodes.append(c);
     }
-    frag.append(nodes, this.drawTargets(info), this.highlight, this.cursorMark);
+    frag.append(nodes, this.drawTargets(info, near), this.highlight, this.cursorMark);
+    this.root.dataset.edges = String(d.weight.length);
+    this.root.dataset.edgesDrawn = String(order.length);
     this.world.replaceChildren(frag);
     this.drawHighlight();
   }
 
-  private drawGrid(info: Info): SVGGElement {
+  private drawGrid(info: Info, near: (t: number) => boolean): SVGGElement {
     const g = s("g", { class: "grid" });
     const x0 = LEFT, x1 = this.width - 10;
     for (let l = 0; l < info.n_layers; l++) {
@@ -134,6 +161,7 @@ export class GraphView {
     g.append(s("text", { class: "layer-label", x: x0 - 6, y: this.y(0) + 4, "text-anchor": "end" }, "emb"));
     const yb = this.y(0) + 22;
     info.tokens.forEach((tok, t) => {
+      if (!near(t)) return;
       const label = s("g", { class: "token" });
       label.append(s("title", {}, `${t}: ${JSON.stringify(tok)}`));
       label.append(s("text", { class: "token-label", x: this.x(t), y: yb, "text-anchor": "middle" }, clip(visible(tok))));
@@ -142,11 +170,12 @@ export class GraphView {
     return g;
   }
 
-  private drawTargets(info: Info): SVGGElement {
+  private drawTargets(info: Info, near: (t: number) => boolean): SVGGElement {
     const g = s("g", { class: "targets" });
     const y = TOP - 44;
     const target = this.payload!.target;
     info.tokens.forEach((tok, t) => {
+      if (!near(t)) return;
       const cls = t === target ? "target-cell active" : "target-cell";
       const cell = s("g", { class: cls, "data-target": t });
       cell.append(s("rect", { x: this.x(t) - this.col / 2 + 3, y, width: this.col - 6, height: 22, rx: 4 }));
@@ -373,6 +402,7 @@ export class GraphView {
   private setView(k: number, x: number, y: number): void {
     this.view = { k, x, y };
     this.world.setAttribute("transform", `translate(${fmt(x, 1)},${fmt(y, 1)}) scale(${fmt(k, 4)})`);
+    this.scheduleRedraw();
   }
 
   zoomAt(factor: number, px: number, py: number): void {

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from chromium import ARTIFACTS, CHROMIUM_ARGS, chromium_path, missing  # noqa: E402
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # a module's own: two sync Playwrights cannot overlap (tests/e2e has one)
 def browser():
     try:
         from playwright import sync_api
@@ -40,7 +40,7 @@ def page(browser):
     pg.dialogs = []
     pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
     pg.errors = []
-    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.on("pageerror", lambda e: pg.errors.append(f"{e}\n{e.stack}"))
     pg.requests = []
     pg.on("request", lambda r: pg.requests.append(r.url))
     yield pg
