@@ -28,6 +28,7 @@ export class GraphView {
   private svg: SVGSVGElement;
   private world: SVGGElement;
   private highlight: SVGGElement;
+  private axis: SVGGElement; // layer labels, pinned to the left edge whatever the pan
   private cursorMark: SVGCircleElement;
   private tooltip: HTMLDivElement;
   private info: Info | null = null;
@@ -53,7 +54,8 @@ export class GraphView {
     this.world = s("g", { class: "world" });
     this.highlight = s("g", { class: "highlight" });
     this.cursorMark = s("circle", { class: "cursor", r: 9, visibility: "hidden" });
-    this.svg.append(s("rect", { class: "bg", width: "100%", height: "100%" }), this.world);
+    this.axis = s("g", { class: "axis" });
+    this.svg.append(s("rect", { class: "bg", width: "100%", height: "100%" }), this.world, this.axis);
     this.tooltip = document.createElement("div");
     this.tooltip.className = "lmtt-tooltip";
     this.root.append(this.svg, this.tooltip);
@@ -111,6 +113,19 @@ export class GraphView {
     requestAnimationFrame(() => { this.redrawPending = false; this.draw(); });
   }
 
+  /** Layer labels at the left edge of the view, at their layers' heights. */
+  private drawAxis(): void {
+    if (!this.info) return;
+    const { k, y: vy } = this.view;
+    const labels: SVGElement[] = [s("rect", { class: "axis-bg", x: 0, y: 0, width: 34, height: "100%" })];
+    const every = Math.max(1, Math.ceil(14 / (2 * this.lev * k))); // keep labels ~14 px apart
+    for (let l = 0; l < this.info.n_layers; l += every) {
+      labels.push(s("text", { class: "layer-label", x: 30, y: fmt(this.y(2 * l + 2) * k + vy + 4, 1), "text-anchor": "end" }, `L${l}`));
+    }
+    labels.push(s("text", { class: "layer-label", x: 30, y: fmt(this.y(0) * k + vy + 4, 1), "text-anchor": "end" }, "emb"));
+    this.axis.replaceChildren(...labels);
+  }
+
   private layout(): void {
     const w = this.svg.clientWidth || 900, hgt = this.svg.clientHeight || 560;
     const clamp = (v: number, [lo, hi]: number[]) => Math.max(lo, Math.min(hi, v));
@@ -144,6 +159,7 @@ export class GraphView {
       nodes.append(c);
     }
     frag.append(nodes, this.drawTargets(info, near), this.highlight, this.cursorMark);
+    this.drawAxis();
     this.root.dataset.edges = String(d.weight.length);
     this.root.dataset.edgesDrawn = String(order.length);
     this.world.replaceChildren(frag);
@@ -156,9 +172,7 @@ export class GraphView {
     for (let l = 0; l < info.n_layers; l++) {
       const y = this.y(2 * l + 2);
       g.append(s("line", { class: "layer-line", x1: x0, x2: x1, y1: y, y2: y }));
-      g.append(s("text", { class: "layer-label", x: x0 - 6, y: y + 4, "text-anchor": "end" }, `L${l}`));
     }
-    g.append(s("text", { class: "layer-label", x: x0 - 6, y: this.y(0) + 4, "text-anchor": "end" }, "emb"));
     const yb = this.y(0) + 22;
     info.tokens.forEach((tok, t) => {
       if (!near(t)) return;
@@ -402,6 +416,7 @@ export class GraphView {
   private setView(k: number, x: number, y: number): void {
     this.view = { k, x, y };
     this.world.setAttribute("transform", `translate(${fmt(x, 1)},${fmt(y, 1)}) scale(${fmt(k, 4)})`);
+    this.drawAxis();
     this.scheduleRedraw();
   }
 

@@ -58,7 +58,8 @@ export const CSS = `
 .lmtt-svg { display: block; cursor: grab; user-select: none; touch-action: none; }
 .lmtt-svg .bg { fill: transparent; }
 .lmtt-svg .layer-line { stroke: var(--bg-3); stroke-width: 1; }
-.lmtt-svg .layer-label { fill: var(--fg-dim); font-size: 11px; }
+.lmtt-svg .layer-label { fill: var(--fg-dim); font-size: 11px; pointer-events: none; }
+.lmtt-svg .axis-bg { fill: var(--bg); opacity: 0.85; pointer-events: none; }
 .lmtt-svg .token-label { fill: var(--fg); font-size: 12px; }
 .lmtt-svg .edge { fill: none; cursor: pointer; stroke-linecap: round; }
 .lmtt-svg .edge.attention { stroke: var(--attention); }

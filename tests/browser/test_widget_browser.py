@@ -34,6 +34,8 @@ def test_bundle_renders_the_routes_graph(model, page, harness, artifacts):
     assert len(labels) == w.run.n_tokens
     assert labels[2] == visible(w.run.tokens[2])[:8]
     assert page.locator("text.layer-label").all_text_contents() == ["L0", "L1", "L2", "emb"]
+    label_y = [float(y) for y in page.locator("text.layer-label").evaluate_all("ts => ts.map(t => t.getAttribute('y'))")]
+    assert label_y[0] > label_y[1] > label_y[2] and label_y[3] > label_y[0]  # layers go up, the embedding at the bottom
     assert page.locator(".target-cell.active").get_attribute("data-target") == str(w.run.n_tokens - 1)
     assert page.locator(".facts .model").text_content() == "LlamaForCausalLM"
     assert page.errors == []
@@ -186,3 +188,17 @@ def test_demo_model_graph_screenshot(demo_model, page, harness, artifacts):
     page.wait_for_selector("canvas.heatmap")
     assert w.selection["kind"] == "attention" and w.selection["source"] < w.selection["target"]
     page.screenshot(path=str(artifacts / "browser-demo-attention.png"))
+
+
+def test_keyboard_moves_a_cursor_and_selects(model, page, harness):
+    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    harness(w)
+    last = w.run.n_tokens - 1
+    page.focus(".lmtt-graph")
+    page.keyboard.press("Enter")  # the cursor starts at the top of the target's stream
+    page.wait_for_selector("table.lens")
+    assert w.selection == {"kind": "residual", "stage": "post", "layer": 2, "token": last}
+    for key in ("ArrowDown", "ArrowLeft", "ArrowLeft", "Enter"):
+        page.keyboard.press(key)
+    page.wait_for_function(f"() => document.querySelector('.lmtt').dataset.panel === 'residual/mid/2/{last - 2}/1'")
+    assert w.selection == {"kind": "residual", "stage": "mid", "layer": 2, "token": last - 2}
