@@ -49,6 +49,13 @@ export class Controls {
     this.prompt.addEventListener("keydown", (ev) => {
       if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey || ev.shiftKey)) { ev.preventDefault(); cb.analyze(this.prompt.value); }
     });
+    if (!live) {
+      // a saved page carries one graph: recomputing it needs the kernel
+      for (const input of [this.thresholdInput, this.renorm, this.targetSelect]) {
+        input.disabled = true;
+        input.title = "Needs a live kernel";
+      }
+    }
     const fit = h("button", { class: "fit", title: "Fit the whole graph (key 0)" }, "Fit");
     fit.addEventListener("click", () => cb.fit());
 

@@ -28,6 +28,8 @@ export class GraphView {
   private svg: SVGSVGElement;
   private world: SVGGElement;
   private highlight: SVGGElement;
+  /** Marks that other views draw over the graph in its coordinates (js/interventions.ts). */
+  readonly overlay: SVGGElement = s("g", { class: "overlay" });
   private axis: SVGGElement; // layer labels, pinned to the left edge whatever the pan
   private cursorMark: SVGCircleElement;
   private tooltip: HTMLDivElement;
@@ -158,7 +160,7 @@ export class GraphView {
       });
       nodes.append(c);
     }
-    frag.append(nodes, this.drawTargets(info, near), this.highlight, this.cursorMark);
+    frag.append(nodes, this.drawTargets(info, near), this.overlay, this.highlight, this.cursorMark);
     this.drawAxis();
     this.root.dataset.edges = String(d.weight.length);
     this.root.dataset.edgesDrawn = String(order.length);
@@ -224,6 +226,11 @@ export class GraphView {
       class: `edge ${kind}`, d: path, "data-edge": i,
       "stroke-width": fmt(0.8 + 4 * w, 2), "stroke-opacity": fmt(0.3 + 0.7 * w, 2),
     });
+  }
+
+  /** A node's position in graph coordinates: stage code (types.STAGES), layer, token. */
+  point(stage: number, layer: number, token: number): [number, number] {
+    return [this.x(token, stage), this.y(this.level(stage, layer))];
   }
 
   // -- selection ----------------------------------------------------------------------------

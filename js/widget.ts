@@ -5,6 +5,7 @@ import { putBuffers } from "./arrays";
 import { Controls } from "./controls";
 import { h } from "./dom";
 import { GraphView } from "./graph";
+import { InterventionsView } from "./interventions";
 import { Panels } from "./panels";
 import { CSS } from "./style";
 import type { Selection, State } from "./types";
@@ -66,6 +67,7 @@ function render({ model, el }: RenderProps<State>) {
     target: (t) => setTarget(t),
   });
   const panels = new Panels({ select });
+  const interventions = new InterventionsView(model, graph, select, live);
   const controls = new Controls({
     threshold: (v) => { model.set("threshold", v); model.save_changes(); },
     renormalize: (v) => { model.set("renormalize", v); model.save_changes(); },
@@ -78,12 +80,16 @@ function render({ model, el }: RenderProps<State>) {
     },
     fit: () => graph.fit(),
   }, live);
-  const setTarget = (t: number) => { model.set("target", t); model.save_changes(); };
+  const setTarget = (t: number) => {
+    if (!live) { localMessage = "Showing the routes to another token needs a live kernel."; showMessage(); return; }
+    model.set("target", t);
+    model.save_changes();
+  };
 
   const root = h("div", { class: "lmtt" }, style,
     h("div", { class: "lmtt-header" }, controls.facts, controls.status),
-    controls.root, messageBar,
-    h("div", { class: "lmtt-main" }, graph.root, panels.root));
+    controls.root, interventions.bar, messageBar,
+    h("div", { class: "lmtt-main" }, graph.root, panels.root), interventions.details);
   if (!live) root.append(h("p", { class: "hint export-note" },
     "Saved page: the graph and the panels saved with it work here; other panels and analysing a new prompt need a live kernel."));
   el.append(root);
@@ -157,7 +163,8 @@ function render({ model, el }: RenderProps<State>) {
   void onSelection();
 
   const handlers: [string, () => void][] = [
-    ["change:info", onInfo], ["change:payload", drawGraph], ["change:busy", onBusy],
+    ["change:info", () => { onInfo(); void onSelection(); }], // an intervened run keeps the selection: reload its panel
+    ["change:payload", drawGraph], ["change:busy", onBusy],
     ["change:message", showMessage], ["change:selection", () => void onSelection()],
     ["change:normalize_lens", () => { controls.setView(model.get("target"), model.get("threshold"), model.get("renormalize"), model.get("normalize_lens")); void onSelection(); }],
   ];
@@ -168,6 +175,7 @@ function render({ model, el }: RenderProps<State>) {
     for (const [event, fn] of handlers) model.off(event, fn);
     model.off("msg:custom", onCustom);
     resize.disconnect();
+    interventions.destroy();
   };
 }
 

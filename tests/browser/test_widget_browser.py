@@ -172,7 +172,9 @@ def test_saved_html_works_offline(model, page, tmp_path, artifacts):
     page.wait_for_selector(".lmtt-panel .unavailable")
     assert "needs a live kernel" in page.locator(".lmtt-panel .unavailable").text_content()
     assert "need a live kernel" in page.locator(".export-note").text_content()
-    assert page.locator("button.analyze").is_disabled()
+    assert page.locator("button.analyze").is_disabled() and page.locator(".lmtt-controls input[type=range]").is_disabled()
+    page.locator(".target-cell[data-target='3']").click()
+    assert "needs a live kernel" in page.locator(".lmtt .message").text_content()
     assert [u for u in page.requests if not u.startswith("file:")] == [] and page.errors == []
     page.screenshot(path=str(artifacts / "browser-export.png"))
 

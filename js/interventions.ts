@@ -1,0 +1,410 @@
+// The interventions view: ablate the selection (an attention edge or its head, a neuron, a block)
+// in Python, the prediction before and after, the active ablations with undo, the graph's
+// difference to the clean run (listed, and marked on the graph), the routes' faithfulness as a
+// chart, and the nnsight code to copy. Python does the work (lmtt_widget/widget_interventions.py);
+// this view reads its traits and sends {type: "ablate" | "undo" | "faithfulness"} messages.
+
+import type { AnyModel } from "@anywidget/types";
+import { h, s, visible, fmt } from "./dom";
+import type { GraphView } from "./graph";
+import { STAGES, type Info, type Selection, type Stage, type State } from "./types";
+
+type Spec = (string | number | number[])[];
+
+export interface Ablation {
+  kind: "head" | "neuron" | "attention" | "ffn" | "edge";
+  layer: number; head: number | null; neuron: number | null; source: number | null; target: number | null;
+  positions: number[] | null; mode: "zero" | "mean"; spec: Spec;
+}
+interface Readout { probability: number; logit: number; logit_diff: number }
+interface Comparison {
+  position: number; token: string; against: string; before: Readout; after: Readout;
+  top_before: [string, number][]; top_after: [string, number][];
+  prob_change: number; logit_change: number; logit_diff_change: number;
+}
+type GraphNode = [string, number, number]; // (stage, layer, token)
+interface EdgeChange { source: GraphNode; target: GraphNode; kind: string; weight_a: number | null; weight_b: number | null }
+type Sort = "appeared" | "vanished" | "changed";
+interface GraphDiff extends Record<Sort, EdgeChange[]> { counts: Record<Sort, number>; unchanged: number; tolerance: number }
+interface Faithfulness {
+  position: number; token: string; against: string; threshold: number; k: number; mode: string;
+  clean: Readout; route: Readout; random: Readout[]; route_drop: Readout; random_drop: Readout;
+  route_edges: { layer: number; source: number; target: number; weight: number }[];
+}
+export interface InterventionState {
+  interventions: Ablation[];
+  comparison: Comparison | Record<string, never>;
+  graph_diff: GraphDiff | Record<string, never>;
+  faithfulness: Faithfulness | Record<string, never>;
+  intervention_code: string;
+}
+
+/** One thing the selection can ablate: its label and the spec Python parses. */
+export interface Choice { label: string; spec: Spec; at: number | null } // at: the position it can be limited to
+
+/** What the selection offers to ablate (nothing for an embedding node or no selection). */
+export function choices(sel: Selection, info: Info): Choice[] {
+  if (!("kind" in sel)) return [];
+  const tok = (t: number) => `${t} ${visible(info.tokens[t] ?? "")}`;
+  if (sel.kind === "attention") {
+    const { layer, source, target, head } = sel;
+    const out: Choice[] = [];
+    if (head !== null) out.push({ label: `edge ${tok(source)} → ${tok(target)}, head ${head}`, spec: ["edge", layer, source, target, head], at: null });
+    out.push({ label: `edge ${tok(source)} → ${tok(target)}, all heads`, spec: ["edge", layer, source, target], at: null });
+    if (head !== null) out.push({ label: `head ${head} of layer ${layer}`, spec: ["head", layer, head], at: target });
+    out.push({ label: `attention block of layer ${layer}`, spec: ["attention", layer], at: target });
+    return out;
+  }
+  if (sel.kind === "ffn") {
+    const out: Choice[] = [];
+    if (sel.neuron !== null) out.push({ label: `neuron ${sel.neuron} of layer ${sel.layer}`, spec: ["neuron", sel.layer, sel.neuron], at: sel.token });
+    out.push({ label: `FFN block of layer ${sel.layer}`, spec: ["ffn", sel.layer], at: sel.token });
+    return out;
+  }
+  if (sel.stage === "embed") return [];
+  const attention: Choice = { label: `attention block of layer ${sel.layer}`, spec: ["attention", sel.layer], at: sel.token };
+  const ffn: Choice = { label: `FFN block of layer ${sel.layer}`, spec: ["ffn", sel.layer], at: sel.token };
+  return sel.stage === "mid" ? [attention] : [ffn, attention];
+}
+
+/** A short name of an active ablation. */
+export function describe(ab: Ablation, info: Info): string {
+  const tok = (t: number) => `${t} ${visible(info.tokens[t] ?? "")}`;
+  const where = ab.positions === null ? "" : ` at ${ab.positions.map(tok).join(", ")}`;
+  const what = ab.kind === "edge"
+    ? `edge L${ab.layer} ${tok(ab.source!)} → ${tok(ab.target!)}${ab.head === null ? ", all heads" : `, head ${ab.head}`}`
+    : ab.kind === "head" ? `head L${ab.layer}.${ab.head}`
+    : ab.kind === "neuron" ? `neuron L${ab.layer}.${ab.neuron}`
+    : `${ab.kind === "ffn" ? "FFN" : "attention"} block L${ab.layer}`;
+  return `${what}${where} (${ab.mode})`;
+}
+
+const signed = (x: number, digits = 3) => `${x >= 0 ? "+" : "−"}${fmt(Math.abs(x), digits)}`;
+const isEmpty = (o: object | undefined | null) => !o || Object.keys(o).length === 0;
+
+export class InterventionsView {
+  /** The ablate action, before/after and the active ablations: above the graph. */
+  readonly bar: HTMLDivElement;
+  /** The graph's difference, faithfulness and the code: below the graph. */
+  readonly details: HTMLDivElement;
+  private model: AnyModel<State & InterventionState>;
+  private what = h("select", { class: "ablate-what", "aria-label": "what to ablate" });
+  private mode = h("select", { class: "ablate-mode", "aria-label": "ablation mode" },
+    h("option", { value: "zero" }, "zero"), h("option", { value: "mean" }, "mean"));
+  private only = h("input", { type: "checkbox", class: "ablate-only" });
+  private onlyLabel = h("label", { class: "ablate-only-label" });
+  private ablateButton = h("button", { class: "ablate" }, "Ablate");
+  private hint = h("span", { class: "hint" });
+  private beforeAfter = h("div", { class: "before-after" });
+  private active = h("div", { class: "active-list" });
+  private diffCard = h("section", { class: "card diff" });
+  private faithCard = h("section", { class: "card faithfulness" });
+  private codeCard = h("section", { class: "card code" });
+  private kInput = h("input", { type: "number", min: 1, max: 50, value: 5, class: "faith-k", "aria-label": "k edges" });
+  private faithButton = h("button", { class: "faithfulness-run" }, "Measure faithfulness");
+  private markDiff = h("input", { type: "checkbox", class: "mark-diff", checked: true });
+  private offered: Choice[] = [];
+  private handlers: [string, () => void][] = [];
+
+  constructor(model: AnyModel<State>, private graph: GraphView, private select: (sel: Selection) => void, private live: boolean) {
+    this.model = model as unknown as AnyModel<State & InterventionState>;
+    const needsKernel = live ? undefined : "Needs a live kernel";
+    for (const el of [this.ablateButton, this.faithButton, this.what, this.mode, this.only, this.kInput]) {
+      el.disabled = !live;
+      if (needsKernel) el.title = needsKernel;
+    }
+    this.ablateButton.addEventListener("click", () => this.ablate());
+    this.faithButton.addEventListener("click", () => {
+      const k = Number(this.kInput.value);
+      this.model.send({ type: "faithfulness", k: Number.isInteger(k) ? k : 5, mode: this.mode.value });
+    });
+    this.markDiff.addEventListener("change", () => this.drawMarks());
+    this.what.addEventListener("change", () => this.updateOnly());
+    this.bar = h("div", { class: "lmtt-interventions" }, h("style", {}, CSS),
+      h("div", { class: "row ablate-row" },
+        h("span", { class: "label" }, "Intervene:"), this.what, h("label", {}, "mode ", this.mode),
+        this.onlyLabel, this.ablateButton, this.hint),
+      this.beforeAfter, this.active);
+    this.details = h("div", { class: "lmtt-intervention-details" }, this.diffCard, this.faithCard, this.codeCard);
+    this.handlers = [
+      ["change:selection", () => this.showChoices()], ["change:info", () => { this.showChoices(); this.showState(); }],
+      ["change:interventions", () => this.showState()], ["change:comparison", () => this.showState()],
+      ["change:graph_diff", () => this.showState()], ["change:faithfulness", () => this.showFaithfulness()],
+      ["change:intervention_code", () => this.showCode()], ["change:busy", () => this.showBusy()],
+      ["change:payload", () => queueMicrotask(() => this.drawMarks())], // after the graph's own redraw
+    ];
+    for (const [event, fn] of this.handlers) this.model.on(event, fn);
+    this.showChoices();
+    this.showState();
+    this.showFaithfulness();
+    this.showCode();
+  }
+
+  destroy(): void {
+    for (const [event, fn] of this.handlers) this.model.off(event, fn);
+  }
+
+  private get<K extends keyof InterventionState>(key: K): InterventionState[K] | undefined {
+    return this.model.get(key); // undefined in a page saved without these traits
+  }
+
+  // -- the ablate action --------------------------------------------------------------------
+
+  private showChoices(): void {
+    const previous = this.what.value;
+    this.offered = choices(this.model.get("selection") ?? {}, this.model.get("info"));
+    this.what.replaceChildren(...this.offered.map((c, i) => h("option", { value: i }, c.label)));
+    const kept = this.offered.findIndex((c) => c.label === previous);
+    if (kept > 0) this.what.value = String(kept);
+    const none = this.offered.length === 0;
+    this.what.disabled = none || !this.live;
+    this.ablateButton.disabled = none || !this.live || this.model.get("busy") !== "";
+    this.hint.textContent = none ? "Select an attention edge, an FFN block or neuron, or a residual node to ablate it." : "";
+    this.updateOnly();
+  }
+
+  private updateOnly(): void {
+    const choice = this.offered[Number(this.what.value)];
+    const at = choice?.at ?? null;
+    this.onlyLabel.replaceChildren(this.only, at === null ? " only here" : ` only at ${at} ${visible(this.model.get("info").tokens[at] ?? "")}`);
+    this.onlyLabel.style.display = at === null ? "none" : "";
+  }
+
+  private ablate(): void {
+    const choice = this.offered[Number(this.what.value)];
+    if (!choice || !this.live) return;
+    const spec: Spec = choice.at !== null && this.only.checked ? [...choice.spec, [choice.at]] : choice.spec;
+    this.model.send({ type: "ablate", ablation: spec, mode: this.mode.value });
+  }
+
+  private showBusy(): void {
+    const busy = this.model.get("busy") !== "";
+    this.ablateButton.disabled = busy || !this.live || this.offered.length === 0;
+    this.faithButton.disabled = busy || !this.live;
+    for (const b of this.active.querySelectorAll("button")) b.disabled = busy || !this.live;
+  }
+
+  // -- before / after, the active ablations, the graph's difference ---------------------------
+
+  private showState(): void {
+    const info = this.model.get("info");
+    const list = this.get("interventions") ?? [];
+    const cmp = this.get("comparison");
+    this.beforeAfter.replaceChildren();
+    this.active.replaceChildren();
+    this.bar.classList.toggle("has-interventions", list.length > 0);
+    if (list.length > 0 && cmp && !isEmpty(cmp)) this.beforeAfter.append(...comparisonView(cmp as Comparison, info));
+    if (list.length > 0) {
+      const items = list.map((ab, i) => {
+        const undo = h("button", { class: "undo", title: "Undo: rerun without this ablation", "data-index": i, "aria-label": `undo ${describe(ab, info)}` }, "×");
+        undo.disabled = !this.live;
+        undo.addEventListener("click", () => this.model.send({ type: "undo", index: i }));
+        return h("span", { class: "ablation", "data-kind": ab.kind }, describe(ab, info), undo);
+      });
+      this.active.append(h("span", { class: "label" }, `Active (${list.length}):`), ...items,
+        h("span", { class: "hint" }, "the graph and panels show the intervened run"));
+    }
+    this.showDiff();
+    this.showBusy();
+  }
+
+  private showDiff(): void {
+    const diff = this.get("graph_diff");
+    if (!diff || isEmpty(diff)) { this.diffCard.replaceChildren(); this.diffCard.style.display = "none"; this.drawMarks(); return; }
+    const d = diff as GraphDiff, info = this.model.get("info");
+    this.diffCard.style.display = "";
+    const sections = (["vanished", "appeared", "changed"] as Sort[]).map((sort) => {
+      const rows = d[sort].map((c) => {
+        const row = h("li", { class: `change ${sort}`, title: "attention edges: click to select" },
+          h("span", { class: `swatch ${sort}` }), h("span", { class: "what" }, edgeName(c, info)),
+          h("span", { class: "num" }, `${c.weight_a === null ? "–" : fmt(c.weight_a)} → ${c.weight_b === null ? "–" : fmt(c.weight_b)}`));
+        if (c.kind === "attention") {
+          row.classList.add("clickable");
+          row.addEventListener("click", () => this.select({ kind: "attention", layer: c.target[1], source: c.source[2], target: c.target[2], head: null }));
+        }
+        return row;
+      });
+      const more = d.counts[sort] > rows.length ? ` (strongest ${rows.length} shown)` : "";
+      return h("div", { class: "sort" }, h("h4", {}, `${d.counts[sort]} ${sort}${more}`), h("ul", { class: `changes ${sort}` }, ...rows));
+    });
+    this.diffCard.replaceChildren(
+      h("h3", {}, "Routes: intervened vs clean"),
+      h("p", { class: "hint" }, `edges of the routes to token ${this.model.get("target")}; changed: weight moved by more than ${fmt(d.tolerance, 2)}; ${d.unchanged} unchanged`),
+      h("label", {}, this.markDiff, " mark them on the graph (vanished: dashed)"), ...sections);
+    queueMicrotask(() => this.drawMarks());
+  }
+
+  /** The listed changes drawn over the graph: vanished dashed, appeared and changed solid. */
+  private drawMarks(): void {
+    const overlay = this.graph.overlay;
+    const diff = this.get("graph_diff");
+    if (!diff || isEmpty(diff) || !this.markDiff.checked) { overlay.replaceChildren(); return; }
+    const d = diff as GraphDiff;
+    const marks: SVGPathElement[] = [];
+    for (const sort of ["changed", "appeared", "vanished"] as Sort[]) {
+      for (const c of d[sort]) {
+        const [xa, ya] = this.graph.point(STAGES.indexOf(c.source[0] as Stage), c.source[1], c.source[2]);
+        const [xb, yb] = this.graph.point(STAGES.indexOf(c.target[0] as Stage), c.target[1], c.target[2]);
+        const ym = (ya + yb) / 2;
+        const path = c.kind === "attention" && xa !== xb ? `M${xa},${ya}C${xa},${ym} ${xb},${ym} ${xb},${yb}`
+          : c.kind === "attention" ? `M${xa},${ya}Q${xa - 14},${ym} ${xb},${yb}` : `M${xa},${ya}L${xb},${yb}`;
+        const change = Math.abs((c.weight_b ?? 0) - (c.weight_a ?? 0));
+        marks.push(s("path", { class: `diff-mark ${sort}`, d: path, "stroke-width": fmt(2 + 5 * Math.min(1, change), 2) }));
+      }
+    }
+    overlay.replaceChildren(...marks);
+  }
+
+  // -- faithfulness -------------------------------------------------------------------------
+
+  private showFaithfulness(): void {
+    const f = this.get("faithfulness");
+    const info = this.model.get("info");
+    const head = [h("h3", {}, "Faithfulness of the routes"),
+      h("p", { class: "hint" }, "Ablate the k strongest attention edges of the routes shown, and for comparison k random edges into the same targets (10 draws)."),
+      h("div", { class: "row" }, h("label", {}, "k ", this.kInput), this.faithButton)];
+    if (!f || isEmpty(f)) { this.faithCard.replaceChildren(...head); return; }
+    this.faithCard.replaceChildren(...head, ...faithfulnessView(f as Faithfulness, info));
+  }
+
+  // -- the code -------------------------------------------------------------------------------
+
+  private showCode(): void {
+    const code = this.get("intervention_code") ?? "";
+    if (!code) { this.codeCard.replaceChildren(); this.codeCard.style.display = "none"; return; }
+    this.codeCard.style.display = "";
+    const text = h("textarea", { class: "code-text", readonly: true, spellcheck: "false", rows: 12, "aria-label": "nnsight code" });
+    text.value = code;
+    const status = h("span", { class: "hint copy-status", role: "status" });
+    const copy = h("button", { class: "copy", title: "Copy the code to the clipboard" }, "Copy");
+    copy.addEventListener("click", () => {
+      const selectAll = (why: string) => { text.focus(); text.select(); status.textContent = why; };
+      if (navigator.clipboard?.writeText) {
+        navigator.clipboard.writeText(code).then(() => { status.textContent = "Copied"; },
+          () => selectAll("Selected: press Ctrl+C to copy"));
+      } else selectAll("Selected: press Ctrl+C to copy");
+    });
+    this.codeCard.replaceChildren(h("h3", {}, "nnsight code (w.code())"),
+      h("div", { class: "row" }, h("span", { class: "hint" }, "reproduces the active ablations; runs on its own"), copy, status), text);
+  }
+}
+
+function tokenSpan(token: string): HTMLSpanElement {
+  return h("span", { class: "tok", title: JSON.stringify(token) }, visible(token));
+}
+
+function edgeName(c: EdgeChange, info: Info): string {
+  const tok = (t: number) => `${t} ${visible(info.tokens[t] ?? "")}`;
+  const [, layer, target] = c.target;
+  if (c.kind === "attention") return `attention L${layer}: ${tok(c.source[2])} → ${tok(target)}`;
+  return `${c.kind} ${c.source[0]}${c.source[0] === "embed" ? "" : ` L${c.source[1]}`} → ${c.target[0]} L${layer} at ${tok(target)}`;
+}
+
+/** The original prediction's numbers before and after, and the top tokens of each. */
+function comparisonView(c: Comparison, info: Info): HTMLElement[] {
+  const cell = (label: string, a: number, b: number, change: number, cls: string) =>
+    h("span", { class: `metric ${cls}` }, h("span", { class: "label" }, label), ` ${fmt(a)} → ${fmt(b)} `,
+      h("span", { class: `num change ${change < 0 ? "down" : "up"}` }, `(${signed(change)})`));
+  const top = (title: string, items: [string, number][], cls: string) => h("div", { class: `top ${cls}` },
+    h("span", { class: "label" }, title), ...items.slice(0, 5).map(([t, p]) =>
+      h("span", { class: "pred" }, tokenSpan(t), ` ${fmt(p)}`)));
+  return [
+    h("div", { class: "row prediction-change" },
+      h("span", { class: "label" }, `After token ${c.position} `), tokenSpan(info.tokens[c.position] ?? ""),
+      h("span", { class: "label" }, ", the clean prediction "), tokenSpan(c.token), h("span", { class: "label" }, ":"),
+      cell("p", c.before.probability, c.after.probability, c.prob_change, "prob"),
+      cell("logit", c.before.logit, c.after.logit, c.logit_change, "logit"),
+      cell(`logit − logit(${visible(c.against)})`, c.before.logit_diff, c.after.logit_diff, c.logit_diff_change, "logit-diff")),
+    h("div", { class: "row tops" }, top("before:", c.top_before, "before"), top("after:", c.top_after, "after")),
+  ];
+}
+
+const CHART = { w: 220, h: 120, pad: 26 };
+
+/** Route vs random drops as bars, one chart per measure, and the numbers in a table. */
+function faithfulnessView(f: Faithfulness, info: Info): HTMLElement[] {
+  const drop = (r: Readout, key: keyof Readout) => f.clean[key] - r[key];
+  const chart = (key: keyof Readout, title: string) => {
+    const route = f.route_drop[key], mean = f.random_drop[key];
+    const draws = f.random.map((r) => drop(r, key));
+    const max = Math.max(1e-9, ...[route, mean, ...draws].map(Math.abs));
+    const { w, h: height, pad } = CHART;
+    const zero = height / 2, scale = (height / 2 - 14) / max;
+    const svg = s("svg", { class: "faith-chart", width: w, height: height + pad, role: "img", "aria-label": `${title}: route ${fmt(route)}, random ${fmt(mean)}` });
+    svg.append(s("line", { class: "zero", x1: 0, x2: w, y1: zero, y2: zero }));
+    const bar = (i: number, v: number, cls: string, label: string) => {
+      const x = 30 + i * 100, y = v >= 0 ? zero - v * scale : zero;
+      svg.append(s("rect", { class: `bar ${cls}`, x, y: fmt(y, 1), width: 60, height: fmt(Math.max(1, Math.abs(v) * scale), 1) }));
+      svg.append(s("text", { class: "value", x: x + 30, y: fmt(v >= 0 ? y - 3 : y + Math.abs(v) * scale + 11, 1), "text-anchor": "middle" }, fmt(v)));
+      svg.append(s("text", { class: "name", x: x + 30, y: height + 14, "text-anchor": "middle" }, label));
+    };
+    bar(0, route, "route", `route (${f.route_edges.length})`);
+    bar(1, mean, "random", `random (${draws.length})`);
+    draws.forEach((v, i) => svg.append(s("circle", { class: "draw", cx: fmt(130 + 60 * (i + 0.5) / draws.length, 1), cy: fmt(zero - v * scale, 1), r: 2.5 })));
+    return h("figure", { class: "faith-figure", "data-measure": key }, svg, h("figcaption", {}, title));
+  };
+  const row = (name: string, key: keyof Readout) => h("tr", { "data-measure": key }, h("td", {}, name),
+    h("td", { class: "num" }, fmt(f.clean[key])), h("td", { class: "num route" }, fmt(f.route[key])),
+    h("td", { class: "num route" }, fmt(f.route_drop[key])), h("td", { class: "num random" }, fmt(f.random_drop[key])));
+  return [
+    h("p", { class: "where" }, `target ${f.position} `, tokenSpan(info.tokens[f.position] ?? ""), " → ", tokenSpan(f.token),
+      `, threshold ${fmt(f.threshold)}, ${f.mode} ablation of ${f.route_edges.length} route edges`),
+    h("div", { class: "charts" },
+      chart("probability", `drop of p(${visible(f.token)})`),
+      chart("logit_diff", `drop of logit(${visible(f.token)}) − logit(${visible(f.against)})`)),
+    h("table", { class: "faith-table" },
+      h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", {}, "clean"), h("th", {}, "route ablated"), h("th", {}, "route drop"), h("th", {}, "random drop (mean)"))),
+      h("tbody", {}, row("probability", "probability"), row("logit", "logit"), row(`logit diff vs ${visible(f.against)}`, "logit_diff"))),
+  ];
+}
+
+const CSS = `
+.lmtt-interventions { margin: 4px 0; padding: 4px 0; border-top: 1px solid var(--border); }
+.lmtt-interventions .row { display: flex; flex-wrap: wrap; align-items: center; gap: 4px 12px; margin: 3px 0; }
+.lmtt-interventions label { display: inline-flex; align-items: center; gap: 4px; }
+.lmtt-interventions .label, .lmtt-intervention-details .label { color: var(--fg-dim); }
+.lmtt-interventions .hint, .lmtt-intervention-details .hint { color: var(--fg-dim); font-size: 12px; }
+.lmtt-interventions select.ablate-what { max-width: 360px; }
+.lmtt-interventions button.ablate { border-color: var(--down); }
+.lmtt-interventions .metric { white-space: nowrap; }
+.lmtt-interventions .change.down { color: var(--down); }
+.lmtt-interventions .change.up { color: var(--up); }
+.lmtt-interventions .top { display: flex; flex-wrap: wrap; gap: 4px 10px; align-items: center; }
+.lmtt-interventions .active-list { display: flex; flex-wrap: wrap; gap: 4px 8px; align-items: center; margin: 3px 0; }
+.lmtt-interventions .ablation { display: inline-flex; align-items: center; gap: 4px; padding: 1px 2px 1px 8px;
+  border: 1px solid var(--down); border-radius: 10px; background: var(--bg-2); }
+.lmtt-interventions .ablation button.undo { border: none; background: none; padding: 0 4px; font-size: 14px; }
+.lmtt-intervention-details { display: flex; flex-wrap: wrap; gap: 8px; margin-top: 8px; align-items: flex-start; }
+.lmtt-intervention-details .card { flex: 1 1 360px; min-width: 300px; border: 1px solid var(--border); border-radius: 4px; padding: 6px 10px; }
+.lmtt-intervention-details h3 { margin: 2px 0 4px; font-size: 14px; }
+.lmtt-intervention-details h4 { margin: 8px 0 2px; font-size: 12px; color: var(--fg-dim); font-weight: 600; }
+.lmtt-intervention-details .row { display: flex; flex-wrap: wrap; align-items: center; gap: 4px 12px; margin: 3px 0; }
+.lmtt-intervention-details ul.changes { list-style: none; margin: 0; padding: 0; max-height: 180px; overflow: auto; }
+.lmtt-intervention-details li.change { display: flex; gap: 8px; align-items: center; font-size: 12px; }
+.lmtt-intervention-details li.change .what { flex: 1; white-space: pre; overflow: hidden; text-overflow: ellipsis; }
+.lmtt-intervention-details li.change.clickable { cursor: pointer; }
+.lmtt-intervention-details li.change.clickable:hover { background: var(--bg-3); }
+.lmtt .swatch { display: inline-block; width: 14px; height: 4px; border-radius: 2px; }
+.lmtt .swatch.vanished { background: var(--down); }
+.lmtt .swatch.appeared { background: var(--up); }
+.lmtt .swatch.changed { background: var(--diff-changed, #8e44ad); }
+.lmtt-svg .diff-mark { fill: none; pointer-events: none; stroke-opacity: 0.75; stroke-linecap: round; }
+.lmtt-svg .diff-mark.vanished { stroke: var(--down); stroke-dasharray: 5 4; }
+.lmtt-svg .diff-mark.appeared { stroke: var(--up); }
+.lmtt-svg .diff-mark.changed { stroke: var(--diff-changed, #8e44ad); stroke-opacity: 0.5; }
+.lmtt-intervention-details .charts { display: flex; flex-wrap: wrap; gap: 12px; }
+.lmtt-intervention-details figure.faith-figure { margin: 0; }
+.lmtt-intervention-details figcaption { font-size: 11px; color: var(--fg-dim); max-width: 220px; }
+.lmtt .faith-chart .zero { stroke: var(--fg-dim); stroke-width: 1; }
+.lmtt .faith-chart .bar.route { fill: var(--down); opacity: 0.75; }
+.lmtt .faith-chart .bar.random { fill: var(--residual); }
+.lmtt .faith-chart .draw { fill: var(--fg-dim); opacity: 0.7; }
+.lmtt .faith-chart text { fill: var(--fg); font-size: 11px; }
+.lmtt .faith-chart text.value { font-family: var(--jp-code-font-family, ui-monospace, monospace); }
+.lmtt-intervention-details table.faith-table { border-collapse: collapse; margin-top: 6px; font-size: 12px; }
+.lmtt-intervention-details table.faith-table th { text-align: left; color: var(--fg-dim); font-weight: normal; padding-right: 10px; }
+.lmtt-intervention-details table.faith-table td { padding: 1px 10px 1px 0; }
+.lmtt-intervention-details textarea.code-text { width: 100%; font-family: var(--jp-code-font-family, ui-monospace, monospace);
+  font-size: 11px; color: var(--fg); background: var(--bg-2); border: 1px solid var(--border); border-radius: 4px;
+  white-space: pre; overflow: auto; user-select: text; }
+`;
