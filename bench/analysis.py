@@ -194,7 +194,7 @@ def measure(model, n_tokens: int, args) -> dict:
     ids = prompt_ids(model.tokenizer, n_tokens).to(hf_model.device)
     family = family_of(hf_model)
     shape = shape_of(hf_model, family)
-    kwargs = dict(distance=args.distance, budget_bytes=args.budget)
+    kwargs = dict(distance=args.distance, budget_bytes=args.budget, progress=False)
 
     @torch.no_grad()
     def forward():

@@ -66,8 +66,8 @@ def head_source_proximity(
 
     With `values` and `w_o` (given, or remembered on `head_out` by `with_factors`), the dot products are taken in the head dimension:
     s.u = (W_O^h s) . v_j, which costs T^2 * d instead of T^2 * H * d. Targets are taken in chunks
-    so that the temporaries stay under `budget_bytes` (about eight [chunk, T, H] float32 tensors,
-    plus the candidates of the L1 correction); only causal sources (j <= i) are computed, the rest
+    so that the temporaries stay under `budget_bytes` (at most about sixteen [chunk, T, H] float32
+    tensors, the L1 correction's candidates included); only causal sources (j <= i) are computed, the rest
     are exactly 0.
     """
     n_tokens, n_heads, d = head_out.shape
@@ -96,7 +96,7 @@ def head_source_proximity(
         u_sq = (head_out * head_out).sum(-1).T.contiguous()  # [H, T]
         direction = whole
     prox = torch.zeros(n_tokens, n_tokens, n_heads, device=whole.device)
-    chunk = max(1, budget_bytes // (8 * n_tokens * n_heads * 4))
+    chunk = max(1, budget_bytes // (16 * n_tokens * n_heads * 4))
     for start in range(0, n_tokens, chunk):
         stop = min(start + chunk, n_tokens)
         a = probs[:, start:stop, :stop].float()  # [H, c, S] (a copy only if probs are not float32)
@@ -150,10 +150,11 @@ def _l1_block(a, dot, start, sorted_abs, sorted_whole, order, head_out, u_max, b
     reach = reach.view(-1)[flat]
     h, rest = flat // (n_targets * n_sources), flat % (n_targets * n_sources)
     i, j = rest // n_sources, rest % n_sources
+    del rest
     target = i + start
     # level of a part: the fewest smallest coordinates of y that hold every overshooting one
     levels = _levels(d)
-    level = torch.zeros_like(flat)
+    level = torch.zeros_like(flat, dtype=torch.uint8)
     for m in levels[:-1]:
         level += reach > sorted_abs[:, m].index_select(0, target)
     weights = a[h, i, j]

@@ -73,6 +73,16 @@ def test_factors_remembered_on_head_out_are_used():
                       C.head_source_proximity_reference(whole, probs, head_out, 1))
 
 
+def test_half_precision_inputs_are_computed_in_float32():
+    whole, probs, values, w_o, _ = (t.bfloat16() for t in random_layer())
+    head_out = R.head_outputs(w_o, values, w_o.shape[0])  # float32, as _layer_shares makes it
+    for p in (1, 2):
+        fast = C.head_source_proximity(whole, probs, head_out, p, 3000, values=values, w_o=w_o)
+        assert fast.dtype == torch.float32
+        reference = C.head_source_proximity_reference(whole.double(), probs.double(), head_out.double(), p)
+        assert_prox_close(fast, reference)
+
+
 def test_sources_after_the_target_get_nothing():
     whole, probs, values, w_o, head_out = random_layer()
     probs = probs + 0.01  # even with weight above the diagonal, only causal sources count
