@@ -21,6 +21,17 @@ export const CSS = `
   font-size: var(--jp-ui-font-size1, 13px);
   border: 1px solid var(--border); border-radius: 6px; padding: 8px; box-sizing: border-box;
 }
+/* outside Jupyter (the saved page, VS Code without --jp-* variables): follow the system's dark mode */
+@media (prefers-color-scheme: dark) {
+  .lmtt {
+    --fg: var(--jp-ui-font-color0, #e6edf3); --fg-dim: var(--jp-ui-font-color2, #9198a1);
+    --bg: var(--jp-layout-color0, #0d1117); --bg-2: var(--jp-layout-color1, #161b22);
+    --bg-3: var(--jp-layout-color2, #262c36); --border: var(--jp-border-color1, #3d444d);
+    --accent: var(--jp-brand-color1, #4493f8); --attention: var(--jp-info-color1, #58a6ff);
+    --residual: var(--jp-ui-font-color3, #6e7681); --ffn: var(--jp-warn-color1, #f0883e);
+    --up: var(--jp-success-color1, #3fb950); --down: var(--jp-error-color1, #f85149);
+  }
+}
 .lmtt * { box-sizing: border-box; }
 .lmtt .tok, .lmtt .token-label, .lmtt .target-cell text, .lmtt .num {
   font-family: var(--jp-code-font-family, ui-monospace, "DejaVu Sans Mono", monospace);
