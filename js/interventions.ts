@@ -25,7 +25,8 @@ interface Comparison {
 type GraphNode = [string, number, number]; // (stage, layer, token)
 interface EdgeChange { source: GraphNode; target: GraphNode; kind: string; weight_a: number | null; weight_b: number | null }
 type Sort = "appeared" | "vanished" | "changed";
-interface GraphDiff extends Record<Sort, EdgeChange[]> { counts: Record<Sort, number>; unchanged: number; tolerance: number }
+type EdgeKind = "attention" | "residual" | "ffn";
+interface GraphDiff extends Record<Sort, EdgeChange[]> { counts: Record<Sort, Record<EdgeKind, number>>; unchanged: number; tolerance: number }
 interface Faithfulness {
   position: number; token: string; against: string; threshold: number; k: number; mode: string;
   clean: Readout; route: Readout; random: Readout[]; route_drop: Readout; random_drop: Readout;
@@ -103,6 +104,9 @@ export class InterventionsView {
   private kInput = h("input", { type: "number", min: 1, max: 50, value: 5, class: "faith-k", "aria-label": "k edges" });
   private faithButton = h("button", { class: "faithfulness-run" }, "Measure faithfulness");
   private markDiff = h("input", { type: "checkbox", class: "mark-diff", checked: true });
+  private diffKind = h("select", { class: "diff-kind", "aria-label": "edges listed" },
+    h("option", { value: "attention" }, "attention edges"), h("option", { value: "residual" }, "residual edges"),
+    h("option", { value: "ffn" }, "FFN edges"), h("option", { value: "all" }, "all edges"));
   private offered: Choice[] = [];
   private handlers: [string, () => void][] = [];
 
@@ -119,6 +123,7 @@ export class InterventionsView {
       this.model.send({ type: "faithfulness", k: Number.isInteger(k) ? k : 5, mode: this.mode.value });
     });
     this.markDiff.addEventListener("change", () => this.drawMarks());
+    this.diffKind.addEventListener("change", () => this.showDiff());
     this.what.addEventListener("change", () => this.updateOnly());
     this.bar = h("div", { class: "lmtt-interventions" }, h("style", {}, CSS),
       h("div", { class: "row ablate-row" },
@@ -213,8 +218,9 @@ export class InterventionsView {
     if (!diff || isEmpty(diff)) { this.diffCard.replaceChildren(); this.diffCard.style.display = "none"; this.drawMarks(); return; }
     const d = diff as GraphDiff, info = this.model.get("info");
     this.diffCard.style.display = "";
+    const kind = this.diffKind.value;
     const sections = (["vanished", "appeared", "changed"] as Sort[]).map((sort) => {
-      const rows = d[sort].map((c) => {
+      const rows = listed(d, sort, kind).map((c) => {
         const row = h("li", { class: `change ${sort}`, title: "attention edges: click to select" },
           h("span", { class: `swatch ${sort}` }), h("span", { class: "what" }, edgeName(c, info)),
           h("span", { class: "num" }, `${c.weight_a === null ? "–" : fmt(c.weight_a)} → ${c.weight_b === null ? "–" : fmt(c.weight_b)}`));
@@ -224,13 +230,15 @@ export class InterventionsView {
         }
         return row;
       });
-      const more = d.counts[sort] > rows.length ? ` (strongest ${rows.length} shown)` : "";
-      return h("div", { class: "sort" }, h("h4", {}, `${d.counts[sort]} ${sort}${more}`), h("ul", { class: `changes ${sort}` }, ...rows));
+      const counts = d.counts[sort], count = kind === "all" ? counts.attention + counts.residual + counts.ffn : counts[kind as EdgeKind];
+      const more = count > rows.length ? ` (strongest ${rows.length} shown)` : "";
+      return h("div", { class: "sort", "data-sort": sort }, h("h4", {}, `${count} ${sort}${more}`), h("ul", { class: `changes ${sort}` }, ...rows));
     });
     this.diffCard.replaceChildren(
       h("h3", {}, "Routes: intervened vs clean"),
       h("p", { class: "hint" }, `edges of the routes to token ${this.model.get("target")}; changed: weight moved by more than ${fmt(d.tolerance, 2)}; ${d.unchanged} unchanged`),
-      h("label", {}, this.markDiff, " mark them on the graph (vanished: dashed)"), ...sections);
+      h("div", { class: "row" }, h("label", {}, "list ", this.diffKind), h("label", {}, this.markDiff, " mark them on the graph (vanished: dashed)")),
+      ...sections);
     queueMicrotask(() => this.drawMarks());
   }
 
@@ -242,14 +250,14 @@ export class InterventionsView {
     const d = diff as GraphDiff;
     const marks: SVGPathElement[] = [];
     for (const sort of ["changed", "appeared", "vanished"] as Sort[]) {
-      for (const c of d[sort]) {
+      for (const c of listed(d, sort, this.diffKind.value)) {
         const [xa, ya] = this.graph.point(STAGES.indexOf(c.source[0] as Stage), c.source[1], c.source[2]);
         const [xb, yb] = this.graph.point(STAGES.indexOf(c.target[0] as Stage), c.target[1], c.target[2]);
         const ym = (ya + yb) / 2;
         const path = c.kind === "attention" && xa !== xb ? `M${xa},${ya}C${xa},${ym} ${xb},${ym} ${xb},${yb}`
           : c.kind === "attention" ? `M${xa},${ya}Q${xa - 14},${ym} ${xb},${yb}` : `M${xa},${ya}L${xb},${yb}`;
         const change = Math.abs((c.weight_b ?? 0) - (c.weight_a ?? 0));
-        marks.push(s("path", { class: `diff-mark ${sort}`, d: path, "stroke-width": fmt(2 + 5 * Math.min(1, change), 2) }));
+        marks.push(s("path", { class: `diff-mark ${sort}`, d: path, "stroke-width": fmt(1.5 + 3.5 * Math.min(1, change), 2) }));
       }
     }
     overlay.replaceChildren(...marks);
@@ -287,6 +295,12 @@ export class InterventionsView {
     this.codeCard.replaceChildren(h("h3", {}, "nnsight code (w.code())"),
       h("div", { class: "row" }, h("span", { class: "hint" }, "reproduces the active ablations; runs on its own"), copy, status), text);
   }
+}
+
+/** The listed changes of one sort, of one edge kind or all ("all"). */
+function listed(d: GraphDiff, sort: Sort, kind: string): EdgeChange[] {
+  const size = (c: EdgeChange) => Math.abs((c.weight_b ?? 0) - (c.weight_a ?? 0));
+  return kind === "all" ? [...d[sort]].sort((a, b) => size(b) - size(a)) : d[sort].filter((c) => c.kind === kind);
 }
 
 function tokenSpan(token: string): HTMLSpanElement {
@@ -334,7 +348,7 @@ function faithfulnessView(f: Faithfulness, info: Info): HTMLElement[] {
     svg.append(s("line", { class: "zero", x1: 0, x2: w, y1: zero, y2: zero }));
     const bar = (i: number, v: number, cls: string, label: string) => {
       const x = 30 + i * 100, y = v >= 0 ? zero - v * scale : zero;
-      svg.append(s("rect", { class: `bar ${cls}`, x, y: fmt(y, 1), width: 60, height: fmt(Math.max(1, Math.abs(v) * scale), 1) }));
+      svg.append(s("rect", { class: `fbar ${cls}`, x, y: fmt(y, 1), width: 60, height: fmt(Math.max(1, Math.abs(v) * scale), 1) }));
       svg.append(s("text", { class: "value", x: x + 30, y: fmt(v >= 0 ? y - 3 : y + Math.abs(v) * scale + 11, 1), "text-anchor": "middle" }, fmt(v)));
       svg.append(s("text", { class: "name", x: x + 30, y: height + 14, "text-anchor": "middle" }, label));
     };
@@ -396,8 +410,8 @@ const CSS = `
 .lmtt-intervention-details figure.faith-figure { margin: 0; }
 .lmtt-intervention-details figcaption { font-size: 11px; color: var(--fg-dim); max-width: 220px; }
 .lmtt .faith-chart .zero { stroke: var(--fg-dim); stroke-width: 1; }
-.lmtt .faith-chart .bar.route { fill: var(--down); opacity: 0.75; }
-.lmtt .faith-chart .bar.random { fill: var(--residual); }
+.lmtt .faith-chart .fbar.route { fill: var(--down); opacity: 0.75; }
+.lmtt .faith-chart .fbar.random { fill: var(--residual); }
 .lmtt .faith-chart .draw { fill: var(--fg-dim); opacity: 0.7; }
 .lmtt .faith-chart text { fill: var(--fg); font-size: 11px; }
 .lmtt .faith-chart text.value { font-family: var(--jp-code-font-family, ui-monospace, monospace); }

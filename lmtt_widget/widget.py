@@ -23,6 +23,7 @@ import traitlets
 from . import serialize as S
 from . import vocab as V
 from .errors import LmttError, check_index, check_threshold
+from .widget_interventions import InterventionsMixin
 
 STATIC = pathlib.Path(__file__).parent / "static"
 LENS_K = 10
@@ -31,7 +32,7 @@ NEURONS_K = 10
 NEURON_LOGITS_K = 5
 
 
-class Widget(anywidget.AnyWidget):
+class Widget(InterventionsMixin, anywidget.AnyWidget):
     """The routes of one `Run`, drawn inline; `Widget(run)` or `lmtt_widget.show(model, prompt)`."""
 
     _esm = STATIC / "widget.js"
@@ -154,6 +155,7 @@ class Widget(anywidget.AnyWidget):
         if new_run:
             self.info = S.run_info(run)
         self.payload = S.graph_payload(self._graph, run.shape.n_heads)
+        self._interventions_refresh(new_run)
 
     def _from_frontend(self, name: str) -> bool:
         return name in getattr(self, "_property_lock", {})
@@ -252,6 +254,8 @@ class Widget(anywidget.AnyWidget):
                 self.analyze(str(content.get("prompt", "")))
             except Exception:
                 pass  # the message is in self.message; the previous graph stays
+        else:
+            self._on_intervention_message(content)  # ablate, undo, faithfulness
 
     def _answer_panel(self, request_id, request: dict) -> None:
         try:

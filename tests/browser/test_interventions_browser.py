@@ -1,0 +1,177 @@
+"""The interventions view in a real browser, bridged to the Python widget: the ablate action
+round-trips, the before/after shows the numbers Python computed, undo restores the clean run,
+the faithfulness chart and the code box show Python's results, and bad input is refused visibly."""
+
+from __future__ import annotations
+
+import pytest
+
+import lmtt_widget as lw
+
+import tiny
+
+pytestmark = pytest.mark.browser
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny.load("llama")
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    """The page's number format (js/dom.ts fmt)."""
+    return f"{x:.{digits}f}"
+
+
+def signed(x: float) -> str:
+    return ("+" if x >= 0 else "−") + fmt(abs(x))
+
+
+def metric(page, cls: str) -> str:
+    return page.locator(f".prediction-change .metric.{cls}").text_content()
+
+
+def test_ablate_a_head_shows_before_after_and_undo_restores(model, page, harness, artifacts):
+    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    h = harness(w)
+    clean_edges = page.locator("path.edge").count()
+    assert page.locator("button.ablate").is_disabled()  # nothing selected yet
+    w.select("attention", layer=1, source=3, target=9, head=2)
+    h.push()
+    page.wait_for_selector("canvas.heatmap")
+    labels = page.locator("select.ablate-what option").all_text_contents()
+    assert labels[0].startswith("edge 3 ") and labels[0].endswith(", head 2") and "head 2 of layer 1" in labels
+    page.select_option("select.ablate-what", label="head 2 of layer 1")
+    page.click("button.ablate")
+    page.wait_for_selector(".prediction-change")
+    # Python reran with the head zeroed and shows the intervened run
+    assert [a["spec"] for a in w.interventions] == [["head", 1, 2]]
+    assert w.run.clean is not None and w.run.interventions[0].kind == "head"
+    _, expected = w.run.clean.intervene(("head", 1, 2), position=w.target)
+    c = w.comparison
+    assert c["after"] == pytest.approx(expected.after._asdict()) and c["token"] == expected.token
+    for cls, key, change in (("prob", "probability", "prob_change"), ("logit", "logit", "logit_change"),
+                             ("logit-diff", "logit_diff", "logit_diff_change")):
+        assert f"{fmt(c['before'][key])} → {fmt(c['after'][key])} ({signed(c[change])})" in metric(page, cls)
+    after = page.locator(".tops .after .pred .tok").all_text_contents()
+    assert after == [t.replace(" ", "␣") or "∅" for t, _ in c["top_after"][:5]]
+    assert page.locator("path.edge").count() == w.graph.number_of_edges()
+    assert page.locator(".ablation").count() == 1 and "head L1.2 (zero)" in page.locator(".ablation").text_content()
+    # the graph's difference, listed and marked on the graph
+    diff = w.graph_diff  # listed: attention edges first, the other kinds on demand
+    attention = {s: [c for c in diff[s] if c["kind"] == "attention"] for s in ("appeared", "vanished", "changed")}
+    assert sum(map(len, attention.values())) > 0
+    assert page.locator("path.diff-mark").count() == sum(map(len, attention.values()))
+    assert page.locator("li.change.vanished").count() == len(attention["vanished"])
+    assert page.locator("[data-sort='vanished'] h4").text_content().startswith(f"{diff['counts']['vanished']['attention']} vanished")
+    page.select_option("select.diff-kind", "all")
+    assert page.locator("path.diff-mark").count() == sum(len(diff[s]) for s in attention)
+    # the panel of the selection was reloaded for the intervened run: head 2 reads nothing now
+    page.wait_for_selector(".heads button.head.active[data-head='2']")
+    assert page.locator("textarea.code-text").input_value() == w.code()
+    page.screenshot(path=str(artifacts / "browser-ablate.png"), full_page=True)
+
+    page.click(".ablation button.undo")
+    page.wait_for_function("() => document.querySelectorAll('.ablation').length === 0")
+    assert w.interventions == [] and w.run.clean is None and w.comparison == {} and w.graph_diff == {}
+    assert page.locator(".prediction-change").count() == 0 and page.locator("path.diff-mark").count() == 0
+    assert page.locator("path.edge").count() == clean_edges
+    assert not page.locator(".card.code").is_visible()
+    assert page.errors == []
+
+
+def test_ablate_an_edge_from_a_click_then_another_and_undo_one(model, page, harness):
+    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    h = harness(w)
+    h.click_edge("attention", cross_token=True)
+    page.wait_for_selector("canvas.heatmap")
+    sel = w.selection
+    page.select_option("select.ablate-mode", "mean")
+    page.click("button.ablate")  # the first choice: this edge, this head
+    page.wait_for_selector(".ablation")
+    assert w.interventions[0]["spec"] == ["edge", sel["layer"], sel["source"], sel["target"], sel["head"]]
+    assert w.interventions[0]["mode"] == "mean"
+    # a block, limited to the target's position
+    page.select_option("select.ablate-what", label=f"attention block of layer {sel['layer']}")
+    page.check("input.ablate-only")
+    page.click("button.ablate")
+    page.wait_for_function("() => document.querySelectorAll('.ablation').length === 2")
+    assert w.interventions[1]["spec"] == ["attention", sel["layer"], [sel["target"]]]
+    # undo the first: the second stays, rerun from the clean run
+    page.locator(".ablation button.undo").first.click()
+    page.wait_for_function("() => document.querySelectorAll('.ablation').length === 1")
+    assert [a["spec"] for a in w.interventions] == [["attention", sel["layer"], [sel["target"]]]]
+    assert w.interventions[0]["mode"] == "mean"  # the mode chosen stays chosen
+    _, expected = w.run.clean.intervene(("attention", sel["layer"], [sel["target"]]), "mean", position=w.target)
+    assert w.comparison["after"]["probability"] == pytest.approx(expected.after.probability)
+    assert fmt(expected.after.probability) in metric(page, "prob")
+    assert page.errors == []
+
+
+def test_bad_ablation_is_refused_visibly_and_keeps_the_graph(model, page, harness):
+    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    harness(w)
+    edges = page.locator("path.edge").count()
+    # past the page's own choices, as a stale or hand-made frontend would send it
+    page.evaluate("() => lmttModel.send({type: 'ablate', ablation: ['head', 42, 0], mode: 'zero'})")
+    page.wait_for_function("() => document.querySelector('.lmtt .message').textContent.includes('Refused ablation')")
+    assert "layer 42 is out of range" in page.locator(".lmtt .message").text_content()
+    page.evaluate("() => lmttModel.send({type: 'ablate', ablation: ['neuron', 0, 100000], mode: 'zero'})")
+    page.wait_for_function("() => document.querySelector('.lmtt .message').textContent.includes('neuron 100000')")
+    page.evaluate("() => lmttModel.send({type: 'undo', index: 0})")
+    page.wait_for_function("() => document.querySelector('.lmtt .message').textContent.includes('no intervention to undo')")
+    assert w.interventions == [] and w.run.clean is None
+    assert page.locator("path.edge").count() == edges and page.locator(".lmtt-graph").is_visible()
+    assert page.errors == []
+
+
+def test_faithfulness_chart_and_code_box_show_what_python_computed(model, page, harness, artifacts):
+    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    h = harness(w)
+    w.ablate(("head", 0, 1))
+    h.push()
+    page.wait_for_selector(".ablation")
+    page.fill("input.faith-k", "3")
+    page.click("button.faithfulness-run")
+    page.wait_for_selector("svg.faith-chart")
+    f = w.faithfulness
+    assert f["k"] == 3 and f["threshold"] == pytest.approx(0.01) and f["position"] == w.target
+    assert page.locator("figure.faith-figure").count() == 2  # probability and logit-difference views
+    values = page.locator("figure[data-measure='probability'] text.value").all_text_contents()
+    assert values == [fmt(f["route_drop"]["probability"]), fmt(f["random_drop"]["probability"])]
+    assert page.locator("figure[data-measure='probability'] circle.draw").count() == len(f["random"])
+    row = page.locator("table.faith-table tr[data-measure='logit_diff'] td").all_text_contents()
+    assert row[1:] == [fmt(f["clean"]["logit_diff"]), fmt(f["route"]["logit_diff"]),
+                       fmt(f["route_drop"]["logit_diff"]), fmt(f["random_drop"]["logit_diff"])]
+    # the code: the same text as w.code(), selectable, and a copy button that answers
+    code = page.locator("textarea.code-text")
+    assert code.input_value() == w.code() and "heads_in[:, 8:16] = 0" in code.input_value()
+    page.click("button.copy")
+    page.wait_for_function("() => document.querySelector('.copy-status').textContent !== ''")
+    assert page.locator(".copy-status").text_content() in ("Copied", "Selected: press Ctrl+C to copy")
+    assert page.errors == []
+    page.screenshot(path=str(artifacts / "browser-faithfulness.png"), full_page=True)
+
+
+@pytest.mark.demo
+def test_demo_ioi_ablate_the_mary_heads(demo_model, ioi_run, page, harness, artifacts):
+    """The layer-23 heads with the largest share on " Mary" -> last (bench/faithfulness.py)."""
+    w = lw.Widget(ioi_run)
+    h = harness(w)
+    shares = ioi_run.attention_contributions(23)[0][w.target, 4]  # [H]: " Mary" is token 4 ... check below
+    assert ioi_run.tokens[4] == " Mary"
+    top = [int(i) for i in shares.argsort(descending=True)[:2]]
+    w.select("attention", layer=23, source=4, target=w.target, head=top[0])
+    h.push()
+    page.wait_for_selector("canvas.heatmap")
+    page.select_option("select.ablate-what", label=f"head {top[0]} of layer 23")
+    page.click("button.ablate")
+    page.wait_for_selector(".prediction-change", timeout=60000)
+    c = w.comparison
+    assert c["token"] == " Mary" and c["after"]["probability"] < c["before"]["probability"]
+    assert f"{fmt(c['before']['probability'])} → {fmt(c['after']['probability'])}" in metric(page, "prob")
+    page.click("button.faithfulness-run")
+    page.wait_for_selector("svg.faith-chart", timeout=120000)
+    page.screenshot(path=str(artifacts / "browser-demo-ablate.png"), full_page=True)

@@ -1,0 +1,197 @@
+"""The widget's interventions, Python side: ablate and undo swap the run shown and keep every
+trait consistent with it; the before/after, graph difference and faithfulness traits are the
+analysis core's results; w.code() runs and reproduces the logits; bad input is refused with a
+visible message and changes nothing. Tiny random models; no browser."""
+
+from __future__ import annotations
+
+import json
+import runpy
+
+import pytest
+import torch
+
+import lmtt_widget as lw
+from lmtt_widget import LmttError
+from lmtt_widget import interventions as I
+from lmtt_widget import serialize as S
+
+import tiny
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny.load("llama")
+
+
+@pytest.fixture(scope="module")
+def clean(model):
+    return lw.analyze(model, PROMPT)
+
+
+@pytest.fixture()
+def widget(clean):
+    return lw.Widget(clean, threshold=0.01)
+
+
+def custom(w, content):
+    """A custom message as the frontend sends it."""
+    w._handle_msg({"content": {"data": {"method": "custom", "content": content}}, "buffers": []})
+
+
+def shows(w, run) -> None:
+    """The widget's graph, payload and predictions are those of `run`."""
+    expected = run.graph(w.target, w.threshold)
+    assert set(w.graph.edges(keys=True)) == set(expected.edges(keys=True))
+    assert w.payload == S.graph_payload(w.graph, run.shape.n_heads)
+    assert w.info["predictions"]["tokens"] == S.run_info(run)["predictions"]["tokens"]
+
+
+def test_ablate_shows_the_intervened_run_and_its_comparison_with_the_clean_one(widget, clean):
+    comparison = widget.ablate(("head", 1, 2))
+    expected_run, expected = clean.intervene(("head", 1, 2), position=widget.target)
+    assert widget.run.clean is clean and widget.run.interventions == expected_run.interventions
+    torch.testing.assert_close(widget.run.logits, expected_run.logits)
+    assert comparison.to_dict() == expected.to_dict()
+    assert widget.comparison == json.loads(json.dumps(expected.to_dict()))  # JSON-ready, as sent
+    assert widget.comparison["after"]["probability"] == pytest.approx(float(expected_run.logits[-1].softmax(-1)[expected.token_id]))
+    assert widget.interventions == [{"kind": "head", "layer": 1, "head": 2, "neuron": None, "source": None, "target": None,
+                                     "positions": None, "mode": "zero", "spec": ["head", 1, 2]}]
+    shows(widget, widget.run)
+    assert widget.graph_diff["counts"]["vanished"]["attention"] > 0  # a head zeroed reads nothing
+    assert widget.intervention_code == widget.code()
+
+
+def test_a_second_ablation_adds_to_the_first_and_means_come_from_the_clean_run(widget, clean):
+    widget.ablate(("edge", 2, 3, 9, 1))
+    widget.ablate(("neuron", 1, 5, [3, 9]), mode="mean")
+    assert [a["spec"] for a in widget.interventions] == [["edge", 2, 3, 9, 1], ["neuron", 1, 5, [3, 9]]]
+    assert [a["mode"] for a in widget.interventions] == ["zero", "mean"]
+    both = [I.parse(clean, ("edge", 2, 3, 9, 1)), I.parse(clean, ("neuron", 1, 5, [3, 9]), "mean")]
+    expected, _ = clean.intervene(both)
+    torch.testing.assert_close(widget.run.logits, expected.logits)
+
+
+def test_undo_reruns_the_clean_run_with_the_rest_and_the_last_undo_shows_the_clean_run(widget, clean):
+    widget.ablate(("head", 0, 1), ("ffn", 2))
+    widget.ablate(("attention", 1, [5]), mode="mean")
+    widget.undo(0)
+    rest = [I.parse(clean, ("ffn", 2)), I.parse(clean, ("attention", 1, [5]), "mean")]
+    expected, comparison = clean.intervene(rest, position=widget.target)
+    assert list(widget.run.interventions) == rest
+    torch.testing.assert_close(widget.run.logits, expected.logits)
+    assert widget.comparison["after"] == pytest.approx(comparison.after._asdict())
+    widget.undo()
+    widget.undo()
+    assert widget.run is clean
+    assert (widget.interventions, widget.comparison, widget.graph_diff, widget.intervention_code) == ([], {}, {}, "")
+    shows(widget, clean)
+
+
+def test_code_runs_and_reproduces_the_logits_shown(widget, tmp_path):
+    widget.ablate(("head", 1, 2), ("edge", 2, 3, 9))
+    widget.ablate(("neuron", 0, 7), mode="mean")
+    source = widget.code(model_expr="model")
+    assert source == widget.intervention_code.replace("lmtt_widget.load_model()", "model")
+    path = tmp_path / "reproduce.py"
+    path.write_text(source)
+    result = runpy.run_path(str(path), init_globals={"model": widget.run.model})
+    torch.testing.assert_close(result["logits"].float(), widget.run.logits, atol=1e-5, rtol=0)
+
+
+def test_a_new_target_recomputes_the_comparison_and_the_difference_there(widget, clean):
+    widget.ablate(("head", 1, 2))
+    widget.target = 9
+    expected = I.compare_logits(clean, clean.logits, widget.run.logits, 9)
+    assert widget.comparison["position"] == 9 and widget.comparison == json.loads(json.dumps(expected.to_dict()))
+    diff = I.compare(clean, widget.run, token=9, threshold=widget.threshold)
+    assert widget.graph_diff["counts"]["vanished"]["attention"] == sum(c.kind == "attention" for c in diff.vanished)
+    listed = [c for c in widget.graph_diff["vanished"] if c["kind"] == "attention"]
+    assert listed == [dict(c._asdict(), source=list(c.source), target=list(c.target))
+                      for c in diff.vanished if c.kind == "attention"][:12]
+
+
+def test_faithfulness_is_the_run_shown_at_the_target_and_threshold_and_cleared_by_a_new_view(widget, clean):
+    report = widget.measure_faithfulness(k=3)
+    expected = clean.faithfulness(token=widget.target, threshold=0.01, k=3)
+    assert report.to_dict() == expected.to_dict()
+    assert widget.faithfulness == json.loads(json.dumps(expected.to_dict()))
+    assert widget.faithfulness["route_drop"]["probability"] == pytest.approx(
+        expected.clean.probability - expected.route.probability)
+    widget.threshold = 0.02
+    assert widget.faithfulness == {}
+    custom(widget, {"type": "faithfulness", "k": 2})  # from the button
+    assert widget.faithfulness["k"] == 2 and widget.faithfulness["threshold"] == pytest.approx(0.02)
+    assert widget.message == ""
+
+
+def test_messages_from_the_frontend_ablate_and_undo(widget):
+    custom(widget, {"type": "ablate", "ablation": ["edge", 2, 3, 9, 1], "mode": "mean"})
+    assert [a["spec"] for a in widget.interventions] == [["edge", 2, 3, 9, 1]] and widget.interventions[0]["mode"] == "mean"
+    assert widget.busy == "" and widget.message == ""
+    custom(widget, {"type": "undo", "index": 0})
+    assert widget.interventions == [] and widget.run.clean is None
+
+
+@pytest.mark.parametrize("ablation, why", [
+    (["head", 3, 0], "layer 3 is out of range"),
+    (["head", 0, 4], "head 4 is out of range"),
+    (["neuron", 0, 48], "neuron 48 is out of range"),
+    (["edge", 0, 9, 3], "source 9 is after its target 3"),
+    (["edge", 0, 1, 99], "target 99 is out of range"),
+    (["head", 0, 1, [99]], "position 99 is out of range"),
+    (["attention"], "takes 1 or 2 values"),
+    ("head 0 1", "an ablation is a list"),
+])
+def test_bad_ablations_from_the_frontend_are_refused_visibly_and_change_nothing(widget, clean, ablation, why):
+    widget.ablate(("ffn", 0))
+    before = (widget.run, widget.payload, widget.interventions, widget.comparison)
+    custom(widget, {"type": "ablate", "ablation": ablation, "mode": "zero"})
+    assert widget.message.startswith("Refused ablation:") and why in widget.message
+    assert (widget.run, widget.payload, widget.interventions, widget.comparison) == before
+    with pytest.raises(LmttError):
+        widget.ablate(tuple(ablation) if isinstance(ablation, list) else ablation)  # from Python: raised
+
+
+def test_repeats_bad_modes_and_undo_with_nothing_are_refused(widget):
+    widget.ablate(("head", 0, 1))
+    custom(widget, {"type": "ablate", "ablation": ["head", 0, 1], "mode": "zero"})
+    assert "already ablated" in widget.message and len(widget.interventions) == 1
+    custom(widget, {"type": "ablate", "ablation": ["head", 0, 2], "mode": "resample"})
+    assert "mode must be one of" in widget.message and len(widget.interventions) == 1
+    custom(widget, {"type": "undo", "index": 5})
+    assert "intervention 5 is out of range" in widget.message and len(widget.interventions) == 1
+    widget.undo()
+    with pytest.raises(LmttError, match="no intervention to undo"):
+        widget.undo()
+    custom(widget, {"type": "undo"})
+    assert widget.message == "Refused undo: there is no intervention to undo"
+
+
+def test_a_new_prompt_clears_the_interventions(widget):
+    widget.ablate(("head", 0, 1))
+    widget.measure_faithfulness(k=2)
+    widget.analyze("The capital of France is Paris.")
+    assert widget.run.clean is None
+    assert (widget.interventions, widget.comparison, widget.graph_diff, widget.faithfulness) == ([], {}, {}, {})
+
+
+def test_a_widget_of_an_intervened_run_lists_its_ablations(clean):
+    run, _ = clean.intervene([("head", 0, 1), ("ffn", 1)])
+    w = lw.Widget(run, threshold=0.01)
+    assert [a["spec"] for a in w.interventions] == [["head", 0, 1], ["ffn", 1]]
+    assert w.comparison["before"]["probability"] == pytest.approx(float(clean.logits[-1].softmax(-1).max()))
+    w.undo()
+    assert [a["spec"] for a in w.interventions] == [["head", 0, 1]] and w.run.clean is clean
+
+
+def test_interventions_never_change_the_weights(widget, model):
+    weights = {name: p.detach().clone() for name, p in model._module.named_parameters()}
+    widget.ablate(("head", 1, 2), ("edge", 2, 3, 9), ("neuron", 0, 7))
+    widget.ablate(("attention", 0), mode="mean")
+    widget.measure_faithfulness(k=2)
+    widget.undo()
+    for name, p in model._module.named_parameters():
+        assert torch.equal(p, weights[name]), name
