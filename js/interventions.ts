@@ -341,9 +341,10 @@ function faithfulnessView(f: Faithfulness, info: Info): HTMLElement[] {
   const chart = (key: keyof Readout, title: string) => {
     const route = f.route_drop[key], mean = f.random_drop[key];
     const draws = f.random.map((r) => drop(r, key));
-    const max = Math.max(1e-9, ...[route, mean, ...draws].map(Math.abs));
+    const values = [route, mean, ...draws];
+    const top = Math.max(0, ...values), bottom = Math.min(0, ...values); // the axis spans zero
     const { w, h: height, pad } = CHART;
-    const zero = height / 2, scale = (height / 2 - 14) / max;
+    const scale = (height - 28) / Math.max(1e-9, top - bottom), zero = 14 + top * scale;
     const svg = s("svg", { class: "faith-chart", width: w, height: height + pad, role: "img", "aria-label": `${title}: route ${fmt(route)}, random ${fmt(mean)}` });
     svg.append(s("line", { class: "zero", x1: 0, x2: w, y1: zero, y2: zero }));
     const bar = (i: number, v: number, cls: string, label: string) => {
@@ -367,7 +368,7 @@ function faithfulnessView(f: Faithfulness, info: Info): HTMLElement[] {
       chart("probability", `drop of p(${visible(f.token)})`),
       chart("logit_diff", `drop of logit(${visible(f.token)}) − logit(${visible(f.against)})`)),
     h("table", { class: "faith-table" },
-      h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", {}, "clean"), h("th", {}, "route ablated"), h("th", {}, "route drop"), h("th", {}, "random drop (mean)"))),
+      h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", { title: "the run shown, no edge ablated" }, "before"), h("th", {}, "route ablated"), h("th", {}, "route drop"), h("th", {}, "random drop (mean)"))),
       h("tbody", {}, row("probability", "probability"), row("logit", "logit"), row(`logit diff vs ${visible(f.against)}`, "logit_diff"))),
   ];
 }

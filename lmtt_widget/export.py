@@ -12,6 +12,7 @@ import json
 import pathlib
 
 from .serialize import encode_text
+from .widget_interventions import STATE as INTERVENTION_STATE
 
 STANDALONE_JS = pathlib.Path(__file__).parent / "static" / "standalone.js"
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
@@ -89,7 +90,7 @@ const state = JSON.parse(document.getElementById('lmtt-state').textContent);
 
 def widget_state(widget) -> dict:
     keys = ["info", "payload", "target", "threshold", "renormalize", "normalize_lens", "selection", "message", "busy",
-            "preloaded"]
+            "preloaded", *INTERVENTION_STATE]
     return {k: getattr(widget, k) for k in keys}
 
 

@@ -28,6 +28,7 @@ from .serialize import KINDS  # graph edge kinds
 
 DIFF_ROWS = 12  # the strongest changes of each sort and edge kind that the frontend lists and marks
 MESSAGES = ("ablate", "undo", "faithfulness")
+STATE = ("interventions", "comparison", "graph_diff", "faithfulness", "intervention_code")  # traits a saved page keeps
 
 
 class InterventionsMixin(traitlets.HasTraits):

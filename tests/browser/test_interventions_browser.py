@@ -160,13 +160,13 @@ def test_demo_ioi_ablate_the_mary_heads(demo_model, ioi_run, page, harness, arti
     """The layer-23 heads with the largest share on " Mary" -> last (bench/faithfulness.py)."""
     w = lw.Widget(ioi_run)
     h = harness(w)
-    shares = ioi_run.attention_contributions(23)[0][w.target, 4]  # [H]: " Mary" is token 4 ... check below
-    assert ioi_run.tokens[4] == " Mary"
-    top = [int(i) for i in shares.argsort(descending=True)[:2]]
-    w.select("attention", layer=23, source=4, target=w.target, head=top[0])
+    mary = ioi_run.tokens.index(" Mary")
+    shares = ioi_run.attention_contributions(23)[0][w.target, mary]  # [H]
+    top = int(shares.argmax())
+    w.select("attention", layer=23, source=mary, target=w.target, head=top)
     h.push()
     page.wait_for_selector("canvas.heatmap")
-    page.select_option("select.ablate-what", label=f"head {top[0]} of layer 23")
+    page.select_option("select.ablate-what", label=f"head {top} of layer 23")
     page.click("button.ablate")
     page.wait_for_selector(".prediction-change", timeout=60000)
     c = w.comparison
@@ -175,3 +175,16 @@ def test_demo_ioi_ablate_the_mary_heads(demo_model, ioi_run, page, harness, arti
     page.click("button.faithfulness-run")
     page.wait_for_selector("svg.faith-chart", timeout=120000)
     page.screenshot(path=str(artifacts / "browser-demo-ablate.png"), full_page=True)
+
+
+def test_saved_page_of_an_intervened_widget_says_so(model, page, tmp_path, artifacts):
+    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w.ablate(("head", 1, 2), ("edge", 2, 3, 9))
+    page.goto(w.save_html(tmp_path / "ablated.html").as_uri())
+    page.wait_for_selector("body[data-ready='1']")
+    assert page.locator(".ablation").count() == 2
+    assert fmt(w.comparison["after"]["probability"]) in metric(page, "prob")
+    assert page.locator("textarea.code-text").input_value() == w.code()
+    assert page.locator("button.ablate").is_disabled() and page.locator(".ablation button.undo").first.is_disabled()
+    assert page.locator("button.faithfulness-run").is_disabled()
+    assert [u for u in page.requests if not u.startswith("file:")] == [] and page.errors == []
