@@ -215,13 +215,16 @@ def measure(model, n_tokens: int, args) -> dict:
     memory.start()  # peaks over every round, from what was in use before this length
     for repeat in range(args.repeats + 1):  # the first round is the warm-up
         record = {}
+        del run, graph  # the previous round's run must not count in this round's peak
+        gc.collect()
+        run = graph = None
         _, record["forward_eager_s"] = _timed(forward, device)
         if repeat == 0:
             peaks["forward"] = memory.peak()
         _, record["forward_sdpa_s"] = _timed(forward_sdpa, device)
+        _ = None
         capture, record["trace_s"] = _timed(lambda: trace(model, family, shape, ids, None), device)
         del capture
-        del run, graph
         gc.collect()
         run, record["analyze_s"] = _timed(lambda: analyze_ids(model, ids, **kwargs), device)
         graph, record["routes_s"] = _timed(lambda: run.graph(threshold=args.threshold), device)
