@@ -232,11 +232,16 @@ class Run(Shares):
     # -- importances ----------------------------------------------------------------------
 
     def neuron_activations(self, layer: int) -> torch.Tensor:
-        """[T, d_ff]: the activations entering the FFN's output projection (one more trace, cached)."""
+        """[T, d_ff]: the activations entering the FFN's output projection. The first request
+        traces the model once more and keeps every layer's (one layer's, if all of them would
+        take more than the run's memory budget); later ones are cached."""
         layer = self.layer(layer)
         if layer not in self._neuron_cache:
-            self._neuron_cache[layer] = neuron_activations(
-                self.model, self.family, self.shape, self.input_ids.to(self.hf_model.device), layer, self.edits)
+            d_ff = ffn_out_matrix(self.family.modules(self.hf_model, layer)["ffn_out_proj"]).shape[0]
+            all_bytes = self.n_tokens * d_ff * self.shape.n_layers * 4
+            layers = range(self.shape.n_layers) if all_bytes <= self.budget_bytes else [layer]
+            self._neuron_cache.update(neuron_activations(
+                self.model, self.family, self.shape, self.input_ids.to(self.hf_model.device), layers, self.edits))
         return self._neuron_cache[layer]
 
     @torch.no_grad()
@@ -298,6 +303,12 @@ class Run(Shares):
         if stage == "post" and not self.shape.parallel:
             return ("mid", layer)
         return ("embed", -1) if layer == 0 else ("post", layer - 1)
+
+    def direct_logits(self, updates: torch.Tensor, position: int) -> torch.Tensor:
+        """[..., V] float32: the direct effect on the logits at `position` of updates [..., d]
+        written into its residual stream, through the final norm linearised at its real scale."""
+        final = self.capture.resid[-1][self.position(position)]
+        return V.direct_logits(self.hf_model, self.family, updates, final)
 
     def _direct(self, update: torch.Tensor, position: int, k: int) -> V.LogitEffect:
         final = self.capture.resid[-1][self.position(position)]

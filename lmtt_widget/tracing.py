@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import nnsight
 import torch
@@ -83,14 +83,16 @@ def trace(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=No
     return _forward(model, family, shape, input_ids, edits)
 
 
-def neuron_activations(model, family: Family, shape: Shape, input_ids: torch.Tensor, layer: int,
-                       edits=None) -> torch.Tensor:
-    """[T, d_ff]: the activations entering `layer`'s FFN output projection in the forward pass
-    with `edits` (after that layer's own neuron edits); the pass stops there."""
-    return _forward(model, family, shape, input_ids, edits, neurons_of=layer)
+def neuron_activations(model, family: Family, shape: Shape, input_ids: torch.Tensor, layers: Sequence[int],
+                       edits=None) -> dict[int, torch.Tensor]:
+    """{layer: [T, d_ff]}: the activations entering each of `layers`' FFN output projection in
+    the forward pass with `edits` (after that layer's own neuron edits); the pass stops after
+    the last of them."""
+    return _forward(model, family, shape, input_ids, edits, neurons_of=set(layers))
 
 
-def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=None, neurons_of: int | None = None):
+def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=None,
+             neurons_of: set[int] | None = None):
     n_tokens = input_ids.shape[0]
 
     def rows(tensor: torch.Tensor) -> torch.Tensor:  # [1, T, ...] or [T, ...] -> [T, ...]
@@ -101,7 +103,7 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
 
     with torch.no_grad(), model.trace(input_ids[None]) as tracer:
         resid, attn_out, ffn_out = nnsight.save([]), nnsight.save([]), nnsight.save([])
-        probs, values = nnsight.save([]), nnsight.save([])
+        probs, values, neurons = nnsight.save([]), nnsight.save([]), nnsight.save({})
         for layer in range(shape.n_layers):
             modules = family.modules(model, layer)
             here = _at(edits, layer)
@@ -129,9 +131,10 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
             if "ffn_out_proj_input" in here:
                 state = LayerState(resid[-1], values[-1], probs[-1])
                 _apply(here["ffn_out_proj_input"], editable(_first(modules["ffn_out_proj"].input)), state)
-            if layer == neurons_of:
-                neurons = nnsight.save(editable(_first(modules["ffn_out_proj"].input)).clone())
-                tracer.stop()
+            if neurons_of and layer in neurons_of:
+                neurons[layer] = editable(_first(modules["ffn_out_proj"].input)).clone()
+                if layer == max(neurons_of):
+                    tracer.stop()
             ffn = modules["ffn"].output
             if "ffn_output" in here:
                 _apply(here["ffn_output"], editable(_first(ffn)), LayerState(resid[-1], values[-1], probs[-1]))
@@ -141,8 +144,8 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
                 _apply(here["block_output"], editable(block_output), LayerState(resid[-1], values[-1], probs[-1]))
             resid.append(rows(block_output))
         final_normed = rows(family.get(model, "final_norm").output).save()
-    if neurons_of is not None:
-        return neurons.detach()
+    if neurons_of:
+        return {layer: acts.detach() for layer, acts in neurons.items()}
 
     def plain(tensors):
         return [t.detach() for t in tensors]

@@ -94,13 +94,15 @@ def _ranks(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 def logit_lens(hf_model, family: Family, resid: torch.Tensor, previous: torch.Tensor | None, k: int,
                normalize: bool, decode: Callable[[int], str]) -> list[LensToken]:
-    logits = lens_logits(hf_model, family, resid, normalize)
+    both = resid[None] if previous is None else torch.stack([resid, previous.to(resid.device)])
+    all_logits = lens_logits(hf_model, family, both, normalize)  # one pass over the unembedding
+    logits = all_logits[0]
     probs = logits.softmax(-1)
     values, ids = probs.topk(min(k, probs.numel()))
     ranks = _ranks(logits, ids)
     if previous is None:
         changes = [None] * len(ids)
     else:
-        before = _ranks(lens_logits(hf_model, family, previous, normalize), ids)
+        before = _ranks(all_logits[1], ids)
         changes = [int(b - r) for b, r in zip(before, ranks)]
     return [LensToken(decode(i), float(v), int(r), c) for v, i, r, c in zip(values, ids, ranks, changes)]

@@ -21,7 +21,6 @@ import anywidget
 import traitlets
 
 from . import serialize as S
-from . import vocab as V
 from .errors import LmttError, check_index, check_threshold
 from .widget_interventions import InterventionsMixin
 
@@ -128,7 +127,7 @@ class Widget(InterventionsMixin, anywidget.AnyWidget):
         self.busy = "Analysing the prompt…"
         start = time.perf_counter()
         try:
-            run = analyze(self._run.model, prompt, distance=self._run.distance)
+            run = analyze(self._run.model, prompt, distance=self._run.distance, progress=False)  # no tqdm in the output
         except Exception as error:  # any failure keeps the previous graph
             self.message = f"Could not analyse the prompt: {error}"
             raise
@@ -300,7 +299,7 @@ class Widget(InterventionsMixin, anywidget.AnyWidget):
             neurons.append(type(neurons[0])(n, float(shares[n]), float(run.neuron_activations(layer)[token, n])))
         # every listed neuron's write through the vocabulary in one product: [k, d] -> [k, V]
         writes = run.neuron_writes(layer, token)[[n.index for n in neurons]]
-        logits = V.direct_logits(run.hf_model, run.family, writes, run.capture.resid[-1][token])
+        logits = run.direct_logits(writes, token)
         return {"selection": sel, "ffn_share": float(ffn_share[token]),
                 "block": S.effect(run.block_logits(layer, token, "ffn", k=LOGITS_K)),
                 "neurons": [{"index": n.index, "share": n.share, "activation": n.activation,

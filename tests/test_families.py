@@ -126,3 +126,17 @@ def test_neuron_logits_are_scaled_by_the_activation(run):
     act = float(run.neuron_activations(layer)[i, n])
     assert effect.promoted[0][1] == pytest.approx(float((act * unit).max()), rel=1e-4)
     assert effect.suppressed[0][1] == pytest.approx(float((act * unit).min()), rel=1e-4)
+
+
+def test_one_more_trace_gives_every_layers_neurons_within_the_budget(run, monkeypatch):
+    expected = [run.neuron_activations(layer) for layer in range(run.shape.n_layers)]
+    fresh = lw.analyze(run.model, run.prompt)
+    fresh.neuron_activations(0)
+    monkeypatch.setattr(fresh.model, "trace", lambda *a, **k: pytest.fail("traced again"))
+    for layer in range(run.shape.n_layers):
+        torch.testing.assert_close(fresh.neuron_activations(layer), expected[layer])
+    monkeypatch.undo()
+    first = expected[0]
+    tight = lw.analyze(run.model, run.prompt, budget_bytes=first.numel() * 4)  # one layer's worth
+    tight.neuron_activations(1)
+    assert list(tight._neuron_cache) == [1]

@@ -381,7 +381,7 @@ def test_neuron_activations_of_an_intervened_forward(run):
     from lmtt_widget.tracing import neuron_activations
 
     new, _ = run.intervene([("head", 0, 1), ("neuron", 1, 3, [2])])
-    acts = neuron_activations(run.model, run.family, run.shape, run.input_ids, 1, new.edits)
+    acts = neuron_activations(run.model, run.family, run.shape, run.input_ids, [1], new.edits)[1]
     seen = []
 
     def zero_head(x):
@@ -395,7 +395,7 @@ def test_neuron_activations_of_an_intervened_forward(run):
     expected = seen[0]
     expected[2, 3] = 0
     torch.testing.assert_close(acts, expected, atol=1e-6, rtol=0)
-    assert torch.equal(neuron_activations(run.model, run.family, run.shape, run.input_ids, 1), run.neuron_activations(1))
+    assert torch.equal(neuron_activations(run.model, run.family, run.shape, run.input_ids, [1])[1], run.neuron_activations(1))
 
 
 def test_neuron_readouts_of_an_intervened_run_follow_its_interventions(run):
