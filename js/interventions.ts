@@ -221,12 +221,15 @@ export class InterventionsView {
     const kind = this.diffKind.value;
     const sections = (["vanished", "appeared", "changed"] as Sort[]).map((sort) => {
       const rows = listed(d, sort, kind).map((c) => {
-        const row = h("li", { class: `change ${sort}`, title: "attention edges: click to select" },
+        const row = h("li", { class: `change ${sort}`, title: c.kind === "attention" ? "Select this edge" : undefined },
           h("span", { class: `swatch ${sort}` }), h("span", { class: "what" }, edgeName(c, info)),
           h("span", { class: "num" }, `${c.weight_a === null ? "–" : fmt(c.weight_a)} → ${c.weight_b === null ? "–" : fmt(c.weight_b)}`));
         if (c.kind === "attention") {
+          const choose = () => this.select({ kind: "attention", layer: c.target[1], source: c.source[2], target: c.target[2], head: null });
           row.classList.add("clickable");
-          row.addEventListener("click", () => this.select({ kind: "attention", layer: c.target[1], source: c.source[2], target: c.target[2], head: null }));
+          row.tabIndex = 0;
+          row.addEventListener("click", choose);
+          row.addEventListener("keydown", (ev) => { if (ev.key === "Enter") choose(); });
         }
         return row;
       });
@@ -355,7 +358,8 @@ function faithfulnessView(f: Faithfulness, info: Info): HTMLElement[] {
     };
     bar(0, route, "route", `route (${f.route_edges.length})`);
     bar(1, mean, "random", `random (${draws.length})`);
-    draws.forEach((v, i) => svg.append(s("circle", { class: "draw", cx: fmt(130 + 60 * (i + 0.5) / draws.length, 1), cy: fmt(zero - v * scale, 1), r: 2.5 })));
+    // each draw a dot beside the random bar, so that its value label stays readable
+    draws.forEach((v, i) => svg.append(s("circle", { class: "draw", cx: fmt(196 + 18 * (i + 0.5) / draws.length, 1), cy: fmt(zero - v * scale, 1), r: 2.5 })));
     return h("figure", { class: "faith-figure", "data-measure": key }, svg, h("figcaption", {}, title));
   };
   const row = (name: string, key: keyof Readout) => h("tr", { "data-measure": key }, h("td", {}, name),

@@ -68,6 +68,14 @@ def test_ablate_a_head_shows_before_after_and_undo_restores(model, page, harness
     assert page.locator("[data-sort='vanished'] h4").text_content().startswith(f"{diff['counts']['vanished']['attention']} vanished")
     page.select_option("select.diff-kind", "all")
     assert page.locator("path.diff-mark").count() == sum(len(diff[s]) for s in attention)
+    page.select_option("select.diff-kind", "attention")
+    # a listed edge selects it (in Python too), with its largest head in the intervened run
+    first = next(c for s in ("vanished", "appeared", "changed") for c in attention[s])
+    page.locator("li.change.clickable").first.click()
+    page.wait_for_function(f"() => document.querySelector('.lmtt').dataset.panel?.startsWith('attention/{first['target'][1]}/{first['source'][2]}/{first['target'][2]}/')")
+    assert (w.selection["layer"], w.selection["source"], w.selection["target"]) == (first["target"][1], first["source"][2], first["target"][2])
+    w.select("attention", layer=1, source=3, target=9, head=2)
+    h.push()
     # the panel of the selection was reloaded for the intervened run: head 2 reads nothing now
     page.wait_for_selector(".heads button.head.active[data-head='2']")
     assert page.locator("textarea.code-text").input_value() == w.code()
