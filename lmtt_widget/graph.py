@@ -86,7 +86,7 @@ def _layer_graph(g: nx.MultiDiGraph, run, layer: int, threshold: float, renormal
     else:
         active_in = active_out
     rows = active_in.nonzero()[:, 0]  # targets whose attention block can keep an edge
-    heads = shares.heads.index_select(0, rows)  # [n, T, H]
+    heads = shares.heads if len(rows) == n_tokens else shares.heads.index_select(0, rows)  # [n, T, H]
     attention = heads.sum(-1)  # [n, T]
     residual = shares.attn_residual.index_select(0, rows)
     if renormalize:
