@@ -24,6 +24,7 @@ import traitlets
 
 from . import interventions as I
 from .errors import LmttError, check_index
+from .models import DEMO_NAME
 from .serialize import KINDS  # graph edge kinds
 
 DIFF_ROWS = 12  # the strongest changes of each sort and edge kind that the frontend lists and marks
@@ -75,10 +76,11 @@ class InterventionsMixin(traitlets.HasTraits):
         self.faithfulness = _plain(report.to_dict())
         return report
 
-    def code(self, model_expr: str = "lmtt_widget.load_model()") -> str:
+    def code(self, model_expr: str | None = None) -> str:
         """Standalone nnsight code that reproduces the interventions shown (lmtt_widget.interventions.code);
-        `model_expr` is the expression that loads the model."""
-        return I.code(self._run, model_expr=model_expr)
+        `model_expr` is the expression that loads the model (default: the demo model, or the hub id or
+        directory the model was loaded from)."""
+        return I.code(self._run, model_expr=model_expr or _model_expr(self._run))
 
     # -- keeping traits consistent -------------------------------------------------------
 
@@ -112,7 +114,7 @@ class InterventionsMixin(traitlets.HasTraits):
         if new_run:
             self.interventions = _plain([asdict(ab) | {"spec": ab.as_tuple()} for ab in run.interventions])
             try:
-                self.intervention_code = I.code(run)
+                self.intervention_code = self.code()
             except LmttError:  # patched runs: the export covers ablations only
                 self.intervention_code = ""
         clean = run.clean
@@ -144,6 +146,16 @@ class InterventionsMixin(traitlets.HasTraits):
 
 
 _ACTIONS = {"ablate": "ablation", "undo": "undo", "faithfulness": "faithfulness"}
+
+
+def _model_expr(run) -> str:
+    """How the exported code loads the model shown."""
+    name = getattr(run.hf_model.config, "name_or_path", "") or ""
+    if run.model_name == DEMO_NAME:
+        return "lmtt_widget.load_model()"
+    if name:
+        return f"lmtt_widget.load_model({name!r})"
+    return "lmtt_widget.load_model()  # the widget's model was passed in loaded: load the same one here"
 
 
 def _plain(value):

@@ -94,11 +94,20 @@ def test_code_runs_and_reproduces_the_logits_shown(widget, tmp_path):
     widget.ablate(("head", 1, 2), ("edge", 2, 3, 9))
     widget.ablate(("neuron", 0, 7), mode="mean")
     source = widget.code(model_expr="model")
-    assert source == widget.intervention_code.replace("lmtt_widget.load_model()", "model")
+    assert widget.intervention_code == widget.code()
+    assert source.split("model = model\n")[1] == widget.code().split("here\n")[1]  # all but how the model loads
     path = tmp_path / "reproduce.py"
     path.write_text(source)
     result = runpy.run_path(str(path), init_globals={"model": widget.run.model})
     torch.testing.assert_close(result["logits"].float(), widget.run.logits, atol=1e-5, rtol=0)
+
+
+def test_code_loads_the_model_the_way_it_was_loaded(widget, model, monkeypatch):
+    widget.ablate(("head", 0, 1))
+    assert "model = lmtt_widget.load_model()  # the widget's model was passed in loaded" in widget.code()
+    monkeypatch.setattr(model._module.config, "name_or_path", "HuggingFaceTB/SmolLM2-360M")
+    assert "model = lmtt_widget.load_model('HuggingFaceTB/SmolLM2-360M')\n" in widget.code()
+    assert "model = custom()\n" in widget.code(model_expr="custom()")
 
 
 def test_a_new_target_recomputes_the_comparison_and_the_difference_there(widget, clean):
