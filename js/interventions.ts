@@ -356,8 +356,8 @@ function faithfulnessView(f: Faithfulness, info: Info): HTMLElement[] {
       svg.append(s("text", { class: "value", x: x + 30, y: fmt(v >= 0 ? y - 3 : y + Math.abs(v) * scale + 11, 1), "text-anchor": "middle" }, fmt(v)));
       svg.append(s("text", { class: "name", x: x + 30, y: height + 14, "text-anchor": "middle" }, label));
     };
-    bar(0, route, "route", `route (${f.route_edges.length})`);
-    bar(1, mean, "random", `random (${draws.length})`);
+    bar(0, route, "route", `route: ${f.route_edges.length} edges`);
+    bar(1, mean, "random", `random: ${draws.length} draws`);
     // each draw a dot beside the random bar, so that its value label stays readable
     draws.forEach((v, i) => svg.append(s("circle", { class: "draw", cx: fmt(196 + 18 * (i + 0.5) / draws.length, 1), cy: fmt(zero - v * scale, 1), r: 2.5 })));
     return h("figure", { class: "faith-figure", "data-measure": key }, svg, h("figcaption", {}, title));
