@@ -95,7 +95,7 @@ def head_source_proximity(
         whole_norm = torch.linalg.vector_norm(whole, ord=2, dim=-1)  # [T]
         u_sq = (head_out * head_out).sum(-1).T.contiguous()  # [H, T]
         direction = whole
-    prox = torch.zeros(n_tokens, n_tokens, n_heads, device=whole.device)
+    prox = torch.empty(n_tokens, n_tokens, n_heads, device=whole.device)
     chunk = max(1, budget_bytes // (16 * n_tokens * n_heads * 4))
     for start in range(0, n_tokens, chunk):
         stop = min(start + chunk, n_tokens)
@@ -117,6 +117,7 @@ def head_source_proximity(
             del delta, rest
         future = torch.arange(stop, device=block.device)[None, :] > torch.arange(start, stop, device=block.device)[:, None]
         prox[start:stop, :stop] = block.masked_fill_(future, 0).permute(1, 2, 0)
+        prox[start:stop, stop:] = 0
         del block
     return prox
 
@@ -209,8 +210,10 @@ def shares(*prox: torch.Tensor, residual: torch.Tensor) -> tuple[tuple[torch.Ten
     total = residual + sum(part.flatten(1).sum(1) for part in prox)  # [T]
     degenerate = total <= 0
     safe = torch.where(degenerate, torch.ones_like(total), total)
-    scaled = tuple(part / safe.view(-1, *[1] * (part.dim() - 1)) for part in prox)
-    scaled = tuple(torch.where(degenerate.view(-1, *[1] * (s.dim() - 1)), torch.zeros_like(s), s) for s in scaled)
+    scaled = tuple(part / safe.view(-1, *[1] * (part.dim() - 1)) for part in prox)  # one new tensor each
+    if degenerate.any():
+        for s in scaled:
+            s[degenerate] = 0
     res = torch.where(degenerate, torch.ones_like(residual), residual / safe)
     return scaled, res
 
