@@ -26,7 +26,7 @@ type GraphNode = [string, number, number]; // (stage, layer, token)
 interface EdgeChange { source: GraphNode; target: GraphNode; kind: string; weight_a: number | null; weight_b: number | null }
 type Sort = "appeared" | "vanished" | "changed";
 type EdgeKind = "attention" | "residual" | "ffn";
-interface GraphDiff extends Record<Sort, EdgeChange[]> { counts: Record<Sort, Record<EdgeKind, number>>; unchanged: number; tolerance: number }
+interface GraphDiff extends Record<Sort, EdgeChange[]> { counts: Record<Sort, Record<EdgeKind, number>>; unchanged: number; tolerance: number; against?: "clean" | "other" }
 interface Faithfulness {
   position: number; token: string; against: string; threshold: number; k: number; mode: string;
   clean: Readout; route: Readout; random: Readout[]; route_drop: Readout; random_drop: Readout;
@@ -38,6 +38,9 @@ export interface InterventionState {
   graph_diff: GraphDiff | Record<string, never>;
   faithfulness: Faithfulness | Record<string, never>;
   intervention_code: string;
+  patches?: { node: (string | number)[]; from: string }[]; // widget_pair: activations patched in from the other prompt
+  diff_against?: "other" | "clean";
+  pair?: { prompt?: string }; // widget_pair: the other prompt ({} when none)
 }
 
 /** One thing the selection can ablate: its label and the spec Python parses. */
@@ -107,6 +110,8 @@ export class InterventionsView {
   private diffKind = h("select", { class: "diff-kind", "aria-label": "edges listed" },
     h("option", { value: "attention" }, "attention edges"), h("option", { value: "residual" }, "residual edges"),
     h("option", { value: "ffn" }, "FFN edges"), h("option", { value: "all" }, "all edges"));
+  private against = h("select", { class: "diff-against", "aria-label": "compare the routes with" },
+    h("option", { value: "other" }, "the other prompt"), h("option", { value: "clean" }, "this prompt, clean"));
   private offered: Choice[] = [];
   private handlers: [string, () => void][] = [];
 
@@ -124,6 +129,7 @@ export class InterventionsView {
     });
     this.markDiff.addEventListener("change", () => this.drawMarks());
     this.diffKind.addEventListener("change", () => this.showDiff());
+    this.against.addEventListener("change", () => { this.model.set("diff_against", this.against.value as "other" | "clean"); this.model.save_changes(); });
     this.what.addEventListener("change", () => this.updateOnly());
     this.bar = h("div", { class: "lmtt-interventions" }, h("style", {}, CSS),
       h("div", { class: "row ablate-row" },
@@ -136,6 +142,7 @@ export class InterventionsView {
       ["change:interventions", () => this.showState()], ["change:comparison", () => this.showState()],
       ["change:graph_diff", () => this.showState()], ["change:faithfulness", () => this.showFaithfulness()],
       ["change:intervention_code", () => this.showCode()], ["change:busy", () => this.showBusy()],
+      ["change:patches", () => { this.showState(); this.showCode(); }],
       ["change:payload", () => queueMicrotask(() => this.drawMarks())], // after the graph's own redraw
     ];
     for (const [event, fn] of this.handlers) this.model.on(event, fn);
@@ -195,10 +202,11 @@ export class InterventionsView {
     const info = this.model.get("info");
     const list = this.get("interventions") ?? [];
     const cmp = this.get("comparison");
+    const changed = list.length > 0 || (this.get("patches") ?? []).length > 0;
     this.beforeAfter.replaceChildren();
     this.active.replaceChildren();
-    this.bar.classList.toggle("has-interventions", list.length > 0);
-    if (list.length > 0 && cmp && !isEmpty(cmp)) this.beforeAfter.append(...comparisonView(cmp as Comparison, info));
+    this.bar.classList.toggle("has-interventions", changed);
+    if (changed && cmp && !isEmpty(cmp)) this.beforeAfter.append(...comparisonView(cmp as Comparison, info));
     if (list.length > 0) {
       const items = list.map((ab, i) => {
         const undo = h("button", { class: "undo", title: "Undo: rerun without this ablation", "data-index": i, "aria-label": `undo ${describe(ab, info)}` }, "×");
@@ -237,9 +245,12 @@ export class InterventionsView {
       const more = count > rows.length ? ` (strongest ${rows.length} shown)` : "";
       return h("div", { class: "sort", "data-sort": sort }, h("h4", {}, `${count} ${sort}${more}`), h("ul", { class: `changes ${sort}` }, ...rows));
     });
+    const other = d.against === "other", changed = (this.get("interventions") ?? []).length > 0 || (this.get("patches") ?? []).length > 0;
+    this.against.value = other ? "other" : "clean";
     this.diffCard.replaceChildren(
-      h("h3", {}, "Routes: intervened vs clean"),
-      h("p", { class: "hint" }, `edges of the routes to token ${this.model.get("target")}; changed: weight moved by more than ${fmt(d.tolerance, 2)}; ${d.unchanged} unchanged`),
+      h("h3", {}, other ? `Routes: ${changed ? "intervened" : "this prompt"} vs the other prompt` : "Routes: intervened vs clean"),
+      h("p", { class: "hint" }, `edges of the routes to token ${this.model.get("target")}; ${other ? "vanished: only the other prompt's, appeared: only this one's; " : ""}changed: weight moved by more than ${fmt(d.tolerance, 2)}; ${d.unchanged} unchanged`),
+      ...(changed && "prompt" in (this.get("pair") ?? {}) ? [h("div", { class: "row" }, h("label", {}, "compare with ", this.against))] : []),
       h("div", { class: "row" }, h("label", {}, "list ", this.diffKind), h("label", {}, this.markDiff, " mark them on the graph (vanished: dashed)")),
       ...sections);
     queueMicrotask(() => this.drawMarks());
@@ -282,6 +293,12 @@ export class InterventionsView {
 
   private showCode(): void {
     const code = this.get("intervention_code") ?? "";
+    if (!code && (this.get("patches") ?? []).length > 0) { // interventions.code exports ablations only: say so, emit nothing wrong
+      this.codeCard.style.display = "";
+      this.codeCard.replaceChildren(h("h3", {}, "nnsight code (w.code())"),
+        h("p", { class: "hint code-unavailable" }, "Patches from the other prompt are not exported to code yet: w.code() covers ablations only. Undo the patches to get the code of the ablations."));
+      return;
+    }
     if (!code) { this.codeCard.replaceChildren(); this.codeCard.style.display = "none"; return; }
     this.codeCard.style.display = "";
     const text = h("textarea", { class: "code-text", readonly: true, spellcheck: "false", rows: 12, "aria-label": "nnsight code" });

@@ -6,6 +6,7 @@ import { Controls } from "./controls";
 import { h } from "./dom";
 import { GraphView } from "./graph";
 import { InterventionsView } from "./interventions";
+import { PairView } from "./pair";
 import { Panels } from "./panels";
 import { CSS } from "./style";
 import type { Selection, State } from "./types";
@@ -68,6 +69,7 @@ function render({ model, el }: RenderProps<State>) {
   });
   const panels = new Panels({ select });
   const interventions = new InterventionsView(model, graph, select, live);
+  const pair = new PairView(model, live);
   const controls = new Controls({
     threshold: (v) => { model.set("threshold", v); model.save_changes(); },
     renormalize: (v) => { model.set("renormalize", v); model.save_changes(); },
@@ -88,7 +90,7 @@ function render({ model, el }: RenderProps<State>) {
 
   const root = h("div", { class: "lmtt" }, style,
     h("div", { class: "lmtt-header" }, controls.facts, controls.status),
-    controls.root, interventions.bar, messageBar,
+    controls.root, pair.bar, interventions.bar, messageBar,
     h("div", { class: "lmtt-main" }, graph.root, panels.root), interventions.details);
   if (!live) root.append(h("p", { class: "hint export-note" },
     "Saved page: the graph and the panels saved with it work here; other panels and analysing a new prompt need a live kernel."));
@@ -176,6 +178,7 @@ function render({ model, el }: RenderProps<State>) {
     model.off("msg:custom", onCustom);
     resize.disconnect();
     interventions.destroy();
+    pair.destroy();
   };
 }
 

@@ -11,10 +11,10 @@ from .interventions import code, compare, patch
 from .models import load_model
 from .remote import analyze_compact
 from .run import Run, Shares, analyze
-from .widget import Widget, show
+from .widget import Widget, show, show_pair
 
 __all__ = [
     "LmttError", "Run", "Shares", "Widget", "analyze", "analyze_compact", "code", "compare", "load_model", "patch",
-    "show",
+    "show", "show_pair",
 ]
 __version__ = "0.1.0"

@@ -13,6 +13,7 @@ import pathlib
 
 from .serialize import encode_text
 from .widget_interventions import STATE as INTERVENTION_STATE
+from .widget_pair import STATE as PAIR_STATE
 
 STANDALONE_JS = pathlib.Path(__file__).parent / "static" / "standalone.js"
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
@@ -90,7 +91,7 @@ const state = JSON.parse(document.getElementById('lmtt-state').textContent);
 
 def widget_state(widget) -> dict:
     keys = ["info", "payload", "target", "threshold", "renormalize", "normalize_lens", "selection", "message", "busy",
-            "preloaded", *INTERVENTION_STATE]
+            "preloaded", *INTERVENTION_STATE, *PAIR_STATE]
     return {k: getattr(widget, k) for k in keys}
 
 

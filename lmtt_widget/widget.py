@@ -23,6 +23,7 @@ import traitlets
 from . import serialize as S
 from .errors import LmttError, check_index, check_threshold
 from .widget_interventions import InterventionsMixin
+from .widget_pair import PairMixin
 
 STATIC = pathlib.Path(__file__).parent / "static"
 LENS_K = 10
@@ -31,8 +32,9 @@ NEURONS_K = 10
 NEURON_LOGITS_K = 5
 
 
-class Widget(InterventionsMixin, anywidget.AnyWidget):
-    """The routes of one `Run`, drawn inline; `Widget(run)` or `lmtt_widget.show(model, prompt)`."""
+class Widget(PairMixin, InterventionsMixin, anywidget.AnyWidget):
+    """The routes of one `Run`, drawn inline; `Widget(run)` or `lmtt_widget.show(model, prompt)`;
+    `Widget(run, other=run_b)` or `lmtt_widget.show_pair(model, prompt, other)` for two prompts (widget_pair)."""
 
     _esm = STATIC / "widget.js"
 
@@ -48,11 +50,14 @@ class Widget(InterventionsMixin, anywidget.AnyWidget):
     preloaded = traitlets.Dict().tag(sync=True)  # panel responses carried without a kernel (export)
 
     def __init__(self, run, *, target: int = -1, threshold: float = 0.04, renormalize: bool = True,
-                 normalize_lens: bool = True, selection: dict | None = None, **kwargs):
+                 normalize_lens: bool = True, selection: dict | None = None, other=None, **kwargs):
         unknown = set(kwargs) - {"layout"}
         if unknown:
             raise TypeError(f"Widget() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
-        self._run = run
+        if other is not None:
+            from .interventions import _check_pair
+            _check_pair(run, other, "comparing two prompts")
+        self._run, self._other = run, other
         self._graph = None
         self._callbacks: list[Callable[[dict], Any]] = []
         self._valid: dict[str, Any] = {}  # the last valid value of each checked trait
@@ -133,6 +138,11 @@ class Widget(InterventionsMixin, anywidget.AnyWidget):
             raise
         finally:
             self.busy = ""
+        try:
+            self._check_other(run)
+        except LmttError as error:
+            self.message = f"Refused the prompt: {error}"
+            raise
         self._run = run
         with self.hold_sync():
             self.selection = {}
@@ -155,6 +165,7 @@ class Widget(InterventionsMixin, anywidget.AnyWidget):
             self.info = S.run_info(run)
         self.payload = S.graph_payload(self._graph, run.shape.n_heads)
         self._interventions_refresh(new_run)
+        self._pair_refresh(new_run)
 
     def _from_frontend(self, name: str) -> bool:
         return name in getattr(self, "_property_lock", {})
@@ -253,7 +264,7 @@ class Widget(InterventionsMixin, anywidget.AnyWidget):
                 self.analyze(str(content.get("prompt", "")))
             except Exception:
                 pass  # the message is in self.message; the previous graph stays
-        else:
+        elif not self._on_pair_message(content):  # patch, unpatch, swap, pair
             self._on_intervention_message(content)  # ablate, undo, faithfulness
 
     def _answer_panel(self, request_id, request: dict) -> None:
@@ -332,3 +343,19 @@ def show(model=None, prompt: str | None = None, **options) -> Widget:
         from .__main__ import DEMO_PROMPT
         prompt = DEMO_PROMPT
     return Widget(analyze(model, prompt), **options)
+
+
+def show_pair(model=None, prompt: str | None = None, other: str | None = None, **options) -> Widget:
+    """Two prompts of the same length in tokens (e.g. clean and corrupted IOI) in one widget: the
+    routes of `prompt`, marked where `other`'s differ, and patching from `other` (widget_pair)."""
+    from .models import load_model
+    from .run import analyze
+
+    if model is None or isinstance(model, str):
+        model = load_model(model)
+    if prompt is None and other is None:  # the demo: clean and corrupted IOI
+        from .__main__ import DEMO_PROMPT
+        prompt, other = DEMO_PROMPT, DEMO_PROMPT.replace(" John gave", " Mary gave")
+    if prompt is None or other is None:
+        raise TypeError("show_pair needs two prompts: show_pair(model, prompt, other)")
+    return Widget(analyze(model, prompt), other=analyze(model, other), **options)

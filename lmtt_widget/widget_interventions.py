@@ -89,16 +89,23 @@ class InterventionsMixin(traitlets.HasTraits):
         return (run.clean or run), list(run.interventions)
 
     def _show_ablated(self, ablations: list) -> "I.Comparison | None":
+        return self._show_intervened(ablations, [node for node, _ in self._run.patches])
+
+    def _show_intervened(self, ablations: list, patches: list) -> "I.Comparison | None":
+        """Rerun the clean run with `ablations`, then `patches` from the other prompt (widget_pair),
+        and show it; returns the comparison with the clean run at the target (None: clean)."""
         clean, _ = self._clean_and_ablations()
-        comparison = None
-        if ablations:
-            self.busy = f"Rerunning with {len(ablations)} ablation{'s' if len(ablations) > 1 else ''}…"
+        if not ablations and not patches:
+            run, comparison = clean, None
+        else:
+            self.busy = f"Rerunning with {_count(len(ablations), 'ablation', len(patches), 'patch')}…"
             try:
-                run, comparison = clean.intervene(ablations, position=self.target)
+                run = clean.intervene(ablations, position=self.target)[0] if ablations else clean
+                if patches:
+                    run, _ = I.patch(self._other, run, patches, position=self.target)
             finally:
                 self.busy = ""
-        else:
-            run = clean
+            comparison = I.compare_logits(clean, clean.logits, run.logits, self.target)
         self._run = run
         with self.hold_sync():
             self._refresh(new_run=True)
@@ -108,19 +115,29 @@ class InterventionsMixin(traitlets.HasTraits):
         """Derive the traits from the run shown, the target and the threshold (Widget._refresh)."""
         run = self._run
         self.faithfulness = {}  # measured for another run, target or threshold
+        reference, against = self._diff_reference()
         if run.clean is None:
-            self.interventions, self.comparison, self.graph_diff, self.intervention_code = [], {}, {}, ""
+            self.interventions, self.comparison, self.intervention_code = [], {}, ""
+            self.graph_diff = {} if reference is None else self._diff(reference, against)
             return
         if new_run:
             self.interventions = _plain([asdict(ab) | {"spec": ab.as_tuple()} for ab in run.interventions])
             try:
                 self.intervention_code = self.code()
-            except LmttError:  # patched runs: the export covers ablations only
+            except LmttError:  # patched runs: the export covers ablations only (the page says so)
                 self.intervention_code = ""
         clean = run.clean
         self.comparison = _plain(I.compare_logits(clean, clean.logits, run.logits, self.target).to_dict())
-        diff = I.compare(clean, run, token=self.target, threshold=self.threshold)
-        self.graph_diff = _plain(_diff_dict(diff))
+        self.graph_diff = self._diff(reference, against)
+
+    def _diff(self, reference, against: str) -> dict:
+        """The shown routes against `reference`'s ("clean": the clean run, "other": the other prompt)."""
+        diff = I.compare(reference, self._run, token=self.target, threshold=self.threshold)
+        return _plain(_diff_dict(diff) | {"against": against})
+
+    def _diff_reference(self):
+        """The run whose routes the shown ones are compared with (widget_pair has another choice)."""
+        return self._run.clean, "clean"
 
     # -- messages from the frontend --------------------------------------------------------
 
@@ -143,6 +160,13 @@ class InterventionsMixin(traitlets.HasTraits):
             self.message = f"Refused {_ACTIONS[kind]}: {error}"
         except Exception as error:  # the widget keeps what it showed
             self.message = f"Could not {_ACTIONS[kind]}: {type(error).__name__}: {error}"
+
+
+def _count(*pairs) -> str:
+    """_count(2, "ablation", 1, "patch") -> "2 ablations, 1 patch" (zeros left out)."""
+    words = [f"{n} {what}{'' if n == 1 else ('es' if what.endswith('h') else 's')}"
+             for n, what in zip(pairs[::2], pairs[1::2]) if n]
+    return ", ".join(words)
 
 
 _ACTIONS = {"ablate": "ablation", "undo": "undo", "faithfulness": "faithfulness"}

@@ -1,0 +1,154 @@
+// The pair view: a second prompt of the same length in tokens (e.g. clean and corrupted IOI).
+// Python compares the two graphs (the diff card and marks of interventions.ts show it, "against
+// the other prompt") and patches the selected node's activation from the other prompt into the
+// one shown (lmtt_widget/widget_pair.py); this view shows both prompts, offers the patch, lists
+// the active patches with undo, and sends {type: "patch" | "unpatch" | "swap" | "pair"} messages.
+
+import type { AnyModel } from "@anywidget/types";
+import { h, fmt, visible } from "./dom";
+import type { Info, Selection, State } from "./types";
+
+type Node = (string | number)[]; // (stage, layer, position) or ("head", layer, head, position)
+
+export interface PairState {
+  pair: { prompt: string; tokens: string[]; top: [string, number][] } | Record<string, never>;
+  patches: { node: Node; from: string }[];
+  diff_against: "other" | "clean";
+}
+
+/** One node the selection can patch: its label and the node Python checks. */
+export interface PatchChoice { label: string; node: Node }
+
+/** What the selection offers to patch from the other prompt. */
+export function patchChoices(sel: Selection, info: Info): PatchChoice[] {
+  if (!("kind" in sel)) return [];
+  const tok = (t: number) => `${t} ${visible(info.tokens[t] ?? "")}`;
+  if (sel.kind === "residual") {
+    const where = sel.stage === "embed" ? "embedding" : `residual ${sel.stage} L${sel.layer}`;
+    return [{ label: `${where} at ${tok(sel.token)}`, node: [sel.stage, sel.layer, sel.token] }];
+  }
+  if (sel.kind === "attention") {
+    const out: PatchChoice[] = [];
+    if (sel.head !== null) out.push({ label: `head L${sel.layer}.${sel.head} output at ${tok(sel.target)}`, node: ["head", sel.layer, sel.head, sel.target] });
+    if (!info.parallel) out.push({ label: `residual mid L${sel.layer} at ${tok(sel.target)}`, node: ["mid", sel.layer, sel.target] });
+    return out;
+  }
+  return [{ label: `FFN L${sel.layer} update at ${tok(sel.token)}`, node: ["ffn", sel.layer, sel.token] },
+    { label: `residual post L${sel.layer} at ${tok(sel.token)}`, node: ["post", sel.layer, sel.token] }];
+}
+
+/** A short name of an active patch. */
+export function describeNode(node: Node, info: Info): string {
+  const tok = (t: number) => `${t} ${visible(info.tokens[t] ?? "")}`;
+  if (node[0] === "head") return `head L${node[1]}.${node[2]} at ${tok(node[3] as number)}`;
+  if (node[0] === "embed") return `embedding at ${tok(node[2] as number)}`;
+  if (node[0] === "ffn") return `FFN L${node[1]} at ${tok(node[2] as number)}`;
+  return `residual ${node[0]} L${node[1]} at ${tok(node[2] as number)}`;
+}
+
+export class PairView {
+  readonly bar: HTMLDivElement;
+  private model: AnyModel<State & PairState>;
+  private prompts = h("div", { class: "pair-prompts" });
+  private patchRow = h("div", { class: "row patch-row" });
+  private active = h("div", { class: "active-list patch-list" });
+  private what = h("select", { class: "patch-what", "aria-label": "what to patch" });
+  private patchButton = h("button", { class: "patch" }, "Patch from the other prompt");
+  private swapButton = h("button", { class: "swap", title: "Show the other prompt's routes and compare them with this one's" }, "Show the other prompt");
+  private otherInput = h("input", { type: "text", class: "other-prompt", placeholder: "another prompt of the same length in tokens", "aria-label": "other prompt" });
+  private otherButton = h("button", { class: "compare-with" }, "Compare");
+  private hint = h("span", { class: "hint" });
+  private offered: PatchChoice[] = [];
+  private handlers: [string, () => void][] = [];
+
+  constructor(model: AnyModel<State>, private live: boolean) {
+    this.model = model as unknown as AnyModel<State & PairState>;
+    this.patchButton.addEventListener("click", () => {
+      const choice = this.offered[Number(this.what.value)];
+      if (choice && this.live) this.model.send({ type: "patch", node: choice.node });
+    });
+    this.swapButton.addEventListener("click", () => { if (this.live) this.model.send({ type: "swap" }); });
+    const compare = () => { if (this.live && this.otherInput.value.trim()) this.model.send({ type: "pair", prompt: this.otherInput.value }); };
+    this.otherButton.addEventListener("click", compare);
+    this.otherInput.addEventListener("keydown", (ev) => { if (ev.key === "Enter") compare(); });
+    this.patchRow.append(h("span", { class: "label" }, "Patch:"), this.what, this.patchButton, this.hint);
+    this.bar = h("div", { class: "lmtt-pair" }, h("style", {}, CSS), this.prompts, this.patchRow, this.active);
+    this.handlers = [
+      ["change:pair", () => this.show()], ["change:patches", () => this.show()], ["change:info", () => this.show()],
+      ["change:selection", () => this.showChoices()], ["change:busy", () => this.showBusy()],
+    ];
+    for (const [event, fn] of this.handlers) this.model.on(event, fn);
+    this.show();
+  }
+
+  destroy(): void {
+    for (const [event, fn] of this.handlers) this.model.off(event, fn);
+  }
+
+  private get pair(): PairState["pair"] { return this.model.get("pair") ?? {}; }
+
+  private show(): void {
+    const info = this.model.get("info"), pair = this.pair;
+    const paired = "prompt" in pair;
+    this.bar.classList.toggle("paired", paired);
+    if (!paired) {
+      // one prompt: offer a second one (live only: it needs the kernel to analyse it)
+      this.prompts.replaceChildren(...(this.live ? [h("div", { class: "row" }, h("span", { class: "label" }, "Compare with another prompt:"), this.otherInput, this.otherButton)] : []));
+      this.patchRow.style.display = "none";
+      this.active.replaceChildren();
+      return;
+    }
+    const differs = (i: number) => pair.tokens[i] !== info.tokens[i];
+    const tokens = (list: string[], cls: string) => h("span", { class: `pair-tokens ${cls}` },
+      ...list.map((t, i) => h("span", { class: `tok${differs(i) ? " differs" : ""}`, title: `${i} ${JSON.stringify(t)}` }, visible(t))));
+    const top = pair.top.slice(0, 3).map(([t, p]) => `${visible(t)} ${fmt(p)}`).join(", ");
+    this.prompts.replaceChildren(
+      h("div", { class: "row pair-shown" }, h("span", { class: "label" }, "This prompt:"), tokens(info.tokens, "shown")),
+      h("div", { class: "row pair-other" }, h("span", { class: "label" }, "Other prompt:"), tokens(pair.tokens, "other"),
+        h("span", { class: "hint" }, `predicts ${top}`), this.swapButton),
+      ...(this.live ? [h("div", { class: "row" }, h("span", { class: "label" }, "Other prompt instead:"), this.otherInput, this.otherButton)] : []));
+    this.patchRow.style.display = "";
+    const patches = this.model.get("patches") ?? [];
+    const items = patches.map((p, i) => {
+      const undo = h("button", { class: "unpatch", title: "Undo: rerun without this patch", "aria-label": `undo patch ${describeNode(p.node, info)}` }, "×");
+      undo.addEventListener("click", () => { if (this.live) this.model.send({ type: "unpatch", index: i }); });
+      return h("span", { class: "patched", "data-node": JSON.stringify(p.node) }, describeNode(p.node, info), undo);
+    });
+    this.active.replaceChildren(...(items.length ? [h("span", { class: "label" }, `Patched from the other prompt (${items.length}):`), ...items,
+      h("span", { class: "hint" }, "the graph and panels show the patched run")] : []));
+    this.showChoices();
+  }
+
+  private showChoices(): void {
+    const previous = this.what.value;
+    this.offered = "prompt" in this.pair ? patchChoices(this.model.get("selection") ?? {}, this.model.get("info")) : [];
+    this.what.replaceChildren(...this.offered.map((c, i) => h("option", { value: i }, c.label)));
+    if (previous && Number(previous) < this.offered.length) this.what.value = previous;
+    this.hint.textContent = this.offered.length === 0 ? "Select a node or an attention edge to patch its activation from the other prompt." : "";
+    this.showBusy();
+  }
+
+  private showBusy(): void {
+    const busy = this.model.get("busy") !== "";
+    this.patchButton.disabled = busy || !this.live || this.offered.length === 0;
+    this.what.disabled = !this.live || this.offered.length === 0;
+    for (const b of [this.swapButton, this.otherButton, ...this.active.querySelectorAll("button")]) (b as HTMLButtonElement).disabled = busy || !this.live;
+  }
+}
+
+const CSS = `
+.lmtt-pair { margin: 4px 0; }
+.lmtt-pair .row { display: flex; flex-wrap: wrap; align-items: center; gap: 4px 10px; margin: 3px 0; }
+.lmtt-pair .label { color: var(--fg-dim); }
+.lmtt-pair .hint { color: var(--fg-dim); font-size: 12px; }
+.lmtt-pair input.other-prompt { min-width: 320px; flex: 1 1 320px; max-width: 560px; }
+.lmtt-pair .pair-tokens { display: inline-flex; flex-wrap: wrap; gap: 2px; }
+.lmtt-pair .pair-tokens .tok { padding: 0 3px; border-radius: 3px; background: var(--bg-2); font-family: var(--jp-code-font-family, ui-monospace, monospace); font-size: 12px; }
+.lmtt-pair .pair-tokens .tok.differs { outline: 2px solid var(--diff-changed, #8e44ad); }
+.lmtt-pair button.patch { border-color: var(--diff-changed, #8e44ad); }
+.lmtt-pair select.patch-what { max-width: 360px; }
+.lmtt-pair .active-list { display: flex; flex-wrap: wrap; gap: 4px 8px; align-items: center; }
+.lmtt-pair .patched { display: inline-flex; align-items: center; gap: 4px; padding: 1px 2px 1px 8px;
+  border: 1px solid var(--diff-changed, #8e44ad); border-radius: 10px; background: var(--bg-2); }
+.lmtt-pair .patched button.unpatch { border: none; background: none; padding: 0 4px; font-size: 14px; }
+`;

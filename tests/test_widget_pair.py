@@ -1,0 +1,151 @@
+"""The widget's pair of prompts, Python side: the difference is interventions.compare's, a patch
+shows interventions.patch's run and numbers, patches and ablations combine and undo one by one,
+the target and threshold recompute the difference, and prompts that do not align are refused (in
+Python with an error, from the page with a visible message) without changing anything. Tiny
+random models; no browser."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lmtt_widget as lw
+from lmtt_widget import LmttError
+from lmtt_widget import serialize as S
+
+import tiny
+
+CLEAN = "When Mary and John went to the store, John gave a drink to"
+CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny.load("llama")
+
+
+@pytest.fixture(scope="module")
+def runs(model):
+    return lw.analyze(model, CLEAN), lw.analyze(model, CORRUPTED)
+
+
+@pytest.fixture()
+def widget(runs):
+    return lw.Widget(runs[0], other=runs[1], threshold=0.01)
+
+
+def custom(w, content):
+    w._handle_msg({"content": {"data": {"method": "custom", "content": content}}, "buffers": []})
+
+
+def diff_counts(diff) -> dict:
+    return {sort: {kind: sum(c.kind == kind for c in getattr(diff, sort)) for kind in S.KINDS}
+            for sort in ("appeared", "vanished", "changed")}
+
+
+def test_pair_shows_the_difference_of_the_two_prompts_routes(widget, runs):
+    clean, corrupted = runs
+    assert widget.run is clean and widget.other is corrupted
+    assert widget.pair["prompt"] == CORRUPTED and widget.pair["tokens"] == list(corrupted.tokens)
+    top = corrupted.logits[-1].softmax(-1).max()
+    assert widget.pair["top"][0][1] == pytest.approx(float(top))
+    diff = lw.compare(corrupted, clean, token=widget.target, threshold=0.01)
+    assert widget.graph_diff["against"] == "other" and widget.graph_diff["counts"] == diff_counts(diff)
+    assert widget.graph_diff["unchanged"] == diff.unchanged
+    assert widget.comparison == {} and widget.patches == [] and widget.interventions == []
+    # another target or threshold: the difference of those routes
+    widget.threshold = 0.03
+    assert widget.graph_diff["counts"] == diff_counts(lw.compare(corrupted, clean, token=widget.target, threshold=0.03))
+    widget.target = 15
+    assert widget.graph_diff["counts"] == diff_counts(lw.compare(corrupted, clean, token=15, threshold=0.03))
+
+
+def test_patch_shows_the_patched_run_and_undo_restores(widget, runs):
+    clean, corrupted = runs
+    last = clean.n_tokens - 1
+    comparison = widget.patch(("head", 1, 2, last))
+    expected_run, expected = lw.patch(corrupted, clean, ("head", 1, 2, last), position=widget.target)
+    torch.testing.assert_close(widget.run.logits, expected_run.logits)
+    assert comparison.to_dict() == expected.to_dict()
+    assert widget.comparison["after"] == pytest.approx(expected.after._asdict())
+    assert widget.comparison["after"]["logit"] != pytest.approx(widget.comparison["before"]["logit"], abs=1e-6)
+    assert widget.patches == [{"node": ["head", 1, 2, last], "from": CORRUPTED}]
+    assert set(widget.graph.edges(keys=True)) == set(expected_run.graph(widget.target, 0.01).edges(keys=True))
+    assert widget.graph_diff["against"] == "other"
+    widget.diff_against = "clean"  # what the patch changed in the routes
+    assert widget.graph_diff["counts"] == diff_counts(lw.compare(clean, widget.run, token=widget.target, threshold=0.01))
+    with pytest.raises(LmttError, match="ablations only"):
+        widget.code()
+    assert widget.intervention_code == ""  # the page says patches are not exported
+    with pytest.raises(LmttError, match="already patched"):
+        widget.patch(("head", 1, 2, -1))
+    assert widget.unpatch() is None
+    assert widget.run is clean and widget.patches == [] and widget.comparison == {}
+
+
+def test_patches_and_ablations_combine_and_undo_separately(widget, runs):
+    clean, corrupted = runs
+    widget.ablate(("head", 0, 1))
+    widget.patch(("post", 0, 15), ("embed", -1, 15))
+    ablated, _ = clean.intervene(("head", 0, 1))
+    by_hand, _ = lw.patch(corrupted, ablated, [("post", 0, 15), ("embed", -1, 15)])
+    torch.testing.assert_close(widget.run.logits, by_hand.logits)
+    widget.unpatch(0)  # the residual node goes, the embedding and the ablation stay
+    assert [p["node"] for p in widget.patches] == [["embed", -1, 15]] and len(widget.interventions) == 1
+    widget.undo()  # the ablation goes, the patch stays
+    only_patch, _ = lw.patch(corrupted, clean, ("embed", -1, 15))
+    torch.testing.assert_close(widget.run.logits, only_patch.logits)
+    assert widget.interventions == [] and len(widget.patches) == 1
+    # patching the embedding of the one token that differs gives the other prompt's prediction
+    torch.testing.assert_close(widget.run.logits, corrupted.logits, atol=1e-4, rtol=1e-4)
+
+
+def test_swap_shows_the_other_prompt(widget, runs):
+    clean, corrupted = runs
+    widget.patch(("ffn", 1, 15))
+    widget.swap()
+    assert widget.run is corrupted and widget.other is clean and widget.patches == []
+    assert widget.info["prompt"] == CORRUPTED and widget.pair["prompt"] == CLEAN
+    assert widget.graph_diff["counts"] == diff_counts(lw.compare(clean, corrupted, token=widget.target, threshold=0.01))
+    custom(widget, {"type": "swap"})
+    assert widget.run is clean and widget.message == ""
+
+
+def test_prompts_that_do_not_align_are_refused(model, runs):
+    clean, _ = runs
+    with pytest.raises(LmttError, match="23 and 6 tokens long"):
+        lw.Widget(clean, other=lw.analyze(model, "Hello there"))
+    w = lw.Widget(clean)
+    assert w.pair == {} and w.graph_diff == {}
+    with pytest.raises(LmttError, match="needs a second prompt"):
+        w.patch(("post", 0, 1))
+    custom(w, {"type": "pair", "prompt": "When Mary went to the store, John gave a drink to"})
+    assert w.message.startswith("Refused the other prompt:") and "tokens long" in w.message
+    assert w.other is None and w.pair == {}
+    custom(w, {"type": "pair", "prompt": CORRUPTED})
+    assert w.other.prompt == CORRUPTED and w.message == "" and w.graph_diff["against"] == "other"
+    # a new prompt for the shown side must align too: the graph stays
+    with pytest.raises(LmttError, match="tokens long"):
+        w.analyze("Hello there")
+    assert w.run is clean and "Refused the prompt" in w.message
+
+
+def test_bad_patches_from_the_page_are_refused_visibly(widget, runs):
+    custom(widget, {"type": "patch", "node": ["head", 9, 0, 3]})
+    assert widget.message.startswith("Refused patch:") and "layer 9" in widget.message
+    custom(widget, {"type": "patch", "node": ["post", 0, 99]})
+    assert "99" in widget.message
+    custom(widget, {"type": "patch", "node": "post"})
+    assert widget.message.startswith("Refused patch:")
+    custom(widget, {"type": "unpatch", "index": 0})
+    assert "no patch to undo" in widget.message
+    assert widget.run is runs[0] and widget.patches == []
+
+
+def test_show_pair_and_the_saved_page_keep_the_pair(model, tmp_path):
+    w = lw.show_pair(model, CLEAN, CORRUPTED)
+    assert w.run.prompt == CLEAN and w.other.prompt == CORRUPTED
+    with pytest.raises(TypeError, match="two prompts"):
+        lw.show_pair(model, CLEAN)
+    html = w.save_html(tmp_path / "pair.html").read_text()
+    assert '"pair"' in html and "Mary gave" in html
