@@ -1,5 +1,6 @@
 """End to end: the quickstart notebook in a real JupyterLab, a click in the page, and the Python
-kernel sees the selection."""
+kernel sees the selection; the Ablate button reruns in the kernel and the page shows the kernel's
+before/after; the notebook's pair of prompts shows its patch."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.demo, pytest.mark.browser]
 # the middle of a clear attention edge between two tokens in the lowest layers (the notebook
 # itself selects one in layer 22, so this click must change the selection)
 EDGE_MIDPOINT = """() => {
-  const paths = [...document.querySelectorAll('.lmtt path.edge.attention')]
+  const paths = [...document.querySelector('.lmtt').querySelectorAll('path.edge.attention')]  // the first widget's
     .filter((p) => p.getAttribute('d').includes('C') && parseFloat(p.getAttribute('stroke-width')) > 1.2);
   const mid = (p) => p.getPointAtLength(p.getTotalLength() / 2);
   paths.sort((a, b) => mid(b).y - mid(a).y);
@@ -39,6 +40,10 @@ def kernel_head(page) -> int:
     """The head that Python chose for the notebook's own selection (cell 8's output)."""
     text = page.locator(".jp-Notebook .jp-Cell").nth(8).locator(".jp-OutputArea-output").first.text_content()
     return int(re.search(r"'head': (\d+)", text).group(1))
+
+
+def output(page, index: int) -> str:
+    return page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea-output").first.text_content()
 
 
 def run_cell(page, index: int) -> None:
@@ -86,3 +91,40 @@ def check_quickstart(jupyterlab, page, artifacts):
     printed = page.locator(".jp-Notebook .jp-Cell").nth(5).locator(".jp-OutputArea-output").first.text_content()
     assert printed.strip() == str({"kind": "attention", "layer": layer, "source": source, "target": target, "head": head})
     assert page.dialogs == []
+    check_ablate_round_trip(page, artifacts, ["edge", layer, source, target, head])
+    check_pair(page)
+
+
+ABLATIONS_CELL = 14  # print([a["spec"] for a in w.interventions], p before, p after)
+
+
+def check_ablate_round_trip(page, artifacts, spec):
+    """The Ablate button on the clicked edge: the kernel reruns, the page shows its before/after."""
+    widget = page.locator(".lmtt").first
+    assert widget.locator(".ablation").count() == 1  # the notebook's own head ablation
+    head_ablation = output(page, ABLATIONS_CELL).strip()
+    assert widget.locator("select.ablate-what option").first.text_content().endswith(f", head {spec[4]}")
+    widget.locator("button.ablate").click()  # the first choice: this edge, this head
+    widget.locator(".ablation").nth(1).wait_for(timeout=60_000)
+    prob = widget.locator(".prediction-change .metric.prob").text_content()
+    before, after = [float(x) for x in re.findall(r"\d+\.\d{3}", prob)[:2]]
+    page.screenshot(path=str(artifacts / "e2e-lab-ablate.png"))
+    run_cell(page, ABLATIONS_CELL)
+    page.wait_for_function(
+        "([i, old]) => { const o = document.querySelectorAll('.jp-Notebook .jp-Cell')[i].querySelector('.jp-OutputArea-output');"
+        " return o && o.textContent.trim() !== '' && o.textContent.trim() !== old; }",
+        arg=[ABLATIONS_CELL, head_ablation], timeout=60_000)
+    printed = output(page, ABLATIONS_CELL).strip()
+    specs = printed[:printed.rindex("]") + 1]
+    assert specs.startswith("[['head', 22, ") and specs.endswith(f", {spec!r}]".replace('"', "'"))
+    assert [float(x) for x in printed[len(specs):].split()] == [before, after]
+
+
+def check_pair(page):
+    """The notebook's pair of prompts: the other prompt, the difference marks and the patch."""
+    pair = page.locator(".lmtt").nth(1)
+    pair.scroll_into_view_if_needed()
+    assert pair.locator(".lmtt-pair.paired .pair-other .tok.differs").text_content() == "␣Mary"
+    assert pair.locator("path.diff-mark").count() > 0
+    assert pair.locator(".patched").text_content().startswith("residual post L20 at 13")
+    assert re.search(r"p 0\.\d{3} → 0\.\d{3}", pair.locator(".prediction-change .metric.prob").text_content())
