@@ -41,6 +41,7 @@ export interface InterventionState {
   patches?: { node: (string | number)[]; from: string }[]; // widget_pair: activations patched in from the other prompt
   diff_against?: "other" | "clean";
   pair?: { prompt?: string }; // widget_pair: the other prompt ({} when none)
+  show_reference?: boolean; // the graph draws what graph_diff compares with
 }
 
 /** One thing the selection can ablate: its label and the spec Python parses. */
@@ -110,6 +111,8 @@ export class InterventionsView {
   private diffKind = h("select", { class: "diff-kind", "aria-label": "edges listed" },
     h("option", { value: "attention" }, "attention edges"), h("option", { value: "residual" }, "residual edges"),
     h("option", { value: "ffn" }, "FFN edges"), h("option", { value: "all" }, "all edges"));
+  private showReference = h("input", { type: "checkbox", class: "show-reference" });
+  private referenceLabel = h("label", { class: "show-reference-label" });
   private against = h("select", { class: "diff-against", "aria-label": "compare the routes with" },
     h("option", { value: "other" }, "the other prompt"), h("option", { value: "clean" }, "this prompt, clean"));
   private offered: Choice[] = [];
@@ -129,20 +132,21 @@ export class InterventionsView {
     });
     this.markDiff.addEventListener("change", () => this.drawMarks());
     this.diffKind.addEventListener("change", () => this.showDiff());
+    this.showReference.addEventListener("change", () => { this.model.set("show_reference", this.showReference.checked); this.model.save_changes(); });
     this.against.addEventListener("change", () => { this.model.set("diff_against", this.against.value as "other" | "clean"); this.model.save_changes(); });
     this.what.addEventListener("change", () => this.updateOnly());
     this.bar = h("div", { class: "lmtt-interventions" }, h("style", {}, CSS),
       h("div", { class: "row ablate-row" },
         h("span", { class: "label" }, "Intervene:"), this.what, h("label", {}, "mode ", this.mode),
         this.onlyLabel, this.ablateButton, this.hint),
-      this.beforeAfter, this.active);
+      this.beforeAfter, this.active, this.referenceLabel);
     this.details = h("div", { class: "lmtt-intervention-details" }, this.diffCard, this.faithCard, this.codeCard);
     this.handlers = [
       ["change:selection", () => this.showChoices()], ["change:info", () => { this.showChoices(); this.showState(); }],
       ["change:interventions", () => this.showState()], ["change:comparison", () => this.showState()],
       ["change:graph_diff", () => this.showState()], ["change:faithfulness", () => this.showFaithfulness()],
       ["change:intervention_code", () => this.showCode()], ["change:busy", () => this.showBusy()],
-      ["change:patches", () => { this.showState(); this.showCode(); }],
+      ["change:patches", () => { this.showState(); this.showCode(); }], ["change:show_reference", () => this.showDiff()],
       ["change:payload", () => queueMicrotask(() => this.drawMarks())], // after the graph's own redraw
     ];
     for (const [event, fn] of this.handlers) this.model.on(event, fn);
@@ -223,6 +227,7 @@ export class InterventionsView {
 
   private showDiff(): void {
     const diff = this.get("graph_diff");
+    this.showReferenceToggle(diff);
     if (!diff || isEmpty(diff)) { this.diffCard.replaceChildren(); this.diffCard.style.display = "none"; this.drawMarks(); return; }
     const d = diff as GraphDiff, info = this.model.get("info");
     this.diffCard.style.display = "";
@@ -245,15 +250,29 @@ export class InterventionsView {
       const more = count > rows.length ? ` (strongest ${rows.length} shown)` : "";
       return h("div", { class: "sort", "data-sort": sort }, h("h4", {}, `${count} ${sort}${more}`), h("ul", { class: `changes ${sort}` }, ...rows));
     });
-    const other = d.against === "other", changed = (this.get("interventions") ?? []).length > 0 || (this.get("patches") ?? []).length > 0;
+    const ablated = (this.get("interventions") ?? []).length > 0, patched = (this.get("patches") ?? []).length > 0;
+    const other = d.against === "other", changed = ablated || patched;
+    const shown = ablated ? "intervened" : patched ? "patched" : "this prompt";
     this.against.value = other ? "other" : "clean";
     this.diffCard.replaceChildren(
-      h("h3", {}, other ? `Routes: ${changed ? "intervened" : "this prompt"} vs the other prompt` : "Routes: intervened vs clean"),
+      h("h3", {}, `Routes: ${shown} vs ${other ? "the other prompt" : "clean"}`),
       h("p", { class: "hint" }, `edges of the routes to token ${this.model.get("target")}; ${other ? "vanished: only the other prompt's, appeared: only this one's; " : ""}changed: weight moved by more than ${fmt(d.tolerance, 2)}; ${d.unchanged} unchanged`),
       ...(changed && "prompt" in (this.get("pair") ?? {}) ? [h("div", { class: "row" }, h("label", {}, "compare with ", this.against))] : []),
       h("div", { class: "row" }, h("label", {}, "list ", this.diffKind), h("label", {}, this.markDiff, " mark them on the graph (vanished: dashed)")),
       ...sections);
     queueMicrotask(() => this.drawMarks());
+  }
+
+  /** The switch between drawing the run shown and what it is compared with (the marks stay). */
+  private showReferenceToggle(diff: GraphDiff | Record<string, never> | undefined): void {
+    const on = this.get("show_reference") === true;
+    this.showReference.checked = on;
+    this.showReference.disabled = !this.live;
+    if (!diff || isEmpty(diff)) { this.referenceLabel.style.display = "none"; return; }
+    const reference = (diff as GraphDiff).against === "other" ? "the other prompt's" : "the clean run's";
+    this.referenceLabel.style.display = "";
+    this.referenceLabel.classList.toggle("on", on);
+    this.referenceLabel.replaceChildren(this.showReference, ` draw ${reference} routes instead (the difference marks stay; the panels read the run shown)`);
   }
 
   /** The listed changes drawn over the graph: vanished dashed, appeared and changed solid. */
@@ -409,6 +428,8 @@ const CSS = `
 .lmtt-interventions .active-list { display: flex; flex-wrap: wrap; gap: 4px 8px; align-items: center; margin: 3px 0; }
 .lmtt-interventions .ablation { display: inline-flex; align-items: center; gap: 4px; padding: 1px 2px 1px 8px;
   border: 1px solid var(--down); border-radius: 10px; background: var(--bg-2); }
+.lmtt-interventions .show-reference-label { font-size: 12px; color: var(--fg-dim); }
+.lmtt-interventions .show-reference-label.on { color: var(--fg); font-weight: 600; }
 .lmtt-interventions .ablation button.undo { border: none; background: none; padding: 0 4px; font-size: 14px; }
 .lmtt-intervention-details { display: flex; flex-wrap: wrap; gap: 8px; margin-top: 8px; align-items: flex-start; }
 .lmtt-intervention-details .card { flex: 1 1 360px; min-width: 300px; border: 1px solid var(--border); border-radius: 4px; padding: 6px 10px; }

@@ -81,7 +81,8 @@ class Widget(PairMixin, InterventionsMixin, anywidget.AnyWidget):
 
     @property
     def graph(self):
-        """The networkx routes graph being shown (lmtt_widget.graph)."""
+        """The networkx routes graph being shown (lmtt_widget.graph): the run's, or with
+        `show_reference` its clean run's or the other prompt's."""
         return self._graph
 
     def on_select(self, callback: Callable[[dict], Any]) -> Callable[[dict], Any]:
@@ -160,12 +161,25 @@ class Widget(PairMixin, InterventionsMixin, anywidget.AnyWidget):
 
     def _refresh(self, new_run: bool = False) -> None:
         run = self._run
-        self._graph = run.graph(token=self.target, threshold=self.threshold, renormalize=self.renormalize)
+        if new_run and self.show_reference:  # a new run is drawn with its own routes
+            self._quietly(show_reference=False)
+        reference = self._diff_reference()[0] if self.show_reference else None
+        drawn = reference or run  # the clean run or the other prompt, marked with the diff (widget_interventions)
+        self._graph = drawn.graph(token=self.target, threshold=self.threshold, renormalize=self.renormalize)
         if new_run:
             self.info = S.run_info(run)
-        self.payload = S.graph_payload(self._graph, run.shape.n_heads)
+        self.payload = S.graph_payload(self._graph, drawn.shape.n_heads)
         self._interventions_refresh(new_run)
         self._pair_refresh(new_run)
+
+    def _quietly(self, **values) -> None:
+        """Set traits without the refresh their observers would start (we are refreshing)."""
+        self._in_refresh = True
+        try:
+            for name, value in values.items():
+                setattr(self, name, value)
+        finally:
+            self._in_refresh = False
 
     def _from_frontend(self, name: str) -> bool:
         return name in getattr(self, "_property_lock", {})
@@ -206,9 +220,9 @@ class Widget(PairMixin, InterventionsMixin, anywidget.AnyWidget):
                 error = LmttError(f"selection is missing {error}")
             return self._refuse("selection", LmttError(str(error)))
 
-    @traitlets.observe("target", "threshold", "renormalize")
+    @traitlets.observe("target", "threshold", "renormalize", "show_reference")
     def _view_changed(self, change):
-        if getattr(self, "_run", None) is not None and self.info:
+        if getattr(self, "_run", None) is not None and self.info and not getattr(self, "_in_refresh", False):
             self._refresh()
 
     @traitlets.observe("selection")

@@ -4,6 +4,7 @@ the graph's difference to the clean run, the routes' faithfulness, and the nnsig
     w.ablate(("head", 23, 5))              # rerun with the head zeroed; the graph shows the new run
     w.ablate(("edge", 23, 3, 14), mode="mean")
     w.comparison                           # before (clean) and after, at the target (Comparison.to_dict)
+    w.show_reference = True                # draw the clean run's routes, the diff marks staying
     w.undo()                               # drop the last ablation: rerun the clean run with the rest
     w.measure_faithfulness(k=5)            # route edges vs random edges, shown as a chart
     print(w.code())                        # nnsight code reproducing the interventions
@@ -29,7 +30,7 @@ from .serialize import KINDS  # graph edge kinds
 
 DIFF_ROWS = 12  # the strongest changes of each sort and edge kind that the frontend lists and marks
 MESSAGES = ("ablate", "undo", "faithfulness")
-STATE = ("interventions", "comparison", "graph_diff", "faithfulness", "intervention_code")  # traits a saved page keeps
+STATE = ("interventions", "comparison", "graph_diff", "faithfulness", "intervention_code", "show_reference")  # traits a saved page keeps
 
 
 class InterventionsMixin(traitlets.HasTraits):
@@ -40,6 +41,9 @@ class InterventionsMixin(traitlets.HasTraits):
     graph_diff = traitlets.Dict().tag(sync=True)  # the shown routes' edges against the clean run's
     faithfulness = traitlets.Dict().tag(sync=True)  # the last measure_faithfulness (Faithfulness.to_dict)
     intervention_code = traitlets.Unicode("").tag(sync=True)  # what `code()` returns ("" when clean)
+    # draw the routes of what graph_diff compares with (the clean run, or the other prompt), the
+    # diff marks staying; the panels still read the run shown. A new run turns it off.
+    show_reference = traitlets.Bool(False).tag(sync=True)
 
     # -- the Python API ------------------------------------------------------------------
 

@@ -149,3 +149,19 @@ def test_show_pair_and_the_saved_page_keep_the_pair(model, tmp_path):
         lw.show_pair(model, CLEAN)
     html = w.save_html(tmp_path / "pair.html").read_text()
     assert '"pair"' in html and "Mary gave" in html
+
+
+def test_show_reference_draws_the_other_prompt_or_the_clean_run(widget, runs):
+    clean, corrupted = runs
+    diff = widget.graph_diff
+    widget.show_reference = True  # the other prompt's routes, the same marks
+    assert set(widget.graph.edges(keys=True)) == set(corrupted.graph(widget.target, 0.01).edges(keys=True))
+    assert widget.payload == S.graph_payload(widget.graph, corrupted.shape.n_heads)
+    assert widget.graph_diff == diff and widget.run is clean
+    widget.patch(("post", 0, 15))  # a new run is drawn with its own routes
+    assert widget.show_reference is False
+    assert set(widget.graph.edges(keys=True)) == set(widget.run.graph(widget.target, 0.01).edges(keys=True))
+    widget.diff_against = "clean"
+    widget.show_reference = True  # now the clean run's routes
+    assert set(widget.graph.edges(keys=True)) == set(clean.graph(widget.target, 0.01).edges(keys=True))
+    assert widget.graph_diff["against"] == "clean"

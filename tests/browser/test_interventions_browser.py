@@ -81,6 +81,18 @@ def test_ablate_a_head_shows_before_after_and_undo_restores(model, page, harness
     assert page.locator("textarea.code-text").input_value() == w.code()
     page.screenshot(path=str(artifacts / "browser-ablate.png"), full_page=True)
 
+    # the clean run's graph while the ablation stays active: the marks stay, the numbers too
+    marks = page.locator("path.diff-mark").count()
+    page.check("input.show-reference")
+    page.wait_for_function(f"() => document.querySelectorAll('path.edge').length === {clean_edges}")
+    assert w.show_reference is True and w.graph.number_of_edges() == clean_edges and len(w.interventions) == 1
+    assert page.locator("path.diff-mark").count() == marks and page.locator(".prediction-change").count() == 1
+    assert "the clean run's routes" in page.locator(".show-reference-label").text_content()
+    page.screenshot(path=str(artifacts / "browser-ablate-clean-graph.png"), full_page=True)
+    page.uncheck("input.show-reference")
+    page.wait_for_function(f"() => document.querySelectorAll('path.edge').length === {w.run.graph(w.target, w.threshold).number_of_edges()}")
+    assert w.show_reference is False
+
     page.click(".ablation button.undo")
     page.wait_for_function("() => document.querySelectorAll('.ablation').length === 0")
     assert w.interventions == [] and w.run.clean is None and w.comparison == {} and w.graph_diff == {}

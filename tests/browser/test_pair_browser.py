@@ -87,7 +87,7 @@ def test_patch_a_head_round_trips_and_undo_restores(model, page, harness, artifa
     # with a patch active, the diff can be against the clean run instead of the other prompt
     assert w.graph_diff["against"] == "other"
     page.select_option("select.diff-against", "clean")
-    page.wait_for_function("() => document.querySelector('.card.diff h3').textContent === 'Routes: intervened vs clean'")
+    page.wait_for_function("() => document.querySelector('.card.diff h3').textContent === 'Routes: patched vs clean'")
     assert w.diff_against == "clean" and w.graph_diff["against"] == "clean"
     page.screenshot(path=str(artifacts / "browser-pair-patch.png"), full_page=True)
 
