@@ -64,11 +64,11 @@ def head_source_proximity(
       overshoot (8, 32, 128 or all of them). Parts with a s.u <= 0 have prox 0 (the correction is
       never negative).
 
-    With `values` and `w_o` (given, or remembered on `head_out` by `with_factors`), the dot products are taken in the head dimension:
-    s.u = (W_O^h s) . v_j, which costs T^2 * d instead of T^2 * H * d. Targets are taken in chunks
-    so that the temporaries stay under `budget_bytes` (at most about sixteen [chunk, T, H] float32
-    tensors, the L1 correction's candidates included); only causal sources (j <= i) are computed, the rest
-    are exactly 0.
+    With `values` and `w_o` (given, or remembered on `head_out` by `with_factors`), the dot
+    products are taken in the head dimension: s.u = (W_O^h s) . v_j, which costs T^2 * d instead
+    of T^2 * H * d. Targets are taken in chunks so that the temporaries stay under `budget_bytes`
+    (at most about sixteen [chunk, T, H] float32 tensors, the L1 correction's candidates
+    included); only causal sources (j <= i) are computed, the rest are exactly 0.
     """
     n_tokens, n_heads, d = head_out.shape
     if values is None and w_o is None:  # factors remembered on head_out (see with_factors)
