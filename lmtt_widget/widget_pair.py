@@ -31,6 +31,7 @@ from .errors import LmttError, check_index
 MESSAGES = ("patch", "unpatch", "swap", "pair")
 STATE = ("pair", "patches", "diff_against")  # traits a saved page keeps
 _ACTIONS = {"patch": "patch", "unpatch": "undo of the patch", "swap": "swap", "pair": "the other prompt"}
+_VERBS = {"patch": "patch", "unpatch": "undo the patch", "swap": "swap the prompts", "pair": "compare with the other prompt"}
 
 
 class PairMixin(traitlets.HasTraits):
@@ -117,10 +118,10 @@ class PairMixin(traitlets.HasTraits):
         if other is None:
             self.pair, self.patches = {}, []
             return
+        top = other.logits[self.target].softmax(-1).topk(3)  # the other prompt's prediction at the target shown
+        self.pair = {"prompt": other.prompt, "tokens": list(other.tokens),
+                     "top": [[other.decode(int(i)), float(p)] for p, i in zip(top.values, top.indices)]}
         if new_run:
-            top = other.logits[self.target].softmax(-1).topk(3)
-            self.pair = {"prompt": other.prompt, "tokens": list(other.tokens),
-                         "top": [[other.decode(int(i)), float(p)] for p, i in zip(top.values, top.indices)]}
             self.patches = json.loads(json.dumps([{"node": list(node), "from": prompt} for node, prompt in run.patches]))
 
     def _diff_reference(self):
@@ -163,6 +164,6 @@ class PairMixin(traitlets.HasTraits):
         except (LmttError, TypeError, ValueError, KeyError) as error:
             self.message = f"Refused {_ACTIONS[kind]}: {error}"
         except Exception as error:  # the widget keeps what it showed
-            self.message = f"Could not do {_ACTIONS[kind]}: {type(error).__name__}: {error}"
+            self.message = f"Could not {_VERBS[kind]}: {type(error).__name__}: {error}"
         return True
 

@@ -58,6 +58,7 @@ def test_pair_shows_the_difference_of_the_two_prompts_routes(widget, runs):
     assert widget.graph_diff["counts"] == diff_counts(lw.compare(corrupted, clean, token=widget.target, threshold=0.03))
     widget.target = 15
     assert widget.graph_diff["counts"] == diff_counts(lw.compare(corrupted, clean, token=15, threshold=0.03))
+    assert widget.pair["top"][0][1] == pytest.approx(float(corrupted.logits[15].softmax(-1).max()))
 
 
 def test_patch_shows_the_patched_run_and_undo_restores(widget, runs):
