@@ -30,7 +30,8 @@ from .serialize import KINDS  # graph edge kinds
 
 DIFF_ROWS = 12  # the strongest changes of each sort and edge kind that the frontend lists and marks
 MESSAGES = ("ablate", "undo", "faithfulness")
-STATE = ("interventions", "comparison", "graph_diff", "faithfulness", "intervention_code", "show_reference")  # traits a saved page keeps
+# traits a saved page keeps
+STATE = ("interventions", "comparison", "graph_diff", "faithfulness", "intervention_code", "show_reference")
 
 
 class InterventionsMixin(traitlets.HasTraits):

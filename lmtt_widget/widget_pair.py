@@ -31,7 +31,8 @@ from .errors import LmttError, check_index
 MESSAGES = ("patch", "unpatch", "swap", "pair")
 STATE = ("pair", "patches", "diff_against")  # traits a saved page keeps
 _ACTIONS = {"patch": "patch", "unpatch": "undo of the patch", "swap": "swap", "pair": "the other prompt"}
-_VERBS = {"patch": "patch", "unpatch": "undo the patch", "swap": "swap the prompts", "pair": "compare with the other prompt"}
+_VERBS = {"patch": "patch", "unpatch": "undo the patch", "swap": "swap the prompts",
+          "pair": "compare with the other prompt"}
 
 
 class PairMixin(traitlets.HasTraits):
@@ -122,7 +123,8 @@ class PairMixin(traitlets.HasTraits):
         self.pair = {"prompt": other.prompt, "tokens": list(other.tokens),
                      "top": [[other.decode(int(i)), float(p)] for p, i in zip(top.values, top.indices)]}
         if new_run:
-            self.patches = json.loads(json.dumps([{"node": list(node), "from": prompt} for node, prompt in run.patches]))
+            patches = [{"node": list(node), "from": prompt} for node, prompt in run.patches]
+            self.patches = json.loads(json.dumps(patches))  # JSON-ready, as the frontend gets it
 
     def _diff_reference(self):
         """The run whose routes the shown ones are compared with, and what it is ("clean" or "other")."""
@@ -134,7 +136,8 @@ class PairMixin(traitlets.HasTraits):
     @traitlets.validate("diff_against")
     def _valid_diff_against(self, proposal):
         if proposal["value"] not in ("other", "clean"):
-            return self._refuse("diff_against", LmttError(f"diff_against must be 'other' or 'clean', got {proposal['value']!r}"))
+            error = LmttError(f"diff_against must be 'other' or 'clean', got {proposal['value']!r}")
+            return self._refuse("diff_against", error)
         return self._accept("diff_against", proposal["value"])
 
     @traitlets.observe("diff_against")
