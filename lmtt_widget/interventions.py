@@ -497,13 +497,14 @@ class GraphDiff:
 
 
 def compare(run_a, run_b, token: int = -1, threshold: float = 0.04, tolerance: float = 0.02,
-            full: bool = False) -> GraphDiff:
-    """The difference of two runs' graphs (the routes to `token`, or every edge if `full`):
-    e.g. a clean and a corrupted prompt, or a run and an intervened run."""
+            full: bool = False, renormalize: bool = True) -> GraphDiff:
+    """The difference of two runs' graphs (the routes to `token`, or every edge if `full`, built
+    with `threshold` and `renormalize` as in Run.graph): e.g. a clean and a corrupted prompt, or
+    a run and an intervened run."""
     _check_pair(run_a, run_b, "compare")
 
     def edges(run):
-        g = run.full_graph(threshold) if full else run.graph(token, threshold)
+        g = run.full_graph(threshold, renormalize) if full else run.graph(token, threshold, renormalize)
         return {(u, v, key): d["weight"] for u, v, key, d in g.edges(keys=True, data=True)}
 
     a, b = edges(run_a), edges(run_b)

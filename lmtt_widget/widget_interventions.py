@@ -137,7 +137,8 @@ class InterventionsMixin(traitlets.HasTraits):
 
     def _diff(self, reference, against: str) -> dict:
         """The shown routes against `reference`'s ("clean": the clean run, "other": the other prompt)."""
-        diff = I.compare(reference, self._run, token=self.target, threshold=self.threshold)
+        diff = I.compare(reference, self._run, token=self.target, threshold=self.threshold,
+                         renormalize=self.renormalize)
         return _plain(_diff_dict(diff) | {"against": against})
 
     def _diff_reference(self):

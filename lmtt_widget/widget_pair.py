@@ -71,7 +71,7 @@ class PairMixin(traitlets.HasTraits):
         else:
             with self.hold_sync():
                 self._refresh(new_run=True)
-        return I.compare(other, clean, token=self.target, threshold=self.threshold)
+        return I.compare(other, clean, token=self.target, threshold=self.threshold, renormalize=self.renormalize)
 
     def patch(self, *nodes) -> "I.Comparison":
         """Patch each node's activation from the other prompt into the prompt shown: a graph node

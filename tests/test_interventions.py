@@ -406,3 +406,13 @@ def test_neuron_readouts_of_an_intervened_run_follow_its_interventions(run):
     hooked_logits(run, hooks)
     torch.testing.assert_close(ablated.neuron_activations(1), seen[0].view(run.n_tokens, -1), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(ablated.neuron_activations(1), run.neuron_activations(1))
+
+
+def test_compare_builds_both_graphs_as_asked(run):
+    new, _ = run.intervene([("attention", 0)])
+    for renormalize in (True, False):
+        diff = I.compare(run, new, threshold=0.03, renormalize=renormalize)
+        before = set(run.graph(threshold=0.03, renormalize=renormalize).edges(keys=True))
+        after = set(new.graph(threshold=0.03, renormalize=renormalize).edges(keys=True))
+        assert {(c.source, c.target, c.kind) for c in diff.appeared} == after - before
+        assert {(c.source, c.target, c.kind) for c in diff.vanished} == before - after
