@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 
 from .errors import LmttError
-from .progress import progress_bar  # noqa: F401  (used by run.analyze_ids)
 
 DISTANCES = {"l1": 1, "l2": 2}
 DEFAULT_BUDGET_BYTES = 256 * 2**20
@@ -64,15 +63,12 @@ def head_source_proximity(
       overshoot (8, 32, 128 or all of them). Parts with a s.u <= 0 have prox 0 (the correction is
       never negative).
 
-    With `values` and `w_o` (given, or remembered on `head_out` by `with_factors`), the dot
-    products are taken in the head dimension: s.u = (W_O^h s) . v_j, which costs T^2 * d instead
+    With `values` and `w_o` given, the dot products are taken in the head dimension: s.u = (W_O^h s) . v_j, which costs T^2 * d instead
     of T^2 * H * d. Targets are taken in chunks so that the temporaries stay under `budget_bytes`
     (at most about sixteen [chunk, T, H] float32 tensors, the L1 correction's candidates
     included); only causal sources (j <= i) are computed, the rest are exactly 0.
     """
     n_tokens, n_heads, d = head_out.shape
-    if values is None and w_o is None:  # factors remembered on head_out (see with_factors)
-        values, w_o = getattr(head_out, "lmtt_factors", (None, None))
     whole = whole.float()
     head_out = head_out.float().contiguous()
     factored = values is not None and w_o is not None
@@ -127,14 +123,6 @@ L1_LEVELS = (8, 32, 128)  # the smallest coordinates of y on which a part's corr
 
 def _levels(d: int) -> list[int]:
     return [m for m in L1_LEVELS if m < d] + [d]
-
-
-def with_factors(head_out: torch.Tensor, values: torch.Tensor, w_o: torch.Tensor) -> torch.Tensor:
-    """Remember on `head_out` [T, H, d] its factors values [T, KV, hd] and W_O [H, hd, d], so that
-    head_source_proximity takes its dot products in the head dimension even when `head_out` is
-    handed to it by code that knows nothing of them. Returns `head_out` itself."""
-    head_out.lmtt_factors = (values, w_o)
-    return head_out
 
 
 def _l1_block(a, dot, start, sorted_abs, sorted_whole, order, head_out, u_max, budget_bytes):

@@ -25,7 +25,7 @@ import torch
 from . import contributions as C
 from .architectures import _get, family_of, shape_of
 from .errors import LmttError
-from .run import LayerShares, Shares, block_shares, head_outputs, tokenize
+from .run import LayerShares, Shares, block_shares, tokenize
 from .tracing import _first
 
 
@@ -70,8 +70,9 @@ def _compact_layer(x, attn, ffn, post, probs, values, weight, conv1d: bool, n_he
     """One block's shares; attention edges (target, source) whose share, summed over heads, is
     above `floor` are kept sparse as (index [n, 2], per-head values [n, H])."""
     w_in_out = weight.detach() if conv1d else weight.detach().T
-    u = head_outputs(w_in_out.reshape(n_heads, head_dim, -1), values, n_heads)
-    heads, attn_residual, ffn_share, ffn_residual = block_shares(x, attn, ffn, post, probs, u, parallel, p, budget)
+    w_o = w_in_out.reshape(n_heads, head_dim, -1)
+    heads, attn_residual, ffn_share, ffn_residual = block_shares(x, attn, ffn, post, probs, values, w_o, parallel,
+                                                                 p, budget)
     edges = heads.sum(-1) > floor  # graph edges sum their heads: keep or drop whole edges
     index = edges.nonzero().to(torch.int32)  # [n, 2]: target, source
     return dict(index=index.cpu(), value=heads[edges].cpu(), attn_residual=attn_residual.cpu(),

@@ -14,6 +14,7 @@ from . import graph as G
 from . import vocab as V
 from .architectures import Shape, family_of, ffn_out_matrix, out_proj_per_head, shape_of
 from .errors import LmttError, check_index
+from .progress import progress_bar
 from .tracing import Capture, neuron_activations, trace
 
 
@@ -39,7 +40,9 @@ def analyze(model, prompt: str, *, distance: str = "l1", prepend_bos: bool | Non
 
     `model` comes from `load_model`. `distance` is "l1" (the papers' default) or "l2".
     `prepend_bos`: None keeps what the tokenizer does by default; True/False force a BOS
-    token at the start or none.
+    token at the start or none. `budget_bytes` bounds the importances' temporaries (and decides
+    whether neuron activations are kept for every layer at once). `progress`: None shows a
+    progress bar once the importances take over a second, True always, False never.
     """
     input_ids = tokenize(model.tokenizer, prompt, prepend_bos, shape_of(model._module, family_of(model._module)).n_ctx)
     return analyze_ids(model, input_ids, prompt=prompt, distance=distance, budget_bytes=budget_bytes, progress=progress)
@@ -53,7 +56,8 @@ def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, di
     family = family_of(hf_model)
     shape = shape_of(hf_model, family)
     capture = trace(model, family, shape, input_ids.to(hf_model.device), edits)
-    layers = [_layer_shares(hf_model, family, shape, capture, layer, p, budget_bytes) for layer in C.progress_bar(range(shape.n_layers), enabled=progress, desc="importances", unit="layer")]
+    layers = [_layer_shares(hf_model, family, shape, capture, layer, p, budget_bytes)
+              for layer in progress_bar(range(shape.n_layers), enabled=progress, desc="importances", unit="layer")]
     text = prompt if prompt is not None else model.tokenizer.decode(input_ids)
     return Run(model, text, input_ids, capture, layers, distance, budget_bytes, edits=edits)
 
@@ -92,32 +96,38 @@ def head_outputs(w_o: torch.Tensor, values: torch.Tensor, n_heads: int) -> torch
 
 @torch.no_grad()
 def _layer_shares(hf_model, family, shape: Shape, capture: Capture, layer: int, p: int, budget: int) -> LayerShares:
-    out_proj = w_o(hf_model, family, shape, layer)
-    # the factors let the importances take their dot products in the head dimension (9x fewer flops)
-    u = C.with_factors(head_outputs(out_proj, capture.values[layer], shape.n_heads), capture.values[layer], out_proj)
     shares = block_shares(capture.resid[layer], capture.attn_out[layer], capture.ffn_out[layer],
-                          capture.resid[layer + 1], capture.probs[layer], u, shape.parallel, p, budget)
+                          capture.resid[layer + 1], capture.probs[layer], capture.values[layer],
+                          w_o(hf_model, family, shape, layer), shape.parallel, p, budget)
     return LayerShares(*(t.cpu() for t in shares))
 
 
 def block_shares(x: torch.Tensor, attn: torch.Tensor, ffn: torch.Tensor, post: torch.Tensor, probs: torch.Tensor,
-                 u: torch.Tensor, parallel: bool, p: int, budget: int) -> tuple[torch.Tensor, ...]:
+                 values: torch.Tensor, w_o: torch.Tensor, parallel: bool, p: int,
+                 budget: int) -> tuple[torch.Tensor, ...]:
     """The shares of one block's parts from its tensors alone (so it can run inside a trace,
     remotely too): residual in x, updates attn and ffn, residual out `post` (all [T, d]),
-    probabilities [H, T, T] and head writes u [T, H, d]. Returns the fields of LayerShares."""
+    probabilities [H, T, T], value vectors [T, KV, hd] and W_O [H, hd, d] (the head dimension
+    keeps the importances' dot products small). Returns the fields of LayerShares."""
     x, attn, ffn, post = (t.float() for t in (x, attn, ffn, post))
+    u = head_outputs(w_o, values, probs.shape[0])
+
+    def heads_of(whole):
+        return C.head_source_proximity(whole, probs, u, p, budget, values=values, w_o=w_o)
+
     if parallel:
-        heads = C.head_source_proximity(post, probs, u, p, budget)
+        heads = heads_of(post)
         ffn_prox = C.proximity(ffn[:, None], post, p)
         res_prox = C.proximity(x[:, None], post, p)[:, 0]
         (heads, ffn_share), res = C.shares(heads, ffn_prox, residual=res_prox)
         return heads, res, ffn_share[:, 0], res
     mid = x + attn
-    heads = C.head_source_proximity(mid, probs, u, p, budget)
+    heads = heads_of(mid)
     (heads,), attn_res = C.shares(heads, residual=C.proximity(x[:, None], mid, p)[:, 0])
     prox = C.proximity(torch.stack([mid, ffn], dim=1), post, p)  # [T, 2]
     (ffn_share,), ffn_res = C.shares(prox[:, 1:], residual=prox[:, 0])
     return heads, attn_res, ffn_share[:, 0], ffn_res
+
 
 class Shares:
     """Tokens and the shares of every block's parts: all that routes, at any target token and

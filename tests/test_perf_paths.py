@@ -65,14 +65,6 @@ def test_the_reference_is_the_formula_on_each_part():
                 assert float(reference[i, j, h]) == pytest.approx(expected, abs=1e-9)
 
 
-def test_factors_remembered_on_head_out_are_used():
-    whole, probs, values, w_o, head_out = random_layer()
-    u = C.with_factors(head_out.float(), values.float(), w_o.float())
-    assert u.lmtt_factors[0] is not None
-    assert_prox_close(C.head_source_proximity(whole.float(), probs.float(), u, 1),
-                      C.head_source_proximity_reference(whole, probs, head_out, 1))
-
-
 def test_half_precision_inputs_are_computed_in_float32():
     whole, probs, values, w_o, _ = (t.bfloat16() for t in random_layer())
     head_out = R.head_outputs(w_o, values, w_o.shape[0])  # float32, as _layer_shares makes it
