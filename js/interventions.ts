@@ -312,12 +312,6 @@ export class InterventionsView {
 
   private showCode(): void {
     const code = this.get("intervention_code") ?? "";
-    if (!code && (this.get("patches") ?? []).length > 0) { // interventions.code exports ablations only: say so, emit nothing wrong
-      this.codeCard.style.display = "";
-      this.codeCard.replaceChildren(h("h3", {}, "nnsight code (w.code())"),
-        h("p", { class: "hint code-unavailable" }, "Patches from the other prompt are not exported to code yet: w.code() covers ablations only. Undo the patches to get the code of the ablations."));
-      return;
-    }
     if (!code) { this.codeCard.replaceChildren(); this.codeCard.style.display = "none"; return; }
     this.codeCard.style.display = "";
     const text = h("textarea", { class: "code-text", readonly: true, spellcheck: "false", rows: 12, "aria-label": "nnsight code" });
@@ -332,7 +326,7 @@ export class InterventionsView {
       } else selectAll("Selected: press Ctrl+C to copy");
     });
     this.codeCard.replaceChildren(h("h3", {}, "nnsight code (w.code())"),
-      h("div", { class: "row" }, h("span", { class: "hint" }, "reproduces the active ablations; runs on its own"), copy, status), text);
+      h("div", { class: "row" }, h("span", { class: "hint" }, "reproduces the active ablations and patches; runs on its own"), copy, status), text);
   }
 }
 

@@ -345,6 +345,7 @@ def intervene(run, ablations, mode: str = "zero", *, position: int = -1, against
     added = _parse_all(clean, ablations, mode)
     new = _rerun(clean, list(getattr(run, "edits", None) or []) + edits_for(clean, added, earlier))
     new.clean, new.interventions, new.patches = clean, tuple(earlier + added), getattr(run, "patches", ())
+    new.patch_ids = getattr(run, "patch_ids", ())
     return new, compare_logits(run, run.logits, new.logits, position, against)
 
 
@@ -589,6 +590,7 @@ def patch(run_from, run_into, node, *, position: int = -1, against=None):
     new = _rerun(clean, edits)
     new.clean, new.interventions = clean, tuple(earlier)
     new.patches = tuple(getattr(run_into, "patches", ())) + tuple((n, run_from.prompt) for n in nodes)
+    new.patch_ids = tuple(getattr(run_into, "patch_ids", ())) + tuple(run_from.input_ids for _ in nodes)
     return new, compare_logits(run_into, run_into.logits, new.logits, position, against)
 
 
@@ -599,7 +601,8 @@ _VALUES_CODE = {  # the value projection's output [T, .] -> value vectors [T, KV
     "_values_gpt2": "{out}[:, {two_d}:].reshape(T, {h}, {hd})",
     "_values_neox": "{out}.reshape(T, {h}, 3 * {hd})[..., {two_hd}:]",
 }
-_SITE_ORDER = ("values", "out_proj_input", "attention_output", "ffn_out_proj_input", "ffn_output")
+_SITE_ORDER = ("block_input", "values", "out_proj_input", "attention_output", "ffn_out_proj_input", "ffn_output",
+               "block_output")
 
 
 def _rows_code(positions) -> str:
@@ -608,11 +611,9 @@ def _rows_code(positions) -> str:
 
 def code(run, ablations=None, mode: str = "zero", model_expr: str = "lmtt_widget.load_model()") -> str:
     """Standalone nnsight code that reproduces the interventions: `ablations` added to those of
-    `run` (None: just those of `run`). `model_expr` is the Python expression that loads the model.
-    Patches are not exported (yet)."""
+    `run` (None: just those of `run`), and the patches of `run` (each source prompt is traced
+    first for the activations it gives). `model_expr` is the Python expression that loads the model."""
     clean, earlier = _base(run)
-    if getattr(run, "patches", ()):
-        raise LmttError("this run has patched activations; code export covers ablations only")
     ablations = earlier + ([] if ablations is None else _parse_all(clean, ablations, mode))
     shape, family = clean.shape, clean.family
     blocks = "model." + family.blocks
@@ -621,6 +622,7 @@ def code(run, ablations=None, mode: str = "zero", model_expr: str = "lmtt_widget
     lines = [
         f'"""nnsight code reproducing lmtt-widget interventions (generated) on {clean.prompt!r}:',
         *(f"    {ab.as_tuple()!r}, mode {ab.mode!r}" for ab in ablations),
+        *(f"    patch {node!r} from {prompt!r}" for node, prompt in getattr(run, "patches", ())),
         '"""',
         "import nnsight",
         "import torch",
@@ -640,6 +642,7 @@ def code(run, ablations=None, mode: str = "zero", model_expr: str = "lmtt_widget
         lines += ["", "# means over the positions of the clean run, for mean ablations",
                   "with torch.no_grad(), model.trace(input_ids):"]
         lines += _trace_body(blocks, family, shape, means)
+    lines += _patch_code(clean, run, blocks, edit_lines)
     lines += ["", "with torch.no_grad(), model.trace(input_ids):"]
     lines += _trace_body(blocks, family, shape, edit_lines)
     lines += [f"    logits = nnsight.save(model.{lm_head}.output.view(T, -1))  # [T, vocabulary]",
@@ -658,11 +661,52 @@ def _site_expr(blocks: str, family, shape, layer: int, site: str) -> str:
         "attention_output": f"{block}.{family.attention}.output  # (update [1, T, d], probabilities [1, H, T, T])",
         "ffn_out_proj_input": f"{block}.{family.ffn_out_proj}.input.view(T, -1)  # [T, neurons]",
         "ffn_output": f"{block}.{family.ffn}.output.view(T, -1)  # [T, d]",
+        "block_input": f"{block}.input.view(T, -1)  # the residual entering the block [T, d]",
+        "block_output": f"{block}.output.view(T, -1)  # the residual after the block [T, d]",
     }[site]
 
 
 _SITE_VARIABLE = {"values": "values", "out_proj_input": "heads_in", "attention_output": "attn",
-                  "ffn_out_proj_input": "neurons", "ffn_output": "ffn_out"}
+                  "ffn_out_proj_input": "neurons", "ffn_output": "ffn_out", "block_input": "x_in",
+                  "block_output": "block_out"}
+
+
+def _patch_code(clean, run, blocks: str, edits: dict) -> list[str]:
+    """Lines of one trace per source prompt that save the patched activations, and (into `edits`)
+    the lines of the main trace that put them in place, as interventions.patch does."""
+    sources: dict[tuple, dict] = {}  # source ids -> {(layer, site): lines}
+    for i, ((node, prompt), ids) in enumerate(zip(getattr(run, "patches", ()), getattr(run, "patch_ids", ()))):
+        saves = sources.setdefault(tuple(ids.tolist()), {})
+        name = f"patch_{i}"
+        if node[0] == "head":
+            _, layer, head, pos = node
+            cols = _head_slice(clean, head)
+            saves.setdefault((layer, "out_proj_input"), []).append(
+                f"{name} = nnsight.save(heads_in[{pos}, {cols.start}:{cols.stop}].clone())  # head {head}'s output")
+            edits.setdefault((layer, "out_proj_input"), []).append(
+                f"heads_in[{pos}, {cols.start}:{cols.stop}] = {name}  # patch {node!r}")
+            continue
+        stage, layer, pos = node
+        if stage == "mid":
+            saves.setdefault((layer, "block_input"), [])
+            saves.setdefault((layer, "attention_output"), []).append(
+                f"{name} = nnsight.save(x_in[{pos}] + attn[0].view(T, -1)[{pos}])  # the residual after attention")
+            edits.setdefault((layer, "block_input"), [])
+            edits.setdefault((layer, "attention_output"), []).append(
+                f"attn[0].view(T, -1)[{pos}] = {name} - x_in[{pos}]  # patch {node!r}")
+            continue
+        site, variable = {"embed": ("block_input", "x_in"), "post": ("block_output", "block_out"),
+                          "ffn": ("ffn_output", "ffn_out")}[stage]
+        layer = max(layer, 0)
+        saves.setdefault((layer, site), []).append(f"{name} = nnsight.save({variable}[{pos}].clone())")
+        edits.setdefault((layer, site), []).append(f"{variable}[{pos}] = {name}  # patch {node!r}")
+    lines = []
+    for ids, saves in sources.items():
+        lines += ["", "# the activations to patch in, from the other prompt",
+                  f"source_ids = torch.tensor([{list(ids)!r}]).to(hf.device)",
+                  "with torch.no_grad(), model.trace(source_ids):"]
+        lines += _trace_body(blocks, clean.family, clean.shape, saves)
+    return lines
 
 
 def _trace_body(blocks: str, family, shape, by_site: dict) -> list[str]:

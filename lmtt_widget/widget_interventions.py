@@ -127,10 +127,7 @@ class InterventionsMixin(traitlets.HasTraits):
             return
         if new_run:
             self.interventions = _plain([asdict(ab) | {"spec": ab.as_tuple()} for ab in run.interventions])
-            try:
-                self.intervention_code = self.code()
-            except LmttError:  # patched runs: the export covers ablations only (the page says so)
-                self.intervention_code = ""
+            self.intervention_code = self.code()
         clean = run.clean
         self.comparison = _plain(I.compare_logits(clean, clean.logits, run.logits, self.target).to_dict())
         self.graph_diff = self._diff(reference, against)

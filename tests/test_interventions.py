@@ -248,6 +248,21 @@ def test_exported_code_runs_and_gives_the_same_logits(run, mode, tmp_path):
     assert "lmtt_widget.load_model()" in I.code(new)  # an intervened run exports its own ablations
 
 
+def test_exported_code_reproduces_patches_with_ablations(run, tmp_path):
+    other = lw.analyze(run.model, SWAPPED)
+    ablated, _ = run.intervene([("head", 1, 1), ("ffn", 0, [2])])
+    stages = ["embed", "ffn", "post"] + ([] if run.shape.parallel else ["mid"])
+    nodes = [("head", 1, 2, 9)] + [(stage, -1 if stage == "embed" else 1, 3 + i) for i, stage in enumerate(stages)]
+    patched, _ = I.patch(other, ablated, nodes)
+    source = I.code(patched, model_expr="model")
+    assert source.count("# patch (") == len(nodes) and "from the other prompt" in source
+    path = tmp_path / f"patched_{run.family.name}.py"
+    path.write_text(source)
+    result = runpy.run_path(str(path), init_globals={"model": run.model})
+    torch.testing.assert_close(result["logits"].float(), patched.logits, atol=1e-5, rtol=0)
+    assert not torch.allclose(patched.logits, ablated.logits)
+
+
 def test_patching_every_embedding_or_final_residual_gives_the_other_prompts_logits(run):
     other = lw.analyze(run.model, SWAPPED)
     last = run.shape.n_layers - 1

@@ -75,9 +75,7 @@ def test_patch_shows_the_patched_run_and_undo_restores(widget, runs):
     assert widget.graph_diff["against"] == "other"
     widget.diff_against = "clean"  # what the patch changed in the routes
     assert widget.graph_diff["counts"] == diff_counts(lw.compare(clean, widget.run, token=widget.target, threshold=0.01))
-    with pytest.raises(LmttError, match="ablations only"):
-        widget.code()
-    assert widget.intervention_code == ""  # the page says patches are not exported
+    assert widget.intervention_code == widget.code() and "# patch ('head', 1, 2," in widget.code()
     with pytest.raises(LmttError, match="already patched"):
         widget.patch(("head", 1, 2, -1))
     assert widget.unpatch() is None

@@ -80,10 +80,8 @@ def test_patch_a_head_round_trips_and_undo_restores(model, page, harness, artifa
     assert f"{fmt(c['before']['probability'])} → {fmt(c['after']['probability'])} ({signed(c['prob_change'])})" in text
     assert page.locator(".patched").count() == 1 and page.locator(".patched").text_content().startswith(f"head L1.2 at {last}")
     assert page.locator("path.edge").count() == w.graph.number_of_edges()
-    # no code for patches, and the page says so rather than showing wrong code
-    with pytest.raises(lw.LmttError, match="ablations only"):
-        w.code()
-    assert "not exported" in page.locator(".card.code").text_content() and page.locator("textarea.code-text").count() == 0
+    # the code box shows the code of the patch (interventions.code; tested to run in test_interventions)
+    assert "# patch ('head', 1, 2," in w.code() and page.locator("textarea.code-text").input_value() == w.code()
     # with a patch active, the diff can be against the clean run instead of the other prompt
     assert w.graph_diff["against"] == "other"
     page.select_option("select.diff-against", "clean")
