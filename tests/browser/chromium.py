@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import shutil
@@ -21,3 +22,22 @@ def missing(why: str):
     if os.environ.get("LMTT_REQUIRE_BROWSER"):
         pytest.fail(why)
     pytest.skip(why)
+
+
+@contextlib.contextmanager
+def launched_chromium():
+    """Debian's chromium under a sync Playwright (a skip, or a failure in CI, when either is missing).
+    Two sync Playwrights cannot overlap: hold one per test module at most."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("playwright is not installed (pip install -e '.[dev]')")
+    path = chromium_path()
+    if path is None:
+        missing("Debian's chromium is not installed (apt-get install chromium)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

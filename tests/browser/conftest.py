@@ -15,22 +15,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from chromium import ARTIFACTS, CHROMIUM_ARGS, chromium_path, missing  # noqa: E402
+from chromium import ARTIFACTS, launched_chromium  # noqa: E402
 
 
 @pytest.fixture(scope="module")  # a module's own: two sync Playwrights cannot overlap (tests/e2e has one)
 def browser():
-    try:
-        from playwright import sync_api
-    except ImportError:
-        missing("playwright is not installed (pip install -e '.[dev]')")
-    path = chromium_path()
-    if path is None:
-        missing("Debian's chromium is not installed (apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+    with launched_chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture()

@@ -1,7 +1,9 @@
-"""A real JupyterLab server on 127.0.0.1 (free port, token auth, no browser), and chromium."""
+"""Real servers on 127.0.0.1 (free port, token auth, no browser): JupyterLab 4, Notebook 7 and
+marimo; and one chromium per test module."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -17,7 +19,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "browser"))
 
-from chromium import ARTIFACTS, CHROMIUM_ARGS, chromium_path, missing  # noqa: E402
+from chromium import ARTIFACTS, launched_chromium, missing  # noqa: E402
+
+ALLOW_ROOT = ["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
 
 
 @pytest.fixture(scope="session")
@@ -32,37 +36,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def jupyterlab(tmp_path_factory):
-    """(url, token, root): JupyterLab serving a copy of notebooks/ from a temporary folder."""
-    if shutil.which("jupyter", path=str(Path(sys.executable).parent)) is None:
-        missing("jupyterlab is not installed (pip install -e '.[dev]')")
-    root = tmp_path_factory.mktemp("lab")
-    shutil.copy(ROOT / "notebooks" / "quickstart.ipynb", root / "quickstart.ipynb")
-    home = tmp_path_factory.mktemp("home")
-    port, token = free_port(), secrets.token_hex(16)
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
-           "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
-           "IPYTHONDIR": str(home / "ipython")}
+def installed(command: str) -> bool:
+    return shutil.which(command, path=str(Path(sys.executable).parent)) is not None
+
+
+@contextlib.contextmanager
+def serving(argv: list[str], root: Path, home: Path, ready: str, name: str, env: dict | None = None):
+    """Run `argv` in `root` until it answers `ready` (a URL), then yield; stop it afterwards.
+    Its output goes to home/server.log, shown if it does not start."""
     log = open(home / "server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--ServerApp.open_browser=False",
-         "--allow-root", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-         "--LabApp.extension_manager=readonly"],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(argv, cwd=root, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 90
         while True:
             try:
-                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
+                urllib.request.urlopen(ready, timeout=2)
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("JupyterLab did not start:\n" + (home / "server.log").read_text()[-3000:])
+                    raise RuntimeError(f"{name} did not start:\n" + (home / "server.log").read_text()[-3000:])
                 time.sleep(0.5)
-        yield url, token, root
+        yield
     finally:
         server.terminate()
         try:
@@ -73,19 +67,54 @@ def jupyterlab(tmp_path_factory):
         log.close()
 
 
+@contextlib.contextmanager
+def jupyter(app: str, root: Path, home: Path, *options: str):
+    """`jupyter lab` or `jupyter notebook` serving `root`, its settings kept in `home`: (url, token)."""
+    port, token = free_port(), secrets.token_hex(16)
+    env = {"JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+           "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
+           "IPYTHONDIR": str(home / "ipython")}
+    argv = [sys.executable, "-m", "jupyter", app, "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--ServerApp.open_browser=False",
+            *ALLOW_ROOT, *options]
+    url = f"http://127.0.0.1:{port}"
+    with serving(argv, root, home, f"{url}/api/status?token={token}", f"jupyter {app}", env):
+        yield url, token
+
+
 @pytest.fixture(scope="module")
-def lab_page(jupyterlab):
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing("playwright is not installed (pip install -e '.[dev]')")
-    path = chromium_path()
-    if path is None:
-        missing("Debian's chromium is not installed (apt-get install chromium)")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+def jupyterlab(tmp_path_factory):
+    """(url, token, root): JupyterLab serving a copy of notebooks/ from a temporary folder."""
+    if not installed("jupyter-lab"):
+        missing("jupyterlab is not installed (pip install -e '.[dev]')")
+    root = tmp_path_factory.mktemp("lab")
+    shutil.copy(ROOT / "notebooks" / "quickstart.ipynb", root / "quickstart.ipynb")
+    with jupyter("lab", root, tmp_path_factory.mktemp("home"), "--LabApp.news_url=",
+                 "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                 "--LabApp.extension_manager=readonly") as (url, token):
+        yield url, token, root
+
+
+@pytest.fixture(scope="module")
+def notebook7(tmp_path_factory):
+    """(url, token, root): Notebook 7 (`jupyter notebook`) serving an empty temporary folder."""
+    if not installed("jupyter-notebook"):
+        missing("notebook is not installed (pip install -e '.[dev]')")
+    root = tmp_path_factory.mktemp("nb7")
+    with jupyter("notebook", root, tmp_path_factory.mktemp("home")) as (url, token):
+        yield url, token, root
+
+
+@pytest.fixture(scope="module")
+def e2e_page():
+    """A chromium page (1500 × 1000) that records and dismisses dialogs in `page.dialogs`."""
+    with launched_chromium() as browser:
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
         page.dialogs = []
         page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
         yield page
-        browser.close()
+
+
+@pytest.fixture(scope="module")
+def lab_page(jupyterlab, e2e_page):
+    return e2e_page
