@@ -1,0 +1,87 @@
+"""End to end in Notebook 7 (`jupyter notebook`): a notebook that shows the demo model's routes,
+the widget renders in the page, a click on an attention edge, and the kernel sees the selection."""
+
+from __future__ import annotations
+
+import json
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.demo, pytest.mark.browser]
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+CELLS = [
+    f"import lmtt_widget as lw\nw = lw.show(lw.load_model(), {PROMPT!r})\nw",
+    "print(w.selection)",
+]
+
+# the middle of the heaviest attention edge between two tokens (on screen: the graph fits)
+EDGE_MIDPOINT = """() => {
+  const paths = [...document.querySelectorAll('.lmtt path.edge.attention')]
+    .filter((p) => p.getAttribute('d').includes('C'));
+  paths.sort((a, b) => parseFloat(b.getAttribute('stroke-width')) - parseFloat(a.getAttribute('stroke-width')));
+  const p = paths[0];
+  const pt = p.getPointAtLength(p.getTotalLength() / 2);
+  const m = p.getScreenCTM();
+  return {x: pt.x * m.a + pt.y * m.c + m.e, y: pt.x * m.b + pt.y * m.d + m.f};
+}"""
+
+OUTPUT = "(i) => document.querySelectorAll('.jp-Notebook .jp-Cell')[i].querySelector('.jp-OutputArea-output')?.textContent ?? ''"
+
+
+def notebook(cells: list[str]) -> str:
+    return json.dumps({
+        "cells": [{"cell_type": "code", "execution_count": None, "id": f"cell{i}", "metadata": {}, "outputs": [],
+                   "source": source} for i, source in enumerate(cells)],
+        "metadata": {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}},
+        "nbformat": 4, "nbformat_minor": 5})
+
+
+def run_cell(page, index: int) -> None:
+    """Run one code cell (Shift+Enter in its editor) and wait for its execution count."""
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    cell.locator(".jp-InputArea-editor").click()
+    old = cell.locator(".jp-InputArea-prompt").text_content()
+    page.keyboard.press("Shift+Enter")
+    page.wait_for_function(
+        "([i, old]) => { const t = document.querySelectorAll('.jp-Notebook .jp-Cell')[i]"
+        ".querySelector('.jp-InputArea-prompt').textContent; return /\\[\\d+\\]/.test(t) && t !== old; }",
+        arg=[index, old], timeout=120_000)
+
+
+def test_notebook7_click_reaches_the_kernel(notebook7, e2e_page, artifacts):
+    url, token, root = notebook7
+    (root / "routes.ipynb").write_text(notebook(CELLS))
+    page = e2e_page
+    try:
+        page.goto(f"{url}/notebooks/routes.ipynb?token={token}")
+        page.wait_for_selector(".jp-Notebook .jp-Cell .jp-InputArea-editor", timeout=90_000)
+        # Notebook 7's notebook page, not JupyterLab
+        assert page.evaluate("() => [JSON.parse(document.getElementById('jupyter-config-data').textContent).appName,"
+                             " document.body.dataset.notebook]") == ["Jupyter Notebook", "notebooks"]
+        run_cell(page, 0)
+        widget = page.locator(".lmtt").first
+        widget.locator("svg path.edge.attention").first.wait_for(timeout=60_000)
+        # the graph and the prediction of the last token
+        assert widget.locator("svg circle.node").count() > 0
+        labels = widget.locator("svg text.token-label").all_text_contents()
+        assert labels[:3] == ["When", "␣Mary", "␣and"]
+        assert widget.locator(".predictions .pred").first.text_content().startswith("␣Mary")
+        page.screenshot(path=str(artifacts / "e2e-nb7-widget.png"))
+
+        run_cell(page, 1)
+        assert page.evaluate(OUTPUT, 1).strip() == "{}"
+        widget.locator(".lmtt-graph").scroll_into_view_if_needed()
+        point = page.evaluate(EDGE_MIDPOINT)
+        page.mouse.click(point["x"], point["y"])
+        page.wait_for_function("() => (document.querySelector('.lmtt').dataset.panel || '').startsWith('attention/')",
+                               timeout=60_000)
+        panel = page.evaluate("() => document.querySelector('.lmtt').dataset.panel")
+        page.screenshot(path=str(artifacts / "e2e-nb7-attention.png"))
+        _, layer, source, target, head = panel.split("/")
+        run_cell(page, 1)
+        expected = {"kind": "attention", "layer": int(layer), "source": int(source), "target": int(target),
+                    "head": int(head)}
+        assert page.evaluate(OUTPUT, 1).strip() == str(expected)
+        assert page.dialogs == []
+    finally:
+        page.screenshot(path=str(artifacts / "e2e-nb7-last.png"))
