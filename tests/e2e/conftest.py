@@ -18,6 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "browser"))
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
 from chromium import ARTIFACTS, launched_chromium, missing  # noqa: E402
 
@@ -77,6 +78,10 @@ def jupyter(app: str, root: Path, home: Path, *options: str):
     argv = [sys.executable, "-m", "jupyter", app, "--no-browser", "--ip=127.0.0.1", f"--port={port}",
             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--ServerApp.open_browser=False",
             *ALLOW_ROOT, *options]
+    # no "get notified about official Jupyter news?" toast over the page, and no news request
+    notification = home / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    notification.parent.mkdir(parents=True, exist_ok=True)
+    notification.write_text('{"fetchNews": "false", "checkForUpdates": false}')
     url = f"http://127.0.0.1:{port}"
     with serving(argv, root, home, f"{url}/api/status?token={token}", f"jupyter {app}", env):
         yield url, token
@@ -118,3 +123,19 @@ def e2e_page():
 @pytest.fixture(scope="module")
 def lab_page(jupyterlab, e2e_page):
     return e2e_page
+
+
+@pytest.fixture(scope="module")
+def marimo_app(tmp_path_factory):
+    """(url, token): `marimo run tests/e2e/marimo_app.py` (a tiny model's widget in mo.ui.anywidget)."""
+    if not installed("marimo"):
+        missing("marimo is not installed (pip install -e '.[dev]')")
+    home = tmp_path_factory.mktemp("marimo-home")
+    port, token = free_port(), secrets.token_hex(16)
+    env = {"MARIMO_SKIP_UPDATE_CHECK": "1", "XDG_CONFIG_HOME": str(home / "config"),
+           "XDG_STATE_HOME": str(home / "state"), "XDG_CACHE_HOME": str(home / "cache")}
+    argv = [str(Path(sys.executable).parent / "marimo"), "run", str(ROOT / "tests" / "e2e" / "marimo_app.py"),
+            "--host", "127.0.0.1", "--port", str(port), "--headless", "--token-password", token, "--no-sandbox"]
+    url = f"http://127.0.0.1:{port}"
+    with serving(argv, home, home, f"{url}/health", "marimo", env):
+        yield url, token

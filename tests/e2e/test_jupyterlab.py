@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from clicks import click_when_still
 
 pytestmark = [pytest.mark.e2e, pytest.mark.demo, pytest.mark.browser]
 
@@ -73,8 +74,7 @@ def check_quickstart(jupyterlab, page, artifacts):
     page.locator(".lmtt-graph").first.scroll_into_view_if_needed()
     before = page.evaluate("() => document.querySelector('.lmtt').dataset.panel")
     assert before == "attention/22/1/13/" + str(kernel_head(page))
-    point = page.evaluate(EDGE_MIDPOINT)
-    page.mouse.click(point["x"], point["y"])
+    click_when_still(page, lambda: page.evaluate(EDGE_MIDPOINT))
     page.wait_for_function("(b) => { const p = document.querySelector('.lmtt').dataset.panel; return p && p !== b; }",
                            arg=before, timeout=60_000)
     where = page.locator(".lmtt-panel .where").first.text_content()

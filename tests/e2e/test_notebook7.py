@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pytest
+from clicks import click_when_still
 
 pytestmark = [pytest.mark.e2e, pytest.mark.demo, pytest.mark.browser]
 
@@ -71,8 +72,7 @@ def test_notebook7_click_reaches_the_kernel(notebook7, e2e_page, artifacts):
         run_cell(page, 1)
         assert page.evaluate(OUTPUT, 1).strip() == "{}"
         widget.locator(".lmtt-graph").scroll_into_view_if_needed()
-        point = page.evaluate(EDGE_MIDPOINT)
-        page.mouse.click(point["x"], point["y"])
+        click_when_still(page, lambda: page.evaluate(EDGE_MIDPOINT))
         page.wait_for_function("() => (document.querySelector('.lmtt').dataset.panel || '').startsWith('attention/')",
                                timeout=60_000)
         panel = page.evaluate("() => document.querySelector('.lmtt').dataset.panel")
