@@ -1,0 +1,56 @@
+"""marimo: tests/e2e/marimo_app.py under `marimo run` shows a tiny model's widget through
+`mo.ui.anywidget` (anywidget's module spec, no Jupyter); a click on an attention edge draws its
+panel (a custom message to Python and back) and reaches Python (a cell that reads `w.selection`
+reruns)."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+from clicks import click_when_still
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+# the middle of the heaviest attention edge between two tokens (Playwright's locators pierce the
+# widget's shadow root; document.querySelector would not)
+EDGE_MIDPOINT = """(paths) => {
+  paths = paths.filter((p) => p.getAttribute('d').includes('C'));
+  paths.sort((a, b) => parseFloat(b.getAttribute('stroke-width')) - parseFloat(a.getAttribute('stroke-width')));
+  const p = paths[0];
+  const pt = p.getPointAtLength(p.getTotalLength() / 2);
+  const m = p.getScreenCTM();
+  return {x: pt.x * m.a + pt.y * m.c + m.e, y: pt.x * m.b + pt.y * m.d + m.f};
+}"""
+
+
+def test_marimo_renders_and_a_click_reaches_python(marimo_app, e2e_page, artifacts):
+    url, token = marimo_app
+    page = e2e_page
+    try:
+        page.goto(f"{url}/?access_token={token}")
+        widget = page.locator(".lmtt").first
+        widget.locator("svg path.edge.attention").first.wait_for(state="attached", timeout=60_000)
+        labels = widget.locator("svg text.token-label").all_text_contents()
+        assert labels[2:5] == ["␣Mary", "␣and", "␣John"]
+        assert widget.locator(".predictions .pred").count() > 0
+        kernel = page.locator("#kernel-selection")
+        assert kernel.text_content() == "{}"
+        page.screenshot(path=str(artifacts / "e2e-marimo-widget.png"))
+
+        widget.locator(".lmtt-graph").scroll_into_view_if_needed()
+        click_when_still(page, lambda: widget.locator("svg path.edge.attention").evaluate_all(EDGE_MIDPOINT))
+        page.wait_for_function("(el) => (el.dataset.panel || '').startsWith('attention/')",
+                               arg=widget.element_handle(), timeout=30_000)
+        _, layer, source, target, head = widget.get_attribute("data-panel").split("/")
+        assert widget.locator(".lmtt-panel h3").first.text_content().strip() == f"Attention edge, layer {layer}"
+        assert widget.locator(".heads button.head").count() == 4  # the heads' shares, from Python
+        expected = {"kind": "attention", "layer": int(layer), "source": int(source), "target": int(target),
+                    "head": int(head)}
+        page.wait_for_function("(el) => el.textContent.includes('attention')", arg=kernel.element_handle(),
+                               timeout=30_000)
+        assert ast.literal_eval(kernel.text_content()) == expected
+        page.screenshot(path=str(artifacts / "e2e-marimo-attention.png"))
+        assert page.dialogs == []
+    finally:
+        page.screenshot(path=str(artifacts / "e2e-marimo-last.png"))
