@@ -112,11 +112,14 @@ def notebook7(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def e2e_page():
-    """A chromium page (1500 × 1000) that records and dismisses dialogs in `page.dialogs`."""
+    """A chromium page (1500 × 1000) that records and dismisses dialogs in `page.dialogs`, and
+    records the hosts of its requests other than 127.0.0.1 in `page.external`."""
     with launched_chromium() as browser:
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
-        page.dialogs = []
+        page.dialogs, page.external = [], set()
         page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
+        page.on("request", lambda r: r.url.startswith(("http://127.0.0.1:", "data:", "blob:"))
+                or page.external.add(r.url.split("/")[2] if "//" in r.url else r.url[:40]))
         yield page
 
 

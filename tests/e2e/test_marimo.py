@@ -52,5 +52,6 @@ def test_marimo_renders_and_a_click_reaches_python(marimo_app, e2e_page, artifac
         assert ast.literal_eval(kernel.text_content()) == expected
         page.screenshot(path=str(artifacts / "e2e-marimo-attention.png"))
         assert page.dialogs == []
+        assert page.external == set()  # no CDN or other request outside the server
     finally:
         page.screenshot(path=str(artifacts / "e2e-marimo-last.png"))

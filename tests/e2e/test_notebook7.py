@@ -83,5 +83,6 @@ def test_notebook7_click_reaches_the_kernel(notebook7, e2e_page, artifacts):
                     "head": int(head)}
         assert page.evaluate(OUTPUT, 1).strip() == str(expected)
         assert page.dialogs == []
+        assert page.external == set()  # no CDN or other request outside the server
     finally:
         page.screenshot(path=str(artifacts / "e2e-nb7-last.png"))
