@@ -55,11 +55,17 @@ def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, di
     hf_model = model._module
     family = family_of(hf_model)
     shape = shape_of(hf_model, family)
-    capture = trace(model, family, shape, input_ids.to(hf_model.device), edits)
+    # every layer's FFN activations come along when they fit the budget: neuron panels need no second trace
+    neurons = len(input_ids) * _d_ff(hf_model, family) * shape.n_layers * 4 <= budget_bytes
+    capture = trace(model, family, shape, input_ids.to(hf_model.device), edits, neurons=neurons)
     layers = [_layer_shares(hf_model, family, shape, capture, layer, p, budget_bytes)
               for layer in progress_bar(range(shape.n_layers), enabled=progress, desc="importances", unit="layer")]
     text = prompt if prompt is not None else model.tokenizer.decode(input_ids)
     return Run(model, text, input_ids, capture, layers, distance, budget_bytes, edits=edits)
+
+
+def _d_ff(hf_model, family) -> int:
+    return ffn_out_matrix(family.modules(hf_model, 0)["ffn_out_proj"]).shape[0]
 
 
 def tokenize(tokenizer, prompt: str, prepend_bos: bool | None, n_ctx: int | None) -> torch.Tensor:
@@ -211,7 +217,7 @@ class Run(Shares):
         self.interventions: tuple = ()  # the ablations (lmtt_widget.interventions.Ablation) applied
         self.patches: tuple = ()  # the activations patched in from other prompts: (node, prompt)
         self.patch_ids: tuple = ()  # the token ids of each patch's source prompt
-        self._neuron_cache: dict[int, torch.Tensor] = {}
+        self._neuron_cache: dict[int, torch.Tensor] = dict(capture.neurons)
 
     def __repr__(self) -> str:
         changed = f", {len(self.interventions)} ablations, {len(self.patches)} patches" if self.clean else ""
@@ -243,16 +249,13 @@ class Run(Shares):
     # -- importances ----------------------------------------------------------------------
 
     def neuron_activations(self, layer: int) -> torch.Tensor:
-        """[T, d_ff]: the activations entering the FFN's output projection. The first request
-        traces the model once more and keeps every layer's (one layer's, if all of them would
-        take more than the run's memory budget); later ones are cached."""
+        """[T, d_ff]: the activations entering the FFN's output projection. `analyze` keeps every
+        layer's when they fit the run's memory budget; otherwise the first request traces the
+        model once more for this layer; later ones are cached."""
         layer = self.layer(layer)
         if layer not in self._neuron_cache:
-            d_ff = ffn_out_matrix(self.family.modules(self.hf_model, layer)["ffn_out_proj"]).shape[0]
-            all_bytes = self.n_tokens * d_ff * self.shape.n_layers * 4
-            layers = range(self.shape.n_layers) if all_bytes <= self.budget_bytes else [layer]
             self._neuron_cache.update(neuron_activations(
-                self.model, self.family, self.shape, self.input_ids.to(self.hf_model.device), layers, self.edits))
+                self.model, self.family, self.shape, self.input_ids.to(self.hf_model.device), [layer], self.edits))
         return self._neuron_cache[layer]
 
     @torch.no_grad()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Sequence
 
 import nnsight
@@ -32,6 +32,7 @@ class Capture:
     probs: list[torch.Tensor]  # L x [H, T, T]: attention probabilities, target x source
     values: list[torch.Tensor]  # L x [T, KV, head_dim]: value vectors of the KV heads (bias included)
     final_normed: torch.Tensor  # [T, d]: the final norm's output, what the unembedding reads
+    neurons: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [T, d_ff], if asked for
 
 
 class LayerState(NamedTuple):
@@ -73,14 +74,17 @@ def _apply(edits: list[Edit], tensor: torch.Tensor, state: LayerState) -> None:
         edit.apply(tensor, state)
 
 
-def trace(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=None) -> Capture:
-    """Run the model once on `input_ids` [T] and capture residuals, updates, probabilities, values.
+def trace(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=None,
+          neurons: bool = False) -> Capture:
+    """Run the model once on `input_ids` [T] and capture residuals, updates, probabilities, values
+    (and, with `neurons`, every layer's FFN activations).
 
     `edits` (a list of `Edit`; None: the plain forward pass) change the forward pass where they
     say, in the same trace; everything captured is what the edited pass computed.
     lmtt_widget.interventions makes them from ablations and patches.
     """
-    return _forward(model, family, shape, input_ids, edits)
+    return _forward(model, family, shape, input_ids, edits, neurons_of=set(range(shape.n_layers)) if neurons else None,
+                    stop_after_neurons=False)
 
 
 def neuron_activations(model, family: Family, shape: Shape, input_ids: torch.Tensor, layers: Sequence[int],
@@ -88,11 +92,11 @@ def neuron_activations(model, family: Family, shape: Shape, input_ids: torch.Ten
     """{layer: [T, d_ff]}: the activations entering each of `layers`' FFN output projection in
     the forward pass with `edits` (after that layer's own neuron edits); the pass stops after
     the last of them."""
-    return _forward(model, family, shape, input_ids, edits, neurons_of=set(layers))
+    return _forward(model, family, shape, input_ids, edits, neurons_of=set(layers))[1]
 
 
 def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=None,
-             neurons_of: set[int] | None = None):
+             neurons_of: set[int] | None = None, stop_after_neurons: bool = True):
     n_tokens = input_ids.shape[0]
 
     def rows(tensor: torch.Tensor) -> torch.Tensor:  # [1, T, ...] or [T, ...] -> [T, ...]
@@ -133,7 +137,7 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
                 _apply(here["ffn_out_proj_input"], editable(_first(modules["ffn_out_proj"].input)), state)
             if neurons_of and layer in neurons_of:
                 neurons[layer] = editable(_first(modules["ffn_out_proj"].input)).clone()
-                if layer == max(neurons_of):
+                if stop_after_neurons and layer == max(neurons_of):
                     tracer.stop()
             ffn = modules["ffn"].output
             if "ffn_output" in here:
@@ -144,10 +148,12 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
                 _apply(here["block_output"], editable(block_output), LayerState(resid[-1], values[-1], probs[-1]))
             resid.append(rows(block_output))
         final_normed = rows(family.get(model, "final_norm").output).save()
-    if neurons_of:
-        return {layer: acts.detach() for layer, acts in neurons.items()}
+    neurons = {layer: acts.detach() for layer, acts in neurons.items()}
+    if neurons_of and stop_after_neurons:
+        return None, neurons
 
     def plain(tensors):
         return [t.detach() for t in tensors]
 
-    return Capture(plain(resid), plain(attn_out), plain(ffn_out), plain(probs), plain(values), final_normed.detach())
+    return Capture(plain(resid), plain(attn_out), plain(ffn_out), plain(probs), plain(values), final_normed.detach(),
+                   neurons)

@@ -7,6 +7,7 @@ import lmtt_widget as lw
 import tiny
 from lmtt_widget import vocab
 from lmtt_widget.run import head_outputs, w_o
+from lmtt_widget.tracing import neuron_activations
 
 PROMPT = "When Mary and John went to the store, John gave"
 
@@ -128,15 +129,16 @@ def test_neuron_logits_are_scaled_by_the_activation(run):
     assert effect.suppressed[0][1] == pytest.approx(float((act * unit).min()), rel=1e-4)
 
 
-def test_one_more_trace_gives_every_layers_neurons_within_the_budget(run, monkeypatch):
-    expected = [run.neuron_activations(layer) for layer in range(run.shape.n_layers)]
+def test_the_analysis_trace_keeps_every_layers_neurons_within_the_budget(run, monkeypatch):
+    expected = []
+    for layer in range(run.shape.n_layers):  # each layer's activations, traced on its own
+        expected.append(neuron_activations(run.model, run.family, run.shape, run.input_ids, [layer])[layer])
     fresh = lw.analyze(run.model, run.prompt)
-    fresh.neuron_activations(0)
     monkeypatch.setattr(fresh.model, "trace", lambda *a, **k: pytest.fail("traced again"))
     for layer in range(run.shape.n_layers):
         torch.testing.assert_close(fresh.neuron_activations(layer), expected[layer])
     monkeypatch.undo()
-    first = expected[0]
-    tight = lw.analyze(run.model, run.prompt, budget_bytes=first.numel() * 4)  # one layer's worth
-    tight.neuron_activations(1)
+    tight = lw.analyze(run.model, run.prompt, budget_bytes=expected[0].numel() * 4)  # one layer's worth
+    assert tight.capture.neurons == {}
+    torch.testing.assert_close(tight.neuron_activations(1), expected[1])
     assert list(tight._neuron_cache) == [1]
