@@ -148,15 +148,19 @@ function render({ model, el }: RenderProps<State>) {
   };
 
   // -- traits -> views -----------------------------------------------------------------------
+  // the controls show the target, threshold and options: after a new graph and after new info (whose
+  // target list is rebuilt), whichever of the two arrives last
+  const showView = () =>
+    controls.setView(model.get("target"), model.get("threshold"), model.get("renormalize"), model.get("normalize_lens"));
   const drawGraph = () => {
     const t0 = performance.now();
     graph.setData(model.get("info"), model.get("payload"));
     root.dataset.renderMs = (performance.now() - t0).toFixed(1);
     // time to the first frame painted with the graph in it
     requestAnimationFrame(() => setTimeout(() => { root.dataset.paintMs = (performance.now() - t0).toFixed(1); }, 0));
-    controls.setView(model.get("target"), model.get("threshold"), model.get("renormalize"), model.get("normalize_lens"));
+    showView();
   };
-  const onInfo = () => { controls.setInfo(model.get("info")); cache.clear(); shown = ""; };
+  const onInfo = () => { controls.setInfo(model.get("info")); showView(); cache.clear(); shown = ""; };
   const onBusy = () => controls.setBusy(model.get("busy"));
   onInfo();
   drawGraph();
@@ -168,7 +172,7 @@ function render({ model, el }: RenderProps<State>) {
     ["change:info", () => { onInfo(); void onSelection(); }], // an intervened run keeps the selection: reload its panel
     ["change:payload", drawGraph], ["change:busy", onBusy],
     ["change:message", showMessage], ["change:selection", () => void onSelection()],
-    ["change:normalize_lens", () => { controls.setView(model.get("target"), model.get("threshold"), model.get("renormalize"), model.get("normalize_lens")); void onSelection(); }],
+    ["change:normalize_lens", () => { showView(); void onSelection(); }],
   ];
   for (const [event, fn] of handlers) model.on(event, fn);
   const resize = new ResizeObserver(() => graph.refitIfUntouched());

@@ -192,8 +192,10 @@ def test_demo_ioi_ablate_the_mary_heads(demo_model, ioi_run, page, harness, arti
     c = w.comparison
     assert c["token"] == " Mary" and c["after"]["probability"] < c["before"]["probability"]
     assert f"{fmt(c['before']['probability'])} → {fmt(c['after']['probability'])}" in metric(page, "prob")
+    assert page.locator("select.target-select").input_value() == str(w.target)  # the intervened run keeps its target
     page.click("button.faithfulness-run")
     page.wait_for_selector("svg.faith-chart", timeout=120000)
+    assert page.locator("select.target-select").input_value() == str(w.target)
     page.screenshot(path=str(artifacts / "browser-demo-ablate.png"), full_page=True)
 
 
