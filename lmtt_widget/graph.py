@@ -66,7 +66,7 @@ def _layer_graph(g: nx.MultiDiGraph, run, layer: int, threshold: float, renormal
     """Add one layer's edges above `threshold` that reach an `active` node leaving the layer
     (every node if None) and return which nodes feeding the layer they make active.
 
-    The same edges and weights as `layer_edges` + `_keep`, but the attention shares are summed,
+    The same edges and weights as `layer_edges` thresholded, but the attention shares are summed,
     renormalised and rescaled only for the targets that can keep an edge, and per-head shares
     only for the kept edges: re-routing (another token or threshold) costs little at length.
     """
@@ -132,24 +132,6 @@ def _layer_graph(g: nx.MultiDiGraph, run, layer: int, threshold: float, renormal
         g.add_edge(ffn_from(i), ffn(i), "ffn", kind="ffn", weight=w)
         g.add_edge(ffn(i), post(i), "ffn", kind="ffn", weight=w)
     return feeding
-
-
-def _keep(edges: LayerEdges, threshold: float, active: torch.Tensor | None, parallel: bool):
-    """Which edges of a layer to keep (above threshold, and reaching an active node if given),
-    and which nodes feeding the layer they make active. (The plain form of _layer_graph.)"""
-    everything = torch.ones_like(edges.ffn, dtype=torch.bool)
-    active_out = everything if active is None else active
-    ffn = active_out & (edges.ffn > threshold)
-    if parallel:
-        active_in_attn = active_out
-        ffn_residual = torch.zeros_like(ffn)
-    else:
-        ffn_residual = active_out & (edges.ffn_residual > threshold)
-        active_in_attn = everything if active is None else (ffn | ffn_residual)
-    attention = active_in_attn[:, None] & (edges.attention > threshold)
-    attn_residual = active_in_attn & (edges.attn_residual > threshold)
-    feeding = attention.any(0) | attn_residual | (ffn if parallel else torch.zeros_like(ffn))
-    return dict(attention=attention, attn_residual=attn_residual, ffn=ffn, ffn_residual=ffn_residual), feeding
 
 
 def _new_graph(run) -> nx.MultiDiGraph:

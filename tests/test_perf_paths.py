@@ -107,6 +107,24 @@ def test_layer_shares_match_the_naive_formula(family_run, distance, monkeypatch)
             torch.testing.assert_close(getattr(fast, name), getattr(expected, name), rtol=1e-5, atol=1e-6)
 
 
+def keep_plain(edges: G.LayerEdges, threshold: float, active: torch.Tensor | None, parallel: bool):
+    """Which edges of a layer to keep (above threshold, and reaching an active node if given),
+    and which nodes feeding the layer they make active. (The plain form of graph._layer_graph.)"""
+    everything = torch.ones_like(edges.ffn, dtype=torch.bool)
+    active_out = everything if active is None else active
+    ffn = active_out & (edges.ffn > threshold)
+    if parallel:
+        active_in_attn = active_out
+        ffn_residual = torch.zeros_like(ffn)
+    else:
+        ffn_residual = active_out & (edges.ffn_residual > threshold)
+        active_in_attn = everything if active is None else (ffn | ffn_residual)
+    attention = active_in_attn[:, None] & (edges.attention > threshold)
+    attn_residual = active_in_attn & (edges.attn_residual > threshold)
+    feeding = attention.any(0) | attn_residual | (ffn if parallel else torch.zeros_like(ffn))
+    return dict(attention=attention, attn_residual=attn_residual, ffn=ffn, ffn_residual=ffn_residual), feeding
+
+
 def naive_graph(run, token, threshold, renormalize=True):
     """The plain walk: every layer's edges as whole [T, T] and [T, T, H] tensors, then masks."""
     g = G._new_graph(run)
@@ -117,7 +135,7 @@ def naive_graph(run, token, threshold, renormalize=True):
     layers = range(run.shape.n_layers)
     for layer in (reversed(layers) if token is not None else layers):
         e = G.layer_edges(run, layer, threshold, renormalize)
-        keep, feeding = G._keep(e, threshold, active, run.shape.parallel)
+        keep, feeding = keep_plain(e, threshold, active, run.shape.parallel)
         active = feeding if token is not None else None
         before, mid, ffn, post = G._node_names(run, layer)
         attn_into = post if run.shape.parallel else mid
