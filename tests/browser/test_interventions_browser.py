@@ -9,6 +9,7 @@ import pytest
 import lmtt_widget as lw
 
 import tiny
+from page_numbers import fmt, signed
 
 pytestmark = pytest.mark.browser
 
@@ -18,15 +19,6 @@ PROMPT = "When Mary and John went to the store, John gave a drink to"
 @pytest.fixture(scope="module")
 def model():
     return tiny.load("llama")
-
-
-def fmt(x: float, digits: int = 3) -> str:
-    """The page's number format (js/dom.ts fmt)."""
-    return f"{x:.{digits}f}"
-
-
-def signed(x: float) -> str:
-    return ("+" if x >= 0 else "−") + fmt(abs(x))
 
 
 def metric(page, cls: str) -> str:

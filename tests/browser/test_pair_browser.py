@@ -11,6 +11,7 @@ import pytest
 import lmtt_widget as lw
 
 import tiny
+from page_numbers import fmt, signed
 
 pytestmark = pytest.mark.browser
 
@@ -21,14 +22,6 @@ CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 @pytest.fixture(scope="module")
 def model():
     return tiny.load("llama")
-
-
-def fmt(x: float, digits: int = 3) -> str:
-    return f"{x:.{digits}f}"
-
-
-def signed(x: float) -> str:
-    return ("+" if x >= 0 else "−") + fmt(abs(x))
 
 
 def test_pair_shows_both_prompts_and_their_difference(model, page, harness, artifacts):
