@@ -38,6 +38,14 @@ def page(browser):
     context.close()
 
 
+@pytest.fixture(scope="module")
+def model():
+    """A tiny random Llama (tests/tiny.py): fast, and every widget feature works on it."""
+    import tiny
+
+    return tiny.load("llama")
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)

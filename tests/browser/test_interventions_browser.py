@@ -8,17 +8,11 @@ import pytest
 
 import lmtt_widget as lw
 
-import tiny
 from page_numbers import fmt, signed
 
 pytestmark = pytest.mark.browser
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny.load("llama")
 
 
 def metric(page, cls: str) -> str:

@@ -10,18 +10,12 @@ import pytest
 
 import lmtt_widget as lw
 
-import tiny
 from page_numbers import fmt, signed
 
 pytestmark = pytest.mark.browser
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny.load("llama")
 
 
 def test_pair_shows_both_prompts_and_their_difference(model, page, harness, artifacts):

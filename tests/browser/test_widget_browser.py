@@ -7,17 +7,11 @@ import pytest
 
 import lmtt_widget as lw
 
-import tiny
 
 pytestmark = pytest.mark.browser
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 XSS = "<img src=x onerror=alert(1)>"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny.load("llama")
 
 
 def visible(token: str) -> str:
