@@ -9,7 +9,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM,
     MistralConfig, MistralForCausalLM, OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast, Qwen2Config,
-    Qwen2ForCausalLM,
+    Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM, SmolLM3Config, SmolLM3ForCausalLM,
 )
 
 import lmtt_widget
@@ -44,6 +44,12 @@ CONFIGS = {
                                                         num_key_value_heads=1)),
     "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**COMMON, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                                   num_attention_heads=4, num_key_value_heads=2)),
+    "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(**COMMON, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8)),
+    "smollm3": lambda: SmolLM3ForCausalLM(SmolLM3Config(**COMMON, hidden_size=32, intermediate_size=48,
+                                                        num_hidden_layers=2, num_attention_heads=4,
+                                                        num_key_value_heads=2, pad_token_id=0, bos_token_id=0,
+                                                        eos_token_id=0)),
     "gpt_neox": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(**COMMON, hidden_size=32, intermediate_size=48,
                                                          num_hidden_layers=3, num_attention_heads=4)),
     "gpt_neox_sequential": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(**COMMON, hidden_size=32, intermediate_size=48,
