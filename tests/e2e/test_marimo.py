@@ -8,20 +8,10 @@ from __future__ import annotations
 import ast
 
 import pytest
-from clicks import click_when_still
+from clicks import HEAVIEST_EDGE_MIDPOINT, click_when_still
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
-# the middle of the heaviest attention edge between two tokens (Playwright's locators pierce the
-# widget's shadow root; document.querySelector would not)
-EDGE_MIDPOINT = """(paths) => {
-  paths = paths.filter((p) => p.getAttribute('d').includes('C'));
-  paths.sort((a, b) => parseFloat(b.getAttribute('stroke-width')) - parseFloat(a.getAttribute('stroke-width')));
-  const p = paths[0];
-  const pt = p.getPointAtLength(p.getTotalLength() / 2);
-  const m = p.getScreenCTM();
-  return {x: pt.x * m.a + pt.y * m.c + m.e, y: pt.x * m.b + pt.y * m.d + m.f};
-}"""
 
 
 def test_marimo_renders_and_a_click_reaches_python(marimo_app, e2e_page, artifacts):
@@ -39,7 +29,7 @@ def test_marimo_renders_and_a_click_reaches_python(marimo_app, e2e_page, artifac
         page.screenshot(path=str(artifacts / "e2e-marimo-widget.png"))
 
         widget.locator(".lmtt-graph").scroll_into_view_if_needed()
-        click_when_still(page, lambda: widget.locator("svg path.edge.attention").evaluate_all(EDGE_MIDPOINT))
+        click_when_still(page, lambda: widget.locator("svg path.edge.attention").evaluate_all(HEAVIEST_EDGE_MIDPOINT))
         page.wait_for_function("(el) => (el.dataset.panel || '').startsWith('attention/')",
                                arg=widget.element_handle(), timeout=30_000)
         _, layer, source, target, head = widget.get_attribute("data-panel").split("/")

@@ -8,7 +8,7 @@ import re
 import time
 
 import pytest
-from clicks import click_when_still
+from clicks import HEAVIEST_EDGE_MIDPOINT, click_when_still
 
 pytestmark = [pytest.mark.e2e, pytest.mark.demo, pytest.mark.browser]
 
@@ -18,16 +18,6 @@ CELLS = [
     "print(w.selection)",
 ]
 
-# the middle of the heaviest attention edge between two tokens (on screen: the graph fits)
-EDGE_MIDPOINT = """() => {
-  const paths = [...document.querySelectorAll('.lmtt path.edge.attention')]
-    .filter((p) => p.getAttribute('d').includes('C'));
-  paths.sort((a, b) => parseFloat(b.getAttribute('stroke-width')) - parseFloat(a.getAttribute('stroke-width')));
-  const p = paths[0];
-  const pt = p.getPointAtLength(p.getTotalLength() / 2);
-  const m = p.getScreenCTM();
-  return {x: pt.x * m.a + pt.y * m.c + m.e, y: pt.x * m.b + pt.y * m.d + m.f};
-}"""
 
 OUTPUT = "(i) => document.querySelectorAll('.jp-Notebook .jp-Cell')[i].querySelector('.jp-OutputArea-output')?.textContent ?? ''"
 
@@ -86,7 +76,7 @@ def test_notebook7_click_reaches_the_kernel(notebook7, e2e_page, artifacts):
         run_cell(page, 1)
         assert page.evaluate(OUTPUT, 1).strip() == "{}"
         widget.locator(".lmtt-graph").scroll_into_view_if_needed()
-        click_when_still(page, lambda: page.evaluate(EDGE_MIDPOINT))
+        click_when_still(page, lambda: widget.locator("svg path.edge.attention").evaluate_all(HEAVIEST_EDGE_MIDPOINT))
         page.wait_for_function("() => (document.querySelector('.lmtt').dataset.panel || '').startsWith('attention/')",
                                timeout=60_000)
         panel = page.evaluate("() => document.querySelector('.lmtt').dataset.panel")
