@@ -255,10 +255,11 @@ def measure(model, n_tokens: int, args) -> dict:
     row["peak_extra_bytes"] = peaks["analysis"]["peak_extra_bytes"]
     row["peak_bytes"] = peaks["analysis"]["peak_bytes"]
     row["memory_kind"] = peaks["analysis"]["kind"]
-    row["shares_bytes"] = _nbytes(t for layer in run.layers for t in vars(layer).values() if torch.is_tensor(t))
-    row["probs_bytes"] = _nbytes(run.capture.probs)
+    row["floor"] = run.floor
+    row["shares_bytes"] = sum(layer.nbytes for layer in run.layers)
+    row["probs_bytes"] = _nbytes(run.capture.probs.values())
     row["capture_bytes"] = _nbytes([*run.capture.resid, *run.capture.attn_out, *run.capture.ffn_out,
-                                    *run.capture.probs, *run.capture.values])
+                                    *run.capture.probs.values(), *run.capture.values])
     del run, graph
     gc.collect()
     return row

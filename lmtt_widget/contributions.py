@@ -17,6 +17,8 @@ result.
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 
 from .errors import LmttError
@@ -38,7 +40,20 @@ def proximity(parts: torch.Tensor, whole: torch.Tensor, p: int) -> torch.Tensor:
     return (whole_norm - torch.linalg.vector_norm(whole.unsqueeze(-2) - parts, ord=p, dim=-1)).clamp_min(0)
 
 
-def head_source_proximity(
+def head_source_proximity(whole: torch.Tensor, probs: torch.Tensor, head_out: torch.Tensor, p: int,
+                          budget_bytes: int = DEFAULT_BUDGET_BYTES, *, values: torch.Tensor | None = None,
+                          w_o: torch.Tensor | None = None) -> torch.Tensor:
+    """prox of every part z^h_{i<-j} = A^h_ij * head_out[j, h] for the whole at i: [T_target, T_source, H]
+    (the chunks of `head_source_proximity_chunks`, put together)."""
+    n_tokens, n_heads, _ = head_out.shape
+    prox = torch.zeros(n_tokens, n_tokens, n_heads, device=whole.device)
+    for start, stop, block in head_source_proximity_chunks(whole, probs, head_out, p, budget_bytes,
+                                                           values=values, w_o=w_o):
+        prox[start:stop, :stop] = block
+    return prox
+
+
+def head_source_proximity_chunks(
     whole: torch.Tensor,  # [T, d]: the whole at each target position
     probs: torch.Tensor,  # [H, T, T]: attention probabilities, target x source
     head_out: torch.Tensor,  # [T, H, d]: v_j^h W_O^h, each head's write for a unit weight on source j
@@ -47,8 +62,11 @@ def head_source_proximity(
     *,
     values: torch.Tensor | None = None,  # [T, KV, hd]: value vectors, with `w_o` for cheaper dot products
     w_o: torch.Tensor | None = None,  # [H, hd, d]: head h's slice of the output projection
-) -> torch.Tensor:
-    """prox of every part z^h_{i<-j} = A^h_ij * head_out[j, h] for the whole at i: [T_target, T_source, H].
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """prox of every part z^h_{i<-j} = A^h_ij * head_out[j, h] for the whole at i, a chunk of
+    targets at a time: (start, stop, prox [stop - start, stop, H]) for targets start..stop-1 and
+    sources 0..stop-1 (later sources are exactly 0). A caller that reduces each chunk (to shares
+    above a floor, say) never holds the whole [T, T, H].
 
     Exact (up to float32 rounding), without ever forming the [T, T, H, d] parts. With a = A^h_ij,
     u = head_out[j, h], y = whole[i] and s = sign(y) (sign(0) taken as +1):
@@ -66,7 +84,7 @@ def head_source_proximity(
     With `values` and `w_o` given, the dot products are taken in the head dimension: s.u = (W_O^h s) . v_j, which costs T^2 * d instead
     of T^2 * H * d. Targets are taken in chunks so that the temporaries stay under `budget_bytes`
     (at most about sixteen [chunk, T, H] float32 tensors, the L1 correction's candidates
-    included); only causal sources (j <= i) are computed, the rest are exactly 0.
+    included); only causal sources (j <= i) are computed.
     """
     n_tokens, n_heads, d = head_out.shape
     whole = whole.float()
@@ -91,7 +109,6 @@ def head_source_proximity(
         whole_norm = torch.linalg.vector_norm(whole, ord=2, dim=-1)  # [T]
         u_sq = (head_out * head_out).sum(-1).T.contiguous()  # [H, T]
         direction = whole
-    prox = torch.empty(n_tokens, n_tokens, n_heads, device=whole.device)
     chunk = max(1, budget_bytes // (16 * n_tokens * n_heads * 4))
     for start in range(0, n_tokens, chunk):
         stop = min(start + chunk, n_tokens)
@@ -112,10 +129,8 @@ def head_source_proximity(
             block = (delta / (norm + rest).clamp_min(torch.finfo(torch.float32).tiny)).clamp_min_(0)
             del delta, rest
         future = torch.arange(stop, device=block.device)[None, :] > torch.arange(start, stop, device=block.device)[:, None]
-        prox[start:stop, :stop] = block.masked_fill_(future, 0).permute(1, 2, 0)
-        prox[start:stop, stop:] = 0
+        yield start, stop, block.masked_fill_(future, 0).permute(1, 2, 0)
         del block
-    return prox
 
 
 L1_LEVELS = (8, 32, 128)  # the smallest coordinates of y on which a part's correction is computed
@@ -218,3 +233,20 @@ def threshold_renormalize(
     kept_residual = torch.where(residual > threshold, residual, torch.zeros_like(residual))
     (renormed,), res = shares(kept_parts, residual=kept_residual)
     return renormed, res
+
+
+def threshold_renormalize_sparse(
+    values: torch.Tensor, rows: torch.Tensor, per_row: tuple[torch.Tensor, ...], residual: torch.Tensor,
+    threshold: float,
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """`threshold_renormalize` for parts given sparsely: values [n] are shares of the wholes
+    `rows` [n]; `per_row` are parts with one share per whole ([T] each), as is `residual`.
+    Returns (values [n], *per_row), residual, thresholded and renormalised."""
+    kept = torch.where(values > threshold, values, torch.zeros_like(values))
+    kept_per_row = [torch.where(part > threshold, part, torch.zeros_like(part)) for part in per_row]
+    kept_residual = torch.where(residual > threshold, residual, torch.zeros_like(residual))
+    total = (kept_residual + sum(kept_per_row, torch.zeros_like(residual))).index_add(0, rows, kept)
+    degenerate = total <= 0  # nothing survives: the residual gets all of the weight
+    safe = torch.where(degenerate, torch.ones_like(total), total)
+    res = torch.where(degenerate, torch.ones_like(residual), kept_residual / safe)
+    return (kept / safe[rows], *(part / safe for part in kept_per_row)), res

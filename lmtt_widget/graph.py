@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import networkx as nx
 import torch
 
-from .contributions import threshold_renormalize
+from .contributions import threshold_renormalize, threshold_renormalize_sparse
 from .errors import check_threshold
 
 
@@ -37,8 +37,9 @@ class LayerEdges:
 
 
 def layer_edges(run, layer: int, threshold: float, renormalize: bool) -> LayerEdges:
+    """One layer's edges as whole tensors (the plain form; routes use _layer_graph)."""
     shares = run.layers[layer]
-    heads = shares.heads
+    heads = shares.dense()
     attention = heads.sum(-1)
     if not renormalize:
         return LayerEdges(attention, heads, shares.attn_residual, shares.ffn, shares.ffn_residual)
@@ -66,9 +67,9 @@ def _layer_graph(g: nx.MultiDiGraph, run, layer: int, threshold: float, renormal
     """Add one layer's edges above `threshold` that reach an `active` node leaving the layer
     (every node if None) and return which nodes feeding the layer they make active.
 
-    The same edges and weights as `layer_edges` thresholded, but the attention shares are summed,
-    renormalised and rescaled only for the targets that can keep an edge, and per-head shares
-    only for the kept edges: re-routing (another token or threshold) costs little at length.
+    The same edges and weights as `layer_edges` thresholded, computed on the kept (sparse) edges
+    into the targets that can keep one: re-routing (another token or threshold) costs little at
+    length.
     """
     shares = run.layers[layer]
     parallel = run.shape.parallel
@@ -85,53 +86,53 @@ def _layer_graph(g: nx.MultiDiGraph, run, layer: int, threshold: float, renormal
         active_in = everything if active is None else (keep_ffn | keep_ffn_residual)
     else:
         active_in = active_out
-    rows = active_in.nonzero()[:, 0]  # targets whose attention block can keep an edge
-    heads = shares.heads if len(rows) == n_tokens else shares.heads.index_select(0, rows)  # [n, T, H]
-    attention = heads.sum(-1)  # [n, T]
-    residual = shares.attn_residual.index_select(0, rows)
-    if renormalize:
-        if parallel:
-            parts = torch.cat([attention, shares.ffn.index_select(0, rows)[:, None]], dim=1)
-            parts, residual = threshold_renormalize(parts, residual, threshold)
-            new_attention, ffn_rows = parts[:, :-1], parts[:, -1]
-        else:
-            new_attention, residual = threshold_renormalize(attention, residual, threshold)
+    into_active = active_in[shares.edges[:, 0]]  # attention edges into targets that can keep one
+    edges, heads = shares.edges[into_active], shares.heads[into_active]  # [n, 2], [n, H]
+    targets, sources = edges[:, 0], edges[:, 1]
+    attention = heads.sum(-1)  # [n]
+    residual = shares.attn_residual
+    if parallel:  # the FFN update is a part of the same whole
+        (attention, ffn_share), residual = _renormalized(attention, targets, (shares.ffn,), residual, threshold,
+                                                         renormalize)
     else:
-        new_attention = attention
-        if parallel:
-            ffn_rows = shares.ffn.index_select(0, rows)
-    kept = (new_attention > threshold).nonzero()  # [k, 2]: (row, source)
-    kept_rows, kept_sources = kept[:, 0], kept[:, 1]
-    weights = new_attention[kept_rows, kept_sources]
-    kept_heads = heads[kept_rows, kept_sources]  # [k, H]
-    if renormalize:
-        old = attention[kept_rows, kept_sources]
-        kept_heads = kept_heads * torch.where(old > 0, weights / old.clamp_min(1e-30), torch.zeros_like(old))[:, None]
-    keep_residual = residual > threshold
-    feeding = torch.zeros(n_tokens, dtype=torch.bool)
+        (attention,), residual = _renormalized(attention, targets, (), residual, threshold, renormalize)
+    kept = attention > threshold
+    weights = attention[kept]
+    kept_heads = heads[kept]  # [k, H]
+    if renormalize:  # per-head shares are rescaled with their edge
+        kept_heads = kept_heads * (weights / kept_heads.sum(-1))[:, None]
+    kept_targets, kept_sources = targets[kept], sources[kept]
+    keep_residual = active_in & (residual > threshold)
+    feeding = keep_residual.clone()
     feeding[kept_sources] = True
-    feeding[rows[keep_residual]] = True
 
     before, mid, ffn, post = _node_names(run, layer)
     attn_into = post if parallel else mid
     ffn_from = before if parallel else mid
-    targets = rows[kept_rows].tolist()
-    for i, j, w, h in zip(targets, kept_sources.tolist(), weights.tolist(), kept_heads.tolist()):
+    for i, j, w, h in zip(kept_targets.tolist(), kept_sources.tolist(), weights.tolist(), kept_heads.tolist()):
         g.add_edge(before(j), attn_into(i), "attention", kind="attention", weight=w, heads=h, source=j, target=i)
-    for i, w in zip(rows[keep_residual].tolist(), residual[keep_residual].tolist()):
-        g.add_edge(before(i), attn_into(i), "residual", kind="residual", weight=w)
+    for i in keep_residual.nonzero()[:, 0].tolist():
+        g.add_edge(before(i), attn_into(i), "residual", kind="residual", weight=float(residual[i]))
     if parallel:
-        keep_ffn_rows = ffn_rows > threshold
-        feeding[rows[keep_ffn_rows]] = True
-        ffn_edges = zip(rows[keep_ffn_rows].tolist(), ffn_rows[keep_ffn_rows].tolist())
+        keep_ffn = active_in & (ffn_share > threshold)
+        feeding |= keep_ffn
     else:
-        ffn_edges = zip(keep_ffn.nonzero()[:, 0].tolist(), ffn_share[keep_ffn].tolist())
-        for i, w in zip(keep_ffn_residual.nonzero()[:, 0].tolist(), ffn_residual[keep_ffn_residual].tolist()):
-            g.add_edge(mid(i), post(i), "residual", kind="residual", weight=w)
-    for i, w in ffn_edges:
+        for i in keep_ffn_residual.nonzero()[:, 0].tolist():
+            g.add_edge(mid(i), post(i), "residual", kind="residual", weight=float(ffn_residual[i]))
+    for i in keep_ffn.nonzero()[:, 0].tolist():
+        w = float(ffn_share[i])
         g.add_edge(ffn_from(i), ffn(i), "ffn", kind="ffn", weight=w)
         g.add_edge(ffn(i), post(i), "ffn", kind="ffn", weight=w)
     return feeding
+
+
+def _renormalized(values: torch.Tensor, rows: torch.Tensor, per_row: tuple[torch.Tensor, ...], residual: torch.Tensor,
+                  threshold: float, renormalize: bool) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Shares of parts given sparsely (values[k] is a part of whole rows[k]) and per whole ([T]
+    each), thresholded and renormalised as contributions.threshold_renormalize does."""
+    if not renormalize:
+        return (values, *per_row), residual
+    return threshold_renormalize_sparse(values, rows, per_row, residual, threshold)
 
 
 def _new_graph(run) -> nx.MultiDiGraph:

@@ -189,7 +189,7 @@ def _kv(run, head: int) -> int:
 def _mean_head_mix(clean, layer: int, head: int) -> torch.Tensor:
     """[head_dim]: the head's slice of the output projection's input, mean over the clean positions."""
     values = clean.capture.values[layer][:, _kv(clean, head)].float()  # [T, hd]
-    return (clean.capture.probs[layer][head].float() @ values).mean(0)
+    return (clean.attention_pattern(layer)[head].float() @ values).mean(0)
 
 
 def _covered(ablation: Ablation, layer: int, head: int, target: int) -> bool:

@@ -57,9 +57,9 @@ def analyze_compact(model, prompt: str, *, remote: bool | str = False, floor: fl
                                        modules["out_proj"].weight, conv1d, shape.n_heads, shape.head_dim,
                                        shape.parallel, p, budget_bytes, floor))
         top = nnsight.save(_top_k(_get(model, unembed).output.reshape(n_tokens, -1), k))
-    layers = [_expand(layer, n_tokens, shape.n_heads) for layer in kept]
+    layers = [LayerShares(**layer) for layer in kept]
     tokens = [model.tokenizer.decode([int(i)]) for i in input_ids]
-    result = Shares(tokens, input_ids, shape, layers, distance, top=top, decode=model.tokenizer.decode)
+    result = Shares(tokens, input_ids, shape, layers, distance, floor, top=top, decode=model.tokenizer.decode)
     result.payload_bytes = _bytes(kept) + _bytes([dict(enumerate(top))])  # what came back from the trace
     return result
 
@@ -67,29 +67,18 @@ def analyze_compact(model, prompt: str, *, remote: bool | str = False, floor: fl
 @torch.no_grad()
 def _compact_layer(x, attn, ffn, post, probs, values, weight, conv1d: bool, n_heads: int, head_dim: int,
                    parallel: bool, p: int, budget: int, floor: float) -> dict[str, torch.Tensor]:
-    """One block's shares; attention edges (target, source) whose share, summed over heads, is
-    above `floor` are kept sparse as (index [n, 2], per-head values [n, H])."""
+    """One block's shares (LayerShares' fields: a plain dict of tensors is what comes back from
+    a remote trace); attention edges whose share, summed over heads, is above `floor` are kept."""
     w_in_out = weight.detach() if conv1d else weight.detach().T
     w_o = w_in_out.reshape(n_heads, head_dim, -1)
-    heads, attn_residual, ffn_share, ffn_residual = block_shares(x, attn, ffn, post, probs, values, w_o, parallel,
-                                                                 p, budget)
-    edges = heads.sum(-1) > floor  # graph edges sum their heads: keep or drop whole edges
-    index = edges.nonzero().to(torch.int32)  # [n, 2]: target, source
-    return dict(index=index.cpu(), value=heads[edges].cpu(), attn_residual=attn_residual.cpu(),
-                ffn=ffn_share.cpu(), ffn_residual=ffn_residual.cpu())
+    shares = block_shares(x, attn, ffn, post, probs, values, w_o, parallel, p, budget, floor)
+    return {name: tensor.cpu() for name, tensor in vars(shares).items()}
 
 
 @torch.no_grad()
 def _top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     probs, ids = logits.float().softmax(-1).topk(min(k, logits.shape[-1]), dim=-1)
     return probs.cpu(), ids.cpu()
-
-
-def _expand(layer: dict[str, torch.Tensor], n_tokens: int, n_heads: int) -> LayerShares:
-    heads = torch.zeros(n_tokens, n_tokens, n_heads)
-    index = layer["index"].long()
-    heads[index[:, 0], index[:, 1]] = layer["value"]
-    return LayerShares(heads, layer["attn_residual"], layer["ffn"], layer["ffn_residual"])
 
 
 def _bytes(dicts: list[dict]) -> int:

@@ -13,9 +13,9 @@ from . import contributions as C
 from . import graph as G
 from . import vocab as V
 from .architectures import Shape, family_of, ffn_out_matrix, out_proj_per_head, shape_of
-from .errors import LmttError, check_index
+from .errors import LmttError, check_index, check_threshold
 from .progress import progress_bar
-from .tracing import Capture, neuron_activations, trace
+from .tracing import Capture, attention_probs, neuron_activations, trace
 
 
 class NeuronShare(NamedTuple):
@@ -24,44 +24,98 @@ class NeuronShare(NamedTuple):
     activation: float
 
 
+DEFAULT_FLOOR = 1e-3  # for prompts whose shares do not fit the budget whole; the widget's lowest threshold is 0.005
+
+
 @dataclass
 class LayerShares:
-    """Shares of one layer's parts, float32 on the CPU."""
+    """Shares of one layer's parts, float32 (on the CPU in a Run).
 
-    heads: torch.Tensor  # [T_target, T_source, H]: z^h_{i<-j}
+    Attention edges are kept sparse: the (target, source) pairs whose share, summed over heads,
+    is above the analysis' floor, with their per-head shares z^h_{i<-j}. A dropped edge's share is
+    at most the floor, so routes at any threshold >= floor are exact: thresholding (and
+    renormalising, which drops the same parts) would have removed it anyway.
+    """
+
+    edges: torch.Tensor  # [n, 2] long: (target, source), sorted by target, then source
+    heads: torch.Tensor  # [n, H]: the per-head shares of each kept edge
     attn_residual: torch.Tensor  # [T]: the residual's share of the attention block's whole
     ffn: torch.Tensor  # [T]: the FFN update's share of the FFN block's whole
     ffn_residual: torch.Tensor  # [T]: the residual's share of the FFN block's whole
 
+    def dense(self) -> torch.Tensor:
+        """[T_target, T_source, H]: every head's share of every edge (0 where dropped)."""
+        n_tokens = self.attn_residual.shape[0]
+        out = self.heads.new_zeros(n_tokens, n_tokens, self.heads.shape[1])
+        out[self.edges[:, 0], self.edges[:, 1]] = self.heads
+        return out
+
+    def cpu(self) -> "LayerShares":
+        return LayerShares(*(t.cpu() for t in vars(self).values()))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in vars(self).values())
+
 
 def analyze(model, prompt: str, *, distance: str = "l1", prepend_bos: bool | None = None,
-            budget_bytes: int = C.DEFAULT_BUDGET_BYTES, progress: bool | None = None) -> "Run":
+            budget_bytes: int = C.DEFAULT_BUDGET_BYTES, floor: float | None = None,
+            progress: bool | None = None) -> "Run":
     """Run `model` once on `prompt` and compute the importances of every block's parts.
 
     `model` comes from `load_model`. `distance` is "l1" (the papers' default) or "l2".
     `prepend_bos`: None keeps what the tokenizer does by default; True/False force a BOS
-    token at the start or none. `budget_bytes` bounds the importances' temporaries (and decides
-    whether neuron activations are kept for every layer at once). `progress`: None shows a
-    progress bar once the importances take over a second, True always, False never.
+    token at the start or none.
+
+    Memory beyond the model and the captured residuals ([L, T, d] each) follows `budget_bytes`:
+    it bounds the importances' temporaries, and what grows with T^2 or d_ff is kept only if it
+    fits: every layer's attention probabilities (else `attention_pattern` traces again for the
+    layer asked for), FFN activations (likewise), and every attention edge's shares. When the
+    shares do not fit, only edges whose share is above `floor` are kept (None: 0 when they
+    fit, else 1e-3); routes at thresholds >= floor stay exact (see LayerShares).
+    `progress`: None shows a progress bar once the analysis takes over a second, True always,
+    False never.
     """
     input_ids = tokenize(model.tokenizer, prompt, prepend_bos, shape_of(model._module, family_of(model._module)).n_ctx)
-    return analyze_ids(model, input_ids, prompt=prompt, distance=distance, budget_bytes=budget_bytes, progress=progress)
+    return analyze_ids(model, input_ids, prompt=prompt, distance=distance, budget_bytes=budget_bytes, floor=floor,
+                       progress=progress)
 
 
 def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, distance: str = "l1",
-                budget_bytes: int = C.DEFAULT_BUDGET_BYTES, edits=None, progress: bool | None = None) -> "Run":
+                budget_bytes: int = C.DEFAULT_BUDGET_BYTES, floor: float | None = None, edits=None,
+                progress: bool | None = None) -> "Run":
     """`analyze` on token ids [T]; `edits` (see tracing.trace) change the forward pass."""
     p = C.distance_order(distance)
     hf_model = model._module
     family = family_of(hf_model)
     shape = shape_of(hf_model, family)
-    # every layer's FFN activations come along when they fit the budget: neuron panels need no second trace
-    neurons = len(input_ids) * _d_ff(hf_model, family) * shape.n_layers * 4 <= budget_bytes
-    capture = trace(model, family, shape, input_ids.to(hf_model.device), edits, neurons=neurons)
-    layers = [_layer_shares(hf_model, family, shape, capture, layer, p, budget_bytes)
-              for layer in progress_bar(range(shape.n_layers), enabled=progress, desc="importances", unit="layer")]
+    n_tokens = len(input_ids)
+    floor = _floor(floor, shape, n_tokens, budget_bytes)
+    neurons = n_tokens * _d_ff(hf_model, family) * shape.n_layers * 4 <= budget_bytes
+    probs = shape.n_layers * shape.n_heads * n_tokens ** 2 * hf_model.dtype.itemsize <= budget_bytes
+    layers: list[LayerShares] = []
+    bar = iter(progress_bar(range(shape.n_layers), enabled=progress, desc="importances", unit="layer"))
+
+    def on_layer(layer: int, t) -> None:  # inside the trace: each layer's probabilities are used as they come
+        next(bar)
+        layers.append(block_shares(t.resid_in, t.attn_out, t.ffn_out, t.resid_out, t.probs, t.values,
+                                   w_o(hf_model, family, shape, layer), shape.parallel, p, budget_bytes, floor).cpu())
+
+    capture = trace(model, family, shape, input_ids.to(hf_model.device), edits, neurons=neurons, probs=probs,
+                    on_layer=on_layer)
+    for _ in bar:  # closes the bar
+        pass
     text = prompt if prompt is not None else model.tokenizer.decode(input_ids)
-    return Run(model, text, input_ids, capture, layers, distance, budget_bytes, edits=edits)
+    return Run(model, text, input_ids, capture, layers, distance, budget_bytes, floor, edits=edits)
+
+
+def _floor(floor: float | None, shape: Shape, n_tokens: int, budget_bytes: int) -> float:
+    if floor is None:  # every causal edge, each with H float32 shares and a (target, source) index
+        dense = shape.n_layers * n_tokens * (n_tokens + 1) // 2 * (shape.n_heads * 4 + 16)
+        return 0.0 if dense <= budget_bytes else DEFAULT_FLOOR
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1:
+        raise LmttError(f"floor must be a number in [0, 1), got {floor!r}")
+    return float(floor)
 
 
 def _d_ff(hf_model, family) -> int:
@@ -101,38 +155,35 @@ def head_outputs(w_o: torch.Tensor, values: torch.Tensor, n_heads: int) -> torch
 
 
 @torch.no_grad()
-def _layer_shares(hf_model, family, shape: Shape, capture: Capture, layer: int, p: int, budget: int) -> LayerShares:
-    shares = block_shares(capture.resid[layer], capture.attn_out[layer], capture.ffn_out[layer],
-                          capture.resid[layer + 1], capture.probs[layer], capture.values[layer],
-                          w_o(hf_model, family, shape, layer), shape.parallel, p, budget)
-    return LayerShares(*(t.cpu() for t in shares))
-
-
 def block_shares(x: torch.Tensor, attn: torch.Tensor, ffn: torch.Tensor, post: torch.Tensor, probs: torch.Tensor,
-                 values: torch.Tensor, w_o: torch.Tensor, parallel: bool, p: int,
-                 budget: int) -> tuple[torch.Tensor, ...]:
+                 values: torch.Tensor, w_o: torch.Tensor, parallel: bool, p: int, budget: int,
+                 floor: float = 0.0) -> LayerShares:
     """The shares of one block's parts from its tensors alone (so it can run inside a trace,
     remotely too): residual in x, updates attn and ffn, residual out `post` (all [T, d]),
     probabilities [H, T, T], value vectors [T, KV, hd] and W_O [H, hd, d] (the head dimension
-    keeps the importances' dot products small). Returns the fields of LayerShares."""
+    keeps the importances' dot products small). Attention edges above `floor` are kept; the
+    shares are made a chunk of targets at a time, so no [T, T, H] tensor is ever whole."""
     x, attn, ffn, post = (t.float() for t in (x, attn, ffn, post))
     u = head_outputs(w_o, values, probs.shape[0])
-
-    def heads_of(whole):
-        return C.head_source_proximity(whole, probs, u, p, budget, values=values, w_o=w_o)
-
+    whole = post if parallel else x + attn
+    res_prox = C.proximity(x[:, None], whole, p)[:, 0]  # [T]
+    others = (C.proximity(ffn[:, None], post, p),) if parallel else ()  # a parallel block's FFN shares its whole
+    edges, heads, residual, ffn_parts = [], [], [], []
+    for start, stop, prox in C.head_source_proximity_chunks(whole, probs, u, p, budget, values=values, w_o=w_o):
+        (prox, *other), res = C.shares(prox, *(o[start:stop] for o in others), residual=res_prox[start:stop])
+        kept = prox.sum(-1) > floor  # [c, stop]: graph edges sum their heads, so whole edges are kept or dropped
+        index = kept.nonzero()
+        index[:, 0] += start
+        edges.append(index)
+        heads.append(prox[kept])
+        residual.append(res)
+        ffn_parts += other
+    edges, heads, attn_res = torch.cat(edges), torch.cat(heads), torch.cat(residual)
     if parallel:
-        heads = heads_of(post)
-        ffn_prox = C.proximity(ffn[:, None], post, p)
-        res_prox = C.proximity(x[:, None], post, p)[:, 0]
-        (heads, ffn_share), res = C.shares(heads, ffn_prox, residual=res_prox)
-        return heads, res, ffn_share[:, 0], res
-    mid = x + attn
-    heads = heads_of(mid)
-    (heads,), attn_res = C.shares(heads, residual=C.proximity(x[:, None], mid, p)[:, 0])
-    prox = C.proximity(torch.stack([mid, ffn], dim=1), post, p)  # [T, 2]
+        return LayerShares(edges, heads, attn_res, torch.cat(ffn_parts)[:, 0], attn_res)
+    prox = C.proximity(torch.stack([whole, ffn], dim=1), post, p)  # [T, 2]: mid and the FFN update in post
     (ffn_share,), ffn_res = C.shares(prox[:, 1:], residual=prox[:, 0])
-    return heads, attn_res, ffn_share[:, 0], ffn_res
+    return LayerShares(edges, heads, attn_res, ffn_share[:, 0], ffn_res)
 
 
 class Shares:
@@ -141,12 +192,13 @@ class Shares:
     returns a bare `Shares` computed where the model runs."""
 
     def __init__(self, tokens: list[str], input_ids: torch.Tensor, shape: Shape, layers: list[LayerShares],
-                 distance: str, top: tuple[torch.Tensor, torch.Tensor] | None = None, decode=None):
+                 distance: str, floor: float = 0.0, top: tuple[torch.Tensor, torch.Tensor] | None = None, decode=None):
         self.tokens = tokens
         self.input_ids = input_ids
         self.shape = shape
         self.layers = layers
         self.distance = distance
+        self.floor = floor  # attention edges with shares at or below it were not kept (see LayerShares)
         self._top = top  # (probabilities [T, k], token ids [T, k]) where no logits are kept
         self._decode = decode
 
@@ -175,9 +227,10 @@ class Shares:
         return [(self.decode(i), float(v)) for v, i in zip(probs[position, :k], ids[position, :k])]
 
     def attention_contributions(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(shares [T_target, T_source, H] of each head reading each source, residual's share [T])."""
+        """(shares [T_target, T_source, H] of each head reading each source, residual's share [T]);
+        edges at or below the run's `floor` read 0."""
         shares = self.layers[self.layer(layer)]
-        return shares.heads, shares.attn_residual
+        return shares.dense(), shares.attn_residual
 
     def ffn_contributions(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(the FFN update's share [T], the residual's share [T]). For parallel blocks these are
@@ -187,11 +240,20 @@ class Shares:
 
     def graph(self, token: int = -1, threshold: float = 0.04, renormalize: bool = True):
         """The routes to the prediction at `token`: a networkx.MultiDiGraph keyed by edge kind (see lmtt_widget.graph)."""
-        return G.routes(self, self.position(token), threshold, renormalize)
+        return G.routes(self, self.position(token), self.valid_threshold(threshold), renormalize)
 
     def full_graph(self, threshold: float = 0.04, renormalize: bool = True):
         """Every edge above `threshold`, for all tokens."""
-        return G.full_graph(self, threshold, renormalize)
+        return G.full_graph(self, self.valid_threshold(threshold), renormalize)
+
+    def valid_threshold(self, threshold: float) -> float:
+        """`threshold` if routes can be drawn at it from these shares; else an LmttError that says why."""
+        threshold = check_threshold(threshold)
+        if threshold < self.floor:
+            raise LmttError(f"threshold {threshold:g} is below this analysis' floor {self.floor:g}: attention edges "
+                            f"with smaller shares were not kept; analyse with floor={threshold:g} (or lower) to "
+                            "route at this threshold")
+        return threshold
 
 
 class Run(Shares):
@@ -202,11 +264,11 @@ class Run(Shares):
     """
 
     def __init__(self, model, prompt: str, input_ids: torch.Tensor, capture: Capture,
-                 layers: list[LayerShares], distance: str, budget_bytes: int, edits=None):
+                 layers: list[LayerShares], distance: str, budget_bytes: int, floor: float = 0.0, edits=None):
         hf_model = model._module
         self.family = family_of(hf_model)
         tokens = [model.tokenizer.decode([int(i)]) for i in input_ids]
-        super().__init__(tokens, input_ids, shape_of(hf_model, self.family), layers, distance,
+        super().__init__(tokens, input_ids, shape_of(hf_model, self.family), layers, distance, floor,
                          decode=model.tokenizer.decode)
         self.model = model
         self.prompt = prompt
@@ -218,6 +280,7 @@ class Run(Shares):
         self.patches: tuple = ()  # the activations patched in from other prompts: (node, prompt)
         self.patch_ids: tuple = ()  # the token ids of each patch's source prompt
         self._neuron_cache: dict[int, torch.Tensor] = dict(capture.neurons)
+        self._probs_cache: dict[int, torch.Tensor] = dict(capture.probs)
 
     def __repr__(self) -> str:
         changed = f", {len(self.interventions)} ablations, {len(self.patches)} patches" if self.clean else ""
@@ -247,6 +310,16 @@ class Run(Shares):
         return [(self.decode(i), float(v)) for v, i in zip(values, ids)]
 
     # -- importances ----------------------------------------------------------------------
+
+    def attention_pattern(self, layer: int) -> torch.Tensor:
+        """[H, T_target, T_source]: the attention probabilities of `layer` (model dtype and
+        device). `analyze` keeps every layer's when they fit the run's memory budget; otherwise
+        the first request traces the model once more, up to this layer; later ones are cached."""
+        layer = self.layer(layer)
+        if layer not in self._probs_cache:
+            self._probs_cache.update(attention_probs(
+                self.model, self.family, self.shape, self.input_ids.to(self.hf_model.device), [layer], self.edits))
+        return self._probs_cache[layer]
 
     def neuron_activations(self, layer: int) -> torch.Tensor:
         """[T, d_ff]: the activations entering the FFN's output projection. `analyze` keeps every
@@ -340,7 +413,7 @@ class Run(Shares):
         """[d]: head `head`'s write at `target`, from one `source` or summed over all sources."""
         layer, head, target = self.layer(layer), self.head(head), self.position(target)
         u = head_outputs(w_o(self.hf_model, self.family, self.shape, layer)[head:head + 1], self._head_values(layer, head), 1)[:, 0]  # [T, d]
-        weights = self.capture.probs[layer][head, target].float()  # [T]
+        weights = self.attention_pattern(layer)[head, target].float()  # [T]
         if source is None:
             return weights @ u
         source = self.position(source)

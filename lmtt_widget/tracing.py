@@ -29,10 +29,21 @@ class Capture:
     resid: list[torch.Tensor]  # L+1 x [T, d]: resid[0] the embeddings, resid[l+1] after block l
     attn_out: list[torch.Tensor]  # L x [T, d]: the attention block's update (output bias included)
     ffn_out: list[torch.Tensor]  # L x [T, d]: the FFN block's update
-    probs: list[torch.Tensor]  # L x [H, T, T]: attention probabilities, target x source
+    probs: dict[int, torch.Tensor]  # layer -> [H, T, T]: attention probabilities, target x source (kept layers)
     values: list[torch.Tensor]  # L x [T, KV, head_dim]: value vectors of the KV heads (bias included)
-    final_normed: torch.Tensor  # [T, d]: the final norm's output, what the unembedding reads
+    final_normed: torch.Tensor | None  # [T, d]: the final norm's output, what the unembedding reads
     neurons: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [T, d_ff], if asked for
+
+
+class LayerTensors(NamedTuple):
+    """One block's tensors, as `trace` hands them to `on_layer` while the model runs."""
+
+    resid_in: torch.Tensor  # [T, d]
+    attn_out: torch.Tensor  # [T, d]
+    ffn_out: torch.Tensor  # [T, d]
+    resid_out: torch.Tensor  # [T, d]
+    probs: torch.Tensor  # [H, T, T]
+    values: torch.Tensor  # [T, KV, head_dim]
 
 
 class LayerState(NamedTuple):
@@ -74,17 +85,20 @@ def _apply(edits: list[Edit], tensor: torch.Tensor, state: LayerState) -> None:
         edit.apply(tensor, state)
 
 
-def trace(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=None,
-          neurons: bool = False) -> Capture:
-    """Run the model once on `input_ids` [T] and capture residuals, updates, probabilities, values
-    (and, with `neurons`, every layer's FFN activations).
+def trace(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=None, *, neurons: bool = False,
+          probs: bool = True, on_layer: Callable[[int, LayerTensors], None] | None = None) -> Capture:
+    """Run the model once on `input_ids` [T] and capture residuals, updates, values, with `probs`
+    every layer's attention probabilities and with `neurons` every layer's FFN activations.
 
-    `edits` (a list of `Edit`; None: the plain forward pass) change the forward pass where they
-    say, in the same trace; everything captured is what the edited pass computed.
-    lmtt_widget.interventions makes them from ablations and patches.
+    `on_layer(layer, tensors)` is called inside the trace as soon as a block has run, so that
+    what it computes from the block's probabilities needs none of them kept ([L, H, T, T] is the
+    largest thing a trace could keep). `edits` (a list of `Edit`; None: the plain forward pass)
+    change the forward pass where they say, in the same trace; everything captured is what the
+    edited pass computed. lmtt_widget.interventions makes them from ablations and patches.
     """
-    return _forward(model, family, shape, input_ids, edits, neurons_of=set(range(shape.n_layers)) if neurons else None,
-                    stop_after_neurons=False)
+    every = set(range(shape.n_layers))
+    return _forward(model, family, shape, input_ids, edits, neurons_of=every if neurons else set(),
+                    probs_of=every if probs else set(), on_layer=on_layer)
 
 
 def neuron_activations(model, family: Family, shape: Shape, input_ids: torch.Tensor, layers: Sequence[int],
@@ -92,11 +106,19 @@ def neuron_activations(model, family: Family, shape: Shape, input_ids: torch.Ten
     """{layer: [T, d_ff]}: the activations entering each of `layers`' FFN output projection in
     the forward pass with `edits` (after that layer's own neuron edits); the pass stops after
     the last of them."""
-    return _forward(model, family, shape, input_ids, edits, neurons_of=set(layers))[1]
+    return _forward(model, family, shape, input_ids, edits, neurons_of=set(layers), stop_after=max(layers)).neurons
 
 
-def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=None,
-             neurons_of: set[int] | None = None, stop_after_neurons: bool = True):
+def attention_probs(model, family: Family, shape: Shape, input_ids: torch.Tensor, layers: Sequence[int],
+                    edits=None) -> dict[int, torch.Tensor]:
+    """{layer: [H, T, T]}: the attention probabilities of `layers` in the forward pass with
+    `edits`; the pass stops after the last of them."""
+    return _forward(model, family, shape, input_ids, edits, probs_of=set(layers), stop_after=max(layers)).probs
+
+
+def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=None, *,
+             neurons_of: set[int] = frozenset(), probs_of: set[int] = frozenset(), stop_after: int | None = None,
+             on_layer: Callable[[int, LayerTensors], None] | None = None) -> Capture:
     n_tokens = input_ids.shape[0]
 
     def rows(tensor: torch.Tensor) -> torch.Tensor:  # [1, T, ...] or [T, ...] -> [T, ...]
@@ -107,7 +129,7 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
 
     with torch.no_grad(), model.trace(input_ids[None]) as tracer:
         resid, attn_out, ffn_out = nnsight.save([]), nnsight.save([]), nnsight.save([])
-        probs, values, neurons = nnsight.save([]), nnsight.save([]), nnsight.save({})
+        probs, values, neurons = nnsight.save({}), nnsight.save([]), nnsight.save({})
         for layer in range(shape.n_layers):
             modules = family.modules(model, layer)
             here = _at(edits, layer)
@@ -123,37 +145,39 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
                 state = LayerState(resid[-1], values[-1], None)
                 _apply(here["out_proj_input"], editable(_first(modules["out_proj"].input)), state)
             attention = modules["attention"].output
+            layer_probs = attention[1][0]
             if "attention_output" in here or "probs" in here:
-                state = LayerState(resid[-1], values[-1], attention[1][0])
+                state = LayerState(resid[-1], values[-1], layer_probs)
                 _apply(here.get("attention_output", []), editable(attention[0]), state)
-                captured_probs = attention[1][0].clone()
-                _apply(here.get("probs", []), captured_probs, state)
-                probs.append(captured_probs)
-            else:
-                probs.append(attention[1][0])
+                layer_probs = layer_probs.clone()
+                _apply(here.get("probs", []), layer_probs, state)
+            if layer in probs_of:
+                probs[layer] = layer_probs
             attn_out.append(rows(attention[0]))
+            state = LayerState(resid[-1], values[-1], layer_probs)
             if "ffn_out_proj_input" in here:
-                state = LayerState(resid[-1], values[-1], probs[-1])
                 _apply(here["ffn_out_proj_input"], editable(_first(modules["ffn_out_proj"].input)), state)
-            if neurons_of and layer in neurons_of:
+            if layer in neurons_of:
                 neurons[layer] = editable(_first(modules["ffn_out_proj"].input)).clone()
-                if stop_after_neurons and layer == max(neurons_of):
-                    tracer.stop()
+            if layer == stop_after:
+                tracer.stop()
             ffn = modules["ffn"].output
             if "ffn_output" in here:
-                _apply(here["ffn_output"], editable(_first(ffn)), LayerState(resid[-1], values[-1], probs[-1]))
+                _apply(here["ffn_output"], editable(_first(ffn)), state)
             ffn_out.append(rows(ffn))
             block_output = _first(modules["block"].output)
             if "block_output" in here:
-                _apply(here["block_output"], editable(block_output), LayerState(resid[-1], values[-1], probs[-1]))
+                _apply(here["block_output"], editable(block_output), state)
             resid.append(rows(block_output))
+            if on_layer is not None:
+                on_layer(layer, LayerTensors(resid[-2], attn_out[-1], ffn_out[-1], resid[-1], layer_probs, values[-1]))
         final_normed = rows(family.get(model, "final_norm").output).save()
-    neurons = {layer: acts.detach() for layer, acts in neurons.items()}
-    if neurons_of and stop_after_neurons:
-        return None, neurons
 
     def plain(tensors):
         return [t.detach() for t in tensors]
 
-    return Capture(plain(resid), plain(attn_out), plain(ffn_out), plain(probs), plain(values), final_normed.detach(),
-                   neurons)
+    neurons = {layer: acts.detach() for layer, acts in neurons.items()}
+    probs = {layer: p.detach() for layer, p in probs.items()}
+    if stop_after is not None:
+        return Capture([], [], [], probs, [], None, neurons)
+    return Capture(plain(resid), plain(attn_out), plain(ffn_out), probs, plain(values), final_normed.detach(), neurons)

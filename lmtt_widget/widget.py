@@ -21,7 +21,7 @@ import anywidget
 import traitlets
 
 from . import serialize as S
-from .errors import LmttError, check_index, check_threshold
+from .errors import LmttError, check_index
 from .widget_interventions import InterventionsMixin
 from .widget_pair import PairMixin
 
@@ -63,7 +63,7 @@ class Widget(PairMixin, InterventionsMixin, anywidget.AnyWidget):
         self._valid: dict[str, Any] = {}  # the last valid value of each checked trait
         super().__init__(**kwargs)
         with self.hold_sync():
-            self.threshold = check_threshold(threshold)
+            self.threshold = self._check_threshold(threshold)
             self.renormalize = renormalize
             self.normalize_lens = normalize_lens
             self.target = run.position(target)
@@ -107,7 +107,7 @@ class Widget(PairMixin, InterventionsMixin, anywidget.AnyWidget):
         if kind == "attention":
             layer, head, source, target = sel["layer"], sel["head"], sel["source"], sel["target"]
             shares = run.attention_contributions(layer)[0]  # [T, T, H]
-            probs = run.capture.probs[layer][head].float().cpu()  # [T, T]
+            probs = run.attention_pattern(layer)[head].float().cpu()  # [T, T]
             return {"kind": kind, "head_output": run.head_output(layer, head, target, source),
                     "head_output_total": run.head_output(layer, head, target),
                     "attention_row": probs[target], "attention_pattern": probs,
@@ -207,9 +207,15 @@ class Widget(PairMixin, InterventionsMixin, anywidget.AnyWidget):
     @traitlets.validate("threshold")
     def _valid_threshold(self, proposal):
         try:
-            return self._accept("threshold", check_threshold(proposal["value"]))
+            return self._accept("threshold", self._check_threshold(proposal["value"]))
         except LmttError as error:
             return self._refuse("threshold", error)
+
+    def _check_threshold(self, threshold) -> float:
+        for run in (self._run, self._other):
+            if run is not None:
+                threshold = run.valid_threshold(threshold)  # also within the floor its shares were kept above
+        return threshold
 
     @traitlets.validate("selection")
     def _valid_selection(self, proposal):
@@ -311,7 +317,7 @@ class Widget(PairMixin, InterventionsMixin, anywidget.AnyWidget):
             shares = run.attention_contributions(layer)[0]  # [T, T, H]
             return {"selection": sel,
                     "shares": S.array(shares[target, source]),
-                    "pattern": S.array(run.capture.probs[layer][head]),
+                    "pattern": S.array(run.attention_pattern(layer)[head]),
                     "importance": S.array(shares[:, :, head]),
                     "from_source": S.effect(run.head_logits(layer, head, target, source, k=LOGITS_K)),
                     "total": S.effect(run.head_logits(layer, head, target, k=LOGITS_K))}

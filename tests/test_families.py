@@ -33,7 +33,7 @@ def test_blocks_sum_to_the_residual_stream(run):
 def test_head_source_parts_reconstruct_the_attention_output(run):
     for layer in range(run.shape.n_layers):
         u = head_outputs(w_o(run.hf_model, run.family, run.shape, layer), run.capture.values[layer], run.shape.n_heads)
-        z = run.capture.probs[layer].permute(1, 2, 0)[..., None] * u[None]  # [T, T, H, d]
+        z = run.attention_pattern(layer).permute(1, 2, 0)[..., None] * u[None]  # [T, T, H, d]
         bias = run.family.modules(run.hf_model, layer)["out_proj"].bias
         total = z.sum((1, 2)) + (0 if bias is None else bias.detach())
         torch.testing.assert_close(total, run.capture.attn_out[layer], rtol=1e-4, atol=1e-5)

@@ -157,7 +157,7 @@ def test_mean_edge_ablation_reads_the_mean_value_vector(run):
     kv = head // (run.shape.n_heads // run.shape.n_kv_heads)
     values = run.capture.values[layer][:, kv].float()
     w = out_proj_per_head(modules(run, layer)["out_proj"], run.shape.n_heads, run.shape.head_dim)[head].float()
-    weight = run.capture.probs[layer][head, target, source].float()
+    weight = run.attention_pattern(layer)[head, target, source].float()
     expected = run.capture.attn_out[layer][target] - weight * (values[source] - values.mean(0)) @ w
     torch.testing.assert_close(new.capture.attn_out[layer][target], expected, atol=1e-5, rtol=0)
 

@@ -95,15 +95,21 @@ def test_layer_shares_match_the_naive_formula(family_run, distance, monkeypatch)
     run = family_run if distance == "l1" else lw.analyze(family_run.model, PROMPT, distance="l2")
     p = C.distance_order(distance)
 
-    def naive(whole, probs, head_out, p, budget=None, **_):
-        return C.head_source_proximity_reference(whole.double(), probs.double(), head_out.double(), p).float()
+    def naive(whole, probs, head_out, p, budget=None, **_):  # one chunk: every target
+        yield 0, len(whole), C.head_source_proximity_reference(whole.double(), probs.double(), head_out.double(),
+                                                               p).float()
 
+    capture = run.capture
     for layer in range(run.shape.n_layers):
         fast = run.layers[layer]
-        monkeypatch.setattr(C, "head_source_proximity", naive)
-        expected = R._layer_shares(run.hf_model, run.family, run.shape, run.capture, layer, p, C.DEFAULT_BUDGET_BYTES)
+        monkeypatch.setattr(C, "head_source_proximity_chunks", naive)
+        expected = R.block_shares(capture.resid[layer], capture.attn_out[layer], capture.ffn_out[layer],
+                                  capture.resid[layer + 1], run.attention_pattern(layer), capture.values[layer],
+                                  R.w_o(run.hf_model, run.family, run.shape, layer), run.shape.parallel, p,
+                                  C.DEFAULT_BUDGET_BYTES)
         monkeypatch.undo()
-        for name in ("heads", "attn_residual", "ffn", "ffn_residual"):
+        torch.testing.assert_close(fast.dense(), expected.dense(), rtol=1e-5, atol=1e-6)
+        for name in ("attn_residual", "ffn", "ffn_residual"):
             torch.testing.assert_close(getattr(fast, name), getattr(expected, name), rtol=1e-5, atol=1e-6)
 
 

@@ -51,6 +51,7 @@ def test_bad_floor_and_too_many_top_tokens():
 def test_the_demo_model_sends_back_little(ioi_run, demo_model):
     compact = analyze_compact(demo_model, ioi_run.prompt, remote="local", floor=0.01)
     assert compact.top_tokens(k=1)[0][0] == " Mary"
-    full = sum(t.numel() * t.element_size() for t in
-               ioi_run.capture.resid + ioi_run.capture.attn_out + ioi_run.capture.ffn_out + ioi_run.capture.probs)
+    capture = ioi_run.capture
+    full = sum(t.numel() * t.element_size()
+               for t in capture.resid + capture.attn_out + capture.ffn_out + list(capture.probs.values()))
     assert compact.payload_bytes < full / 5

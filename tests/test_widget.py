@@ -148,7 +148,7 @@ def test_attention_selection_fills_the_largest_head_and_returns_tensors(widget):
     head = int(shares[7, 2].argmax())
     assert widget.selection == {"kind": "attention", "layer": 1, "source": 2, "target": 7, "head": head}
     sel = widget.selected
-    probs = run.capture.probs[1][head].float()
+    probs = run.attention_pattern(1)[head].float()
     torch.testing.assert_close(sel["attention_row"], probs[7])
     torch.testing.assert_close(sel["attention_pattern"], probs)
     torch.testing.assert_close(sel["shares"], shares[7, 2])
@@ -238,7 +238,7 @@ def test_panel_request_is_answered_with_binary_maps(widget):
     assert reply["type"] == "panel" and reply["id"] == "v-1" and reply["ok"] is True
     paths = reply["buffer_paths"]
     pattern = np.frombuffer(bytes(buffers[paths.index(["data", "pattern", "data"])]), dtype="<f4").reshape(run.n_tokens, -1)
-    np.testing.assert_allclose(pattern, run.capture.probs[1][3].float().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(pattern, run.attention_pattern(1)[3].float().numpy(), rtol=1e-6)
     top = run.head_logits(1, 3, 5, 2, k=8).promoted[0]
     assert reply["data"]["from_source"]["promoted"][0] == [top[0], pytest.approx(top[1])]
 

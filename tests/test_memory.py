@@ -1,0 +1,85 @@
+"""What a run keeps follows its memory budget, and what it drops changes no answer it gives."""
+
+import pytest
+import torch
+
+import lmtt_widget as lw
+import tiny
+from lmtt_widget.run import DEFAULT_FLOOR, analyze_ids
+from test_perf_paths import assert_same_graph
+
+N_TOKENS = 60
+SMALL_BUDGET = 100_000  # below every layer's probabilities and shares kept whole, above the FFN activations
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt_neox"])  # sequential and parallel blocks
+def runs(request):
+    """(a run that keeps everything, the same prompt analysed under a small budget)."""
+    model = tiny.load(request.param)
+    ids = torch.randint(0, tiny.VOCAB, (N_TOKENS,), generator=torch.Generator().manual_seed(0))
+    return analyze_ids(model, ids), analyze_ids(model, ids, budget_bytes=SMALL_BUDGET)
+
+
+def test_a_small_budget_keeps_no_probabilities_and_only_edges_above_the_floor(runs):
+    full, small = runs
+    assert full.floor == 0 and len(full.capture.probs) == full.shape.n_layers
+    assert small.floor == DEFAULT_FLOOR and small.capture.probs == {}
+    assert sum(layer.nbytes for layer in small.layers) < sum(layer.nbytes for layer in full.layers)
+    for layer in range(full.shape.n_layers):
+        heads = full.attention_contributions(layer)[0]
+        above = heads.sum(-1, keepdim=True) > DEFAULT_FLOOR
+        assert len(small.layers[layer].edges) == above.sum() < len(full.layers[layer].edges)
+        torch.testing.assert_close(small.attention_contributions(layer)[0], heads * above, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(small.ffn_contributions(layer), full.ffn_contributions(layer), rtol=1e-5, atol=1e-7)
+
+
+def test_probabilities_not_kept_are_traced_again_when_asked_for(runs):
+    full, small = runs
+    for layer in (0, full.shape.n_layers - 1):
+        torch.testing.assert_close(small.attention_pattern(layer), full.attention_pattern(layer), rtol=0, atol=0)
+    assert sorted(small._probs_cache) == [0, full.shape.n_layers - 1]
+    torch.testing.assert_close(small.head_output(1, 2, N_TOKENS - 1), full.head_output(1, 2, N_TOKENS - 1))
+
+
+@pytest.mark.parametrize("threshold", [DEFAULT_FLOOR, 0.01, 0.04])
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_routes_at_or_above_the_floor_are_those_of_the_full_shares(runs, threshold, renormalize):
+    full, small = runs
+    for token in (N_TOKENS - 1, N_TOKENS // 2):
+        assert_same_graph(small.graph(token, threshold, renormalize), full.graph(token, threshold, renormalize))
+    assert_same_graph(small.full_graph(threshold, renormalize), full.full_graph(threshold, renormalize))
+
+
+def test_routes_below_the_floor_are_refused_with_the_way_out(runs):
+    full, small = runs
+    with pytest.raises(lw.LmttError, match=r"threshold 0.0005 is below this analysis' floor 0.001.*floor=0.0005"):
+        small.graph(threshold=0.0005)
+    assert full.graph(threshold=0.0005).number_of_edges() > small.graph(threshold=DEFAULT_FLOOR).number_of_edges()
+
+
+def test_an_explicit_floor_wins_over_the_budget(runs):
+    full, _ = runs
+    kept_all = analyze_ids(full.model, full.input_ids, budget_bytes=SMALL_BUDGET, floor=0)
+    assert kept_all.floor == 0
+    torch.testing.assert_close(kept_all.attention_contributions(1)[0], full.attention_contributions(1)[0],
+                               rtol=1e-5, atol=1e-7)
+    coarse = analyze_ids(full.model, full.input_ids, floor=0.05)
+    assert_same_graph(coarse.graph(threshold=0.05), full.graph(threshold=0.05))
+
+
+@pytest.mark.parametrize("floor", [-0.1, 1, 1.5, "0.01", True])
+def test_a_bad_floor_is_named(runs, floor):
+    full, _ = runs
+    with pytest.raises(lw.LmttError, match="floor must be a number in \\[0, 1\\)"):
+        analyze_ids(full.model, full.input_ids, floor=floor)
+
+
+def test_the_widget_refuses_a_threshold_below_the_floor_and_keeps_its_graph(runs):
+    _, small = runs
+    w = lw.Widget(small, threshold=0.01)
+    drawn = w.payload
+    with pytest.raises(lw.LmttError, match="below this analysis' floor"):
+        w.threshold = 0.0005
+    assert w.threshold == 0.01 and w.payload is drawn
+    with pytest.raises(lw.LmttError, match="below this analysis' floor"):
+        lw.Widget(small, threshold=0.0005)
