@@ -556,10 +556,11 @@ def _patch_edits(source, node: tuple) -> list[Edit]:
         return [Edit("out_proj_input", layer, head_in), Edit("probs", layer, probs)]
     stage, layer, pos = node
     if stage == "mid":
-        mid = cap.resid[layer][pos] + cap.attn_out[layer][pos]
+        # on several devices a block's input is still on the previous block's device
+        mid = cap.resid[layer][pos].to(cap.attn_out[layer].device) + cap.attn_out[layer][pos]
 
         def attention(x, state):  # the update that makes x + update equal the source's mid
-            x[pos] = (mid - state.resid_in[pos]).to(x)
+            x[pos] = (mid - state.resid_in[pos].to(mid.device)).to(x)
 
         def probs(p, state):
             p[:, pos] = 0.0

@@ -12,6 +12,7 @@ import torch
 from . import contributions as C
 from . import graph as G
 from . import vocab as V
+from .contributions import head_outputs
 from .architectures import Shape, family_of, ffn_out_matrix, out_proj_per_head, shape_of
 from .errors import LmttError, check_index, check_threshold
 from .progress import progress_bar
@@ -148,12 +149,6 @@ def w_o(hf_model, family, shape: Shape, layer: int) -> torch.Tensor:
     return out_proj_per_head(module, shape.n_heads, shape.head_dim)
 
 
-def head_outputs(w_o: torch.Tensor, values: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """u[j, h] = v^h_j W_O^h: values [T, KV, hd], W_O [H, hd, d] -> [T, H, d] (float32)."""
-    per_query_head = values.float().repeat_interleave(n_heads // values.shape[1], dim=1)  # [T, H, hd]
-    return torch.einsum("thk,hkd->thd", per_query_head, w_o.float().to(values.device))
-
-
 @torch.no_grad()
 def block_shares(x: torch.Tensor, attn: torch.Tensor, ffn: torch.Tensor, post: torch.Tensor, probs: torch.Tensor,
                  values: torch.Tensor, w_o: torch.Tensor, parallel: bool, p: int, budget: int,
@@ -163,13 +158,13 @@ def block_shares(x: torch.Tensor, attn: torch.Tensor, ffn: torch.Tensor, post: t
     probabilities [H, T, T], value vectors [T, KV, hd] and W_O [H, hd, d] (the head dimension
     keeps the importances' dot products small). Attention edges above `floor` are kept; the
     shares are made a chunk of targets at a time, so no [T, T, H] tensor is ever whole."""
-    x, attn, ffn, post = (t.float() for t in (x, attn, ffn, post))
-    u = head_outputs(w_o, values, probs.shape[0])
+    # on several devices a block's input x is still on the previous block's device
+    x, attn, ffn, post = (t.float().to(post.device) for t in (x, attn, ffn, post))
     whole = post if parallel else x + attn
     res_prox = C.proximity(x[:, None], whole, p)[:, 0]  # [T]
     others = (C.proximity(ffn[:, None], post, p),) if parallel else ()  # a parallel block's FFN shares its whole
     edges, heads, residual, ffn_parts = [], [], [], []
-    for start, stop, prox in C.head_source_proximity_chunks(whole, probs, u, p, budget, values=values, w_o=w_o):
+    for start, stop, prox in C.head_source_proximity_chunks(whole, probs, None, p, budget, values=values, w_o=w_o):
         (prox, *other), res = C.shares(prox, *(o[start:stop] for o in others), residual=res_prox[start:stop])
         kept = prox.sum(-1) > floor  # [c, stop]: graph edges sum their heads, so whole edges are kept or dropped
         index = kept.nonzero()
@@ -371,7 +366,8 @@ class Run(Shares):
         if stage == "mid":
             if self.shape.parallel:
                 raise LmttError("parallel blocks (GPT-NeoX/Pythia) have no 'mid' residual")
-            return self.capture.resid[layer][position] + self.capture.attn_out[layer][position]
+            attn = self.capture.attn_out[layer][position]
+            return self.capture.resid[layer][position].to(attn.device) + attn
         raise LmttError(f"stage must be 'embed', 'mid' or 'post', got {stage!r}")
 
     def logit_lens(self, layer: int, position: int, stage: str = "post", k: int = 10,

@@ -51,8 +51,8 @@ def _norm_eps(norm: torch.nn.Module) -> float:
 def frozen_final_norm(hf_model, family: Family, update: torch.Tensor, final_resid: torch.Tensor) -> torch.Tensor:
     """The final norm applied to `update` [..., d] as a linear map, its scale frozen at `final_resid` [d]."""
     norm = family.get(hf_model, "final_norm")
-    x = final_resid.float()
     u = update.float()
+    x = final_resid.float().to(u.device)  # on several devices the update may come from another layer's
     if family.norm_kind == "layer":
         u = u - u.mean(-1, keepdim=True)
         scale = (x.var(-1, unbiased=False) + _norm_eps(norm)).sqrt()
