@@ -6,7 +6,8 @@ import torch
 import lmtt_widget as lw
 import tiny
 from lmtt_widget import vocab
-from lmtt_widget.run import head_outputs, w_o
+from lmtt_widget.contributions import head_outputs
+from lmtt_widget.run import w_o
 from lmtt_widget.tracing import neuron_activations
 
 PROMPT = "When Mary and John went to the store, John gave"

@@ -9,7 +9,7 @@ from lmtt_widget.run import DEFAULT_FLOOR, analyze_ids
 from test_perf_paths import assert_same_graph
 
 N_TOKENS = 60
-SMALL_BUDGET = 100_000  # below every layer's probabilities and shares kept whole, above the FFN activations
+SMALL_BUDGET = 20_000  # below every layer's probabilities, shares or FFN activations, and one layer's u [T, H, d]
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt_neox"])  # sequential and parallel blocks
@@ -23,7 +23,7 @@ def runs(request):
 def test_a_small_budget_keeps_no_probabilities_and_only_edges_above_the_floor(runs):
     full, small = runs
     assert full.floor == 0 and len(full.capture.probs) == full.shape.n_layers
-    assert small.floor == DEFAULT_FLOOR and small.capture.probs == {}
+    assert small.floor == DEFAULT_FLOOR and small.capture.probs == {} and small.capture.neurons == {}
     assert sum(layer.nbytes for layer in small.layers) < sum(layer.nbytes for layer in full.layers)
     for layer in range(full.shape.n_layers):
         heads = full.attention_contributions(layer)[0]
@@ -33,12 +33,13 @@ def test_a_small_budget_keeps_no_probabilities_and_only_edges_above_the_floor(ru
         torch.testing.assert_close(small.ffn_contributions(layer), full.ffn_contributions(layer), rtol=1e-5, atol=1e-7)
 
 
-def test_probabilities_not_kept_are_traced_again_when_asked_for(runs):
+def test_probabilities_and_activations_not_kept_are_traced_again_when_asked_for(runs):
     full, small = runs
     for layer in (0, full.shape.n_layers - 1):
         torch.testing.assert_close(small.attention_pattern(layer), full.attention_pattern(layer), rtol=0, atol=0)
     assert sorted(small._probs_cache) == [0, full.shape.n_layers - 1]
     torch.testing.assert_close(small.head_output(1, 2, N_TOKENS - 1), full.head_output(1, 2, N_TOKENS - 1))
+    torch.testing.assert_close(small.neuron_activations(1), full.neuron_activations(1), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("threshold", [DEFAULT_FLOOR, 0.01, 0.04])

@@ -21,7 +21,7 @@ def random_layer(n_tokens=24, n_heads=6, n_kv=2, head_dim=4, d=20, seed=0, zeros
     probs = scores.softmax(-1)
     values = torch.randn(n_tokens, n_kv, head_dim, generator=g, dtype=torch.float64)
     w_o = torch.randn(n_heads, head_dim, d, generator=g, dtype=torch.float64)
-    head_out = R.head_outputs(w_o, values, n_heads).double()
+    head_out = C.head_outputs(w_o, values, n_heads).double()
     return whole, probs, values, w_o, head_out
 
 
@@ -42,13 +42,14 @@ CASES = [
 
 @pytest.mark.parametrize("p", [1, 2])
 @pytest.mark.parametrize("case", range(len(CASES)))
-@pytest.mark.parametrize("factored", [False, True])
-@pytest.mark.parametrize("budget", [C.DEFAULT_BUDGET_BYTES, 3000])
-def test_head_source_proximity_matches_the_formula(p, case, factored, budget):
+@pytest.mark.parametrize("given", ["head_out", "head_out, values and w_o", "values and w_o"])
+@pytest.mark.parametrize("budget", [C.DEFAULT_BUDGET_BYTES, 3000])  # 3000: u [T, H, d] is read in pieces
+def test_head_source_proximity_matches_the_formula(p, case, given, budget):
     whole, probs, values, w_o, head_out = random_layer(seed=case, **CASES[case])
     reference = C.head_source_proximity_reference(whole, probs, head_out, p)
-    kwargs = dict(values=values, w_o=w_o) if factored else {}
-    fast = C.head_source_proximity(whole.float(), probs.float(), head_out.float(), p, budget, **kwargs)
+    kwargs = dict(values=values, w_o=w_o) if "w_o" in given else {}
+    given_head_out = head_out.float() if "head_out" in given else None
+    fast = C.head_source_proximity(whole.float(), probs.float(), given_head_out, p, budget, **kwargs)
     assert fast.dtype == torch.float32 and fast.shape == reference.shape
     assert (fast >= 0).all()
     assert_prox_close(fast, reference)
@@ -67,7 +68,7 @@ def test_the_reference_is_the_formula_on_each_part():
 
 def test_half_precision_inputs_are_computed_in_float32():
     whole, probs, values, w_o, _ = (t.bfloat16() for t in random_layer())
-    head_out = R.head_outputs(w_o, values, w_o.shape[0])  # float32, as _layer_shares makes it
+    head_out = C.head_outputs(w_o, values, w_o.shape[0])  # float32, as _layer_shares makes it
     for p in (1, 2):
         fast = C.head_source_proximity(whole, probs, head_out, p, 3000, values=values, w_o=w_o)
         assert fast.dtype == torch.float32
@@ -95,9 +96,9 @@ def test_layer_shares_match_the_naive_formula(family_run, distance, monkeypatch)
     run = family_run if distance == "l1" else lw.analyze(family_run.model, PROMPT, distance="l2")
     p = C.distance_order(distance)
 
-    def naive(whole, probs, head_out, p, budget=None, **_):  # one chunk: every target
-        yield 0, len(whole), C.head_source_proximity_reference(whole.double(), probs.double(), head_out.double(),
-                                                               p).float()
+    def naive(whole, probs, head_out, p, budget=None, *, values, w_o):  # one chunk: every target
+        head_out = C.head_outputs(w_o.double(), values.double(), len(probs))
+        yield 0, len(whole), C.head_source_proximity_reference(whole.double(), probs.double(), head_out, p).float()
 
     capture = run.capture
     for layer in range(run.shape.n_layers):
