@@ -545,7 +545,8 @@ def _patch_edits(source, node: tuple) -> list[Edit]:
     cap = source.capture
     if node[0] == "head":
         _, layer, head, pos = node
-        mix = cap.probs[layer][head, pos].float() @ cap.values[layer][:, _kv(source, head)].float()  # [hd]
+        weights = source.attention_pattern(layer)[head, pos].float()  # [T]
+        mix = weights @ cap.values[layer][:, _kv(source, head)].float()  # [hd]
         cols = _head_slice(source, head)
 
         def head_in(x, state):

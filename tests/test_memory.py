@@ -84,3 +84,13 @@ def test_the_widget_refuses_a_threshold_below_the_floor_and_keeps_its_graph(runs
     assert w.threshold == 0.01 and w.payload is drawn
     with pytest.raises(lw.LmttError, match="below this analysis' floor"):
         lw.Widget(small, threshold=0.0005)
+
+
+def test_a_head_patched_from_a_run_without_kept_probabilities_is_the_same(runs):
+    full, small = runs
+    other = analyze_ids(full.model, full.input_ids.flip(0))
+    node = ("head", 1, 2, N_TOKENS - 1)
+    from_small, _ = lw.patch(small, other, node)
+    from_full, _ = lw.patch(full, other, node)
+    torch.testing.assert_close(from_small.logits, from_full.logits, rtol=0, atol=0)
+    assert not torch.allclose(from_full.logits, other.logits)  # the patch changed something
