@@ -6,8 +6,10 @@
 Per prompt length T (prompts of exactly T tokens, made by repeating a text's token ids), all
 in one process, after a warm-up, medians of `--repeats`:
 
-- forward: the plain forward pass of the same transformers model, no hooks, no nnsight
-  (with the eager attention the analysis needs, and with sdpa where the model supports it);
+- forward: the plain forward pass of the same transformers model, no hooks, no nnsight, with
+  eager attention and with sdpa (transformers' default);
+- `--attention`: the analysis' attention: lmtt_sdpa (the default: sdpa, probabilities computed
+  when read, see lmtt_widget.attention) or eager (which writes them);
 - analyze: `analyze_ids` (the one nnsight trace + every layer's importances), split into the
   trace and the importances;
 - routes: `run.graph()` (the last token's routes), and re-routing: `run.graph(token=T//2)` and
@@ -141,7 +143,6 @@ def build_model(args):
     else:
         config = transformers.GPT2Config(**config_kwargs)
         cls = transformers.GPT2LMHeadModel
-    config._attn_implementation = "eager"
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -196,17 +197,19 @@ def measure(model, n_tokens: int, args) -> dict:
     shape = shape_of(hf_model, family)
     kwargs = dict(distance=args.distance, budget_bytes=args.budget, progress=False)
 
-    @torch.no_grad()
-    def forward():
-        return hf_model(ids[None], use_cache=False).logits
+    def forward_with(implementation: str):  # the plain forward pass with this attention; then the analysis' again
+        @torch.no_grad()
+        def forward():
+            if not _set_attention(hf_model, implementation):
+                return None
+            try:
+                return hf_model(ids[None], use_cache=False).logits
+            finally:
+                _set_attention(hf_model, args.attention)
+        return forward
 
-    def forward_sdpa():
-        if not _set_attention(hf_model, "sdpa"):
-            return None
-        try:
-            return forward()
-        finally:
-            _set_attention(hf_model, "eager")
+    forward, forward_sdpa = forward_with("eager"), forward_with("sdpa")
+    _set_attention(hf_model, args.attention)
 
     memory = Memory(device)
     times: dict[str, list[float]] = {}
@@ -223,7 +226,7 @@ def measure(model, n_tokens: int, args) -> dict:
             peaks["forward"] = memory.peak()
         _, record["forward_sdpa_s"] = _timed(forward_sdpa, device)
         _ = None
-        capture, record["trace_s"] = _timed(lambda: trace(model, family, shape, ids, None), device)
+        capture, record["trace_s"] = _timed(lambda: trace(model, family, shape, ids, None, probs=False), device)
         del capture
         gc.collect()
         run, record["analyze_s"] = _timed(lambda: analyze_ids(model, ids, **kwargs), device)
@@ -243,7 +246,7 @@ def measure(model, n_tokens: int, args) -> dict:
     for key, values in times.items():
         row[key] = statistics.median(values)
         row[key.replace("_s", "_min_s")] = min(values)
-    if not _set_attention(hf_model, "sdpa") or not _set_attention(hf_model, "eager"):
+    if not _set_attention(hf_model, "sdpa") or not _set_attention(hf_model, args.attention):
         row["forward_sdpa_s"] = row["forward_sdpa_min_s"] = None
     row["shares_s"] = max(0.0, row["analyze_s"] - row["trace_s"])
     row["routes_edges"] = graph.number_of_edges()
@@ -325,6 +328,8 @@ def main(argv=None) -> int:
     parser.add_argument("--distance", default="l1", choices=["l1", "l2"])
     parser.add_argument("--threshold", type=float, default=0.04)
     parser.add_argument("--budget", type=int, default=None, help="budget_bytes for the importances")
+    parser.add_argument("--attention", default=None, choices=["lmtt_sdpa", "eager"],
+                        help="the analysis' attention (default lmtt_sdpa: sdpa, probabilities computed when read)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--slow-s", type=float, default=30.0,
                         help="a warm-up slower than this is the only measurement of that step")
@@ -345,6 +350,9 @@ def main(argv=None) -> int:
 
     if args.budget is None:
         args.budget = C.DEFAULT_BUDGET_BYTES
+    from lmtt_widget import attention
+
+    args.attention = args.attention or attention.register()
     lengths = [int(x) for x in args.lengths.split(",") if x]
 
     # on CPU each length runs in a fresh process, so that its peak RSS is its own
@@ -372,11 +380,11 @@ def main(argv=None) -> int:
         return 0
 
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
-    meta = dict(model=model_name, device=args.device, device_name=device_name, dtype=args.dtype,
+    meta = dict(model=model_name, device=args.device, device_name=device_name, dtype=args.dtype, attention=args.attention,
                 distance=args.distance, threshold=args.threshold, budget_bytes=args.budget, repeats=args.repeats,
                 torch=torch.__version__, threads=torch.get_num_threads(), cpus=os.cpu_count(), label=args.label,
                 when=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    print(f"\n{model_name}, {args.device} ({device_name}), {args.dtype}, {args.distance}, "
+    print(f"\n{model_name}, {args.device} ({device_name}), {args.dtype}, {args.distance}, {args.attention} attention, "
           f"threads={meta['threads']}, medians of {args.repeats} interleaved rounds after a warm-up round" + (f", {args.label}" if args.label else ""))
     print(table(rows))
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / (

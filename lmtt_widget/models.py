@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from . import attention
 from .architectures import family_of
 from .errors import LmttError
 
@@ -39,7 +40,9 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     **hf_kwargs: Any,
 ):
-    """An nnsight model (with `.tokenizer`) wrapping a transformers causal LM, eager attention.
+    """An nnsight model (with `.tokenizer`) wrapping a transformers causal LM whose attention
+    gives its probabilities: sdpa with probabilities computed when read (lmtt_widget.attention),
+    unless the model already runs eager attention.
 
     `source`: None (the offline demo model, SmolLM2-135M-Instruct), a hub id or local
     directory, a path to a `.gguf` file, a loaded transformers model (pass its `tokenizer`),
@@ -61,7 +64,7 @@ def load_model(
         raise LmttError("no tokenizer: pass tokenizer=... with a loaded model")
     _check_causal_lm(hf_model)
     family_of(hf_model)  # unsupported families fail here, with the list of supported ones
-    _use_eager_attention(hf_model)
+    _use_attention_with_probs(hf_model)
     hf_model.eval()
     if isinstance(source, nnsight.Envoy) and getattr(source, "tokenizer", None) is tokenizer:
         return source
@@ -88,7 +91,7 @@ def _from_files(source: Any, tokenizer: Any, device: Any, dtype: Any, hf_kwargs:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = dict(hf_kwargs)
-    kwargs.setdefault("attn_implementation", "eager")
+    kwargs.setdefault("attn_implementation", attention.register())
     if dtype is not None:
         kwargs["dtype"] = dtype
     if source is None:
@@ -176,11 +179,13 @@ def _check_causal_lm(model: torch.nn.Module) -> None:
         )
 
 
-def _use_eager_attention(model: torch.nn.Module) -> None:
-    """Attention probabilities exist only with eager attention (sdpa and flash return none)."""
-    if getattr(model.config, "_attn_implementation", "eager") == "eager":
+def _use_attention_with_probs(model: torch.nn.Module) -> None:
+    """sdpa and flash attention return no probabilities: such a model switches to sdpa with
+    probabilities computed when read; eager attention (which writes them) stays."""
+    if getattr(model.config, "_attn_implementation", "eager") in ("eager", attention.NAME):
         return
+    name = attention.register()
     if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation("eager")
+        model.set_attn_implementation(name)
     else:
-        model.config._attn_implementation = "eager"
+        model.config._attn_implementation = name

@@ -6,7 +6,7 @@ with their per-head shares), the residual and FFN shares, and the top tokens, ne
 With NDIF:
 
     from nnsight import TransformersModel
-    model = TransformersModel("meta-llama/Llama-3.1-70B")      # weights stay on the server
+    model = TransformersModel("meta-llama/Llama-3.1-70B", attn_implementation="eager")  # weights stay there
     shares = lmtt_widget.analyze_compact(model, prompt, remote=True)
     shares.graph(threshold=0.04)                              # routes, computed here
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import nnsight
 import torch
 
+from .attention import NAME as ATTENTION_WITH_PROBS
 from . import contributions as C
 from .architectures import _get, family_of, shape_of
 from .errors import LmttError
@@ -37,6 +38,11 @@ def analyze_compact(model, prompt: str, *, remote: bool | str = False, floor: fl
         raise LmttError(f"floor must be a number in [0, 1), got {floor!r}")
     p = C.distance_order(distance)
     hf_model = model._module  # on a remote model: the module tree on the meta device
+    implementation = getattr(hf_model.config, "_attn_implementation", None)
+    if implementation not in ("eager", ATTENTION_WITH_PROBS):
+        raise LmttError(f"{implementation!r} attention gives no attention probabilities: load the model with "
+                        "lw.load_model, or create it with attn_implementation='eager' (a remote model must: "
+                        "nnsight.TransformersModel(repo_id, attn_implementation='eager'))")
     family = family_of(hf_model)
     shape = shape_of(hf_model, family)
     input_ids = tokenize(model.tokenizer, prompt, prepend_bos, shape.n_ctx)

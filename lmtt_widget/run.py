@@ -93,7 +93,7 @@ def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, di
     n_tokens = len(input_ids)
     floor = _floor(floor, shape, n_tokens, budget_bytes)
     neurons = n_tokens * _d_ff(hf_model, family) * shape.n_layers * 4 <= budget_bytes
-    probs = shape.n_layers * shape.n_heads * n_tokens ** 2 * hf_model.dtype.itemsize <= budget_bytes
+    probs = shape.n_layers * shape.n_heads * n_tokens ** 2 * 4 <= budget_bytes  # kept as float32
     layers: list[LayerShares] = []
     bar = iter(progress_bar(range(shape.n_layers), enabled=progress, desc="importances", unit="layer"))
 

@@ -9,6 +9,7 @@ import nnsight
 import torch
 
 from .architectures import Family, Shape
+from .attention import dense
 
 # Where an edit can change the forward pass, in the order a block runs them.
 SITES = (
@@ -42,7 +43,7 @@ class LayerTensors(NamedTuple):
     attn_out: torch.Tensor  # [T, d]
     ffn_out: torch.Tensor  # [T, d]
     resid_out: torch.Tensor  # [T, d]
-    probs: torch.Tensor  # [H, T, T]
+    probs: torch.Tensor  # [H, T, T] (or attention.AttentionProbs, computed when read)
     values: torch.Tensor  # [T, KV, head_dim]
 
 
@@ -51,7 +52,7 @@ class LayerState(NamedTuple):
 
     resid_in: torch.Tensor  # [T, d]: the residual entering the block
     values: torch.Tensor | None  # [T, KV, head_dim]; None at "embed"
-    probs: torch.Tensor | None  # [H, T, T]: the model's probabilities, from "attention_output" on
+    probs: torch.Tensor | None  # [H, T, T] (or AttentionProbs): the probabilities, from "attention_output" on
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
                 layer_probs = layer_probs.clone()
                 _apply(here.get("probs", []), layer_probs, state)
             if layer in probs_of:
-                probs[layer] = layer_probs
+                probs[layer] = dense(layer_probs)
             attn_out.append(rows(attention[0]))
             state = LayerState(resid[-1], values[-1], layer_probs)
             if "ffn_out_proj_input" in here:

@@ -1,6 +1,7 @@
 """Routes computed inside the trace, where the model runs (NDIF with remote=True): the same
 numbers as `analyze`, through nnsight's simulation of the remote path."""
 
+import nnsight
 import pytest
 import torch
 
@@ -55,3 +56,21 @@ def test_the_demo_model_sends_back_little(ioi_run, demo_model):
     full = sum(t.numel() * t.element_size()
                for t in capture.resid + capture.attn_out + capture.ffn_out + list(capture.probs.values()))
     assert compact.payload_bytes < full / 5
+
+
+def test_an_eager_model_as_a_remote_one_runs_gives_the_same_shares():
+    hf_model = tiny.hf_model("llama")
+    hf_model.set_attn_implementation("eager")  # what a server runs: this package's attention is not there
+    compact = analyze_compact(nnsight.TransformersModel(hf_model, tokenizer=tiny.tokenizer()), PROMPT,
+                              remote="local", floor=0.0)
+    run = lw.analyze(tiny.load("llama"), PROMPT)
+    for layer in range(run.shape.n_layers):
+        torch.testing.assert_close(compact.attention_contributions(layer)[0], run.attention_contributions(layer)[0],
+                                   rtol=1e-4, atol=1e-6)
+
+
+def test_a_model_whose_attention_gives_no_probabilities_is_refused_with_the_fix():
+    hf_model = tiny.hf_model("llama")
+    hf_model.set_attn_implementation("sdpa")
+    with pytest.raises(lw.LmttError, match="'sdpa' attention gives no attention probabilities.*attn_implementation='eager'"):
+        analyze_compact(nnsight.TransformersModel(hf_model, tokenizer=tiny.tokenizer()), PROMPT)

@@ -1,0 +1,140 @@
+"""Attention probabilities without eager attention.
+
+Eager attention is the only transformers implementation that returns its probabilities, and it
+writes a [B, H, T, T] tensor per layer, slower than the fused sdpa kernel at length. The
+implementation registered here as `NAME` runs sdpa for the block's output and returns, where eager
+attention returns its probabilities, an `AttentionProbs`: softmax(q k^T * scaling + mask) from the
+same queries and keys, computed when read and only for the target rows read (the importances
+read a chunk of rows at a time, so no layer's [H, T, T] is ever whole unless asked for).
+"""
+
+from __future__ import annotations
+
+import torch
+
+NAME = "lmtt_sdpa"
+
+
+class AttentionProbs:
+    """Attention probabilities [B, H, T, S] (or [H, T, S] once a batch is picked), float32,
+    computed from queries and keys when indexed. Indexing the batch or head axes only gives
+    another AttentionProbs; any index that reaches the target axis gives a tensor, computed for
+    the target rows it selects."""
+
+    def __init__(self, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float):
+        self.query = query  # [..., H, T, hd]
+        self.key = key  # [..., H, S, hd]: one key head per query head
+        self.mask = mask  # None (causal), bool (True: attend) or additive, with as many axes as query
+        self.scaling = scaling
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((*self.query.shape[:-1], self.key.shape[-2]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    @property
+    def device(self) -> torch.device:
+        return self.query.device
+
+    def dim(self) -> int:
+        return self.query.dim()
+
+    def rows(self, start: int, stop: int, sources: int | None = None) -> torch.Tensor:
+        """[..., H, stop - start, sources]: the probabilities of targets start..stop-1 for the
+        first `sources` sources (None: all; fewer only where the rest are surely masked)."""
+        n_targets, n_sources = self.query.shape[-2], self.key.shape[-2]
+        offset = n_sources - n_targets  # target i sits at position i + offset
+        if sources is None or self.mask is not None:
+            sources = n_sources
+        sources = min(n_sources, max(sources, stop + offset))  # causal: later sources of these rows get 0
+        keys = self.key[..., :sources, :].float()
+        scores = self.query[..., start:stop, :].float() @ keys.transpose(-1, -2) * self.scaling
+        if self.mask is None:  # causal: target i reads sources up to its own position
+            target = torch.arange(start, stop, device=scores.device)[:, None] + offset
+            scores = scores.masked_fill(torch.arange(sources, device=scores.device) > target, float("-inf"))
+        elif self.mask.dtype == torch.bool:
+            scores = scores.masked_fill(~self.mask[..., start:stop, :], float("-inf"))
+        else:
+            scores = scores + self.mask[..., start:stop, :].float()
+        return scores.softmax(-1)
+
+    def dense(self) -> torch.Tensor:
+        return self.rows(0, self.query.shape[-2])
+
+    def clone(self) -> torch.Tensor:  # a tensor that edits may change in place
+        return self.dense()
+
+    def float(self) -> torch.Tensor:
+        return self.dense()
+
+    def detach(self) -> torch.Tensor:
+        return self.dense()
+
+    def __getitem__(self, index) -> "AttentionProbs | torch.Tensor":
+        index = index if isinstance(index, tuple) else (index,)
+        target_axis = self.query.dim() - 2
+        if Ellipsis in index or any(i is None for i in index):
+            return self.dense()[index]
+        if len(index) <= target_axis and all(isinstance(i, (int, slice)) for i in index):
+            return self._narrow(index)
+        lead, target, rest = index[:target_axis], slice(None), ()
+        if len(index) > target_axis:
+            target, rest = index[target_axis], index[target_axis + 1:]
+        n_targets = self.query.shape[-2]
+        if isinstance(target, int) and not isinstance(target, bool):
+            position = target % n_targets
+            return self.rows(position, position + 1)[(*lead, 0, *rest)]
+        if isinstance(target, slice) and target.step in (None, 1):
+            start, stop, _ = target.indices(n_targets)
+            source = rest[0] if rest else slice(None)
+            first = isinstance(source, slice) and source.start in (None, 0) and source.step in (None, 1)
+            sources = source.stop if first and isinstance(source.stop, int) and source.stop >= 0 else None
+            return self.rows(start, max(start, stop), sources)[(*lead, slice(None), *rest)]
+        return self.dense()[index]
+
+    def _narrow(self, index: tuple) -> "AttentionProbs":
+        """Batch or head axes picked or sliced; the mask follows where it is not broadcast."""
+        query, key, mask = self.query, self.key, self.mask
+        for axis in reversed(range(len(index))):  # from the last, so that dropped axes move nothing
+            pick = (slice(None),) * axis + (index[axis],)
+            query, key = query[pick], key[pick]
+            if mask is not None:
+                broadcast = mask.shape[axis] == 1
+                mask = mask[(slice(None),) * axis + ((0 if isinstance(index[axis], int) else slice(None))
+                                                     if broadcast else index[axis],)]
+        return AttentionProbs(query, key, mask, self.scaling)
+
+    def __repr__(self) -> str:
+        return f"AttentionProbs(shape={tuple(self.shape)}, computed when read)"
+
+
+def dense(probs: AttentionProbs | torch.Tensor) -> torch.Tensor:
+    """A tensor of the probabilities, whichever attention produced them."""
+    return probs.dense() if isinstance(probs, AttentionProbs) else probs
+
+
+def sdpa_with_probs(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' sdpa attention, returning AttentionProbs where eager attention returns its probabilities."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                       **kwargs)
+    groups = query.shape[-3] // key.shape[-3]
+    keys = key.repeat_interleave(groups, dim=-3) if groups > 1 else key
+    mask = attention_mask
+    if mask is not None:
+        mask = mask.reshape(*[1] * (query.dim() - mask.dim()), *mask.shape)
+    return output, AttentionProbs(query, keys, mask, query.shape[-1] ** -0.5 if scaling is None else scaling)
+
+
+def register() -> str:
+    """Make `NAME` an attention implementation transformers models can be set to; returns NAME."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, sdpa_with_probs)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+    return NAME
