@@ -309,11 +309,17 @@ class Run(Shares):
     def attention_pattern(self, layer: int) -> torch.Tensor:
         """[H, T_target, T_source]: the attention probabilities of `layer` (model dtype and
         device). `analyze` keeps every layer's when they fit the run's memory budget; otherwise
-        the first request traces the model once more, up to this layer; later ones are cached."""
+        a request traces the model once more, up to this layer, and the most recent layers asked
+        for stay cached within the budget."""
         layer = self.layer(layer)
         if layer not in self._probs_cache:
-            self._probs_cache.update(attention_probs(
-                self.model, self.family, self.shape, self.input_ids.to(self.hf_model.device), [layer], self.edits))
+            probs = attention_probs(self.model, self.family, self.shape, self.input_ids.to(self.hf_model.device),
+                                    [layer], self.edits)[layer]
+            cached = sum(p.numel() * p.element_size() for p in self._probs_cache.values())
+            while self._probs_cache and cached + probs.numel() * probs.element_size() > self.budget_bytes:
+                oldest = self._probs_cache.pop(next(iter(self._probs_cache)))
+                cached -= oldest.numel() * oldest.element_size()
+            self._probs_cache[layer] = probs
         return self._probs_cache[layer]
 
     def neuron_activations(self, layer: int) -> torch.Tensor:

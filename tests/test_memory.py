@@ -37,7 +37,7 @@ def test_probabilities_and_activations_not_kept_are_traced_again_when_asked_for(
     full, small = runs
     for layer in (0, full.shape.n_layers - 1):
         torch.testing.assert_close(small.attention_pattern(layer), full.attention_pattern(layer), rtol=0, atol=0)
-    assert sorted(small._probs_cache) == [0, full.shape.n_layers - 1]
+    assert list(small._probs_cache) == [full.shape.n_layers - 1]  # one layer's [H, T, T] already passes the budget
     torch.testing.assert_close(small.head_output(1, 2, N_TOKENS - 1), full.head_output(1, 2, N_TOKENS - 1))
     torch.testing.assert_close(small.neuron_activations(1), full.neuron_activations(1), rtol=0, atol=0)
 
