@@ -86,19 +86,20 @@ def _layer_graph(g: nx.MultiDiGraph, run, layer: int, threshold: float, renormal
         active_in = everything if active is None else (keep_ffn | keep_ffn_residual)
     else:
         active_in = active_out
-    into_active = active_in[shares.edges[:, 0]]  # attention edges into targets that can keep one
-    edges, heads = shares.edges[into_active], shares.heads[into_active]  # [n, 2], [n, H]
+    # the attention edges into targets that can keep one (all of them without `active`)
+    chosen = None if active is None else active_in[shares.edges[:, 0]].nonzero()[:, 0]
+    edges = shares.edges if chosen is None else shares.edges[chosen]  # [n, 2]
     targets, sources = edges[:, 0], edges[:, 1]
-    attention = heads.sum(-1)  # [n]
+    attention = shares.edge_shares if chosen is None else shares.edge_shares[chosen]  # [n]
     residual = shares.attn_residual
     if parallel:  # the FFN update is a part of the same whole
         (attention, ffn_share), residual = _renormalized(attention, targets, (shares.ffn,), residual, threshold,
                                                          renormalize)
     else:
         (attention,), residual = _renormalized(attention, targets, (), residual, threshold, renormalize)
-    kept = attention > threshold
+    kept = (attention > threshold).nonzero()[:, 0]
     weights = attention[kept]
-    kept_heads = heads[kept]  # [k, H]
+    kept_heads = shares.heads[kept if chosen is None else chosen[kept]]  # [k, H]
     if renormalize:  # per-head shares are rescaled with their edge
         kept_heads = kept_heads * (weights / kept_heads.sum(-1))[:, None]
     kept_targets, kept_sources = targets[kept], sources[kept]

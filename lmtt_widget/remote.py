@@ -78,7 +78,7 @@ def _compact_layer(x, attn, ffn, post, probs, values, weight, conv1d: bool, n_he
     w_in_out = weight.detach() if conv1d else weight.detach().T
     w_o = w_in_out.reshape(n_heads, head_dim, -1)
     shares = block_shares(x, attn, ffn, post, probs, values, w_o, parallel, p, budget, floor)
-    return {name: tensor.cpu() for name, tensor in vars(shares).items()}
+    return {name: tensor.cpu() for name, tensor in shares.tensors().items()}
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@ and everything else (routes, neurons, vocabulary readouts) derived from it on de
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -51,12 +52,20 @@ class LayerShares:
         out[self.edges[:, 0], self.edges[:, 1]] = self.heads
         return out
 
+    @functools.cached_property
+    def edge_shares(self) -> torch.Tensor:
+        """[n]: each kept edge's share, summed over heads (what the graph's edges weigh)."""
+        return self.heads.sum(-1)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
     def cpu(self) -> "LayerShares":
-        return LayerShares(*(t.cpu() for t in vars(self).values()))
+        return LayerShares(**{name: t.cpu() for name, t in self.tensors().items()})
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in vars(self).values())
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
 
 def analyze(model, prompt: str, *, distance: str = "l1", prepend_bos: bool | None = None,
