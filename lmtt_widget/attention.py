@@ -51,14 +51,14 @@ class AttentionProbs:
             sources = n_sources
         sources = min(n_sources, max(sources, stop + offset))  # causal: later sources of these rows get 0
         keys = self.key[..., :sources, :].float()
-        scores = self.query[..., start:stop, :].float() @ keys.transpose(-1, -2) * self.scaling
+        scores = (self.query[..., start:stop, :].float() * self.scaling) @ keys.transpose(-1, -2)
         if self.mask is None:  # causal: target i reads sources up to its own position
             target = torch.arange(start, stop, device=scores.device)[:, None] + offset
-            scores = scores.masked_fill(torch.arange(sources, device=scores.device) > target, float("-inf"))
+            scores.masked_fill_(torch.arange(sources, device=scores.device) > target, float("-inf"))
         elif self.mask.dtype == torch.bool:
-            scores = scores.masked_fill(~self.mask[..., start:stop, :], float("-inf"))
+            scores.masked_fill_(~self.mask[..., start:stop, :], float("-inf"))
         else:
-            scores = scores + self.mask[..., start:stop, :].float()
+            scores += self.mask[..., start:stop, :].float()
         return scores.softmax(-1)
 
     def dense(self) -> torch.Tensor:
