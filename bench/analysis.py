@@ -18,7 +18,7 @@ in one process, after a warm-up, medians of `--repeats`:
 - peak memory: on CPU the peak RSS (VmHWM) of a fresh process per length (model loaded, a short
   warm-up, then that length; `--in-process` measures all lengths in one process, resetting the
   peak through /proc/self/clear_refs), and that minus the RSS before the length ("extra"); on GPU max_memory_allocated minus what was allocated
-  before; and the bytes of what a Run keeps (shares [L,T,T,H] and probabilities [L,H,T,T]).
+  before; and the bytes of what a Run keeps (the sparse shares and any kept probabilities).
 
 Writes a markdown table to stdout and a JSON file (bench/results/, git-ignored).
 `--shape` builds a random-initialised model with a real model's shapes (no download): the
