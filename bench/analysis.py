@@ -380,7 +380,8 @@ def main(argv=None) -> int:
         return 0
 
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
-    meta = dict(model=model_name, device=args.device, device_name=device_name, dtype=args.dtype, attention=args.attention,
+    meta = dict(model=model_name, device=args.device, device_name=device_name, dtype=args.dtype,
+                attention=args.attention,
                 distance=args.distance, threshold=args.threshold, budget_bytes=args.budget, repeats=args.repeats,
                 torch=torch.__version__, threads=torch.get_num_threads(), cpus=os.cpu_count(), label=args.label,
                 when=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))

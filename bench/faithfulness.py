@@ -25,7 +25,7 @@ def heads_of_layer(run, layer: int, source: int, target: int, against: str) -> N
     heads of that layer: ablating the edge for them, and ablating the heads entirely."""
     token, other = int(run.logits[-1].argmax()), I.token_id(run, against)
     p0, d0 = readout(run, run.logits, token, other)
-    shares = run.attention_contributions(layer)[0][target, source]
+    shares = run.edge_contributions(layer, target, source)
     top = tuple(shares.topk(2).indices.tolist())
     print(f"layer {layer} heads by share on {run.tokens[source]!r} -> {run.tokens[target]!r}: "
           + ", ".join(f"{h}: {float(shares[h]):.3f}" for h in shares.argsort(descending=True).tolist()))

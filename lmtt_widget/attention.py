@@ -21,11 +21,14 @@ class AttentionProbs:
     another AttentionProbs; any index that reaches the target axis gives a tensor, computed for
     the target rows it selects."""
 
-    def __init__(self, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float):
-        self.query = query  # [..., H, T, hd]
-        self.key = key  # [..., H, S, hd]: one key head per query head
+    def __init__(self, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float,
+                 groups: int = 1):
+        self.query = query  # [..., H, T, hd] (or [..., T, hd] once a head is picked)
+        self.key = key  # [..., H / groups, S, hd]: key head h // groups serves query head h
         self.mask = mask  # None (causal), bool (True: attend) or additive, with as many axes as query
         self.scaling = scaling
+        self.groups = groups
+        self._float_key = None  # the keys in float32, made on the first read
 
     @property
     def shape(self) -> torch.Size:
@@ -50,8 +53,16 @@ class AttentionProbs:
         if sources is None or self.mask is not None:
             sources = n_sources
         sources = min(n_sources, max(sources, stop + offset))  # causal: later sources of these rows get 0
-        keys = self.key[..., :sources, :].float()
-        scores = (self.query[..., start:stop, :].float() * self.scaling) @ keys.transpose(-1, -2)
+        if self._float_key is None:
+            self._float_key = self.key.float()
+        keys = self._float_key[..., :sources, :].transpose(-1, -2)  # [..., KV, hd, sources]
+        query = self.query[..., start:stop, :].float() * self.scaling  # [..., H, c, hd]
+        if self.groups == 1:
+            scores = query @ keys
+        else:  # the query heads of a key head side by side: one product per key head, no copied keys
+            *lead, n_heads, n_rows, head_dim = query.shape
+            grouped = query.reshape(*lead, n_heads // self.groups, self.groups * n_rows, head_dim)
+            scores = (grouped @ keys).reshape(*lead, n_heads, n_rows, sources)
         if self.mask is None:  # causal: target i reads sources up to its own position
             target = torch.arange(start, stop, device=scores.device)[:, None] + offset
             scores.masked_fill_(torch.arange(sources, device=scores.device) > target, float("-inf"))
@@ -85,6 +96,8 @@ class AttentionProbs:
             target, rest = index[target_axis], index[target_axis + 1:]
         n_targets = self.query.shape[-2]
         if isinstance(target, int) and not isinstance(target, bool):
+            if not -n_targets <= target < n_targets:
+                raise IndexError(f"index {target} is out of bounds for the {n_targets} targets")
             position = target % n_targets
             return self.rows(position, position + 1)[(*lead, 0, *rest)]
         if isinstance(target, slice) and target.step in (None, 1):
@@ -96,16 +109,24 @@ class AttentionProbs:
         return self.dense()[index]
 
     def _narrow(self, index: tuple) -> "AttentionProbs":
-        """Batch or head axes picked or sliced; the mask follows where it is not broadcast."""
-        query, key, mask = self.query, self.key, self.mask
+        """Batch or head axes picked or sliced; keys and mask follow (the mask where it is not broadcast)."""
+        query, key, mask, groups = self.query, self.key, self.mask, self.groups
+        head_axis = query.dim() - 3
         for axis in reversed(range(len(index))):  # from the last, so that dropped axes move nothing
-            pick = (slice(None),) * axis + (index[axis],)
-            query, key = query[pick], key[pick]
+            i, before = index[axis], (slice(None),) * axis
+            n = query.shape[axis]
+            query = query[(*before, i)]  # raises IndexError as a tensor would
+            if axis == head_axis and groups > 1:
+                if isinstance(i, int):  # one query head: its key head
+                    key, groups = key[(*before, (i % n) // groups)], 1
+                else:
+                    key, groups = key.repeat_interleave(groups, dim=axis)[(*before, i)], 1
+            else:
+                key = key[(*before, i)]
             if mask is not None:
                 broadcast = mask.shape[axis] == 1
-                mask = mask[(slice(None),) * axis + ((0 if isinstance(index[axis], int) else slice(None))
-                                                     if broadcast else index[axis],)]
-        return AttentionProbs(query, key, mask, self.scaling)
+                mask = mask[(*before, (0 if isinstance(i, int) else slice(None)) if broadcast else i)]
+        return AttentionProbs(query, key, mask, self.scaling, groups)
 
     def __repr__(self) -> str:
         return f"AttentionProbs(shape={tuple(self.shape)}, computed when read)"
@@ -122,12 +143,33 @@ def sdpa_with_probs(module, query, key, value, attention_mask, scaling=None, dro
 
     output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                        **kwargs)
-    groups = query.shape[-3] // key.shape[-3]
-    keys = key.repeat_interleave(groups, dim=-3) if groups > 1 else key
     mask = attention_mask
     if mask is not None:
         mask = mask.reshape(*[1] * (query.dim() - mask.dim()), *mask.shape)
-    return output, AttentionProbs(query, keys, mask, query.shape[-1] ** -0.5 if scaling is None else scaling)
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    return output, AttentionProbs(query, key, mask, scaling, groups=query.shape[-3] // key.shape[-3])
+
+
+def output_probs(attention_output) -> "AttentionProbs | torch.Tensor":
+    """[H, T, S]: the probabilities in an attention module's output (batch 0), or an LmttError."""
+    probs = attention_output[1]
+    if probs is None:
+        from .errors import LmttError
+
+        raise LmttError("the model's attention returned no probabilities: it must run eager attention "
+                        "(attn_implementation='eager') or be loaded with lw.load_model")
+    return probs[0]
+
+
+def check_gives_probs(hf_model) -> None:
+    """An LmttError, with the fix, for a model whose attention returns no probabilities."""
+    from .errors import LmttError
+
+    implementation = getattr(hf_model.config, "_attn_implementation", None)
+    if implementation not in ("eager", NAME):
+        raise LmttError(f"{implementation!r} attention gives no attention probabilities: load the model with "
+                        "lw.load_model, or create it with attn_implementation='eager' (a remote model must: "
+                        "nnsight.TransformersModel(repo_id, attn_implementation='eager'))")
 
 
 def register() -> str:

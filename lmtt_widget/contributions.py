@@ -12,8 +12,9 @@ coordinates of y that can (see head_source_proximity). Nothing is pruned or appr
 results equal the plain formula up to float32 rounding (the tests compare with a float64
 reference to 1e-5 of the largest prox; the dot-product form is in fact better conditioned than
 ||y|| - ||y - p|| for small parts). Peak extra memory: about `budget_bytes` for the chunks of
-targets, plus the head outputs [T, H, d] and a few [T, d] tensors (and the [T, T, H] result
-where `head_source_proximity` assembles one; run.block_shares reduces each chunk instead).
+targets (and for the head outputs [T, H, d], formed whole only when they fit it), plus a few
+[T, d] tensors, and the [T, T, H] result where `head_source_proximity` assembles one
+(run.block_shares reduces each chunk to the edges above a floor instead).
 """
 
 from __future__ import annotations
@@ -191,7 +192,8 @@ def head_source_proximity_chunks(
             rest = (norm * norm - delta).clamp_min(0).sqrt_()
             block = (delta / (norm + rest).clamp_min(torch.finfo(torch.float32).tiny)).clamp_min_(0)
             del delta, rest
-        future = torch.arange(stop, device=block.device)[None, :] > torch.arange(start, stop, device=block.device)[:, None]
+        sources = torch.arange(stop, device=block.device)
+        future = sources[None, :] > torch.arange(start, stop, device=block.device)[:, None]
         yield start, stop, block.masked_fill_(future, 0).permute(1, 2, 0)
         del block
 

@@ -14,6 +14,12 @@ def check_index(name: str, value: int, size: int) -> int:
     return value % size
 
 
+def check_floor(floor: float) -> float:
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1:
+        raise LmttError(f"floor must be a number in [0, 1), got {floor!r}")
+    return float(floor)
+
+
 def check_threshold(threshold: float) -> float:
     if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 < threshold < 1:
         raise LmttError(f"threshold must be a number in (0, 1), got {threshold!r}")

@@ -277,7 +277,7 @@ def _rerun(clean, edits: list[Edit]):
     from .run import analyze_ids
 
     return analyze_ids(clean.model, clean.input_ids, prompt=clean.prompt, distance=clean.distance,
-                       budget_bytes=clean.budget_bytes, edits=edits)
+                       budget_bytes=clean.budget_bytes, floor=clean.floor, edits=edits)
 
 
 @torch.no_grad()

@@ -22,10 +22,10 @@ from __future__ import annotations
 import nnsight
 import torch
 
-from .attention import NAME as ATTENTION_WITH_PROBS
 from . import contributions as C
+from .attention import check_gives_probs, output_probs
 from .architectures import _get, family_of, shape_of
-from .errors import LmttError
+from .errors import check_floor
 from .run import LayerShares, Shares, block_shares, tokenize
 from .tracing import _first
 
@@ -34,15 +34,10 @@ def analyze_compact(model, prompt: str, *, remote: bool | str = False, floor: fl
                     distance: str = "l1", prepend_bos: bool | None = None,
                     budget_bytes: int = C.DEFAULT_BUDGET_BYTES) -> Shares:
     """Shares of every block's parts, computed inside the trace (remotely with `remote=True`)."""
-    if not isinstance(floor, (int, float)) or not 0 <= floor < 1:
-        raise LmttError(f"floor must be a number in [0, 1), got {floor!r}")
+    floor = check_floor(floor)
     p = C.distance_order(distance)
     hf_model = model._module  # on a remote model: the module tree on the meta device
-    implementation = getattr(hf_model.config, "_attn_implementation", None)
-    if implementation not in ("eager", ATTENTION_WITH_PROBS):
-        raise LmttError(f"{implementation!r} attention gives no attention probabilities: load the model with "
-                        "lw.load_model, or create it with attn_implementation='eager' (a remote model must: "
-                        "nnsight.TransformersModel(repo_id, attn_implementation='eager'))")
+    check_gives_probs(hf_model)
     family = family_of(hf_model)
     shape = shape_of(hf_model, family)
     input_ids = tokenize(model.tokenizer, prompt, prepend_bos, shape.n_ctx)
@@ -59,11 +54,11 @@ def analyze_compact(model, prompt: str, *, remote: bool | str = False, floor: fl
             attention = modules["attention"].output
             ffn = modules["ffn"].output.reshape(n_tokens, -1)
             post = _first(modules["block"].output).reshape(n_tokens, -1)
-            kept.append(_compact_layer(x, attention[0].reshape(n_tokens, -1), ffn, post, attention[1][0], values,
-                                       modules["out_proj"].weight, conv1d, shape.n_heads, shape.head_dim,
-                                       shape.parallel, p, budget_bytes, floor))
+            attn = attention[0].reshape(n_tokens, -1)
+            kept.append(_compact_layer(x, attn, ffn, post, output_probs(attention), values, modules["out_proj"].weight,
+                                       conv1d, shape.n_heads, shape.head_dim, shape.parallel, p, budget_bytes, floor))
         top = nnsight.save(_top_k(_get(model, unembed).output.reshape(n_tokens, -1), k))
-    layers = [LayerShares(**layer) for layer in kept]
+    layers = [LayerShares(**{**layer, "edges": layer["edges"].long()}) for layer in kept]
     tokens = [model.tokenizer.decode([int(i)]) for i in input_ids]
     result = Shares(tokens, input_ids, shape, layers, distance, floor, top=top, decode=model.tokenizer.decode)
     result.payload_bytes = _bytes(kept) + _bytes([dict(enumerate(top))])  # what came back from the trace
@@ -78,7 +73,9 @@ def _compact_layer(x, attn, ffn, post, probs, values, weight, conv1d: bool, n_he
     w_in_out = weight.detach() if conv1d else weight.detach().T
     w_o = w_in_out.reshape(n_heads, head_dim, -1)
     shares = block_shares(x, attn, ffn, post, probs, values, w_o, parallel, p, budget, floor)
-    return {name: tensor.cpu() for name, tensor in shares.tensors().items()}
+    payload = {name: tensor.cpu() for name, tensor in shares.tensors().items()}
+    payload["edges"] = payload["edges"].to(torch.int32)  # half the bytes on the wire; made long again on arrival
+    return payload
 
 
 @torch.no_grad()

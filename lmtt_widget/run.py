@@ -15,7 +15,8 @@ from . import graph as G
 from . import vocab as V
 from .contributions import head_outputs
 from .architectures import Shape, family_of, ffn_out_matrix, out_proj_per_head, shape_of
-from .errors import LmttError, check_index, check_threshold
+from .attention import check_gives_probs
+from .errors import LmttError, check_floor, check_index, check_threshold
 from .progress import progress_bar
 from .tracing import Capture, attention_probs, neuron_activations, trace
 
@@ -51,6 +52,22 @@ class LayerShares:
         out = self.heads.new_zeros(n_tokens, n_tokens, self.heads.shape[1])
         out[self.edges[:, 0], self.edges[:, 1]] = self.heads
         return out
+
+    def head(self, head: int) -> torch.Tensor:
+        """[T_target, T_source]: head `head`'s share of every edge (0 where dropped)."""
+        n_tokens = self.attn_residual.shape[0]
+        out = self.heads.new_zeros(n_tokens, n_tokens)
+        out[self.edges[:, 0], self.edges[:, 1]] = self.heads[:, head]
+        return out
+
+    def edge(self, target: int, source: int) -> torch.Tensor:
+        """[H]: every head's share of the edge source -> target (0 where dropped)."""
+        n_tokens = self.attn_residual.shape[0]
+        keys = self.edges[:, 0] * n_tokens + self.edges[:, 1]  # sorted: edges are by target, then source
+        at = int(torch.searchsorted(keys, target * n_tokens + source))
+        if at < len(keys) and int(keys[at]) == target * n_tokens + source:
+            return self.heads[at]
+        return self.heads.new_zeros(self.heads.shape[1])
 
     @functools.cached_property
     def edge_shares(self) -> torch.Tensor:
@@ -99,22 +116,25 @@ def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, di
     hf_model = model._module
     family = family_of(hf_model)
     shape = shape_of(hf_model, family)
+    check_gives_probs(hf_model)
     n_tokens = len(input_ids)
     floor = _floor(floor, shape, n_tokens, budget_bytes)
     neurons = n_tokens * _d_ff(hf_model, family) * shape.n_layers * 4 <= budget_bytes
     probs = shape.n_layers * shape.n_heads * n_tokens ** 2 * 4 <= budget_bytes  # kept as float32
     layers: list[LayerShares] = []
-    bar = iter(progress_bar(range(shape.n_layers), enabled=progress, desc="importances", unit="layer"))
+    bar = progress_bar(range(shape.n_layers), enabled=progress, desc="importances", unit="layer")
+    steps = iter(bar)
 
     def on_layer(layer: int, t) -> None:  # inside the trace: each layer's probabilities are used as they come
-        next(bar)
+        next(steps)
         layers.append(block_shares(t.resid_in, t.attn_out, t.ffn_out, t.resid_out, t.probs, t.values,
                                    w_o(hf_model, family, shape, layer), shape.parallel, p, budget_bytes, floor).cpu())
 
-    capture = trace(model, family, shape, input_ids.to(hf_model.device), edits, neurons=neurons, probs=probs,
-                    on_layer=on_layer)
-    for _ in bar:  # closes the bar
-        pass
+    try:
+        capture = trace(model, family, shape, input_ids.to(hf_model.device), edits, neurons=neurons, probs=probs,
+                        on_layer=on_layer)
+    finally:
+        getattr(bar, "close", lambda: None)()
     text = prompt if prompt is not None else model.tokenizer.decode(input_ids)
     return Run(model, text, input_ids, capture, layers, distance, budget_bytes, floor, edits=edits)
 
@@ -123,9 +143,7 @@ def _floor(floor: float | None, shape: Shape, n_tokens: int, budget_bytes: int) 
     if floor is None:  # every causal edge, each with H float32 shares and a (target, source) index
         dense = shape.n_layers * n_tokens * (n_tokens + 1) // 2 * (shape.n_heads * 4 + 16)
         return 0.0 if dense <= budget_bytes else DEFAULT_FLOOR
-    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1:
-        raise LmttError(f"floor must be a number in [0, 1), got {floor!r}")
-    return float(floor)
+    return check_floor(floor)
 
 
 def _d_ff(hf_model, family) -> int:
@@ -164,9 +182,10 @@ def block_shares(x: torch.Tensor, attn: torch.Tensor, ffn: torch.Tensor, post: t
                  floor: float = 0.0) -> LayerShares:
     """The shares of one block's parts from its tensors alone (so it can run inside a trace,
     remotely too): residual in x, updates attn and ffn, residual out `post` (all [T, d]),
-    probabilities [H, T, T], value vectors [T, KV, hd] and W_O [H, hd, d] (the head dimension
-    keeps the importances' dot products small). Attention edges above `floor` are kept; the
-    shares are made a chunk of targets at a time, so no [T, T, H] tensor is ever whole."""
+    probabilities [H, T, T] (a tensor or an attention.AttentionProbs), value vectors
+    [T, KV, hd] and W_O [H, hd, d] (the head dimension keeps the importances' dot products
+    small). Attention edges above `floor` are kept; the shares are made a chunk of targets at a
+    time, so no [T, T, H] tensor is ever whole."""
     # on several devices a block's input x is still on the previous block's device
     x, attn, ffn, post = (t.float().to(post.device) for t in (x, attn, ffn, post))
     whole = post if parallel else x + attn
@@ -235,6 +254,15 @@ class Shares:
         edges at or below the run's `floor` read 0."""
         shares = self.layers[self.layer(layer)]
         return shares.dense(), shares.attn_residual
+
+    def head_contributions(self, layer: int, head: int) -> torch.Tensor:
+        """[T_target, T_source]: one head's shares, `attention_contributions(layer)[0][..., head]`
+        without the other heads."""
+        return self.layers[self.layer(layer)].head(self.head(head))
+
+    def edge_contributions(self, layer: int, target: int, source: int) -> torch.Tensor:
+        """[H]: every head's share of one edge, `attention_contributions(layer)[0][target, source]`."""
+        return self.layers[self.layer(layer)].edge(self.position(target), self.position(source))
 
     def ffn_contributions(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(the FFN update's share [T], the residual's share [T]). For parallel blocks these are
@@ -316,12 +344,15 @@ class Run(Shares):
     # -- importances ----------------------------------------------------------------------
 
     def attention_pattern(self, layer: int) -> torch.Tensor:
-        """[H, T_target, T_source]: the attention probabilities of `layer` (model dtype and
-        device). `analyze` keeps every layer's when they fit the run's memory budget; otherwise
-        a request traces the model once more, up to this layer, and the most recent layers asked
-        for stay cached within the budget."""
+        """[H, T_target, T_source]: the attention probabilities of `layer`, on the layer's device
+        (float32; the model's dtype under eager attention). `analyze` keeps every layer's when
+        they fit the run's memory budget; otherwise a request traces the model once more, up to
+        this layer, and the layers most recently asked for stay cached, as many as fit the budget
+        (the last one always)."""
         layer = self.layer(layer)
-        if layer not in self._probs_cache:
+        if layer in self._probs_cache:
+            self._probs_cache[layer] = self._probs_cache.pop(layer)  # now the most recent
+        else:
             probs = attention_probs(self.model, self.family, self.shape, self.input_ids.to(self.hf_model.device),
                                     [layer], self.edits)[layer]
             cached = sum(p.numel() * p.element_size() for p in self._probs_cache.values())

@@ -9,7 +9,7 @@ import nnsight
 import torch
 
 from .architectures import Family, Shape
-from .attention import dense
+from .attention import dense, output_probs
 
 # Where an edit can change the forward pass, in the order a block runs them.
 SITES = (
@@ -87,7 +87,7 @@ def _apply(edits: list[Edit], tensor: torch.Tensor, state: LayerState) -> None:
 
 
 def trace(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=None, *, neurons: bool = False,
-          probs: bool = True, on_layer: Callable[[int, LayerTensors], None] | None = None) -> Capture:
+          probs: bool = False, on_layer: Callable[[int, LayerTensors], None] | None = None) -> Capture:
     """Run the model once on `input_ids` [T] and capture residuals, updates, values, with `probs`
     every layer's attention probabilities and with `neurons` every layer's FFN activations.
 
@@ -146,14 +146,14 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
                 state = LayerState(resid[-1], values[-1], None)
                 _apply(here["out_proj_input"], editable(_first(modules["out_proj"].input)), state)
             attention = modules["attention"].output
-            layer_probs = attention[1][0]
+            layer_probs = output_probs(attention)
             if "attention_output" in here or "probs" in here:
                 state = LayerState(resid[-1], values[-1], layer_probs)
                 _apply(here.get("attention_output", []), editable(attention[0]), state)
                 layer_probs = layer_probs.clone()
                 _apply(here.get("probs", []), layer_probs, state)
-            if layer in probs_of:
-                probs[layer] = dense(layer_probs)
+            if layer in probs_of:  # kept whole: what on_layer reads need not be computed again
+                probs[layer] = layer_probs = dense(layer_probs)
             attn_out.append(rows(attention[0]))
             state = LayerState(resid[-1], values[-1], layer_probs)
             if "ffn_out_proj_input" in here:

@@ -106,12 +106,12 @@ class Widget(PairMixin, InterventionsMixin, anywidget.AnyWidget):
                                                  normalize=self.normalize_lens)}
         if kind == "attention":
             layer, head, source, target = sel["layer"], sel["head"], sel["source"], sel["target"]
-            shares = run.attention_contributions(layer)[0]  # [T, T, H]
             probs = run.attention_pattern(layer)[head].float().cpu()  # [T, T]
             return {"kind": kind, "head_output": run.head_output(layer, head, target, source),
                     "head_output_total": run.head_output(layer, head, target),
                     "attention_row": probs[target], "attention_pattern": probs,
-                    "importance": shares[:, :, head], "shares": shares[target, source]}
+                    "importance": run.head_contributions(layer, head),
+                    "shares": run.edge_contributions(layer, target, source)}
         if kind == "ffn":
             layer, token = sel["layer"], sel["token"]
             neuron_shares, residual_share = run.neuron_shares(layer, token)
@@ -127,13 +127,11 @@ class Widget(PairMixin, InterventionsMixin, anywidget.AnyWidget):
     def analyze(self, prompt: str) -> None:
         """Analyse a new prompt with the same model and show it; on error the old graph stays
         and the message shows in the widget (and is raised)."""
-        from .run import analyze
-
         self.message = ""
         self.busy = "Analysing the prompt…"
         start = time.perf_counter()
         try:
-            run = analyze(self._run.model, prompt, distance=self._run.distance, progress=False)  # no tqdm in the output
+            run = self._analyze_like_shown(prompt)
         except Exception as error:  # any failure keeps the previous graph
             self.message = f"Could not analyse the prompt: {error}"
             raise
@@ -211,6 +209,15 @@ class Widget(PairMixin, InterventionsMixin, anywidget.AnyWidget):
         except LmttError as error:
             return self._refuse("threshold", error)
 
+    def _analyze_like_shown(self, prompt: str):
+        """`prompt` analysed as the run shown was, with a floor that keeps the threshold shown."""
+        from .run import DEFAULT_FLOOR, analyze
+
+        run = self._run
+        floor = None if self.threshold >= DEFAULT_FLOOR else self.threshold  # None: 0 where everything fits
+        return analyze(run.model, prompt, distance=run.distance, budget_bytes=run.budget_bytes, floor=floor,
+                       progress=False)  # no tqdm in the widget's output
+
     def _check_threshold(self, threshold) -> float:
         for run in (self._run, self._other):
             if run is not None:
@@ -262,7 +269,7 @@ class Widget(PairMixin, InterventionsMixin, anywidget.AnyWidget):
                 raise LmttError(f"source {source} comes after target {target}: attention only reads earlier tokens")
             head = sel.get("head")
             if head is None:
-                head = int(run.attention_contributions(layer)[0][target, source].argmax())
+                head = int(run.edge_contributions(layer, target, source).argmax())
             return {"kind": kind, "layer": layer, "source": source, "target": target, "head": run.head(head)}
         if kind == "ffn":
             layer = check_index("layer", sel["layer"], n_layers)
@@ -314,11 +321,10 @@ class Widget(PairMixin, InterventionsMixin, anywidget.AnyWidget):
                     "blocks": [{"block": b, **S.effect(run.block_logits(layer, token, b, k=LOGITS_K))} for b in blocks]}
         if kind == "attention":
             layer, head, source, target = sel["layer"], sel["head"], sel["source"], sel["target"]
-            shares = run.attention_contributions(layer)[0]  # [T, T, H]
             return {"selection": sel,
-                    "shares": S.array(shares[target, source]),
+                    "shares": S.array(run.edge_contributions(layer, target, source)),
                     "pattern": S.array(run.attention_pattern(layer)[head]),
-                    "importance": S.array(shares[:, :, head]),
+                    "importance": S.array(run.head_contributions(layer, head)),
                     "from_source": S.effect(run.head_logits(layer, head, target, source, k=LOGITS_K)),
                     "total": S.effect(run.head_logits(layer, head, target, k=LOGITS_K))}
         layer, token = sel["layer"], sel["token"]

@@ -55,16 +55,15 @@ class PairMixin(traitlets.HasTraits):
         """Show the difference to another prompt (a string, analysed with the same model, or a
         `Run`); it must be as long in tokens as the prompt shown. Returns the graphs' difference
         at the target and threshold shown; a prompt that does not fit raises and changes nothing."""
-        from .run import analyze
-
         if isinstance(other, str):
             self.busy = "Analysing the other prompt…"
             try:
-                other = analyze(self._run.model, other, distance=self._run.distance, progress=False)
+                other = self._analyze_like_shown(other)
             finally:
                 self.busy = ""
         clean = self._run.clean or self._run
         I._check_pair(clean, other, "comparing two prompts")
+        other.valid_threshold(self.threshold)  # its shares must reach down to the threshold shown
         self._other = other
         if self._run.patches:  # patched from the previous other prompt: keep the ablations only
             self._show_intervened(list(self._run.interventions), [])

@@ -1,5 +1,6 @@
 """sdpa attention with probabilities computed when read gives what eager attention gives."""
 
+import nnsight
 import pytest
 import torch
 
@@ -28,8 +29,10 @@ def eager_and_lazy(hf_model, input_ids):
 
 @pytest.mark.parametrize("family", tiny.FAMILIES)
 def test_probabilities_and_outputs_match_eager_attention(family):
-    eager, lazy = eager_and_lazy(tiny.hf_model(family), ids())
+    hf_model = tiny.hf_model(family)
+    eager, lazy = eager_and_lazy(hf_model, ids())
     torch.testing.assert_close(lazy.logits, eager.logits, rtol=1e-5, atol=1e-6)
+    assert len(lazy.attentions) == len(eager.attentions) == hf_model.config.num_hidden_layers
     for want, got in zip(eager.attentions, lazy.attentions):
         assert isinstance(got, A.AttentionProbs) and got.shape == want.shape
         torch.testing.assert_close(got.dense(), want, rtol=1e-5, atol=1e-7)
@@ -47,6 +50,11 @@ def test_indexing_computes_the_rows_asked_for():
         torch.testing.assert_close(A.dense(one[index]), want[0][index], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(one[2][7], want[0, 2, 7], rtol=1e-5, atol=1e-7)  # a head, then a row
     torch.testing.assert_close(got[0, 1, 5, 2], want[0, 1, 5, 2], rtol=1e-5, atol=1e-7)
+    for head in range(want.shape[1]):  # one head's keys: grouped-query attention shares them
+        torch.testing.assert_close(one[head].dense(), want[0, head], rtol=1e-5, atol=1e-7)
+    for bad in [(slice(None), N_TOKENS), (0, -N_TOKENS - 1), (want.shape[1],)]:
+        with pytest.raises(IndexError):
+            A.dense(one[bad])
 
 
 def test_a_sliding_window_mask_is_followed():
@@ -87,3 +95,12 @@ def test_an_analysis_is_the_same_with_either_attention(family):
     eager_new, _ = eager.intervene(ablations)
     torch.testing.assert_close(lazy_new.logits, eager_new.logits, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(lazy_new.logits, lazy.logits)
+
+
+def test_a_model_without_probabilities_is_refused_with_the_fix():
+    hf_model = tiny.hf_model("llama")
+    hf_model.set_attn_implementation("sdpa")
+    model = nnsight.TransformersModel(hf_model, tokenizer=tiny.tokenizer())  # not through lw.load_model
+    with pytest.raises(lw.LmttError, match="'sdpa' attention gives no attention probabilities: load the model with"):
+        lw.analyze(model, PROMPT)
+    assert lw.load_model(hf_model, tokenizer=tiny.tokenizer())._module.config._attn_implementation == A.NAME

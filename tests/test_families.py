@@ -77,7 +77,7 @@ def test_shares_follow_the_proximity_formula(run, distance):
     x, attn = c.resid[layer][i], c.attn_out[layer][i]
     whole = c.resid[layer + 1][i] if run.shape.parallel else x + attn
     u = head_outputs(w_o(run.hf_model, run.family, run.shape, layer), c.values[layer], run.shape.n_heads)
-    z = c.probs[layer][:, i, :].T[..., None] * u  # [T_source, H, d]
+    z = run.attention_pattern(layer)[:, i, :].T[..., None] * u  # [T_source, H, d]
     parts = [x] + list(z.reshape(-1, z.shape[-1]))
     if run.shape.parallel:
         parts.append(c.ffn_out[layer][i])

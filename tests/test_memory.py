@@ -94,3 +94,37 @@ def test_a_head_patched_from_a_run_without_kept_probabilities_is_the_same(runs):
     from_full, _ = lw.patch(full, other, node)
     torch.testing.assert_close(from_small.logits, from_full.logits, rtol=0, atol=0)
     assert not torch.allclose(from_full.logits, other.logits)  # the patch changed something
+
+
+def test_runs_made_from_a_run_keep_its_floor_or_the_threshold_shown(runs):
+    full, _ = runs
+    kept_all = analyze_ids(full.model, full.input_ids, budget_bytes=SMALL_BUDGET, floor=0)
+    ablated, _ = kept_all.intervene([("head", 1, 0)])
+    assert ablated.floor == 0 and ablated.budget_bytes == SMALL_BUDGET
+    w = lw.Widget(kept_all, threshold=0.0005)
+    w.analyze("When Mary and John went to the store, John gave a drink to Mary. " * 2)
+    assert w._run.floor == 0.0005  # 52 tokens: without it the budget would have set a floor of 1e-3
+    assert w.message.startswith("Analysed 52 tokens") and w.payload
+
+
+def test_one_head_or_one_edge_reads_the_same_as_all_of_them(runs):
+    _, small = runs
+    heads = small.attention_contributions(1)[0]  # [T, T, H]
+    for head in (0, -1):
+        torch.testing.assert_close(small.head_contributions(1, head), heads[..., head], rtol=0, atol=0)
+    kept = small.layers[1].edges[len(small.layers[1].edges) // 2].tolist()
+    for target, source in [kept, (N_TOKENS - 1, 0), (5, 5), (3, 4)]:  # kept, maybe dropped, diagonal, future
+        torch.testing.assert_close(small.edge_contributions(1, target, source), heads[target, source], rtol=0, atol=0)
+    assert small.edge_contributions(1, *kept).sum() > DEFAULT_FLOOR
+    with pytest.raises(lw.LmttError, match="head 9 is out of range"):
+        small.head_contributions(1, 9)
+
+
+def test_patterns_traced_again_stay_cached_as_far_as_the_budget_goes_most_recent_first(runs):
+    full, _ = runs
+    two_layers = 2 * full.attention_pattern(0).numel() * 4 + 1000  # two layers' [H, T, T] float32, not three
+    run = analyze_ids(full.model, full.input_ids, budget_bytes=two_layers)
+    assert run.capture.probs == {}
+    for layer in (0, 1, 0, 2):  # 0 is asked for again, so 1 is the one to go
+        torch.testing.assert_close(run.attention_pattern(layer), full.attention_pattern(layer), rtol=0, atol=0)
+    assert list(run._probs_cache) == [0, 2]
