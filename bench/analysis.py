@@ -137,6 +137,8 @@ def build_model(args):
     import transformers
 
     family, config_kwargs = SHAPES[args.shape]
+    if args.layers:  # a real model's width with fewer layers: per-layer costs where the whole would not fit
+        config_kwargs = {**config_kwargs, ("num_hidden_layers" if family == "llama" else "n_layer"): args.layers}
     if family == "llama":
         config = transformers.LlamaConfig(**config_kwargs)
         cls = transformers.LlamaForCausalLM
@@ -154,7 +156,8 @@ def build_model(args):
     hf_model.eval()
     from tests.tiny import tokenizer  # an in-memory tokenizer: ids < its small vocabulary
 
-    return lw.load_model(hf_model, tokenizer=tokenizer()), f"random-init {args.shape}"
+    layers = f", {args.layers} layers" if args.layers else ""
+    return lw.load_model(hf_model, tokenizer=tokenizer()), f"random-init {args.shape}{layers}"
 
 
 def prompt_ids(tokenizer, n_tokens: int) -> torch.Tensor:
@@ -322,6 +325,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="demo", help="demo (the offline demo model)")
     parser.add_argument("--shape", choices=sorted(SHAPES), help="a random-initialised model of this shape")
     parser.add_argument("--lengths", default="32,128,512,2048", help="comma-separated prompt lengths")
+    parser.add_argument("--layers", type=int, default=None, help="with --shape: only this many layers")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"],
                         help="model dtype (default: fp32 on CPU, bf16 on GPU)")
@@ -357,7 +361,9 @@ def main(argv=None) -> int:
 
     # on CPU each length runs in a fresh process, so that its peak RSS is its own
     isolate = args.device == "cpu" and not args.in_process
-    model, model_name = (None, "demo (SmolLM2-135M-Instruct)" if args.shape is None else f"random-init {args.shape}")
+    layers = f", {args.layers} layers" if args.layers else ""
+    model, model_name = (None, "demo (SmolLM2-135M-Instruct)" if args.shape is None
+                         else f"random-init {args.shape}{layers}")
     if not isolate or args.child:
         model, model_name = build_model(args)
         # warm-up of every step on a short prompt (kernels, lazy imports, caches)

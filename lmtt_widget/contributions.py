@@ -12,9 +12,11 @@ coordinates of y that can (see head_source_proximity). Nothing is pruned or appr
 results equal the plain formula up to float32 rounding (the tests compare with a float64
 reference to 1e-5 of the largest prox; the dot-product form is in fact better conditioned than
 ||y|| - ||y - p|| for small parts). Peak extra memory: about `budget_bytes` for the chunks of
-targets (and for the head outputs [T, H, d], formed whole only when they fit it), plus a few
-[T, d] tensors, and the [T, T, H] result where `head_source_proximity` assembles one
-(run.block_shares reduces each chunk to the edges above a floor instead).
+targets, plus the head outputs u [T, H, d] float32 (linear in T: 2 GiB for an 8B model's layer
+at T=4096; reading their coordinates in pieces instead was ~100x slower where many parts need
+the L1 correction) and a few [T, d] tensors, and the [T, T, H] result where
+`head_source_proximity` assembles one (run.block_shares reduces each chunk to the edges above a
+floor instead).
 """
 
 from __future__ import annotations
@@ -46,60 +48,6 @@ def head_outputs(w_o: torch.Tensor, values: torch.Tensor, n_heads: int) -> torch
     """u[j, h] = v^h_j W_O^h: values [T, KV, hd], W_O [H, hd, d] -> [T, H, d] (float32)."""
     per_query_head = values.float().repeat_interleave(n_heads // values.shape[1], dim=1)  # [T, H, hd]
     return torch.einsum("thk,hkd->thd", per_query_head, w_o.float().to(values.device))
-
-
-class HeadWrites:
-    """u[j, h] = v^h_j W_O^h, each head's write for a unit weight on source j ([T, H, d] in all).
-
-    Kept whole when given whole or when it fits `budget_bytes`; otherwise only values [T, KV, hd]
-    and W_O [H, hd, d] are kept, and what the importances read of u (per-part norms, a few
-    coordinates of some parts) is computed from them in pieces under the budget.
-    """
-
-    def __init__(self, head_out: torch.Tensor | None = None, *, values: torch.Tensor | None = None,
-                 w_o: torch.Tensor | None = None, budget_bytes: int = DEFAULT_BUDGET_BYTES):
-        if head_out is None:
-            self.n_tokens, self.n_heads, self.d = values.shape[0], w_o.shape[0], w_o.shape[2]
-            if self.n_tokens * self.n_heads * self.d * 4 <= budget_bytes:
-                head_out = head_outputs(w_o, values, self.n_heads)
-        self.whole = None if head_out is None else head_out.float().contiguous()  # [T, H, d]
-        if head_out is not None:
-            self.n_tokens, self.n_heads, self.d = head_out.shape
-        else:
-            self.values = values.float()  # [T, KV, hd]
-            self.w_o = w_o.float().to(values.device)  # [H, hd, d]
-            self.kv = torch.arange(self.n_heads, device=values.device) // (self.n_heads // values.shape[1])
-        self.budget_bytes = budget_bytes
-
-    def _per_source(self, reduce) -> torch.Tensor:
-        """[H, T]: reduce(u[j, h]) over d, for sources in chunks that fit the budget."""
-        if self.whole is not None:
-            return reduce(self.whole).T.contiguous()
-        step = max(1, self.budget_bytes // (2 * self.n_heads * self.d * 4))
-        return torch.cat([reduce(head_outputs(self.w_o, self.values[lo:lo + step], self.n_heads))
-                          for lo in range(0, self.n_tokens, step)]).T.contiguous()
-
-    def max_abs(self) -> torch.Tensor:
-        """[H, T]: ||u[j, h]||_inf."""
-        return self._per_source(lambda u: u.abs().amax(-1))
-
-    def squared_norm(self) -> torch.Tensor:
-        """[H, T]: ||u[j, h]||^2."""
-        return self._per_source(lambda u: (u * u).sum(-1))
-
-    def coordinates_step(self, m: int) -> int:
-        """How many parts' m coordinates to read at once within the budget."""
-        per_coordinate = 8 if self.whole is not None else 4 * (self.w_o.shape[1] + 2)
-        return max(1, self.budget_bytes // (8 * m * per_coordinate))
-
-    def coordinates(self, source: torch.Tensor, head: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        """[n, m]: u[source[n], head[n]] at coordinates coords [n, m]."""
-        if self.whole is not None:
-            flat = (source * self.n_heads + head) * self.d
-            return self.whole.view(-1).take(coords + flat[:, None])
-        w_o_cols = self.w_o.transpose(1, 2)[head[:, None], coords]  # [n, m, hd]: W_O^h[:, k]
-        v = self.values[source, self.kv[head]]  # [n, hd]
-        return torch.einsum("nmk,nk->nm", w_o_cols, v)
 
 
 def head_source_proximity(whole: torch.Tensor, probs: torch.Tensor, head_out: torch.Tensor | None, p: int,
@@ -145,15 +93,18 @@ def head_source_proximity_chunks(
 
     With `values` and `w_o` given, the dot products are taken in the head dimension:
     s.u = (W_O^h s) . v_j, which costs T^2 * d instead of T^2 * H * d, and `head_out` may be None
-    (see HeadWrites: [T, H, d] is then formed only if it fits the budget). Targets are taken in
+    (it is then made from them: the L1 correction reads scattered coordinates of it, which are
+    cheap to take from the whole [T, H, d] and costly to recompute). Targets are taken in
     chunks so that the temporaries stay under `budget_bytes` (at most about sixteen [chunk, T, H]
     float32 tensors, the L1 correction's candidates included); only causal sources (j <= i) are
     computed.
     """
     whole = whole.float()
     factored = values is not None and w_o is not None
-    head_out = HeadWrites(head_out, values=values, w_o=w_o, budget_bytes=budget_bytes)
-    n_tokens, n_heads, d = head_out.n_tokens, head_out.n_heads, head_out.d
+    if head_out is None:
+        head_out = head_outputs(w_o, values, probs.shape[0])
+    head_out = head_out.float().contiguous()
+    n_tokens, n_heads, d = head_out.shape
     if factored:
         values = values.float()
         w_o = w_o.float().to(whole.device)
@@ -167,11 +118,11 @@ def head_source_proximity_chunks(
         # per level m: the m smallest coordinates of every target, contiguous for cheap gathers
         sorted_whole = {m: sorted_whole[:, :m].contiguous() for m in _levels(d)}
         order = {m: order[:, :m].contiguous() for m in _levels(d)}
-        u_max = head_out.max_abs()  # [H, T]
+        u_max = head_out.abs().amax(-1).T.contiguous()  # [H, T]
         direction = sign
     else:
         whole_norm = torch.linalg.vector_norm(whole, ord=2, dim=-1)  # [T]
-        u_sq = head_out.squared_norm()  # [H, T]
+        u_sq = (head_out * head_out).sum(-1).T.contiguous()  # [H, T]
         direction = whole
     chunk = max(1, budget_bytes // (16 * n_tokens * n_heads * 4))
     for start in range(0, n_tokens, chunk):
@@ -182,9 +133,9 @@ def head_source_proximity_chunks(
             q = q.reshape(n_kv, group * (stop - start), -1)
             dot = torch.bmm(q, values_t[:, :, :stop]).reshape(n_heads, stop - start, stop)
         else:
-            dot = torch.einsum("td,shd->hts", direction[start:stop], head_out.whole[:stop])
+            dot = torch.einsum("td,shd->hts", direction[start:stop], head_out[:stop])
         if p == 1:
-            block = _l1_block(a, dot, start, sorted_abs, sorted_whole, order, head_out, u_max[:, :stop])
+            block = _l1_block(a, dot, start, sorted_abs, sorted_whole, order, head_out, u_max[:, :stop], budget_bytes)
         else:
             norm = whole_norm[start:stop].view(1, -1, 1)
             delta = a * (2 * dot - a * u_sq[:, None, :stop])
@@ -205,10 +156,10 @@ def _levels(d: int) -> list[int]:
     return [m for m in L1_LEVELS if m < d] + [d]
 
 
-def _l1_block(a, dot, start, sorted_abs, sorted_whole, order, head_out, u_max):
+def _l1_block(a, dot, start, sorted_abs, sorted_whole, order, head_out, u_max, budget_bytes):
     """Exact L1 prox of one chunk of targets: [H, c, S] (see head_source_proximity)."""
     n_heads, n_targets, n_sources = a.shape
-    d = head_out.d
+    d = head_out.shape[-1]
     rows = slice(start, start + n_targets)
     block = a * dot  # a s.u, then minus the correction where some coordinate overshoots
     del dot
@@ -230,12 +181,13 @@ def _l1_block(a, dot, start, sorted_abs, sorted_whole, order, head_out, u_max):
     correction = torch.empty_like(weights)
     for index, m in enumerate(levels):
         at = (level == index).nonzero()[:, 0]
-        step = head_out.coordinates_step(m)
+        step = max(1, budget_bytes // (8 * m * 8))
         for lo in range(0, at.numel(), step):
             part = at[lo:lo + step]
             tgt = target[part]
             y = sorted_whole[m].index_select(0, tgt)  # [n, m]: y's coordinates, smallest |y_k| first
-            u = head_out.coordinates(j[part], h[part], order[m].index_select(0, tgt))
+            coords = order[m].index_select(0, tgt) + ((j[part] * n_heads + h[part]) * d)[:, None]
+            u = head_out.view(-1).take(coords)
             # relu(s_k (a u_k - y_k)), s_k = sign(y_k) (sign(0) = +1, as for the linear term)
             x = weights[part, None] * u - y
             correction[part] = torch.where(y >= 0, x, -x).clamp_min_(0).sum(-1)

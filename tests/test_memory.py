@@ -9,7 +9,7 @@ from lmtt_widget.run import DEFAULT_FLOOR, analyze_ids
 from test_perf_paths import assert_same_graph
 
 N_TOKENS = 60
-SMALL_BUDGET = 20_000  # below every layer's probabilities, shares or FFN activations, and one layer's u [T, H, d]
+SMALL_BUDGET = 20_000  # below what every layer's probabilities, shares or FFN activations take
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt_neox"])  # sequential and parallel blocks

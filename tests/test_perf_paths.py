@@ -43,7 +43,7 @@ CASES = [
 @pytest.mark.parametrize("p", [1, 2])
 @pytest.mark.parametrize("case", range(len(CASES)))
 @pytest.mark.parametrize("given", ["head_out", "head_out, values and w_o", "values and w_o"])
-@pytest.mark.parametrize("budget", [C.DEFAULT_BUDGET_BYTES, 3000])  # 3000: u [T, H, d] is read in pieces
+@pytest.mark.parametrize("budget", [C.DEFAULT_BUDGET_BYTES, 3000])  # 3000: one target per chunk
 def test_head_source_proximity_matches_the_formula(p, case, given, budget):
     whole, probs, values, w_o, head_out = random_layer(seed=case, **CASES[case])
     reference = C.head_source_proximity_reference(whole, probs, head_out, p)
