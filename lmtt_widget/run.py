@@ -95,7 +95,8 @@ def analyze(model, prompt: str, *, distance: str = "l1", prepend_bos: bool | Non
     token at the start or none.
 
     Memory beyond the model and the captured residuals ([L, T, d] each) follows `budget_bytes`:
-    it bounds the importances' temporaries, and what grows with T^2 or d_ff is kept only if it
+    it bounds the importances' temporaries (but for one layer's head outputs [T, H, d] float32
+    at a time, see lmtt_widget.contributions), and what grows with T^2 or d_ff is kept only if it
     fits: every layer's attention probabilities (else `attention_pattern` traces again for the
     layer asked for), FFN activations (likewise), and every attention edge's shares. When the
     shares do not fit, only edges whose share is above `floor` are kept (None: 0 when they
