@@ -179,8 +179,8 @@ def _set_attention(hf_model, implementation: str) -> bool:
         return False
 
 
-def _nbytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
+def _nbytes(tensors) -> int:  # tensors, or AttentionProbs (what they hold)
+    return sum(getattr(t, "nbytes", None) or t.numel() * t.element_size() for t in tensors)
 
 
 # -- one length -----------------------------------------------------------------------------

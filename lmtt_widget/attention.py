@@ -45,6 +45,12 @@ class AttentionProbs:
     def dim(self) -> int:
         return self.query.dim()
 
+    @property
+    def nbytes(self) -> int:
+        """What it holds: queries, keys and mask (not the [..., H, T, S] it stands for)."""
+        held = [self.query, self.key] + ([] if self.mask is None else [self.mask])
+        return sum(t.numel() * t.element_size() for t in held)
+
     def rows(self, start: int, stop: int, sources: int | None = None) -> torch.Tensor:
         """[..., H, stop - start, sources]: the probabilities of targets start..stop-1 for the
         first `sources` sources (None: all; fewer only where the rest are surely masked)."""

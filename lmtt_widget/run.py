@@ -15,7 +15,7 @@ from . import graph as G
 from . import vocab as V
 from .contributions import head_outputs
 from .architectures import Shape, family_of, ffn_out_matrix, out_proj_per_head, shape_of
-from .attention import check_gives_probs
+from .attention import AttentionProbs, check_gives_probs, dense
 from .errors import LmttError, check_floor, check_index, check_threshold
 from .progress import progress_bar
 from .tracing import Capture, attention_probs, neuron_activations, trace
@@ -97,10 +97,11 @@ def analyze(model, prompt: str, *, distance: str = "l1", prepend_bos: bool | Non
     Memory beyond the model and the captured residuals ([L, T, d] each) follows `budget_bytes`:
     it bounds the importances' temporaries (but for one layer's head outputs [T, H, d] float32
     at a time, see lmtt_widget.contributions), and what grows with T^2 or d_ff is kept only if it
-    fits: every layer's attention probabilities (else `attention_pattern` traces again for the
-    layer asked for), FFN activations (likewise), and every attention edge's shares. When the
-    shares do not fit, only edges whose share is above `floor` are kept (None: 0 when they
-    fit, else 1e-3); routes at thresholds >= floor stay exact (see LayerShares).
+    fits: every layer's attention probabilities (else the queries and keys they come from,
+    [L, T, (H + KV) * head_dim]; under eager attention `attention_pattern` traces again for the
+    layer asked for), FFN activations (else traced again), and every attention edge's shares.
+    When the shares do not fit, only edges whose share is above `floor` are kept (None: 0 when
+    they fit, else 1e-3); routes at thresholds >= floor stay exact (see LayerShares).
     `progress`: None shows a progress bar once the analysis takes over a second, True always,
     False never.
     """
@@ -313,7 +314,7 @@ class Run(Shares):
         self.patches: tuple = ()  # the activations patched in from other prompts: (node, prompt)
         self.patch_ids: tuple = ()  # the token ids of each patch's source prompt
         self._neuron_cache: dict[int, torch.Tensor] = dict(capture.neurons)
-        self._probs_cache: dict[int, torch.Tensor] = dict(capture.probs)
+        self._probs_traced: dict[int, torch.Tensor] = {}  # traced again (eager attention), least recent first
 
     def __repr__(self) -> str:
         changed = f", {len(self.interventions)} ablations, {len(self.patches)} patches" if self.clean else ""
@@ -347,21 +348,29 @@ class Run(Shares):
     def attention_pattern(self, layer: int) -> torch.Tensor:
         """[H, T_target, T_source]: the attention probabilities of `layer`, on the layer's device
         (float32; the model's dtype under eager attention). `analyze` keeps every layer's when
-        they fit the run's memory budget; otherwise a request traces the model once more, up to
-        this layer, and the layers most recently asked for stay cached, as many as fit the budget
-        (the last one always)."""
+        they fit the run's memory budget, and otherwise (sdpa, see lmtt_widget.attention) the
+        queries and keys they are computed from. Under eager attention, a run that did not keep
+        them traces the model once more, up to this layer; the layers most recently asked for
+        stay cached, as many as fit the budget (the last one always)."""
+        return dense(self._probs(layer))
+
+    def _probs(self, layer: int) -> "torch.Tensor | AttentionProbs":
+        """A layer's probabilities as kept (indexing an AttentionProbs computes only the rows read)."""
         layer = self.layer(layer)
-        if layer in self._probs_cache:
-            self._probs_cache[layer] = self._probs_cache.pop(layer)  # now the most recent
-        else:
-            probs = attention_probs(self.model, self.family, self.shape, self.input_ids.to(self.hf_model.device),
-                                    [layer], self.edits)[layer]
-            cached = sum(p.numel() * p.element_size() for p in self._probs_cache.values())
-            while self._probs_cache and cached + probs.numel() * probs.element_size() > self.budget_bytes:
-                oldest = self._probs_cache.pop(next(iter(self._probs_cache)))
-                cached -= oldest.numel() * oldest.element_size()
-            self._probs_cache[layer] = probs
-        return self._probs_cache[layer]
+        if layer in self.capture.probs:
+            return self.capture.probs[layer]
+        traced = self._probs_traced
+        if layer in traced:
+            traced[layer] = traced.pop(layer)  # now the most recent
+            return traced[layer]
+        probs = attention_probs(self.model, self.family, self.shape, self.input_ids.to(self.hf_model.device),
+                                [layer], self.edits)[layer]
+        cached = sum(p.numel() * p.element_size() for p in traced.values())
+        while traced and cached + probs.numel() * probs.element_size() > self.budget_bytes:
+            oldest = traced.pop(next(iter(traced)))
+            cached -= oldest.numel() * oldest.element_size()
+        traced[layer] = probs
+        return probs
 
     def neuron_activations(self, layer: int) -> torch.Tensor:
         """[T, d_ff]: the activations entering the FFN's output projection. `analyze` keeps every
@@ -456,7 +465,7 @@ class Run(Shares):
         """[d]: head `head`'s write at `target`, from one `source` or summed over all sources."""
         layer, head, target = self.layer(layer), self.head(head), self.position(target)
         u = head_outputs(w_o(self.hf_model, self.family, self.shape, layer)[head:head + 1], self._head_values(layer, head), 1)[:, 0]  # [T, d]
-        weights = self.attention_pattern(layer)[head, target].float()  # [T]
+        weights = self._probs(layer)[head, target].float()  # [T]
         if source is None:
             return weights @ u
         source = self.position(source)

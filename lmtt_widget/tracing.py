@@ -9,7 +9,7 @@ import nnsight
 import torch
 
 from .architectures import Family, Shape
-from .attention import dense, output_probs
+from .attention import AttentionProbs, dense, output_probs
 
 # Where an edit can change the forward pass, in the order a block runs them.
 SITES = (
@@ -30,7 +30,9 @@ class Capture:
     resid: list[torch.Tensor]  # L+1 x [T, d]: resid[0] the embeddings, resid[l+1] after block l
     attn_out: list[torch.Tensor]  # L x [T, d]: the attention block's update (output bias included)
     ffn_out: list[torch.Tensor]  # L x [T, d]: the FFN block's update
-    probs: dict[int, torch.Tensor]  # layer -> [H, T, T]: attention probabilities, target x source (kept layers)
+    # layer -> [H, T, T]: attention probabilities, target x source: tensors for the layers asked
+    # for, AttentionProbs (computed when read) for the others where the model's attention gives them
+    probs: dict[int, "torch.Tensor | AttentionProbs"]
     values: list[torch.Tensor]  # L x [T, KV, head_dim]: value vectors of the KV heads (bias included)
     final_normed: torch.Tensor | None  # [T, d]: the final norm's output, what the unembedding reads
     neurons: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [T, d_ff], if asked for
@@ -154,6 +156,8 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
                 _apply(here.get("probs", []), layer_probs, state)
             if layer in probs_of:  # kept whole: what on_layer reads need not be computed again
                 probs[layer] = layer_probs = dense(layer_probs)
+            elif isinstance(layer_probs, AttentionProbs):  # kept as queries and keys: O(T d), rows when read
+                probs[layer] = layer_probs
             attn_out.append(rows(attention[0]))
             state = LayerState(resid[-1], values[-1], layer_probs)
             if "ffn_out_proj_input" in here:
@@ -178,7 +182,7 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
         return [t.detach() for t in tensors]
 
     neurons = {layer: acts.detach() for layer, acts in neurons.items()}
-    probs = {layer: p.detach() for layer, p in probs.items()}
+    probs = {layer: p if isinstance(p, AttentionProbs) else p.detach() for layer, p in probs.items()}
     if stop_after is not None:
         return Capture([], [], [], probs, [], None, neurons)
     return Capture(plain(resid), plain(attn_out), plain(ffn_out), probs, plain(values), final_normed.detach(), neurons)

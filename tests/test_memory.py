@@ -5,6 +5,7 @@ import torch
 
 import lmtt_widget as lw
 import tiny
+from lmtt_widget.attention import AttentionProbs
 from lmtt_widget.run import DEFAULT_FLOOR, analyze_ids
 from test_perf_paths import assert_same_graph
 
@@ -20,10 +21,13 @@ def runs(request):
     return analyze_ids(model, ids), analyze_ids(model, ids, budget_bytes=SMALL_BUDGET)
 
 
-def test_a_small_budget_keeps_no_probabilities_and_only_edges_above_the_floor(runs):
+def test_a_small_budget_keeps_no_probabilities_whole_and_only_edges_above_the_floor(runs):
     full, small = runs
     assert full.floor == 0 and len(full.capture.probs) == full.shape.n_layers
-    assert small.floor == DEFAULT_FLOOR and small.capture.probs == {} and small.capture.neurons == {}
+    assert small.floor == DEFAULT_FLOOR and small.capture.neurons == {}
+    # sdpa attention: every layer's queries and keys, O(T d), instead of its [H, T, T]
+    assert all(isinstance(p, AttentionProbs) for p in small.capture.probs.values())
+    assert sum(p.nbytes for p in small.capture.probs.values()) < sum(p.nbytes for p in full.capture.probs.values())
     assert sum(layer.nbytes for layer in small.layers) < sum(layer.nbytes for layer in full.layers)
     for layer in range(full.shape.n_layers):
         heads = full.attention_contributions(layer)[0]
@@ -33,11 +37,11 @@ def test_a_small_budget_keeps_no_probabilities_and_only_edges_above_the_floor(ru
         torch.testing.assert_close(small.ffn_contributions(layer), full.ffn_contributions(layer), rtol=1e-5, atol=1e-7)
 
 
-def test_probabilities_and_activations_not_kept_are_traced_again_when_asked_for(runs):
+def test_probabilities_not_kept_whole_are_computed_and_activations_traced_again_when_asked_for(runs):
     full, small = runs
     for layer in (0, full.shape.n_layers - 1):
         torch.testing.assert_close(small.attention_pattern(layer), full.attention_pattern(layer), rtol=0, atol=0)
-    assert list(small._probs_cache) == [full.shape.n_layers - 1]  # one layer's [H, T, T] already passes the budget
+    assert small._probs_traced == {}  # from the kept queries and keys: no second trace
     torch.testing.assert_close(small.head_output(1, 2, N_TOKENS - 1), full.head_output(1, 2, N_TOKENS - 1))
     torch.testing.assert_close(small.neuron_activations(1), full.neuron_activations(1), rtol=0, atol=0)
 
@@ -120,11 +124,14 @@ def test_one_head_or_one_edge_reads_the_same_as_all_of_them(runs):
         small.head_contributions(1, 9)
 
 
-def test_patterns_traced_again_stay_cached_as_far_as_the_budget_goes_most_recent_first(runs):
+def test_eager_patterns_traced_again_stay_cached_as_far_as_the_budget_goes_most_recent_first(runs):
     full, _ = runs
+    hf_model = tiny.hf_model("gpt_neox" if full.shape.parallel else "llama")
+    hf_model.set_attn_implementation("eager")  # its probabilities are tensors: not kept, traced again
+    eager = lw.load_model(hf_model, tokenizer=tiny.tokenizer())
     two_layers = 2 * full.attention_pattern(0).numel() * 4 + 1000  # two layers' [H, T, T] float32, not three
-    run = analyze_ids(full.model, full.input_ids, budget_bytes=two_layers)
+    run = analyze_ids(eager, full.input_ids, budget_bytes=two_layers)
     assert run.capture.probs == {}
     for layer in (0, 1, 0, 2):  # 0 is asked for again, so 1 is the one to go
-        torch.testing.assert_close(run.attention_pattern(layer), full.attention_pattern(layer), rtol=0, atol=0)
-    assert list(run._probs_cache) == [0, 2]
+        torch.testing.assert_close(run.attention_pattern(layer), full.attention_pattern(layer), rtol=1e-5, atol=1e-7)
+    assert list(run._probs_traced) == [0, 2]
