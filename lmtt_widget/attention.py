@@ -35,17 +35,6 @@ class AttentionProbs:
         return torch.Size((*self.query.shape[:-1], self.key.shape[-2]))
 
     @property
-    def dtype(self) -> torch.dtype:
-        return torch.float32
-
-    @property
-    def device(self) -> torch.device:
-        return self.query.device
-
-    def dim(self) -> int:
-        return self.query.dim()
-
-    @property
     def nbytes(self) -> int:
         """What it holds: queries, keys and mask (not the [..., H, T, S] it stands for)."""
         held = [self.query, self.key] + ([] if self.mask is None else [self.mask])
@@ -82,12 +71,6 @@ class AttentionProbs:
         return self.rows(0, self.query.shape[-2])
 
     def clone(self) -> torch.Tensor:  # a tensor that edits may change in place
-        return self.dense()
-
-    def float(self) -> torch.Tensor:
-        return self.dense()
-
-    def detach(self) -> torch.Tensor:
         return self.dense()
 
     def __getitem__(self, index) -> "AttentionProbs | torch.Tensor":
