@@ -48,16 +48,16 @@ class LayerShares:
 
     def dense(self) -> torch.Tensor:
         """[T_target, T_source, H]: every head's share of every edge (0 where dropped)."""
-        n_tokens = self.attn_residual.shape[0]
-        out = self.heads.new_zeros(n_tokens, n_tokens, self.heads.shape[1])
-        out[self.edges[:, 0], self.edges[:, 1]] = self.heads
-        return out
+        return self._scatter(self.heads)
 
     def head(self, head: int) -> torch.Tensor:
         """[T_target, T_source]: head `head`'s share of every edge (0 where dropped)."""
+        return self._scatter(self.heads[:, head])
+
+    def _scatter(self, values: torch.Tensor) -> torch.Tensor:  # [n, ...] -> [T, T, ...]
         n_tokens = self.attn_residual.shape[0]
-        out = self.heads.new_zeros(n_tokens, n_tokens)
-        out[self.edges[:, 0], self.edges[:, 1]] = self.heads[:, head]
+        out = values.new_zeros(n_tokens, n_tokens, *values.shape[1:])
+        out[self.edges[:, 0], self.edges[:, 1]] = values
         return out
 
     def edge(self, target: int, source: int) -> torch.Tensor:
@@ -143,8 +143,8 @@ def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, di
 
 def _floor(floor: float | None, shape: Shape, n_tokens: int, budget_bytes: int) -> float:
     if floor is None:  # every causal edge, each with H float32 shares and a (target, source) index
-        dense = shape.n_layers * n_tokens * (n_tokens + 1) // 2 * (shape.n_heads * 4 + 16)
-        return 0.0 if dense <= budget_bytes else DEFAULT_FLOOR
+        every_edge = shape.n_layers * n_tokens * (n_tokens + 1) // 2 * (shape.n_heads * 4 + 16)
+        return 0.0 if every_edge <= budget_bytes else DEFAULT_FLOOR
     return check_floor(floor)
 
 
