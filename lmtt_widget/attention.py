@@ -28,7 +28,6 @@ class AttentionProbs:
         self.mask = mask  # None (causal), bool (True: attend) or additive, with as many axes as query
         self.scaling = scaling
         self.groups = groups
-        self._float_key = None  # the keys in float32, made on the first read
 
     @property
     def shape(self) -> torch.Size:
@@ -48,9 +47,8 @@ class AttentionProbs:
         if sources is None or self.mask is not None:
             sources = n_sources
         sources = min(n_sources, max(sources, stop + offset))  # causal: later sources of these rows get 0
-        if self._float_key is None:
-            self._float_key = self.key.float()
-        keys = self._float_key[..., :sources, :].transpose(-1, -2)  # [..., KV, hd, sources]
+        # float32 per read (a no-op for float32 models): a cached copy would outlive the read in every kept layer
+        keys = self.key[..., :sources, :].float().transpose(-1, -2)  # [..., KV, hd, sources]
         query = self.query[..., start:stop, :].float() * self.scaling  # [..., H, c, hd]
         if self.groups == 1:
             scores = query @ keys
