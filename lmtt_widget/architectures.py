@@ -1,12 +1,48 @@
 """One small adapter per model family: where the blocks, heads, norms and projections live.
 
 Everything else in lmtt-widget speaks the method's language (residual, attention block, FFN
-block, heads, neurons); this module maps it onto a family's module tree. Paths are dotted
-attribute names, valid both on the transformers module and on its nnsight envoy.
+block, heads, neurons, experts); this module maps it onto a family's module tree. Paths are
+dotted attribute names, valid both on the transformers module and on its nnsight envoy.
 
-To add a family: write a `Family(...)` below (the paths, how value vectors sit in the value
-projection's output, the final norm's kind) and list its `model_type`s; the reconstruction
-tests in tests/test_families.py tell whether it is right.
+Supported: GPT-2; Llama (Llama 2/3, Mistral, Qwen2/3, SmolLM3); GPT-NeoX/Pythia; OPT; Gemma 2;
+Gemma 3 (text models, and the text path of Gemma3ForConditionalGeneration); Phi-3; OLMo 2 and 3;
+GPT-J; Falcon (parallel attention with multi-query, the new decoder architecture, the sequential
+layout with ALiBi); Cohere and Cohere 2; and the mixtures of experts Mixtral, Qwen2-MoE,
+Qwen3-MoE and OLMoE.
+
+To add a family: write a `Family(...)` below (the paths; how value vectors sit in the value
+projection's output; the kind of its norms; any norm after a sub-block; whether its blocks are
+parallel; its experts if it has any) and list its `model_type`s; the reconstruction tests in
+tests/test_families.py and tests/test_families_new.py tell whether it is right.
+
+Where a family needs a decision of the method (design notes):
+
+- Norms after a sub-block (Gemma 2/3's sandwich norms, OLMo 2/3's post-norms): what the block
+  adds to the residual is norm(out), out the attention (or FFN) output. With its per-position
+  scale frozen at the real value the norm is linear: norm(out)_i = s_i M(out_i) (+ its bias),
+  s_i = 1 / rms(out_i) (RMSNorm; 1 / std for LayerNorm) and M the fixed channel map (centring
+  for LayerNorm, then times the weight: Gemma's is 1 + weight). So each head-source part is
+  z^h_{i<-j} = A^h_ij s_i v^h_j (W_O^h M): `run.w_o` folds M into W_O, the trace records s_i
+  (`Capture.attn_scale`), and sum z + s_i M(b_O) is the real update. The FFN's update, its
+  neurons' writes and its experts' outputs are scaled the same way (`Capture.ffn_scale`). The
+  captured `attn_out` / `ffn_out` stay what is added to the residual, and the edit sites
+  "attention_output" / "ffn_output" are that update (the norm's output).
+- Parallel blocks (GPT-NeoX, GPT-J, Falcon's parallel and new decoder layouts, Cohere 1/2): one
+  whole, the block's output, with the residual, every head-source part and the FFN update as parts.
+- Mixtures of experts: the FFN block's update (the routed experts' weighted outputs plus any
+  shared expert's gated output) is one part of the FFN block, as a dense FFN's update is;
+  lmtt_widget.experts drills into it (routing weights, each expert's own output, the neurons
+  inside an expert). A MoE layer has no layer-wide neurons: its neuron readouts refuse with a
+  pointer to the expert-level ones. Dense layers of a MoE model (Qwen's `mlp_only_layers`) are
+  ordinary FFNs.
+- Attention soft-capping, sliding windows, ALiBi and clamped values only change what the model
+  computes; the package reads what it really uses: the probabilities (computed from the same
+  queries, keys and mask, or written by eager attention where only eager can give them:
+  `Family.eager_only`) and the clamped values (`Family.value_clamp`).
+- Final logit soft-capping (Gemma 2, Gemma 3 text) and Cohere's logit scale apply where the
+  model applies them: the logits and the logit lens go through them. Direct logit effects are
+  linear in the update, so they include the logit scale and stop before a soft-cap (they are
+  effects on the soft-cap's argument).
 """
 
 from __future__ import annotations
@@ -24,6 +60,21 @@ def _get(root: Any, path: str) -> Any:
     return functools.reduce(getattr, path.split("."), root)
 
 
+def _has(root: Any, path: str) -> bool:
+    try:
+        _get(root, path)
+    except AttributeError:
+        return False
+    return True
+
+
+def text_config(model: torch.nn.Module) -> Any:
+    """The config of a causal LM's text model (a multimodal model's `text_config`, else its own)."""
+    return model.config.get_text_config()
+
+
+# -- where value vectors sit in the value projection's output [T, width] -> [T, KV, head_dim] ---------
+
 def _values_separate(proj_out: torch.Tensor, n_heads: int, n_kv: int, head_dim: int) -> torch.Tensor:
     # a v_proj of its own: [T, n_kv * head_dim]
     return proj_out.reshape(-1, n_kv, head_dim)
@@ -40,6 +91,77 @@ def _values_neox(proj_out: torch.Tensor, n_heads: int, n_kv: int, head_dim: int)
     return proj_out.reshape(-1, n_heads, 3 * head_dim)[..., 2 * head_dim :]
 
 
+def _values_after_qk(proj_out: torch.Tensor, n_heads: int, n_kv: int, head_dim: int) -> torch.Tensor:
+    # Phi-3's qkv_proj: [T, (H + 2 KV) head_dim] = q (H heads) | k (KV heads) | v (KV heads)
+    return proj_out[:, (n_heads + n_kv) * head_dim :].reshape(-1, n_kv, head_dim)
+
+
+def _values_per_kv_group(proj_out: torch.Tensor, n_heads: int, n_kv: int, head_dim: int) -> torch.Tensor:
+    # Falcon's query_key_value: per KV head, its H / KV query heads, then k, then v (multi-query:
+    # one group; the classic layout: one query head per group)
+    return proj_out.reshape(-1, n_kv, n_heads // n_kv + 2, head_dim)[:, :, -1]
+
+
+_VALUES_CODE = {  # the same, as code on an expression of the projection's output [T, width]
+    _values_separate: "{out}.reshape(T, {kv}, {hd})",
+    _values_gpt2: "{out}[:, {two_d}:].reshape(T, {h}, {hd})",
+    _values_neox: "{out}.reshape(T, {h}, 3 * {hd})[..., {two_hd}:]",
+    _values_after_qk: "{out}[:, {qk}:].reshape(T, {kv}, {hd})",
+    _values_per_kv_group: "{out}.reshape(T, {kv}, {per_group}, {hd})[:, :, -1]",
+}
+
+
+# -- norms -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Norm:
+    """How a family's norms compute: norm(x) = scale(x) * M(x) (+ bias), RMSNorm (scale 1 / rms(x))
+    or LayerNorm (scale 1 / std(x), M centres x first); M then multiplies by the weight plus
+    `weight_offset` (Gemma's RMSNorm multiplies by 1 + weight). Frozen at a real input's scale,
+    the norm is the linear map scale * M."""
+
+    kind: str  # "rms" or "layer"
+    weight_offset: float = 0.0
+
+    def scale(self, x: torch.Tensor, eps: float) -> torch.Tensor:
+        """[...] float32: the per-position scale the norm applies to x [..., d]."""
+        x = x.float()
+        if self.kind == "layer":
+            x = x - x.mean(-1, keepdim=True)
+        return (x.pow(2).mean(-1) + eps).rsqrt()
+
+    def channel_map(self, u: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """M(u) float32: the norm's linear map at scale 1, on the last axis of u [..., d]."""
+        u = u.float()
+        if self.kind == "layer":
+            u = u - u.mean(-1, keepdim=True)
+        if weight is None:
+            return u
+        return u * (weight.detach().float().to(u.device) + self.weight_offset)
+
+
+def norm_eps(norm: torch.nn.Module) -> float:
+    for name in ("variance_epsilon", "eps", "epsilon"):
+        if hasattr(norm, name):
+            return float(getattr(norm, name))
+    raise AttributeError(f"cannot find the epsilon of {type(norm).__name__}")
+
+
+# -- mixtures of experts ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Experts:
+    """Where a sparse FFN block's parts live, in a block (see lmtt_widget.experts)."""
+
+    router: str = "mlp.gate"  # output (router logits, routing weights [T, k], selected experts [T, k])
+    experts: str = "mlp.experts"  # gate_up_proj [E, 2 d_ff, d], down_proj [E, d, d_ff], _apply_gate
+    input_norm: str = "post_attention_layernorm"  # the norm whose output the FFN block reads
+    shared: str | None = None  # a dense MLP that every token goes through (Qwen2-MoE) ...
+    shared_gate: str | None = None  # ... scaled by sigmoid(this linear map of the FFN input)
+
+
+# -- families ---------------------------------------------------------------------------------------
+
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -48,28 +170,73 @@ class Family:
     attention: str  # in a block; its output is (attn_out, attention_probabilities)
     value_proj: str  # in a block; the projection whose output holds the value vectors
     out_proj: str  # in a block; the attention output projection W_O
-    ffn: str  # in a block; its output is the FFN block's update
-    ffn_out_proj: str  # in a block; its input holds the neurons' activations
+    ffn: str  # in a block; its output is the FFN's output (its update, unless ffn_post_norm)
+    ffn_out_proj: str  # in a dense block; its input holds the neurons' activations
     final_norm: str
-    norm_kind: str  # "rms" or "layer" (the final norm)
+    norm: Norm  # the kind of the family's norms (the final norm and any post-norm)
     values: Callable[[torch.Tensor, int, int, int], torch.Tensor]
+    attn_post_norm: str | None = None  # in a block; a norm between the attention output and the residual
+    ffn_post_norm: str | None = None  # in a block; a norm between the FFN output and the residual
+    experts: Experts | None = None  # for mixtures of experts; blocks without them are dense
     parallel: Callable[[Any], bool] = lambda config: False
+    kv_heads: Callable[[Any], int | None] = lambda config: None  # None: num_key_value_heads, else H
+    value_clamp: Callable[[Any], float | None] = lambda config: None  # values clamped to [-c, c]
+    eager_only: Callable[[Any], bool] = lambda config: False  # only eager attention gives usable probabilities
+    logit_scale: Callable[[Any], float] = lambda config: 1.0  # the logits are lm_head(x) times this
+    logit_softcap: Callable[[Any], float | None] = lambda config: None  # then c * tanh(logits / c)
     check: Callable[[Any], None] = lambda config: None
 
     def modules(self, root: Any, layer: int) -> dict[str, Any]:
-        """The block's modules in the order the forward pass runs them (nnsight needs that)."""
+        """The block's modules in the order the forward pass runs them (nnsight needs that).
+        "attn_update" / "ffn_update" are the modules whose output is added to the residual (a
+        post-norm, or the sub-block itself); "attn_post_norm" / "ffn_post_norm" are None without
+        one. In a mixture-of-experts block "ffn_out_proj" is None and "router" is the router;
+        in a dense block "router" is None."""
         block = _get(root, self.blocks)[layer]
+        moe = self.is_moe(block)
+        attn_post = None if self.attn_post_norm is None else _get(block, self.attn_post_norm)
+        ffn_post = None if self.ffn_post_norm is None else _get(block, self.ffn_post_norm)
+        attention, ffn = _get(block, self.attention), _get(block, self.ffn)
         return {
             "block": block,
             "value_proj": _get(block, self.value_proj),
             "out_proj": _get(block, self.out_proj),
-            "attention": _get(block, self.attention),
-            "ffn_out_proj": _get(block, self.ffn_out_proj),
-            "ffn": _get(block, self.ffn),
+            "attention": attention,
+            "attn_post_norm": attn_post,
+            "attn_update": attention if attn_post is None else attn_post,
+            "router": _get(block, self.experts.router) if moe else None,
+            "ffn_out_proj": None if moe else _get(block, self.ffn_out_proj),
+            "ffn": ffn,
+            "ffn_post_norm": ffn_post,
+            "ffn_update": ffn if ffn_post is None else ffn_post,
         }
 
     def get(self, root: Any, what: str) -> Any:
         return _get(root, getattr(self, what))
+
+    def is_moe(self, block: Any) -> bool:
+        """Whether a block's FFN is a mixture of experts."""
+        return self.experts is not None and _has(block, self.experts.experts)
+
+    def value_vectors(self, proj_out: torch.Tensor, shape: "Shape", clamp: float | None) -> torch.Tensor:
+        """[T, KV, head_dim]: the value vectors in the value projection's output [T, width], clamped
+        to [-clamp, clamp] where the family clamps them (`value_clamp(config)`)."""
+        values = self.values(proj_out, shape.n_heads, shape.n_kv_heads, shape.head_dim)
+        return values if clamp is None else values.clamp(-clamp, clamp)
+
+    def values_code(self, proj_out: str, shape: "Shape", clamp: float | None) -> str:
+        """`value_vectors` as code, on the expression `proj_out` of the projection's output [T, width]."""
+        h, kv, hd = shape.n_heads, shape.n_kv_heads, shape.head_dim
+        code = _VALUES_CODE[self.values].format(out=proj_out, h=h, kv=kv, hd=hd, two_d=2 * h * hd, two_hd=2 * hd,
+                                                qk=(h + kv) * hd, per_group=h // kv + 2)
+        return code if clamp is None else f"{code}.clamp({-clamp!r}, {clamp!r})"
+
+    def final_logits(self, logits: torch.Tensor, config: Any) -> torch.Tensor:
+        """The model's logits from lm_head's output: times the logit scale, then soft-capped."""
+        scale, cap = self.logit_scale(config), self.logit_softcap(config)
+        if scale != 1.0:
+            logits = logits * scale
+        return logits if cap is None else cap * torch.tanh(logits / cap)
 
 
 def _opt_check(config: Any) -> None:
@@ -82,6 +249,26 @@ def _opt_check(config: Any) -> None:
         raise LmttError("OPT models with project_in/project_out (word_embed_proj_dim != hidden_size) are not supported")
 
 
+def _falcon_kv_heads(config: Any) -> int:
+    if config.new_decoder_architecture:
+        return config.num_kv_heads
+    return 1 if config.multi_query else config.num_attention_heads
+
+
+def _attention_softcapped(config: Any) -> bool:
+    return getattr(config, "attn_logit_softcapping", None) is not None
+
+
+def _final_softcap(config: Any) -> float | None:
+    return getattr(config, "final_logit_softcapping", None)
+
+
+_LLAMA_PATHS = dict(blocks="model.layers", attention="self_attn", value_proj="self_attn.v_proj",
+                    out_proj="self_attn.o_proj", ffn="mlp", ffn_out_proj="mlp.down_proj", final_norm="model.norm")
+_SANDWICH = dict(attn_post_norm="post_attention_layernorm", ffn_post_norm="post_feedforward_layernorm")
+_GEMMA = dict(norm=Norm("rms", weight_offset=1.0), values=_values_separate, eager_only=_attention_softcapped,
+              **_SANDWICH)
+
 FAMILIES: tuple[Family, ...] = (
     Family(
         name="gpt2",
@@ -93,22 +280,11 @@ FAMILIES: tuple[Family, ...] = (
         ffn="mlp",
         ffn_out_proj="mlp.c_proj",
         final_norm="transformer.ln_f",
-        norm_kind="layer",
+        norm=Norm("layer"),
         values=_values_gpt2,
     ),
-    Family(
-        name="llama",
-        model_types=("llama", "mistral", "qwen2", "qwen3", "smollm3"),
-        blocks="model.layers",
-        attention="self_attn",
-        value_proj="self_attn.v_proj",
-        out_proj="self_attn.o_proj",
-        ffn="mlp",
-        ffn_out_proj="mlp.down_proj",
-        final_norm="model.norm",
-        norm_kind="rms",
-        values=_values_separate,
-    ),
+    Family(name="llama", model_types=("llama", "mistral", "qwen2", "qwen3", "smollm3"), **_LLAMA_PATHS,
+           norm=Norm("rms"), values=_values_separate),
     Family(
         name="gpt_neox",
         model_types=("gpt_neox",),
@@ -119,7 +295,7 @@ FAMILIES: tuple[Family, ...] = (
         ffn="mlp",
         ffn_out_proj="mlp.dense_4h_to_h",
         final_norm="gpt_neox.final_layer_norm",
-        norm_kind="layer",
+        norm=Norm("layer"),
         values=_values_neox,
         parallel=lambda config: bool(getattr(config, "use_parallel_residual", True)),
     ),
@@ -133,10 +309,58 @@ FAMILIES: tuple[Family, ...] = (
         ffn="fc2",
         ffn_out_proj="fc2",
         final_norm="model.decoder.final_layer_norm",
-        norm_kind="layer",
+        norm=Norm("layer"),
         values=_values_separate,
         check=_opt_check,
     ),
+    Family(name="gemma", model_types=("gemma2", "gemma3_text"), **_LLAMA_PATHS, **_GEMMA,
+           logit_softcap=_final_softcap),
+    # Gemma3ForConditionalGeneration: the text path (the language model inside); it applies no final soft-cap
+    Family(name="gemma3_multimodal", model_types=("gemma3",), **_GEMMA,
+           **{**_LLAMA_PATHS, "blocks": "model.language_model.layers", "final_norm": "model.language_model.norm"}),
+    Family(name="phi3", model_types=("phi3",), **{**_LLAMA_PATHS, "value_proj": "self_attn.qkv_proj"},
+           norm=Norm("rms"), values=_values_after_qk),
+    Family(name="olmo2", model_types=("olmo2", "olmo3"), **_LLAMA_PATHS, **_SANDWICH, norm=Norm("rms"),
+           values=_values_separate),
+    Family(
+        name="gptj",
+        model_types=("gptj",),
+        blocks="transformer.h",
+        attention="attn",
+        value_proj="attn.v_proj",
+        out_proj="attn.out_proj",
+        ffn="mlp",
+        ffn_out_proj="mlp.fc_out",
+        final_norm="transformer.ln_f",
+        norm=Norm("layer"),
+        values=_values_separate,
+        parallel=lambda config: True,
+    ),
+    Family(
+        name="falcon",
+        model_types=("falcon",),
+        blocks="transformer.h",
+        attention="self_attention",
+        value_proj="self_attention.query_key_value",
+        out_proj="self_attention.dense",
+        ffn="mlp",
+        ffn_out_proj="mlp.dense_4h_to_h",
+        final_norm="transformer.ln_f",
+        norm=Norm("layer"),
+        values=_values_per_kv_group,
+        parallel=lambda config: bool(config.new_decoder_architecture or config.parallel_attn),
+        kv_heads=_falcon_kv_heads,
+        # its attention is its own class, not transformers' attention interface: sdpa or eager only
+        eager_only=lambda config: True,
+    ),
+    Family(name="cohere", model_types=("cohere", "cohere2"), **_LLAMA_PATHS, norm=Norm("layer"),
+           values=_values_separate, parallel=lambda config: True, logit_scale=lambda config: config.logit_scale),
+    Family(name="mixtral", model_types=("mixtral", "qwen3_moe"), **_LLAMA_PATHS, norm=Norm("rms"),
+           values=_values_separate, experts=Experts()),
+    Family(name="qwen2_moe", model_types=("qwen2_moe",), **_LLAMA_PATHS, norm=Norm("rms"), values=_values_separate,
+           experts=Experts(shared="mlp.shared_expert", shared_gate="mlp.shared_expert_gate")),
+    Family(name="olmoe", model_types=("olmoe",), **_LLAMA_PATHS, norm=Norm("rms"), values=_values_separate,
+           experts=Experts(), value_clamp=lambda config: config.clip_qkv),
 )
 
 
@@ -144,18 +368,33 @@ def supported_model_types() -> list[str]:
     return [t for family in FAMILIES for t in family.model_types]
 
 
+def family_for(model_type: str | None) -> Family | None:
+    """The adapter for a config's `model_type`, or None."""
+    return next((family for family in FAMILIES if model_type in family.model_types), None)
+
+
 def family_of(model: torch.nn.Module) -> Family:
     """The adapter for a transformers causal LM, or a clear error saying what is supported."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    for family in FAMILIES:
-        if model_type in family.model_types:
-            family.check(model.config)
-            return family
+    family = family_for(model_type)
+    if family is not None:
+        family.check(text_config(model))
+        return family
     raise LmttError(
-        f"model type {model_type!r} is not supported. Supported: {', '.join(supported_model_types())} "
-        "(families: " + ", ".join(f.name for f in FAMILIES) + "). To add a family, write a Family "
-        "adapter in lmtt_widget/architectures.py (module paths, value layout, final norm kind)."
+        f"model type {model_type!r} is not supported. Supported model types: {', '.join(supported_model_types())} "
+        "(families: " + ", ".join(f.name for f in FAMILIES) + "). To add a family, write a Family adapter in "
+        "lmtt_widget/architectures.py (module paths, where the value vectors sit, the norms' kind, any norm "
+        "after a sub-block, parallel blocks, experts); tests/test_families_new.py checks that its parts add up."
     )
+
+
+def check_attention(model: torch.nn.Module, family: Family) -> None:
+    """An LmttError, with the fix, where the family's probabilities need eager attention and the model runs another."""
+    implementation = getattr(model.config, "_attn_implementation", None)
+    if family.eager_only(text_config(model)) and implementation != "eager":
+        raise LmttError(f"this {family.name} model's attention gives its real probabilities only under eager "
+                        f"attention (it runs {implementation!r}): load it with lw.load_model, or create it with "
+                        "attn_implementation='eager'")
 
 
 def out_proj_per_head(module: torch.nn.Module, n_heads: int, head_dim: int) -> torch.Tensor:
@@ -187,14 +426,15 @@ class Shape:
 
 
 def shape_of(model: torch.nn.Module, family: Family) -> Shape:
-    config = model.config
+    config = text_config(model)
     n_heads = config.num_attention_heads
     d_model = config.hidden_size
     head_dim = getattr(config, "head_dim", None) or d_model // n_heads
+    n_kv = family.kv_heads(config) or getattr(config, "num_key_value_heads", None) or n_heads
     return Shape(
         n_layers=len(family.get(model, "blocks")),
         n_heads=n_heads,
-        n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
+        n_kv_heads=n_kv,
         head_dim=head_dim,
         d_model=d_model,
         d_vocab=config.vocab_size,

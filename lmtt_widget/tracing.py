@@ -8,17 +8,19 @@ from typing import Callable, NamedTuple, Sequence
 import nnsight
 import torch
 
-from .architectures import Family, Shape
+from .architectures import Family, Shape, norm_eps, text_config
 from .attention import AttentionProbs, dense, output_probs
+from .errors import LmttError
 
 # Where an edit can change the forward pass, in the order a block runs them.
 SITES = (
     "embed",  # layer 0's input, the embeddings [T, d]
     "out_proj_input",  # the attention output projection's input [T, H * head_dim]: heads side by side
-    "attention_output",  # the attention block's update [T, d]
+    "attention_output",  # the attention block's update [T, d], as added to the residual (after any post-norm)
     "probs",  # the captured copy of the attention probabilities [H, T, T] (the model never sees it)
-    "ffn_out_proj_input",  # the FFN output projection's input [T, d_ff]: the neurons' activations
-    "ffn_output",  # the FFN block's update [T, d]
+    "routing_weights",  # a mixture of experts' routing weights of the selected experts [T, k] (state.experts)
+    "ffn_out_proj_input",  # the FFN output projection's input [T, d_ff]: the neurons' activations (dense FFNs)
+    "ffn_output",  # the FFN block's update [T, d], as added to the residual (after any post-norm)
     "block_output",  # the residual after the block [T, d]
 )
 
@@ -33,9 +35,15 @@ class Capture:
     # layer -> [H, T, T]: attention probabilities, target x source: tensors for the layers asked
     # for, AttentionProbs (computed when read) for the others where the model's attention gives them
     probs: dict[int, "torch.Tensor | AttentionProbs"]
-    values: list[torch.Tensor]  # L x [T, KV, head_dim]: value vectors of the KV heads (bias included)
+    # L x [T, KV, head_dim]: value vectors of the KV heads (bias included; clamped where the model clamps them)
+    values: list[torch.Tensor]
     final_normed: torch.Tensor | None  # [T, d]: the final norm's output, what the unembedding reads
     neurons: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [T, d_ff], if asked for
+    # L x [T] float32 for families with a norm after the attention (FFN) block, else empty: the
+    # norm's per-position scale in this pass, frozen so that the update is linear in the block's
+    # output (see lmtt_widget.architectures)
+    attn_scale: list[torch.Tensor] = field(default_factory=list)
+    ffn_scale: list[torch.Tensor] = field(default_factory=list)
 
 
 class LayerTensors(NamedTuple):
@@ -47,6 +55,7 @@ class LayerTensors(NamedTuple):
     resid_out: torch.Tensor  # [T, d]
     probs: torch.Tensor  # [H, T, T] (or attention.AttentionProbs, computed when read)
     values: torch.Tensor  # [T, KV, head_dim]
+    attn_scale: torch.Tensor | None = None  # [T]: the frozen scale of a norm after the attention block
 
 
 class LayerState(NamedTuple):
@@ -55,6 +64,11 @@ class LayerState(NamedTuple):
     resid_in: torch.Tensor  # [T, d]: the residual entering the block
     values: torch.Tensor | None  # [T, KV, head_dim]; None at "embed"
     probs: torch.Tensor | None  # [H, T, T] (or AttentionProbs): the probabilities, from "attention_output" on
+    # [T] float32, from "attention_output" on, where a norm follows the attention block (else None):
+    # its per-position scale in this pass. A head-source term's share of the update at target t is
+    # attn_scale[t] * A^h_ts v^h_s (W_O^h M), run.w_o giving W_O^h M (see lmtt_widget.architectures)
+    attn_scale: torch.Tensor | None = None
+    experts: torch.Tensor | None = None  # [T, k]: the selected experts, at "routing_weights"
 
 
 @dataclass(frozen=True)
@@ -91,7 +105,7 @@ def _apply(edits: list[Edit], tensor: torch.Tensor, state: LayerState) -> None:
 def trace(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=None, *, neurons: bool = False,
           probs: bool = False, on_layer: Callable[[int, LayerTensors], None] | None = None) -> Capture:
     """Run the model once on `input_ids` [T] and capture residuals, updates, values, with `probs`
-    every layer's attention probabilities and with `neurons` every layer's FFN activations.
+    every layer's attention probabilities and with `neurons` every dense FFN's activations.
 
     `on_layer(layer, tensors)` is called inside the trace as soon as a block has run, so that
     what it computes from the block's probabilities needs none of them kept ([L, H, T, T] is the
@@ -100,7 +114,9 @@ def trace(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=No
     edited pass computed. lmtt_widget.interventions makes them from ablations and patches.
     """
     every = set(range(shape.n_layers))
-    return _forward(model, family, shape, input_ids, edits, neurons_of=every if neurons else set(),
+    blocks = family.get(model._module, "blocks")
+    dense_ffns = {layer for layer in every if not family.is_moe(blocks[layer])}
+    return _forward(model, family, shape, input_ids, edits, neurons_of=dense_ffns if neurons else set(),
                     probs_of=every if probs else set(), on_layer=on_layer)
 
 
@@ -123,6 +139,7 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
              neurons_of: set[int] = frozenset(), probs_of: set[int] = frozenset(), stop_after: int | None = None,
              on_layer: Callable[[int, LayerTensors], None] | None = None) -> Capture:
     n_tokens = input_ids.shape[0]
+    clamp = family.value_clamp(text_config(model._module))
 
     def rows(tensor: torch.Tensor) -> torch.Tensor:  # [1, T, ...] or [T, ...] -> [T, ...]
         return tensor.reshape(n_tokens, *tensor.shape[-1:])
@@ -133,6 +150,7 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
     with torch.no_grad(), model.trace(input_ids[None]) as tracer:
         resid, attn_out, ffn_out = nnsight.save([]), nnsight.save([]), nnsight.save([])
         probs, values, neurons = nnsight.save({}), nnsight.save([]), nnsight.save({})
+        attn_scale, ffn_scale = nnsight.save([]), nnsight.save([])
         for layer in range(shape.n_layers):
             modules = family.modules(model, layer)
             here = _at(edits, layer)
@@ -143,39 +161,50 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
                     _apply(here["embed"], x, LayerState(x, None, None))
                 resid.append(rows(embeddings))
             value_proj = rows(modules["value_proj"].output)
-            values.append(family.values(value_proj, shape.n_heads, shape.n_kv_heads, shape.head_dim))
+            values.append(family.value_vectors(value_proj, shape, clamp))
             if "out_proj_input" in here:
                 state = LayerState(resid[-1], values[-1], None)
                 _apply(here["out_proj_input"], editable(_first(modules["out_proj"].input)), state)
             attention = modules["attention"].output
             layer_probs = output_probs(attention)
+            attn_update, scale = block_update(family, modules, "attn", attention)
             if "attention_output" in here or "probs" in here:
-                state = LayerState(resid[-1], values[-1], layer_probs)
-                _apply(here.get("attention_output", []), editable(attention[0]), state)
+                state = LayerState(resid[-1], values[-1], layer_probs, scale)
+                _apply(here.get("attention_output", []), editable(attn_update), state)
                 layer_probs = layer_probs.clone()
                 _apply(here.get("probs", []), layer_probs, state)
             if layer in probs_of:  # kept whole: what on_layer reads need not be computed again
                 probs[layer] = layer_probs = dense(layer_probs)
             elif isinstance(layer_probs, AttentionProbs):  # kept as queries and keys: O(T d), rows when read
                 probs[layer] = layer_probs
-            attn_out.append(rows(attention[0]))
-            state = LayerState(resid[-1], values[-1], layer_probs)
-            if "ffn_out_proj_input" in here:
-                _apply(here["ffn_out_proj_input"], editable(_first(modules["ffn_out_proj"].input)), state)
-            if layer in neurons_of:
-                neurons[layer] = editable(_first(modules["ffn_out_proj"].input)).clone()
+            attn_out.append(rows(attn_update).clone())  # a copy: some blocks add to their sub-blocks' outputs in place
+            if scale is not None:
+                attn_scale.append(scale)
+            state = LayerState(resid[-1], values[-1], layer_probs, scale)
+            if "routing_weights" in here:
+                router = _router_output(modules, layer)
+                _apply(here["routing_weights"], editable(router[1]), state._replace(experts=editable(router[2])))
+            if "ffn_out_proj_input" in here or layer in neurons_of:
+                activations = editable(_first(_dense_ffn_out_proj(modules, layer).input))
+                _apply(here.get("ffn_out_proj_input", []), activations, state)
+                if layer in neurons_of:
+                    neurons[layer] = activations.clone()
             if layer == stop_after:
                 tracer.stop()
             ffn = modules["ffn"].output
+            ffn_update, scale = block_update(family, modules, "ffn", ffn)
             if "ffn_output" in here:
-                _apply(here["ffn_output"], editable(_first(ffn)), state)
-            ffn_out.append(rows(ffn))
+                _apply(here["ffn_output"], editable(ffn_update), state)
+            ffn_out.append(rows(ffn_update).clone())  # a copy: Falcon adds the attention output to it in place
+            if scale is not None:
+                ffn_scale.append(scale)
             block_output = _first(modules["block"].output)
             if "block_output" in here:
                 _apply(here["block_output"], editable(block_output), state)
             resid.append(rows(block_output))
             if on_layer is not None:
-                on_layer(layer, LayerTensors(resid[-2], attn_out[-1], ffn_out[-1], resid[-1], layer_probs, values[-1]))
+                on_layer(layer, LayerTensors(resid[-2], attn_out[-1], ffn_out[-1], resid[-1], layer_probs, values[-1],
+                                             state.attn_scale))
         final_normed = rows(family.get(model, "final_norm").output).save()
 
     def plain(tensors):
@@ -185,4 +214,29 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
     probs = {layer: p if isinstance(p, AttentionProbs) else p.detach() for layer, p in probs.items()}
     if stop_after is not None:
         return Capture([], [], [], probs, [], None, neurons)
-    return Capture(plain(resid), plain(attn_out), plain(ffn_out), probs, plain(values), final_normed.detach(), neurons)
+    return Capture(plain(resid), plain(attn_out), plain(ffn_out), probs, plain(values), final_normed.detach(), neurons,
+                   list(attn_scale), list(ffn_scale))
+
+
+def block_update(family: Family, modules: dict, which: str, output) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the update of sub-block `which` ("attn" or "ffn") as the residual receives it, [1, T, d];
+    the frozen scale [T] float32 of the norm after it, or None where there is none), from the
+    sub-block's `output` in a trace: read it before anything later in the block."""
+    post_norm = modules[f"{which}_post_norm"]
+    if post_norm is None:
+        return _first(output), None
+    raw = _first(output)
+    return _first(post_norm.output), family.norm.scale(raw.reshape(-1, raw.shape[-1]), norm_eps(post_norm))
+
+
+def _dense_ffn_out_proj(modules: dict, layer: int):
+    if modules["ffn_out_proj"] is None:
+        raise LmttError(f"layer {layer}'s FFN is a mixture of experts: it has no layer-wide neurons (each expert "
+                        "has its own; see lmtt_widget.experts)")
+    return modules["ffn_out_proj"]
+
+
+def _router_output(modules: dict, layer: int):
+    if modules["router"] is None:
+        raise LmttError(f"layer {layer}'s FFN is dense: it has no experts to route")
+    return modules["router"].output

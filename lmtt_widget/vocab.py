@@ -3,7 +3,13 @@
 - logit lens: `W_U · norm_final(x)` of a residual node, with rank changes along the stream;
 - direct logit effect of an update u (block, head, neuron): `W_U · N(u)`, where N is the
   final norm linearised with the per-token scale that the real final residual has
-  (RMSNorm: gamma * u / s; LayerNorm: gamma * (u - mean u) / s). Biases belong to no update.
+  (RMSNorm: gamma * u / s; LayerNorm: gamma * (u - mean u) / s; Gemma's gamma is 1 + weight).
+  Biases belong to no update.
+
+Logits are what the model computes from the final norm's output: the unembedding, times a
+family's logit scale (Cohere), then its final soft-cap (Gemma 2, Gemma 3 text models), so the
+logit lens of the last residual gives the model's own logits. Direct logit effects are linear in
+the update: they include the logit scale and stop before the soft-cap (an effect on its argument).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from .architectures import Family
+from .architectures import Family, norm_eps, text_config
 
 
 class LensToken(NamedTuple):
@@ -31,7 +37,7 @@ def unembed(hf_model, family: Family, normed: torch.Tensor) -> torch.Tensor:
     """Logits of already-normalised residuals [..., d] -> [..., V], as the model computes them."""
     head = hf_model.get_output_embeddings()
     with torch.no_grad():
-        return head(normed.to(head.weight.device, head.weight.dtype))
+        return family.final_logits(head(normed.to(head.weight.device, head.weight.dtype)), text_config(hf_model))
 
 
 def final_norm(hf_model, family: Family, resid: torch.Tensor) -> torch.Tensor:
@@ -40,34 +46,24 @@ def final_norm(hf_model, family: Family, resid: torch.Tensor) -> torch.Tensor:
         return norm(resid.to(norm.weight.device, norm.weight.dtype))
 
 
-def _norm_eps(norm: torch.nn.Module) -> float:
-    for name in ("variance_epsilon", "eps", "epsilon"):
-        if hasattr(norm, name):
-            return float(getattr(norm, name))
-    raise AttributeError(f"cannot find the epsilon of {type(norm).__name__}")
-
-
 @torch.no_grad()
 def frozen_final_norm(hf_model, family: Family, update: torch.Tensor, final_resid: torch.Tensor) -> torch.Tensor:
     """The final norm applied to `update` [..., d] as a linear map, its scale frozen at `final_resid` [d]."""
     norm = family.get(hf_model, "final_norm")
     u = update.float()
-    x = final_resid.float().to(u.device)  # on several devices the update may come from another layer's
-    if family.norm_kind == "layer":
-        u = u - u.mean(-1, keepdim=True)
-        scale = (x.var(-1, unbiased=False) + _norm_eps(norm)).sqrt()
-    else:
-        scale = (x.pow(2).mean(-1) + _norm_eps(norm)).sqrt()
-    gamma = norm.weight.float().to(u.device) if getattr(norm, "weight", None) is not None else 1.0
-    return gamma * u / scale
+    # on several devices the update may come from another layer's device
+    scale = family.norm.scale(final_resid.to(u.device), norm_eps(norm))
+    return family.norm.channel_map(u, getattr(norm, "weight", None)) * scale
 
 
 @torch.no_grad()
 def direct_logits(hf_model, family: Family, update: torch.Tensor, final_resid: torch.Tensor) -> torch.Tensor:
-    """[..., V] float32: the update's direct effect on the logits (no unembedding bias)."""
+    """[..., V] float32: the update's direct effect on the logits (no unembedding bias; before any soft-cap)."""
     head = hf_model.get_output_embeddings()
     normed = frozen_final_norm(hf_model, family, update, final_resid)
-    return (normed.to(head.weight.device) @ head.weight.float().T).cpu()
+    logits = normed.to(head.weight.device) @ head.weight.float().T
+    scale = family.logit_scale(text_config(hf_model))
+    return (logits if scale == 1.0 else logits * scale).cpu()
 
 
 def direct_effect(hf_model, family: Family, update: torch.Tensor, final_resid: torch.Tensor, k: int,
