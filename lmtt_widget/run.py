@@ -523,14 +523,7 @@ class Run(Shares):
         beside the residual and the other experts' writes in the whole after the block."""
         layer, position = self.layer(layer), self.position(position)
         writes = self.expert_writes(layer, position)
-        if expert is not None:
-            expert = check_index("expert", expert, X.n_experts(self.family, self._moe_block(layer)))
-        if expert not in writes.experts:
-            chosen = [e for e in writes.experts if e is not None]
-            raise LmttError(f"expert {expert} does not write at position {position} of layer {layer}: the router "
-                            f"selected experts {chosen} there" + ("" if None in writes.experts else
-                                                                  " (and this model has no shared expert)"))
-        at = writes.experts.index(expert)
+        at = self._writing(writes, layer, position, expert)
         acts = self.expert_neuron_activations(layer, position, expert)
         block = self._moe_block(layer)
         if expert is None:
@@ -542,6 +535,17 @@ class Run(Shares):
         others = torch.cat([writes.writes[:at], writes.writes[at + 1:]])
         shares, _ = self._ffn_part_shares(layer, position, torch.cat([neuron_writes, others.to(neuron_writes.device)]))
         return _top_neurons(shares[:len(acts)], acts, k)
+
+    def _writing(self, writes: X.ExpertWrites, layer: int, position: int, expert: int | None) -> int:
+        """Where `expert` (None: the shared expert) is among the experts writing at a position, or an LmttError."""
+        if expert is not None:
+            expert = check_index("expert", expert, X.n_experts(self.family, self._moe_block(layer)))
+        if expert not in writes.experts:
+            chosen = [e for e in writes.experts if e is not None]
+            shared = "" if None in writes.experts else " (and this model has no shared expert)"
+            raise LmttError(f"expert {expert} does not write at position {position} of layer {layer}: the router "
+                            f"selected experts {chosen} there{shared}")
+        return writes.experts.index(expert)
 
     # -- vocabulary -----------------------------------------------------------------------
 
@@ -613,6 +617,12 @@ class Run(Shares):
                     k: int = 10) -> V.LogitEffect:
         """Promoted and suppressed tokens of a head's output at `target` (from `source`, or all)."""
         return self._direct(self.head_output(layer, head, target, source), target, k)
+
+    def expert_logits(self, layer: int, position: int, expert: int | None, k: int = 10) -> V.LogitEffect:
+        """Promoted and suppressed tokens of a writing expert's write at `position` (None: the shared expert)."""
+        layer, position = self.layer(layer), self.position(position)
+        writes = self.expert_writes(layer, position)
+        return self._direct(writes.writes[self._writing(writes, layer, position, expert)], position, k)
 
     def neuron_logits(self, layer: int, neuron: int, position: int, k: int = 10) -> V.LogitEffect:
         """Promoted and suppressed tokens of neuron `neuron`'s write, scaled by its activation."""

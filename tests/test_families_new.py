@@ -272,11 +272,31 @@ def test_expert_writes_add_up_to_the_ffn_update_and_drill_into_neurons(family):
         out = m["ffn"].shared_expert.down_proj.weight.T if expert is None else experts.down_proj[expert].T
         torch.testing.assert_close((acts[:, None] * out.detach() * writes.weights[at]).sum(0), writes.writes[at],
                                    rtol=1e-5, atol=1e-6)
+    top = run.expert_logits(layer, i, writes.experts[0], k=2).promoted[0]
+    direct = vocab.direct_logits(run.hf_model, run.family, writes.writes[0], run.capture.resid[-1][i])
+    assert top[1] == pytest.approx(float(direct.max()), rel=1e-5)
     unselected = next(e for e in range(experts.gate_up_proj.shape[0]) if e not in writes.experts)
     with pytest.raises(LmttError, match=f"expert {unselected} does not write at position {i} of layer 0"):
         run.expert_neuron_contributions(layer, i, unselected)
     with pytest.raises(LmttError, match="expert 9 is out of range: valid are 0..3"):
         run.expert_neuron_activations(layer, i, 9)
+
+
+def test_routes_and_readouts(run):
+    """Routes come from the shares as for every family; readouts are the writes, scaled as the residual receives them."""
+    graph = run.graph(threshold=0.04)
+    stages = {node[0] for node in graph.nodes}
+    assert ("post", run.shape.n_layers - 1, run.n_tokens - 1) in graph.nodes
+    assert ("mid" in stages) == (not run.shape.parallel)
+    assert all(0.04 < data["weight"] <= 1 + 1e-6 for *_, data in graph.edges(data=True))
+    layer, head, i = 1, 1, run.n_tokens - 1
+    effect = run.head_logits(layer, head, i, k=2)
+    direct = vocab.direct_logits(run.hf_model, run.family, run.head_output(layer, head, i), run.capture.resid[-1][i])
+    assert effect.promoted[0][1] == pytest.approx(float(direct.max()), rel=1e-5)
+    for layer in dense_layers(run)[:1]:
+        n = run.neuron_contributions(layer, i, k=1)[0].index
+        direct = vocab.direct_logits(run.hf_model, run.family, run.neuron_writes(layer, i)[n], run.capture.resid[-1][i])
+        assert run.neuron_logits(layer, n, i, k=1).suppressed[0][1] == pytest.approx(float(direct.min()), rel=1e-5)
 
 
 # -- attention features: what the model really computes is what is read ----------------------
