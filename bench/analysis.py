@@ -47,15 +47,28 @@ TEXT = (
     "attention heads and the feed-forward blocks of every layer to the prediction at the end. "
 )
 
-# Shapes of real models, for random-initialised stand-ins (transformers config classes).
+# Shapes of real models, for random-initialised stand-ins: (model class, config class, config) in transformers.
 SHAPES = {
-    "llama3-8b": ("llama", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                                num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
-                                max_position_embeddings=8192, rope_theta=500000.0)),
-    "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                                   num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-                                   max_position_embeddings=8192, tie_word_embeddings=True)),
-    "gpt2-small": ("gpt2", dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024)),
+    "llama3-8b": ("LlamaForCausalLM", "LlamaConfig",
+                  dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0)),
+    "smollm2-135m": ("LlamaForCausalLM", "LlamaConfig",
+                     dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                          num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192,
+                          tie_word_embeddings=True)),
+    "gpt2-small": ("GPT2LMHeadModel", "GPT2Config", dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257,
+                                                         n_positions=1024)),
+    # sandwich norms, soft-capped attention (eager) and logits, sliding windows on every other layer
+    "gemma2-2b": ("Gemma2ForCausalLM", "Gemma2Config",
+                  dict(hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+                       num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256, vocab_size=256000,
+                       max_position_embeddings=8192, sliding_window=4096, attn_logit_softcapping=50.0,
+                       final_logit_softcapping=30.0)),
+    # 8 experts of 14336 neurons, 2 per token
+    "mixtral-8x7b": ("MixtralForCausalLM", "MixtralConfig",
+                     dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                          num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2, vocab_size=32000,
+                          max_position_embeddings=32768)),
 }
 
 
@@ -136,15 +149,11 @@ def build_model(args):
         return lw.load_model(device=device, dtype=dtype), "demo (SmolLM2-135M-Instruct)"
     import transformers
 
-    family, config_kwargs = SHAPES[args.shape]
+    model_class, config_class, config_kwargs = SHAPES[args.shape]
     if args.layers:  # a real model's width with fewer layers: per-layer costs where the whole would not fit
-        config_kwargs = {**config_kwargs, ("num_hidden_layers" if family == "llama" else "n_layer"): args.layers}
-    if family == "llama":
-        config = transformers.LlamaConfig(**config_kwargs)
-        cls = transformers.LlamaForCausalLM
-    else:
-        config = transformers.GPT2Config(**config_kwargs)
-        cls = transformers.GPT2LMHeadModel
+        config_kwargs = {**config_kwargs, ("n_layer" if "n_layer" in config_kwargs else "num_hidden_layers"): args.layers}
+    config = getattr(transformers, config_class)(**config_kwargs)
+    cls = getattr(transformers, model_class)
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

@@ -11,23 +11,15 @@ import torch
 import lmtt_widget as lw
 import tiny
 from lmtt_widget import LmttError, vocab
-from lmtt_widget.architectures import family_of, norm_eps
+from lmtt_widget.architectures import norm_eps
 from lmtt_widget.contributions import head_outputs
 from lmtt_widget.run import analyze_ids, post_norm_map, w_o
 from lmtt_widget.tracing import Edit
+from test_interventions import one_thread  # noqa: F401 (an autouse fixture: tiny models run on one thread)
 
 PROMPT = "When Mary and John went to the store, John gave"
 SWAPPED = "When John and Mary went to the store, Mary gave"
 MOE = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: with a busy CPU, more threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=tiny.NEW_FAMILIES)
@@ -180,21 +172,19 @@ def test_shares_follow_the_proximity_formula(run, distance):
 
 
 def test_direct_logit_effects_add_up_to_the_logits_before_any_soft_cap(run):
+    """The embedding and every block's update, each through the final norm at its real scale, plus
+    the biases of the final norm and the unembedding, times the logit scale: the logits' argument."""
     i = run.n_tokens - 1
     c = run.capture
-    updates = [c.resid[0][i]] + [c.attn_out[l][i] for l in range(run.shape.n_layers)] + [
-        c.ffn_out[l][i] for l in range(run.shape.n_layers)]
-    total = sum(vocab.direct_logits(run.hf_model, run.family, u, c.resid[-1][i]) for u in updates)
-    norm = run.family.get(run.hf_model, "final_norm")
+    writes = torch.stack([c.resid[0][i], *(u[i] for u in c.attn_out + c.ffn_out)])  # [1 + 2L, d]
+    total = vocab.direct_logits(run.hf_model, run.family, writes, c.resid[-1][i]).sum(0)
+    norm_bias = getattr(run.family.get(run.hf_model, "final_norm"), "bias", None)
     head = run.hf_model.get_output_embeddings()
-    scale = run.family.logit_scale(run.hf_model.config.get_text_config())
-    if getattr(norm, "bias", None) is not None:
-        total = total + scale * (head.weight.detach() @ norm.bias.detach())
-    if head.bias is not None:
-        total = total + scale * head.bias.detach()
     with torch.no_grad():
-        expected = head(c.final_normed[i]) * scale  # the soft-cap's argument
-    torch.testing.assert_close(total, expected, rtol=1e-4, atol=1e-4)
+        biases = head(torch.zeros(run.shape.d_model) if norm_bias is None else norm_bias)  # W_U b_norm + b_U
+        expected = head(c.final_normed[i])
+    scale = run.family.logit_scale(run.hf_model.config.get_text_config())
+    torch.testing.assert_close(total + scale * biases, scale * expected, rtol=1e-4, atol=1e-4)
 
 
 def test_the_logit_lens_of_the_last_residual_is_the_prediction(run):
