@@ -2,6 +2,7 @@
 ablation removes exactly its term; weights never change; code export runs; faithfulness numbers."""
 
 import itertools
+import re
 import json
 import random
 import runpy
@@ -431,3 +432,76 @@ def test_compare_builds_both_graphs_as_asked(run):
         after = set(new.graph(threshold=0.03, renormalize=renormalize).edges(keys=True))
         assert {(c.source, c.target, c.kind) for c in diff.appeared} == after - before
         assert {(c.source, c.target, c.kind) for c in diff.vanished} == before - after
+
+
+# -- repeats and overlaps ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec", [("head", 1, 2), ("head", 1, 2, [3, 5]), ("neuron", 1, 5), ("attention", 0, 4),
+                                  ("ffn", 1), ("edge", 1, 4, 9), ("edge", 1, 4, 9, 2)])
+def test_a_repeated_ablation_is_refused(run, spec):
+    with pytest.raises(LmttError, match=rf"{re.escape(repr(spec))} in mode 'zero' is already ablated"):
+        run.intervene([spec, spec])
+    once, _ = run.intervene(spec)
+    with pytest.raises(LmttError, match="already ablated"):  # also on top of an intervened run
+        once.intervene(spec)
+    with pytest.raises(LmttError, match="already ablated"):
+        I.ablated_logits(once, [spec])
+
+
+def test_overlapping_edges_remove_each_heads_term_once(run):
+    layer, source, target, head = 1, 4, 9, 2
+    every_head = ("edge", layer, source, target)
+    all_heads, _ = run.intervene(every_head)
+    for together in ([every_head, every_head + (head,)], [every_head + (head,), every_head]):
+        both, _ = run.intervene(together)
+        torch.testing.assert_close(both.logits, all_heads.logits, atol=1e-6, rtol=0)
+        torch.testing.assert_close(I.ablated_logits(run, together), all_heads.logits, atol=1e-6, rtol=0)
+    stepwise, _ = run.intervene(every_head + (head,))
+    stepwise, _ = stepwise.intervene(every_head)
+    torch.testing.assert_close(stepwise.logits, all_heads.logits, atol=1e-6, rtol=0)
+    # the target's update lost every head's term exactly once
+    term = sum(run.head_output(layer, h, target, source) for h in range(run.shape.n_heads))
+    torch.testing.assert_close(both.capture.attn_out[layer][target], run.capture.attn_out[layer][target] - term,
+                               atol=1e-6, rtol=1e-4)
+    heads = [every_head + (h,) for h in range(run.shape.n_heads)]
+    torch.testing.assert_close(run.intervene(heads)[0].logits, all_heads.logits, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+def test_overlapping_positions_of_one_component_act_once_on_their_union(run, mode):
+    for part, other, union in [(("head", 1, 2, [3, 5]), ("head", 1, 2), ("head", 1, 2)),
+                               (("neuron", 1, 5, [1, 2]), ("neuron", 1, 5, [2, 9]), ("neuron", 1, 5, [1, 2, 9])),
+                               (("attention", 0, [4]), ("attention", 0), ("attention", 0))]:
+        torch.testing.assert_close(I.ablated_logits(run, [part, other], mode), I.ablated_logits(run, [union], mode),
+                                   atol=1e-6, rtol=0)
+
+
+def test_overlapping_ablations_in_two_modes_are_refused(run):
+    for first, second in [(("head", 1, 2, [3, 5]), ("head", 1, 2)), (("edge", 1, 4, 9), ("edge", 1, 4, 9, 2)),
+                          (("ffn", 0, [1, 2]), ("ffn", 0, [2]))]:
+        with pytest.raises(LmttError, match="overlaps .* already ablated in mode 'zero'"):
+            run.intervene([I.parse(run, first), I.parse(run, second, "mean")])
+    # apart, or a head or block that covers an edge, are fine
+    run.intervene([I.parse(run, ("head", 1, 2, [3])), I.parse(run, ("head", 1, 2, [5]), "mean")])
+    run.intervene([I.parse(run, ("head", 1, 2)), I.parse(run, ("edge", 1, 4, 9, 2), "mean")])
+
+
+# -- bad arguments ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tolerance", [-1, -0.01, "0.1", None, True, float("nan")])
+def test_compare_refuses_a_bad_tolerance(tolerance):
+    run = lw.analyze(tiny.load("llama"), PROMPT)
+    with pytest.raises(LmttError, match="tolerance must be a number >= 0"):
+        I.compare(run, run, tolerance=tolerance)
+
+
+def test_a_run_argument_that_is_not_a_run_is_named():
+    run = lw.analyze(tiny.load("llama"), PROMPT)
+    calls = [(lambda: I.patch(run, "x", ("post", 0, 1)), "run_into"), (lambda: I.patch(None, run, ("post", 0, 1)), "run_from"),
+             (lambda: I.compare(run, 3), "run_b"), (lambda: I.compare([run], run), "run_a"),
+             (lambda: I.check_pair(run, "other", "comparing two prompts"), "run_b"),
+             (lambda: I.intervene("x", ("head", 0, 1)), "run"), (lambda: I.faithfulness(object()), "run"),
+             (lambda: I.code(42), "run")]
+    for call, name in calls:
+        with pytest.raises(LmttError, match=rf"\b{name} must be a Run \(from lmtt_widget.analyze\), got "):
+            call()
