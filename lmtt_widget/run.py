@@ -306,7 +306,7 @@ class Run(Shares):
         self.edits = edits  # how the forward pass was changed; later traces of this run repeat them
         self.clean: Run | None = None  # for an intervened run: the run it was made from
         self.interventions: tuple = ()  # the ablations (lmtt_widget.interventions.Ablation) applied
-        self.patches: tuple = ()  # the activations patched in from other prompts: (node, prompt)
+        self.patches: tuple = ()  # the activations patched in from other prompts: (interventions.PatchNode, prompt)
         self.patch_ids: tuple = ()  # the token ids of each patch's source prompt
         self.patch_edits: tuple = ()  # the edits that put the patches in place (after the ablations')
         self._neuron_cache: dict[int, torch.Tensor] = dict(capture.neurons)

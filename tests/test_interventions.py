@@ -214,6 +214,7 @@ def test_comparison_reports_the_original_prediction(run):
     (("head", 0, 4), "head 4 is out of range: valid are 0..3"),
     (("neuron", 0, 48), "neuron 48 is out of range: valid are 0..47"),
     (("ffn", 0, [1, 99]), "position 99 is out of range"),
+    (("head", 0, 1, 2.5), "positions are a position or a list of them, got 2.5"),
     (("edge", 0, 5, 2), "source 5 is after its target 2"),
     (("edge", 0, 1, 40), "target 40 is out of range"),
     (("edge", 0, 1, 4, 7), "head 7 is out of range"),
@@ -593,3 +594,12 @@ def test_a_new_kind_is_one_class():
             run.intervene(("mlp", 1))
     finally:
         del I.ABLATIONS["residual"]
+
+
+def test_faithfulness_of_an_intervened_run_never_ablates_its_ablated_edges_again(run):
+    last = run.n_tokens - 1  # every edge into the last token ablated, but from the first token and itself
+    ablated, _ = run.intervene([("edge", layer, source, last) for layer in range(run.shape.n_layers)
+                                for source in range(1, last)])
+    result = ablated.faithfulness(threshold=0.001, k=4, draws=5, seed=0)
+    into_last = [e for draw in [result.route_edges] + result.random_edges for e in draw if e.target == last]
+    assert into_last and {e.source for e in into_last} <= {0, last}

@@ -126,7 +126,10 @@ def _positions(run, args: list) -> tuple[int, ...] | None:
     """The positions given as the last value of a tuple form (none given: None, every position)."""
     if not args:
         return None
-    items = [args[0]] if isinstance(args[0], int) else list(args[0])
+    given = args[0]
+    if not isinstance(given, (int, list, tuple, range)):
+        raise LmttError(f"positions are a position or a list of them, got {given!r}")
+    items = [given] if isinstance(given, int) else list(given)
     if not items:
         raise LmttError("positions is empty: give position indices, or leave them out for every position")
     return tuple(sorted({run.position(p) for p in items}))
