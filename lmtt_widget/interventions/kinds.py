@@ -318,6 +318,7 @@ class EdgeAblation(Ablation, kind="edge"):
     def code(self, clean, script, name, everything):
         heads = self.heads(clean.shape, everything)
         if not heads:
+            script.edit(self.layer, "attention_output", f"# {self.as_tuple()!r}: another ablation covers it")
             return
         shape, family, w_o_name = clean.shape, clean.family, f"w_o_{self.layer}"
         module = f"hf.{family.blocks}[{self.layer}].{family.out_proj}"
@@ -354,7 +355,7 @@ def parse(run, spec, mode: str = "zero") -> Ablation:
     cls = ablation_class(spec[0] if isinstance(spec, (tuple, list)) and spec else None, spec)
     fewest, most = cls.ARITY
     if not fewest <= len(spec) - 1 <= most:
-        raise LmttError(f"a {spec[0]!r} ablation takes {fewest} or {most} values after the kind, got {spec!r}; "
+        raise LmttError(f"the {spec[0]!r} ablation takes {fewest} or {most} values after the kind, got {spec!r}; "
                         f"its form is {cls.FORM}")
     return cls.from_args(run, run.layer(spec[1]), list(spec[2:]), mode)
 
