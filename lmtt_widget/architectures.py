@@ -163,6 +163,11 @@ def out_proj_per_head(module: torch.nn.Module, n_heads: int, head_dim: int) -> t
     return _weight_in_out(module).reshape(n_heads, head_dim, -1)
 
 
+def w_o(hf_model, family: Family, shape: Shape, layer: int) -> torch.Tensor:
+    """[H, head_dim, d]: the output projection's slice for each head of `layer`."""
+    return out_proj_per_head(family.modules(hf_model, layer)["out_proj"], shape.n_heads, shape.head_dim)
+
+
 def _weight_in_out(module: torch.nn.Module) -> torch.Tensor:
     """A projection's weight as [in, out], for nn.Linear ([out, in]) and GPT-2's Conv1D ([in, out])."""
     weight = module.weight.detach()

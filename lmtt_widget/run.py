@@ -12,9 +12,10 @@ import torch
 
 from . import contributions as C
 from . import graph as G
+from . import interventions as I
 from . import vocab as V
 from .contributions import head_outputs
-from .architectures import Shape, family_of, ffn_out_matrix, out_proj_per_head, shape_of
+from .architectures import Shape, family_of, ffn_out_matrix, shape_of, w_o
 from .attention import AttentionProbs, check_gives_probs, dense
 from .errors import LmttError, check_floor, check_index, check_threshold
 from .progress import progress_bar
@@ -172,12 +173,6 @@ def tokenize(tokenizer, prompt: str, prepend_bos: bool | None, n_ctx: int | None
     return torch.tensor(ids, dtype=torch.long)
 
 
-def w_o(hf_model, family, shape: Shape, layer: int) -> torch.Tensor:
-    """[H, head_dim, d]: the output projection's slice for each head of `layer`."""
-    module = family.modules(hf_model, layer)["out_proj"]
-    return out_proj_per_head(module, shape.n_heads, shape.head_dim)
-
-
 @torch.no_grad()
 def block_shares(x: torch.Tensor, attn: torch.Tensor, ffn: torch.Tensor, post: torch.Tensor, probs: torch.Tensor,
                  values: torch.Tensor, w_o: torch.Tensor, parallel: bool, p: int, budget: int,
@@ -311,8 +306,9 @@ class Run(Shares):
         self.edits = edits  # how the forward pass was changed; later traces of this run repeat them
         self.clean: Run | None = None  # for an intervened run: the run it was made from
         self.interventions: tuple = ()  # the ablations (lmtt_widget.interventions.Ablation) applied
-        self.patches: tuple = ()  # the activations patched in from other prompts: (node, prompt)
+        self.patches: tuple = ()  # the activations patched in from other prompts: (interventions.PatchNode, prompt)
         self.patch_ids: tuple = ()  # the token ids of each patch's source prompt
+        self.patch_edits: tuple = ()  # the edits that put the patches in place (after the ablations')
         self._neuron_cache: dict[int, torch.Tensor] = dict(capture.neurons)
         self._probs_traced: dict[int, torch.Tensor] = {}  # traced again (eager attention), least recent first
 
@@ -493,15 +489,17 @@ class Run(Shares):
         """Rerun with components ablated; returns (the intervened Run, a comparison of the
         prediction at `position`, and its logit difference to `against` or the runner-up). See
         lmtt_widget.interventions.intervene."""
-        from .interventions import intervene
-
-        return intervene(self, ablations, mode=mode, position=position, against=against)
+        return I.intervene(self, ablations, mode=mode, position=position, against=against)
 
     def faithfulness(self, token: int = -1, threshold: float = 0.04, k: int = 5, draws: int = 10, seed: int = 0,
                      *, against=None, mode: str = "zero"):
         """Ablate the route's k strongest attention edges vs k random edges; see
         lmtt_widget.interventions.faithfulness."""
-        from .interventions import faithfulness
+        return I.faithfulness(self, token=token, threshold=threshold, k=k, draws=draws, seed=seed,
+                              against=against, mode=mode)
 
-        return faithfulness(self, token=token, threshold=threshold, k=k, draws=draws, seed=seed,
-                            against=against, mode=mode)
+    def reanalyze(self, edits) -> "Run":
+        """This prompt analysed again as this run was (distance, memory budget, floor), with
+        `edits` (tracing.Edit) changing the forward pass: how lmtt_widget.interventions reruns."""
+        return analyze_ids(self.model, self.input_ids, prompt=self.prompt, distance=self.distance,
+                           budget_bytes=self.budget_bytes, floor=self.floor, edits=edits)
