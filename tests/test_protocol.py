@@ -43,7 +43,9 @@ def test_every_declared_command_has_one_handler_and_the_page_names_each_one():
     (1.5, P.Readout, "expected an object (Readout)"),
     ({"probability": 1, "logit": 2.0}, P.Readout, "missing 'logit_diff'"),
     ({"probability": 1, "logit": 2.0, "logit_diff": 0, "extra": 1}, P.Readout, "unknown 'extra'"),
-    ({"kind": "ffn", "layer": "2", "token": 1}, P.Selection, "is none of"),
+    ({"kind": "ffn", "layer": "2", "token": 1}, P.Selection, "value.layer: expected an integer, got '2'"),
+    ({"kind": "ffn", "token": 1}, P.Selection, "value: missing 'layer'"),
+    ({"kind": "neuron", "layer": 2}, P.Selection, "is none of ResidualSelection | AttentionSelection | FfnSelection"),
     ({"spec": ["head", 1, 2], "mode": "half"}, P.AblateRequest, "expected 'zero' | 'mean', got 'half'"),
     ({"prompt": None}, P.AnalyzeRequest, "value.prompt: expected a string, got None"),
 ])

@@ -56,6 +56,12 @@ def _trait(name: str, default: Any) -> Typed:
     return Typed(P.TRAITS[name], default).tag(sync=True)
 
 
+def _option(name: str, default: Any) -> traitlets.Any:
+    """A trait the page may set: the view checks and completes its value (View.set), then the
+    value it keeps has the declared type."""
+    return traitlets.Any(default).tag(sync=True, protocol_type=P.TRAITS[name])
+
+
 class _Refused(traitlets.TraitError):
     """An option the page set that the view refuses: shown as a notice, the old value restored."""
 
@@ -84,11 +90,11 @@ class Widget(anywidget.AnyWidget):
     protocol = _trait("protocol", P.PROTOCOL_VERSION)
     info = _trait("info", None)  # model facts, prompt, tokens, top predictions (set before display)
     payload = _trait("payload", None)  # the routes graph (serialize.graph_payload)
-    target = _trait("target", 0)  # whose prediction's routes are shown
-    threshold = _trait("threshold", 0.04)
-    renormalize = _trait("renormalize", True)
-    normalize_lens = _trait("normalize_lens", True)  # final norm before unembedding
-    selection = _trait("selection", None)
+    target = _option("target", 0)  # whose prediction's routes are shown
+    threshold = _option("threshold", 0.04)
+    renormalize = _option("renormalize", True)
+    normalize_lens = _option("normalize_lens", True)  # final norm before unembedding
+    selection = _option("selection", None)
     selection_info = _trait("selection_info", None)  # the selection's panel key, title, what it offers
     notice = _trait("notice", None)  # a refusal of something the page set, or information
     busy = _trait("busy", "")  # what long work is under way ("" when idle)
@@ -98,10 +104,10 @@ class Widget(anywidget.AnyWidget):
     graph_diff = _trait("graph_diff", None)  # the shown routes' edges against the clean run's or the other prompt's
     faithfulness = _trait("faithfulness", None)  # the last measure_faithfulness
     intervention_code = _trait("intervention_code", "")  # what `code()` returns ("" when clean)
-    show_reference = _trait("show_reference", False)  # draw the routes the diff compares with
+    show_reference = _option("show_reference", False)  # draw the routes the diff compares with
     pair = _trait("pair", None)  # the other prompt, its tokens and prediction at the target
     patches = _trait("patches", [])  # the active patches
-    diff_against = _trait("diff_against", "other")  # in a pair with interventions: "other" or "clean"
+    diff_against = _option("diff_against", "other")  # in a pair with interventions: "other" or "clean"
 
     def __init__(self, run: Run, *, target: int = -1, threshold: float = 0.04, renormalize: bool = True,
                  normalize_lens: bool = True, selection: dict | None = None, other: Run | None = None, **kwargs):
@@ -242,7 +248,8 @@ class Widget(anywidget.AnyWidget):
     def _valid_option(self, proposal):
         name, value = proposal["trait"].name, proposal["value"]
         base = self._pending or self._view
-        if base is None or value == getattr(base, name):
+        current = None if base is None else getattr(base, name)
+        if base is None or (type(value) is type(current) and value == current):
             return value  # a snapshot being shown
         try:
             self._pending = base.set(**{name: value})

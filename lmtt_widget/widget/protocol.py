@@ -422,12 +422,14 @@ def check(value: Any, tp: Any, where: str = "value") -> Any:
     if tp is None or tp is type(None):
         return _expect(value is None, value, "null", where)
     if origin in (Union, types.UnionType):
-        errors = []
+        chosen = _by_kind(value, args)
+        if chosen is not None:  # a union told apart by "kind": the reason is that member's
+            return check(value, chosen, where)
         for option in args:
             try:
                 return check(value, option, where)
-            except ProtocolError as error:
-                errors.append(str(error))
+            except ProtocolError:
+                pass
         raise ProtocolError(f"{where}: {_show(value)} is none of {' | '.join(_name(a) for a in args)}")
     if origin is Literal:
         return _expect(value in args and not isinstance(value, bool), value, " | ".join(map(repr, args)), where)
@@ -471,6 +473,17 @@ def check(value: Any, tp: Any, where: str = "value") -> Any:
             check(item, _required(hints[key]), f"{where}.{key}")
         return value
     raise TypeError(f"protocol.check does not know the type {tp!r}")
+
+
+def _by_kind(value: Any, options: tuple) -> Any:
+    """The member of a union of typed dicts whose literal `kind` is the value's, if any."""
+    if not isinstance(value, dict) or "kind" not in value:
+        return None
+    for option in options:
+        kind = typing.get_type_hints(option).get("kind") if typing.is_typeddict(option) else None
+        if typing.get_origin(kind) is Literal and value["kind"] in typing.get_args(kind):
+            return option
+    return None
 
 
 def _required(tp: Any) -> Any:
