@@ -40,9 +40,9 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     **hf_kwargs: Any,
 ):
-    """An nnsight model (with `.tokenizer`) wrapping a transformers causal LM whose attention
-    gives its probabilities: sdpa with probabilities computed when read (lmtt_widget.attention),
-    unless the model already runs eager attention.
+    """An nnsight model (with `.tokenizer`) wrapping a transformers causal LM. The model keeps its
+    own attention; inside the package's traces, one that gives no probabilities (sdpa, flash
+    attention) runs sdpa with probabilities computed when read (lmtt_widget.attention).
 
     `source`: None (the offline demo model, SmolLM2-135M-Instruct), a hub id or local
     directory, a path to a `.gguf` file, a loaded transformers model (pass its `tokenizer`),
@@ -64,8 +64,7 @@ def load_model(
         raise LmttError("no tokenizer: pass tokenizer=... with a loaded model")
     _check_causal_lm(hf_model)
     family_of(hf_model)  # unsupported families fail here, with the list of supported ones
-    _use_attention_with_probs(hf_model)
-    hf_model.eval()
+    attention.use_in_traces(hf_model)  # the model keeps its own attention outside the package's traces
     if isinstance(source, nnsight.Envoy) and getattr(source, "tokenizer", None) is tokenizer:
         return source
     return nnsight.TransformersModel(hf_model, tokenizer=tokenizer)
@@ -91,7 +90,6 @@ def _from_files(source: Any, tokenizer: Any, device: Any, dtype: Any, hf_kwargs:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = dict(hf_kwargs)
-    kwargs.setdefault("attn_implementation", attention.register())
     if dtype is not None:
         kwargs["dtype"] = dtype
     if source is None:
@@ -177,15 +175,3 @@ def _check_causal_lm(model: torch.nn.Module) -> None:
             f"{type(model).__name__} has no causal-LM head (no output embeddings): "
             "load it with AutoModelForCausalLM, e.g. GPT2LMHeadModel rather than GPT2Model"
         )
-
-
-def _use_attention_with_probs(model: torch.nn.Module) -> None:
-    """sdpa and flash attention return no probabilities: such a model switches to sdpa with
-    probabilities computed when read; eager attention (which writes them) stays."""
-    if getattr(model.config, "_attn_implementation", "eager") in ("eager", attention.NAME):
-        return
-    name = attention.register()
-    if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation(name)
-    else:
-        model.config._attn_implementation = name
