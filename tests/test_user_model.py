@@ -83,3 +83,14 @@ def test_an_error_inside_a_trace_leaves_the_users_attention_as_it_was():
     assert hf_model.config._attn_implementation == "sdpa"
     assert_behaves_like(hf_model, untouched)
     torch.testing.assert_close(lw.analyze(model, PROMPT).logits, run.logits, rtol=0, atol=0)  # and it still works
+
+
+def test_a_model_in_training_mode_is_analysed_without_dropout_and_keeps_its_mode():
+    hf_model = tiny.hf_model("gpt2")  # dropout 0.1 in its embeddings, attention and residuals
+    model = lw.load_model(hf_model, tokenizer=tiny.tokenizer())
+    evaluated = lw.analyze(model, PROMPT)
+    hf_model.train()
+    hf_model.transformer.h[1].attn.eval()  # a mode the user set on one module
+    for _ in range(2):
+        torch.testing.assert_close(lw.analyze(model, PROMPT).logits, evaluated.logits, rtol=0, atol=0)
+    assert hf_model.training and hf_model.transformer.h[0].training and not hf_model.transformer.h[1].attn.training
