@@ -51,7 +51,7 @@ def load_model(
     """
     import nnsight
 
-    torch_dtype = _dtype(dtype)
+    torch_dtype, device = _dtype(dtype), _device(device)
     if isinstance(source, nnsight.Envoy):
         hf_model, tokenizer = source._module, tokenizer or getattr(source, "tokenizer", None)
         _place(hf_model, device, torch_dtype)
@@ -77,6 +77,30 @@ def _dtype(dtype: Any) -> torch.dtype | None:
         return DTYPES[str(dtype)]
     except KeyError:
         raise LmttError(f"dtype must be one of float32, bfloat16, float16 (or a torch.dtype), got {dtype!r}") from None
+
+
+def _device(device: Any) -> torch.device | None:
+    """`device` as a torch.device this machine has (checked before anything is loaded)."""
+    if device is None:
+        return None
+    available = ", ".join(_available_devices())
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise LmttError(f"device {device!r} is not a device name torch knows (such as 'cpu', 'cuda', 'cuda:1', "
+                        f"'mps'); available here: {available}") from None
+    try:
+        torch.empty(0, device=parsed)  # a known type that this machine lacks (no GPU, index too high) fails here
+    except (RuntimeError, AssertionError) as error:
+        raise LmttError(f"device {device!r} is not available ({_first_line(error)}); available here: {available}") from None
+    return parsed
+
+
+def _available_devices() -> list[str]:
+    devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
 
 
 def _place(model: torch.nn.Module, device: Any, dtype: torch.dtype | None) -> None:

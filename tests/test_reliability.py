@@ -70,3 +70,99 @@ def test_an_analysis_and_a_compact_one_in_two_threads(model):
     assert isinstance(got_run, lw.Run) and isinstance(got_compact, lw.Shares), (got_run, got_compact)
     torch.testing.assert_close(got_run.logits, want_run.logits, rtol=0, atol=0)
     torch.testing.assert_close(got_compact.attention_contributions(1), want_compact.attention_contributions(1))
+
+
+# -- input a library would refuse with its own traceback, or accept silently -------------------
+
+TOP_K_CALLS = {
+    "run.top_tokens": lambda r, k: r.top_tokens(k=k),
+    "run.logit_lens": lambda r, k: r.logit_lens(1, -1, k=k),
+    "run.neuron_contributions": lambda r, k: r.neuron_contributions(1, -1, k=k),
+    "run.head_logits": lambda r, k: r.head_logits(1, 0, -1, k=k),
+    "run.block_logits": lambda r, k: r.block_logits(1, -1, k=k),
+    "run.neuron_logits": lambda r, k: r.neuron_logits(1, 3, -1, k=k),
+    "shares.top_tokens": lambda r, k: analyze_compact(r.model, PROMPTS[0]).top_tokens(k=k),
+}
+
+
+@pytest.mark.parametrize("call", TOP_K_CALLS)
+@pytest.mark.parametrize("k", [-1, 0, 2.5, True, "3"])
+def test_k_must_be_a_positive_integer(run, call, k):
+    with pytest.raises(lw.LmttError, match=f"k must be a positive integer, got {k!r}"):
+        TOP_K_CALLS[call](run, k)
+
+
+@pytest.mark.parametrize("call", TOP_K_CALLS)
+def test_k_may_be_a_numpy_or_tensor_integer(run, call):
+    want = TOP_K_CALLS[call](run, 3)
+    assert TOP_K_CALLS[call](run, np.int64(3)) == want
+    assert TOP_K_CALLS[call](run, torch.tensor(3)) == want
+
+
+def test_compact_analysis_refuses_a_bad_k(model):
+    with pytest.raises(lw.LmttError, match="k must be a positive integer, got -1"):
+        analyze_compact(model, PROMPTS[0], k=-1)
+
+
+@pytest.mark.parametrize("prompt, index, code", [("abc\ud800", 3, "D800"), ("\udcff and more", 0, "DCFF")])
+def test_a_lone_surrogate_in_the_prompt_is_named_with_its_place(model, prompt, index, code):
+    for analysis in (lw.analyze, analyze_compact):
+        with pytest.raises(lw.LmttError, match=rf"prompt contains a lone surrogate \(U\+{code}\) at index {index}"):
+            analysis(model, prompt)
+
+
+@pytest.mark.parametrize("budget", ["big", -5, 0, 1e6, None])
+def test_the_budget_must_be_a_positive_integer(model, budget):
+    for analysis in (lw.analyze, analyze_compact):
+        with pytest.raises(lw.LmttError, match=f"budget_bytes must be a positive integer, got {budget!r}"):
+            analysis(model, PROMPTS[0], budget_bytes=budget)
+
+
+def test_a_numpy_budget_is_a_budget(model):
+    torch.testing.assert_close(lw.analyze(model, PROMPTS[0], budget_bytes=np.int64(20_000)).attention_contributions(1),
+                               lw.analyze(model, PROMPTS[0], budget_bytes=20_000).attention_contributions(1))
+
+
+@pytest.mark.parametrize("device", ["foo", "cuda:99", 1.5])
+def test_an_unknown_or_missing_device_is_named_before_anything_loads(device):
+    with pytest.raises(lw.LmttError, match=rf"device {device!r} is not .*available here: cpu"):
+        lw.load_model(tiny.hf_model("gpt2"), tokenizer=tiny.tokenizer(), device=device)
+    with pytest.raises(lw.LmttError, match=rf"device {device!r} is not"):  # not "model directory not found"
+        lw.load_model("/no/such/dir", device=device)
+
+
+def test_numpy_and_tensor_integers_are_indexes(run):
+    torch.testing.assert_close(run.attention_contributions(np.int64(1)), run.attention_contributions(1))
+    torch.testing.assert_close(run.ffn_contributions(torch.tensor(-1)), run.ffn_contributions(-1))
+    assert run.top_tokens(position=np.int32(2), k=3) == run.top_tokens(position=2, k=3)
+    assert run.head_logits(torch.tensor(1), np.int64(2), np.int16(-1), source=torch.tensor(0)) == \
+        run.head_logits(1, 2, -1, source=0)
+    assert run.neuron_logits(np.int64(1), torch.tensor(3), np.int64(-1)) == run.neuron_logits(1, 3, -1)
+    picked = run.neuron_contributions(1, -1, k=1)[0].index
+    assert run.neuron_logits(1, torch.tensor([5, picked]).max(), -1) == run.neuron_logits(1, max(5, picked), -1)
+    assert run.graph(token=np.int64(-1)).edges == run.graph(token=-1).edges
+
+
+@pytest.mark.parametrize("index, shown", [(1.5, "1.5"), (True, "True"), (np.float64(1.0), "np.float64"),
+                                          (torch.tensor(1.0), "tensor"), (torch.tensor([1, 2]), "tensor"),
+                                          (np.bool_(True), "np.True_"), (torch.tensor(True), "tensor"), ("1", "'1'")])
+def test_what_is_not_one_integer_is_refused_as_an_index(run, index, shown):
+    with pytest.raises(lw.LmttError, match=f"layer must be an integer, got {shown}"):
+        run.attention_contributions(index)
+
+
+def test_numpy_thresholds_and_floors_are_numbers(run, model):
+    for threshold in (np.float32(0.05), np.float64(0.05)):
+        assert run.graph(threshold=threshold).edges == run.graph(threshold=0.05).edges
+    floored = lw.analyze(model, PROMPTS[0], floor=np.float32(0.02))
+    assert floored.floor == pytest.approx(0.02) and type(floored.floor) is float
+    assert analyze_compact(model, PROMPTS[0], floor=np.float64(0.02)).floor == 0.02
+
+
+@pytest.mark.parametrize("value", ["0.05", True, np.bool_(True), 0.05j, None, [0.05], float("nan")])
+def test_what_is_not_a_real_number_is_refused_as_threshold_or_floor(run, model, value):
+    with pytest.raises(lw.LmttError, match=r"threshold must be a number in \(0, 1\)"):
+        run.graph(threshold=value)
+    if value is not None:  # floor=None: the budget decides
+        with pytest.raises(lw.LmttError, match=r"floor must be a number in \[0, 1\)"):
+            lw.analyze(model, PROMPTS[0], floor=value)
