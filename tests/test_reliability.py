@@ -166,3 +166,40 @@ def test_what_is_not_a_real_number_is_refused_as_threshold_or_floor(run, model, 
     if value is not None:  # floor=None: the budget decides
         with pytest.raises(lw.LmttError, match=r"floor must be a number in \[0, 1\)"):
             lw.analyze(model, PROMPTS[0], floor=value)
+
+
+# -- an unreachable model hub ----------------------------------------------------------------
+
+
+def python(code: str, **env_changes) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter with this checkout's package; env_changes None: unset."""
+    env = {**os.environ, "PYTHONPATH": REPO}
+    for name, value in env_changes.items():
+        env.pop(name, None) if value is None else env.__setitem__(name, value)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+LOAD_A_HUB_ID = """
+import time, lmtt_widget as lw
+start = time.perf_counter()
+try:
+    lw.load_model("someone/some-model")
+except lw.LmttError as error:
+    print(error)
+print(f"took {time.perf_counter() - start:.1f} s")
+"""
+
+
+@pytest.mark.parametrize("offline", [None, "1"])  # None: not in offline mode, a quick check finds no hub
+def test_an_unreachable_hub_is_said_at_once_with_the_way_out(offline):
+    if offline is None:
+        reachable = python("from lmtt_widget.models import _hub_unreachable; print(_hub_unreachable())",
+                           HF_HUB_OFFLINE=None)
+        if reachable.stdout.strip() == "None":
+            pytest.skip("the model hub is reachable from here")
+    done = python(LOAD_A_HUB_ID, HF_HUB_OFFLINE=offline, TRANSFORMERS_OFFLINE=None)
+    print(done.stdout.splitlines()[-1])  # the time: a figure for the report, not a test
+    message = done.stdout.splitlines()[0]
+    assert message.startswith("could not load a causal LM from 'someone/some-model': the model hub is unreachable")
+    assert ("offline mode: HF_HUB_OFFLINE" in message) == (offline == "1")
+    assert "load it from a local directory" in message.lower() and "gguf" in message.lower()
