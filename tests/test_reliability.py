@@ -203,3 +203,70 @@ def test_an_unreachable_hub_is_said_at_once_with_the_way_out(offline):
     assert message.startswith("could not load a causal LM from 'someone/some-model': the model hub is unreachable")
     assert ("offline mode: HF_HUB_OFFLINE" in message) == (offline == "1")
     assert "load it from a local directory" in message.lower() and "gguf" in message.lower()
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    return python(f"import sys; from lmtt_widget.__main__ import main; sys.exit(main({list(args)!r}))")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny model and its tokenizer as save_pretrained writes them: what --model reads."""
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    tiny.hf_model("llama").save_pretrained(directory)
+    tiny.tokenizer().save_pretrained(directory)
+    return directory
+
+
+def assert_error(done: subprocess.CompletedProcess, message: str):
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]  # lines before it: transformers' progress bars, if a model loaded
+    assert last.startswith("error: ") and message in last, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("output, message", [
+    ("missing-dir/routes.html", "missing-dir does not exist"),
+    ("", "it is a directory"),  # tmp_path itself
+    ("a-file/routes.html", "a-file does not exist"),
+    ("/sys/routes.html", "cannot write /sys/routes.html"),  # no one may create files there, root neither
+])
+def test_export_refuses_an_unwritable_output_before_loading_anything(tmp_path, output, message):
+    (tmp_path / "a-file").write_text("not a directory")
+    target = output if output.startswith("/") else str(tmp_path / output)
+    assert_error(cli("export", "Mary and John", "-o", target, "--model", "/no/such/model"), message)
+
+
+@pytest.mark.parametrize("command", [["export", "Mary and John", "-o", "routes.html"], ["demo"]])
+def test_a_missing_model_is_one_line_on_stderr(tmp_path, command):
+    command = [str(tmp_path / c) if c == "routes.html" else c for c in command]
+    assert_error(cli(*command, "--model", "/no/such/model"), "model directory not found: /no/such/model")
+    assert not (tmp_path / "routes.html").exists()
+
+
+def test_export_and_demo_with_a_saved_model(tmp_path, model_dir):
+    output = tmp_path / "routes.html"
+    done = cli("export", "Mary and John went", "-o", str(output), "--model", str(model_dir))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"wrote {output}") and output.stat().st_size > 10_000
+    done = cli("demo", "Mary and John went", "--model", str(model_dir))
+    assert done.returncode == 0 and "prediction:" in done.stdout, done.stderr
+
+
+def test_bad_input_is_one_line_and_leaves_no_file(tmp_path, model_dir):
+    output = tmp_path / "routes.html"
+    for command in (["export", "Mary", "-o", str(output)], ["demo", "Mary"]):  # checked before the model loads
+        done = cli(*command, "--model", "/no/such/model", "--threshold", "2")
+        assert_error(done, "threshold must be a number in (0, 1), got 2.0")
+        assert done.stderr.startswith("error: ")
+    assert_error(cli("export", "\udcff", "-o", str(output), "--model", str(model_dir)), "lone surrogate (U+DCFF) at index 0")
+    assert not output.exists()
+
+
+def test_the_demo_prompt_stays_importable_from_the_command_line_module():
+    from lmtt_widget.__main__ import DEMO_PROMPT
+
+    assert "Mary" in DEMO_PROMPT
