@@ -97,7 +97,8 @@ def _device(device: Any) -> torch.device | None:
     try:
         torch.empty(0, device=parsed)  # a known type that this machine lacks (no GPU, index too high) fails here
     except (RuntimeError, AssertionError) as error:
-        raise LmttError(f"device {device!r} is not available ({_first_line(error)}); available here: {available}") from None
+        raise LmttError(f"device {device!r} is not available ({_first_line(error)}); "
+                        f"available here: {available}") from None
     return parsed
 
 

@@ -262,7 +262,8 @@ def test_bad_input_is_one_line_and_leaves_no_file(tmp_path, model_dir):
         done = cli(*command, "--model", "/no/such/model", "--threshold", "2")
         assert_error(done, "threshold must be a number in (0, 1), got 2.0")
         assert done.stderr.startswith("error: ")
-    assert_error(cli("export", "\udcff", "-o", str(output), "--model", str(model_dir)), "lone surrogate (U+DCFF) at index 0")
+    assert_error(cli("export", "\udcff", "-o", str(output), "--model", str(model_dir)),
+                 "lone surrogate (U+DCFF) at index 0")
     assert not output.exists()
 
 
