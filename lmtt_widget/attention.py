@@ -6,13 +6,21 @@ implementation registered here as `NAME` runs sdpa for the block's output and re
 attention returns its probabilities, an `AttentionProbs`: softmax(q k^T * scaling + mask) from the
 same queries and keys, computed when read and only for the target rows read (the importances
 read a chunk of rows at a time, so no layer's [H, T, T] is ever whole unless asked for).
+
+A model the user hands to `load_model` stays theirs: it keeps its own attention, and runs `NAME`
+only inside the package's traces (`probabilities_inside`), so that in the user's own code it
+returns what transformers promises.
 """
 
 from __future__ import annotations
 
+import contextlib
+import weakref
+
 import torch
 
 NAME = "lmtt_sdpa"
+_switched_in_traces: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()  # what `use_in_traces` marked
 
 
 class AttentionProbs:
@@ -148,12 +156,56 @@ def output_probs(attention_output) -> "AttentionProbs | torch.Tensor":
     return probs[0]
 
 
+def _gives_probs_itself(hf_model) -> bool:
+    return getattr(hf_model.config, "_attn_implementation", "eager") in ("eager", NAME)
+
+
+def use_in_traces(hf_model) -> None:
+    """Make the package's traces of `hf_model` run `NAME` if its own attention gives no
+    probabilities (sdpa, flash attention); the model itself is not changed."""
+    register()
+    _switched_in_traces.add(hf_model)
+
+
+@contextlib.contextmanager
+def probabilities_inside(hf_model):
+    """Within the block, a model marked by `use_in_traces` runs `NAME` (unless its attention gives
+    probabilities itself); after it, also on an error, every config has its own attention again."""
+    if hf_model not in _switched_in_traces or _gives_probs_itself(hf_model):
+        yield
+        return
+    configs = _configs(hf_model)
+    own = [config._attn_implementation for config in configs]
+    try:
+        for config in configs:
+            config._attn_implementation_internal = NAME
+        yield
+    finally:
+        for config, implementation in zip(configs, own):
+            config._attn_implementation_internal = implementation
+
+
+def _configs(hf_model) -> list:
+    """Every config whose `_attn_implementation` a module of `hf_model` reads, each once: the
+    model's, those of pretrained models nested in it, and their sub-configs (multimodal models)."""
+    from transformers import PretrainedConfig
+
+    found: dict[int, PretrainedConfig] = {}
+    pending = [getattr(module, "config", None) for module in hf_model.modules()]
+    while pending:
+        config = pending.pop()
+        if isinstance(config, PretrainedConfig) and id(config) not in found:
+            found[id(config)] = config
+            pending += [getattr(config, key, None) for key in getattr(config, "sub_configs", {})]
+    return list(found.values())
+
+
 def check_gives_probs(hf_model) -> None:
     """An LmttError, with the fix, for a model whose attention returns no probabilities."""
     from .errors import LmttError
 
     implementation = getattr(hf_model.config, "_attn_implementation", None)
-    if implementation not in ("eager", NAME):
+    if not _gives_probs_itself(hf_model) and hf_model not in _switched_in_traces:
         raise LmttError(f"{implementation!r} attention gives no attention probabilities: load the model with "
                         "lw.load_model, or create it with attn_implementation='eager' (a remote model must: "
                         "nnsight.TransformersModel(repo_id, attn_implementation='eager'))")

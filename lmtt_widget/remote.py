@@ -25,16 +25,17 @@ import torch
 from . import contributions as C
 from .attention import check_gives_probs, output_probs
 from .architectures import _get, family_of, shape_of
-from .errors import check_floor
+from .errors import check_floor, check_positive
 from .run import LayerShares, Shares, block_shares, tokenize
-from .tracing import _first
+from .tracing import _first, exclusive
 
 
 def analyze_compact(model, prompt: str, *, remote: bool | str = False, floor: float = 0.01, k: int = 10,
                     distance: str = "l1", prepend_bos: bool | None = None,
                     budget_bytes: int = C.DEFAULT_BUDGET_BYTES) -> Shares:
     """Shares of every block's parts, computed inside the trace (remotely with `remote=True`)."""
-    floor = check_floor(floor)
+    floor, k = check_floor(floor), check_positive("k", k)
+    budget_bytes = check_positive("budget_bytes", budget_bytes)
     p = C.distance_order(distance)
     hf_model = model._module  # on a remote model: the module tree on the meta device
     check_gives_probs(hf_model)
@@ -44,7 +45,7 @@ def analyze_compact(model, prompt: str, *, remote: bool | str = False, floor: fl
     conv1d = type(family.modules(hf_model, 0)["out_proj"]).__name__ == "Conv1D"
     unembed = next(name for name, module in hf_model.named_modules() if module is hf_model.get_output_embeddings())
     n_tokens = len(input_ids)
-    with model.trace(input_ids[None], remote=remote):
+    with exclusive(model), model.trace(input_ids[None], remote=remote):
         kept = nnsight.save([])
         for layer in range(shape.n_layers):
             modules = family.modules(model, layer)

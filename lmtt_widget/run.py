@@ -17,7 +17,7 @@ from . import vocab as V
 from .contributions import head_outputs
 from .architectures import Shape, family_of, ffn_out_matrix, shape_of, w_o
 from .attention import AttentionProbs, check_gives_probs, dense
-from .errors import LmttError, check_floor, check_index, check_threshold
+from .errors import LmttError, check_floor, check_index, check_positive, check_threshold
 from .progress import progress_bar
 from .tracing import Capture, attention_probs, neuron_activations, trace
 
@@ -116,6 +116,7 @@ def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, di
                 progress: bool | None = None) -> "Run":
     """`analyze` on token ids [T]; `edits` (see tracing.trace) change the forward pass."""
     p = C.distance_order(distance)
+    budget_bytes = check_positive("budget_bytes", budget_bytes)
     hf_model = model._module
     family = family_of(hf_model)
     shape = shape_of(hf_model, family)
@@ -158,6 +159,7 @@ def tokenize(tokenizer, prompt: str, prepend_bos: bool | None, n_ctx: int | None
         raise LmttError(f"prompt must be a string, got {type(prompt).__name__}")
     if not prompt.strip():
         raise LmttError("prompt is empty: give some text to analyse")
+    _check_unicode(prompt)
     ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
     bos = tokenizer.bos_token_id
     if prepend_bos and (not ids or ids[0] != bos):
@@ -171,6 +173,17 @@ def tokenize(tokenizer, prompt: str, prepend_bos: bool | None, n_ctx: int | None
     if n_ctx is not None and len(ids) > n_ctx:
         raise LmttError(f"prompt is {len(ids)} tokens long; this model reads at most {n_ctx}")
     return torch.tensor(ids, dtype=torch.long)
+
+
+def _check_unicode(prompt: str) -> None:
+    """A lone surrogate (from bytes decoded with errors='surrogateescape', or a broken escape) is
+    no text a tokenizer can read: say where it is."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise LmttError(f"prompt contains a lone surrogate (U+{ord(prompt[error.start]):04X}) at index {error.start}: "
+                        "it is not valid Unicode text; remove it, or decode the bytes it came from with "
+                        "errors='replace'") from None
 
 
 @torch.no_grad()
@@ -241,6 +254,7 @@ class Shares:
     def top_tokens(self, position: int = -1, k: int = 10) -> list[tuple[str, float]]:
         """The model's top-k next tokens after `position`, with probabilities."""
         probs, ids = self._top
+        k = check_positive("k", k)
         if k > probs.shape[1]:
             raise LmttError(f"only the top {probs.shape[1]} tokens were kept; k={k} is too large")
         position = self.position(position)
@@ -336,7 +350,7 @@ class Run(Shares):
     def top_tokens(self, position: int = -1, k: int = 10) -> list[tuple[str, float]]:
         """The model's top-k next tokens after `position`, with probabilities."""
         probs = self.logits[self.position(position)].softmax(-1)
-        values, ids = probs.topk(min(k, probs.numel()))
+        values, ids = probs.topk(min(check_positive("k", k), probs.numel()))
         return [(self.decode(i), float(v)) for v, i in zip(values, ids)]
 
     # -- importances ----------------------------------------------------------------------
@@ -400,6 +414,7 @@ class Run(Shares):
 
     def neuron_contributions(self, layer: int, position: int, k: int = 20) -> list[NeuronShare]:
         """The k neurons with the largest share at (layer, position), with their activations."""
+        k = check_positive("k", k)
         shares, _ = self.neuron_shares(layer, position)
         acts = self.neuron_activations(layer)[self.position(position)]
         values, ids = shares.topk(min(k, shares.numel()))
@@ -429,7 +444,7 @@ class Run(Shares):
         current = self.residual(layer, position, stage)
         previous = self._previous_node(layer, stage)
         before = None if previous is None else self.residual(previous[1], position, previous[0])
-        return V.logit_lens(self.hf_model, self.family, current, before, k, normalize, self.decode)
+        return V.logit_lens(self.hf_model, self.family, current, before, check_positive("k", k), normalize, self.decode)
 
     def _previous_node(self, layer: int, stage: str) -> tuple[str, int] | None:
         if stage == "embed":
@@ -447,7 +462,7 @@ class Run(Shares):
 
     def _direct(self, update: torch.Tensor, position: int, k: int) -> V.LogitEffect:
         final = self.capture.resid[-1][self.position(position)]
-        return V.direct_effect(self.hf_model, self.family, update, final, k, self.decode)
+        return V.direct_effect(self.hf_model, self.family, update, final, check_positive("k", k), self.decode)
 
     def block_logits(self, layer: int, position: int, block: str = "ffn", k: int = 10) -> V.LogitEffect:
         """Promoted and suppressed tokens of a block's update ("attention" or "ffn") at `position`."""

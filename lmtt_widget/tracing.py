@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Sequence
 
@@ -9,7 +12,7 @@ import nnsight
 import torch
 
 from .architectures import Family, Shape
-from .attention import AttentionProbs, dense, output_probs
+from .attention import AttentionProbs, dense, output_probs, probabilities_inside
 
 # Where an edit can change the forward pass, in the order a block runs them.
 SITES = (
@@ -71,6 +74,37 @@ class Edit:
             raise ValueError(f"unknown edit site {self.site!r}; sites are {SITES}")
 
 
+_model_locks: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_model_locks_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def exclusive(model):
+    """Around every trace the package runs: one trace of a model at a time (nnsight's state is per
+    model: two threads' traces of one model break each other), in eval mode, with the attention
+    that gives probabilities (lmtt_widget.attention); afterwards the model is as it was."""
+    hf_model = model._module
+    with _model_locks_guard:
+        lock = _model_locks.setdefault(hf_model, threading.RLock())
+    with lock, _eval_mode(hf_model), probabilities_inside(hf_model):
+        yield
+
+
+@contextlib.contextmanager
+def _eval_mode(hf_model):
+    """No dropout in a trace; a model the user trains gets its own modes back."""
+    if not hf_model.training:
+        yield
+        return
+    modes = [(module, module.training) for module in hf_model.modules()]
+    hf_model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def _first(value):
     return value[0] if isinstance(value, tuple) else value
 
@@ -130,7 +164,7 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
     def editable(tensor: torch.Tensor) -> torch.Tensor:  # rows() that is surely a view: edits reach the model
         return tensor.view(n_tokens, *tensor.shape[-1:])
 
-    with torch.no_grad(), model.trace(input_ids[None]) as tracer:
+    with torch.no_grad(), exclusive(model), model.trace(input_ids[None]) as tracer:
         resid, attn_out, ffn_out = nnsight.save([]), nnsight.save([]), nnsight.save([])
         probs, values, neurons = nnsight.save({}), nnsight.save([]), nnsight.save({})
         for layer in range(shape.n_layers):
