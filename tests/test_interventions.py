@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import lmtt_widget as lw
+from lmtt_widget.tracing import exclusive
 import tiny
 from lmtt_widget import LmttError
 from lmtt_widget import interventions as I
@@ -54,7 +55,7 @@ def hooked_logits(run, hooks) -> torch.Tensor:
         else:
             handles.append(module.register_forward_hook(lambda m, args, out, fn=fn: fn(out)))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), exclusive(run.model):  # attention gives its probabilities, as in the package's traces
             return run.hf_model(run.input_ids[None]).logits[0].float()
     finally:
         for handle in handles:
