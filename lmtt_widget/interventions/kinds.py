@@ -10,7 +10,7 @@ against repeats, `intervene`, `ablated_logits` and `code` then take it as they t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 
@@ -81,6 +81,16 @@ class Ablation:
 
     def describe(self) -> str:
         """What it does, in words: "head 3 of layer 23, all positions, zeroed"."""
+        raise NotImplementedError
+
+    def label(self, token: Callable[[int], str]) -> str:
+        """A short name for lists (the widget's): "head L23.3 at 5 ␣Mary (zero)"; `token(position)`
+        writes a position."""
+        where = "" if self.positions is None else " at " + ", ".join(map(token, self.positions))
+        return f"{self.name(token)}{where} ({self.mode})"
+
+    def name(self, token: Callable[[int], str]) -> str:
+        """What it acts on, shortly: "head L23.3"."""
         raise NotImplementedError
 
     def component(self) -> tuple:
@@ -164,6 +174,9 @@ class HeadAblation(Ablation, kind="head"):
     def describe(self):
         return f"head {self.head} of layer {self.layer}, {_at(self.positions)}, {_HOW[self.mode]}"
 
+    def name(self, token):
+        return f"head L{self.layer}.{self.head}"
+
     def component(self):
         return ("head", self.layer, self.head)
 
@@ -199,6 +212,9 @@ class NeuronAblation(Ablation, kind="neuron"):
     def describe(self):
         return f"neuron {self.neuron} of layer {self.layer}, {_at(self.positions)}, {_HOW[self.mode]}"
 
+    def name(self, token):
+        return f"neuron L{self.layer}.{self.neuron}"
+
     def component(self):
         return ("neuron", self.layer, self.neuron)
 
@@ -228,6 +244,9 @@ class BlockAblation(Ablation):
 
     def describe(self):
         return f"the {self.WORDS} of layer {self.layer}, {_at(self.positions)}, {_HOW[self.mode]}"
+
+    def name(self, token):
+        return f"{self.WORDS} L{self.layer}"
 
     def component(self):
         return (self.kind, self.layer)
@@ -284,6 +303,10 @@ class EdgeAblation(Ablation, kind="edge"):
         heads = "all heads" if self.head is None else f"head {self.head}"
         how = "zeroed" if self.mode == "zero" else "its value vector set to the mean"
         return f"edge {self.source} -> {self.target} of layer {self.layer}, {heads}, {how}"
+
+    def name(self, token):
+        heads = "all heads" if self.head is None else f"head {self.head}"
+        return f"edge L{self.layer} {token(self.source)} → {token(self.target)}, {heads}"
 
     def component(self):
         return ("edge", self.layer, self.source, self.target)

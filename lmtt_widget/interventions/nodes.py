@@ -11,7 +11,7 @@ NamedTuple of its fields, subclassed with `PatchNode` and `kind="name"`, with th
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+from typing import Callable, ClassVar, NamedTuple
 
 import torch
 
@@ -28,6 +28,7 @@ class PatchNode:
     __slots__ = ()
     KIND: ClassVar[str]
     FORM: ClassVar[str]  # the tuple form, for messages
+    NAME: ClassVar[str]  # its short name, formatted with its fields (label)
 
     def __init_subclass__(cls, kind: str | None = None, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -47,6 +48,10 @@ class PatchNode:
 
     def describe(self) -> str:
         raise NotImplementedError
+
+    def label(self, token: Callable[[int], str]) -> str:
+        """A short name for lists (the widget's): "head L23.3 at 5 ␣Mary"; `token(position)` writes a position."""
+        return f"{self.NAME.format(layer=self.layer, head=getattr(self, 'head', None))} at {token(self.position)}"
 
     def edits(self, source) -> list[Edit]:
         """The edits that set this node to its value in the `source` run."""
@@ -91,6 +96,7 @@ class StageNode(_Stage, PatchNode):
 
 class EmbedNode(StageNode, kind="embed"):
     __slots__ = ()
+    NAME = "embedding"
     SITE, CODE = "embed", ("block_input", "x_in")
 
     @classmethod
@@ -107,6 +113,7 @@ class MidNode(StageNode, kind="mid"):
     """The residual after the attention block: patched through the attention block's update."""
 
     __slots__ = ()
+    NAME = "residual mid L{layer}"
 
     @classmethod
     def check(cls, run, layer, position):
@@ -137,6 +144,7 @@ class FfnNode(StageNode, kind="ffn"):
     """The FFN block's update."""
 
     __slots__ = ()
+    NAME = "FFN L{layer}"
     SITE, CODE = "ffn_output", ("ffn_output", "ffn_out")
 
     def captured(self, source):
@@ -148,6 +156,7 @@ class FfnNode(StageNode, kind="ffn"):
 
 class PostNode(StageNode, kind="post"):
     __slots__ = ()
+    NAME = "residual post L{layer}"
     SITE, CODE = "block_output", ("block_output", "block_out")
 
     def describe(self):
@@ -165,6 +174,7 @@ class HeadNode(_Head, PatchNode, kind="head"):
     """A head's output at a position: its slice of the output projection's input."""
 
     __slots__ = ()
+    NAME = "head L{layer}.{head}"
     FORM = "('head', layer, head, position)"
 
     @classmethod

@@ -19,7 +19,6 @@ by what they are computed from.
 from __future__ import annotations
 
 import json
-import time
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -304,7 +303,7 @@ class View:
             "intervention_code": memo.get(("code", run), self.code) if run.clean is not None else "",
             "show_reference": self.show_reference,
             "pair": None if other is None else _pair(other, self.target),
-            "patches": [{"node": list(node), "label": _node_label(run, node), "source": prompt}
+            "patches": [{"node": list(node), "label": node.label(lambda t: selections.at_token(run, t)), "source": prompt}
                         for node, prompt in run.patches],
             "diff_against": self.diff_against,
         }
@@ -325,33 +324,8 @@ def _pair(other: Run, target: int) -> dict:
 
 
 def _active(ab, run: Run) -> dict:
-    return {"kind": ab.kind, "label": _ablation_label(ab, run), "spec": list(ab.as_tuple()), "mode": ab.mode}
-
-
-def _ablation_label(ab, run: Run) -> str:
-    tok = lambda t: selections.at_token(run, t)  # noqa: E731
-    where = "" if getattr(ab, "positions", None) is None else " at " + ", ".join(map(tok, ab.positions))
-    if ab.kind == "edge":
-        heads = ", all heads" if ab.head is None else f", head {ab.head}"
-        what = f"edge L{ab.layer} {tok(ab.source)} → {tok(ab.target)}{heads}"
-    elif ab.kind == "head":
-        what = f"head L{ab.layer}.{ab.head}"
-    elif ab.kind == "neuron":
-        what = f"neuron L{ab.layer}.{ab.neuron}"
-    else:
-        what = f"{'FFN' if ab.kind == 'ffn' else 'attention'} block L{ab.layer}"
-    return f"{what}{where} ({ab.mode})"
-
-
-def _node_label(run: Run, node) -> str:
-    tok = lambda t: selections.at_token(run, t)  # noqa: E731
-    if node[0] == "head":
-        return f"head L{node[1]}.{node[2]} at {tok(node[3])}"
-    if node[0] == "embed":
-        return f"embedding at {tok(node[2])}"
-    if node[0] == "ffn":
-        return f"FFN L{node[1]} at {tok(node[2])}"
-    return f"residual {node[0]} L{node[1]} at {tok(node[2])}"
+    return {"kind": ab.kind, "label": ab.label(lambda t: selections.at_token(run, t)), "spec": list(ab.as_tuple()),
+            "mode": ab.mode}
 
 
 def _model_expr(run: Run) -> str:
@@ -387,5 +361,3 @@ def _diff_dict(diff: I.GraphDiff, rows: int = DIFF_ROWS) -> dict:
     return out
 
 
-def elapsed(start: float) -> str:
-    return f"{time.perf_counter() - start:.1f} s"
