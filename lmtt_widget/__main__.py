@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .errors import LmttError, check_threshold
 
-DEMO_PROMPT = "When Mary and John went to the store, John gave a drink to"
+from .models import DEMO_PROMPT
 
 
 def demo(args: argparse.Namespace) -> int:

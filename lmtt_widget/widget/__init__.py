@@ -24,14 +24,13 @@ import traitlets
 
 from .. import interventions as I
 from ..errors import LmttError
-from ..models import load_model
+from ..models import DEMO_PROMPT, load_model
 from ..run import Run, analyze
 from . import protocol as P
 from . import serialize as S
 from .state import View
 
 STATIC = pathlib.Path(__file__).parent.parent / "static"
-DEMO_PROMPT = "When Mary and John went to the store, John gave a drink to"
 # the traits the page may set; each goes through View.set
 OPTIONS = ("target", "threshold", "renormalize", "normalize_lens", "selection", "show_reference", "diff_against")
 
