@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup js typecheck clean
+.PHONY: demo test setup js typecheck protocol clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ lmtt_widget/static/widget.js lmtt_widget/static/standalone.js &: node_modules/.i
 	npm run build
 
 js: lmtt_widget/static/widget.js
+
+# The page's protocol types, generated from lmtt_widget/widget/protocol.py (tests/test_protocol.py checks).
+protocol: setup
+	$(PY) -c "from lmtt_widget.widget import protocol; print(protocol.write_typescript())"
 
 typecheck: node_modules/.installed
 	npm run typecheck

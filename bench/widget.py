@@ -33,7 +33,7 @@ TEXT = ("When Mary and John went to the store, John gave a drink to Mary. The ca
         "and the capital of Italy is Rome. Tokens, spaces and newlines all count.\n")
 
 NOTEBOOK_CELLS = [
-    "import json, time, torch\nimport lmtt_widget as lw\nfrom lmtt_widget import serialize\n"
+    "import json, time, torch\nimport lmtt_widget as lw\nfrom lmtt_widget.widget import serialize\n"
     "from lmtt_widget.run import analyze_ids\nmodel = lw.load_model()",
     "ids = model.tokenizer({text!r} * 40)['input_ids'][:{tokens}]\n"
     "run = analyze_ids(model, torch.tensor(ids))\nrun.n_tokens",

@@ -38,7 +38,7 @@ export class GraphView {
   private payload: Payload | null = null;
   private view = { k: 1, x: 0, y: 0 };
   private cursor = { token: 0, level: 0 };
-  private selection: Selection = {};
+  private selection: Selection | null = null;
   private col = 56;
   private lev = 26;
   private drag: { x: number; y: number; vx: number; vy: number; moved: boolean } | null = null;
@@ -235,7 +235,7 @@ export class GraphView {
 
   // -- selection ----------------------------------------------------------------------------
 
-  setSelection(sel: Selection): void {
+  setSelection(sel: Selection | null): void {
     this.selection = sel;
     if (this.info) this.drawHighlight();
   }
@@ -245,7 +245,7 @@ export class GraphView {
     const sel = this.selection;
     const g = this.highlight;
     g.replaceChildren();
-    if (!("kind" in sel) || !this.info) return;
+    if (sel === null || !this.info) return;
     if (sel.kind === "attention") {
       const xa = this.x(sel.source), ya = this.y(sel.layer === 0 ? 0 : 2 * sel.layer);
       const parallel = this.info.parallel;

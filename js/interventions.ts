@@ -7,92 +7,20 @@
 import type { AnyModel } from "@anywidget/types";
 import { h, s, visible, fmt } from "./dom";
 import type { GraphView } from "./graph";
+import type { Comparison, EdgeChange, Faithfulness, GraphDiff, Invoke, Offer, Readout } from "./protocol";
 import { STAGES, type Info, type Selection, type Stage, type State } from "./types";
 
-type Spec = (string | number | number[])[];
-
-export interface Ablation {
-  kind: "head" | "neuron" | "attention" | "ffn" | "edge";
-  layer: number; head: number | null; neuron: number | null; source: number | null; target: number | null;
-  positions: number[] | null; mode: "zero" | "mean"; spec: Spec;
-}
-interface Readout { probability: number; logit: number; logit_diff: number }
-interface Comparison {
-  position: number; token: string; against: string; before: Readout; after: Readout;
-  top_before: [string, number][]; top_after: [string, number][];
-  prob_change: number; logit_change: number; logit_diff_change: number;
-}
-type GraphNode = [string, number, number]; // (stage, layer, token)
-interface EdgeChange { source: GraphNode; target: GraphNode; kind: string; weight_a: number | null; weight_b: number | null }
 type Sort = "appeared" | "vanished" | "changed";
 type EdgeKind = "attention" | "residual" | "ffn";
-interface GraphDiff extends Record<Sort, EdgeChange[]> { counts: Record<Sort, Record<EdgeKind, number>>; unchanged: number; tolerance: number; against?: "clean" | "other" }
-interface Faithfulness {
-  position: number; token: string; against: string; threshold: number; k: number; mode: string;
-  clean: Readout; route: Readout; random: Readout[]; route_drop: Readout; random_drop: Readout;
-  route_edges: { layer: number; source: number; target: number; weight: number }[];
-}
-export interface InterventionState {
-  interventions: Ablation[];
-  comparison: Comparison | Record<string, never>;
-  graph_diff: GraphDiff | Record<string, never>;
-  faithfulness: Faithfulness | Record<string, never>;
-  intervention_code: string;
-  patches?: { node: (string | number)[]; from: string }[]; // widget_pair: activations patched in from the other prompt
-  diff_against?: "other" | "clean";
-  pair?: { prompt?: string }; // widget_pair: the other prompt ({} when none)
-  show_reference?: boolean; // the graph draws what graph_diff compares with
-}
-
-/** One thing the selection can ablate: its label and the spec Python parses. */
-export interface Choice { label: string; spec: Spec; at: number | null } // at: the position it can be limited to
-
-/** What the selection offers to ablate (nothing for an embedding node or no selection). */
-export function choices(sel: Selection, info: Info): Choice[] {
-  if (!("kind" in sel)) return [];
-  const tok = (t: number) => `${t} ${visible(info.tokens[t] ?? "")}`;
-  if (sel.kind === "attention") {
-    const { layer, source, target, head } = sel;
-    const out: Choice[] = [];
-    if (head !== null) out.push({ label: `edge ${tok(source)} → ${tok(target)}, head ${head}`, spec: ["edge", layer, source, target, head], at: null });
-    out.push({ label: `edge ${tok(source)} → ${tok(target)}, all heads`, spec: ["edge", layer, source, target], at: null });
-    if (head !== null) out.push({ label: `head ${head} of layer ${layer}`, spec: ["head", layer, head], at: target });
-    out.push({ label: `attention block of layer ${layer}`, spec: ["attention", layer], at: target });
-    return out;
-  }
-  if (sel.kind === "ffn") {
-    const out: Choice[] = [];
-    if (sel.neuron !== null) out.push({ label: `neuron ${sel.neuron} of layer ${sel.layer}`, spec: ["neuron", sel.layer, sel.neuron], at: sel.token });
-    out.push({ label: `FFN block of layer ${sel.layer}`, spec: ["ffn", sel.layer], at: sel.token });
-    return out;
-  }
-  if (sel.stage === "embed") return [];
-  const attention: Choice = { label: `attention block of layer ${sel.layer}`, spec: ["attention", sel.layer], at: sel.token };
-  const ffn: Choice = { label: `FFN block of layer ${sel.layer}`, spec: ["ffn", sel.layer], at: sel.token };
-  return sel.stage === "mid" ? [attention] : [ffn, attention];
-}
-
-/** A short name of an active ablation. */
-export function describe(ab: Ablation, info: Info): string {
-  const tok = (t: number) => `${t} ${visible(info.tokens[t] ?? "")}`;
-  const where = ab.positions === null ? "" : ` at ${ab.positions.map(tok).join(", ")}`;
-  const what = ab.kind === "edge"
-    ? `edge L${ab.layer} ${tok(ab.source!)} → ${tok(ab.target!)}${ab.head === null ? ", all heads" : `, head ${ab.head}`}`
-    : ab.kind === "head" ? `head L${ab.layer}.${ab.head}`
-    : ab.kind === "neuron" ? `neuron L${ab.layer}.${ab.neuron}`
-    : `${ab.kind === "ffn" ? "FFN" : "attention"} block L${ab.layer}`;
-  return `${what}${where} (${ab.mode})`;
-}
 
 const signed = (x: number, digits = 3) => `${x >= 0 ? "+" : "−"}${fmt(Math.abs(x), digits)}`;
-const isEmpty = (o: object | undefined | null) => !o || Object.keys(o).length === 0;
 
 export class InterventionsView {
   /** The ablate action, before/after and the active ablations: above the graph. */
   readonly bar: HTMLDivElement;
   /** The graph's difference, faithfulness and the code: below the graph. */
   readonly details: HTMLDivElement;
-  private model: AnyModel<State & InterventionState>;
+  private model: AnyModel<State>;
   private what = h("select", { class: "ablate-what", "aria-label": "what to ablate" });
   private mode = h("select", { class: "ablate-mode", "aria-label": "ablation mode" },
     h("option", { value: "zero" }, "zero"), h("option", { value: "mean" }, "mean"));
@@ -115,11 +43,12 @@ export class InterventionsView {
   private referenceLabel = h("label", { class: "show-reference-label" });
   private against = h("select", { class: "diff-against", "aria-label": "compare the routes with" },
     h("option", { value: "other" }, "the other prompt"), h("option", { value: "clean" }, "this prompt, clean"));
-  private offered: Choice[] = [];
+  private offered: Offer[] = [];
   private handlers: [string, () => void][] = [];
 
-  constructor(model: AnyModel<State>, private graph: GraphView, private select: (sel: Selection) => void, private live: boolean) {
-    this.model = model as unknown as AnyModel<State & InterventionState>;
+  constructor(model: AnyModel<State>, private graph: GraphView, private select: (sel: Selection) => void,
+    private invoke: Invoke, private live: boolean) {
+    this.model = model;
     const needsKernel = live ? undefined : "Needs a live kernel";
     for (const el of [this.ablateButton, this.faithButton, this.what, this.mode, this.only, this.kInput]) {
       el.disabled = !live;
@@ -128,7 +57,7 @@ export class InterventionsView {
     this.ablateButton.addEventListener("click", () => this.ablate());
     this.faithButton.addEventListener("click", () => {
       const k = Number(this.kInput.value);
-      this.model.send({ type: "faithfulness", k: Number.isInteger(k) ? k : 5, mode: this.mode.value });
+      void this.invoke("faithfulness", { k: Number.isInteger(k) ? k : 5, mode: this.mode.value as "zero" | "mean" });
     });
     this.markDiff.addEventListener("change", () => this.drawMarks());
     this.diffKind.addEventListener("change", () => this.showDiff());
@@ -142,7 +71,7 @@ export class InterventionsView {
       this.beforeAfter, this.active, this.referenceLabel);
     this.details = h("div", { class: "lmtt-intervention-details" }, this.diffCard, this.faithCard, this.codeCard);
     this.handlers = [
-      ["change:selection", () => this.showChoices()], ["change:info", () => { this.showChoices(); this.showState(); }],
+      ["change:selection_info", () => this.showChoices()], ["change:info", () => { this.showChoices(); this.showState(); }],
       ["change:interventions", () => this.showState()], ["change:comparison", () => this.showState()],
       ["change:graph_diff", () => this.showState()], ["change:faithfulness", () => this.showFaithfulness()],
       ["change:intervention_code", () => this.showCode()], ["change:busy", () => this.showBusy()],
@@ -160,15 +89,15 @@ export class InterventionsView {
     for (const [event, fn] of this.handlers) this.model.off(event, fn);
   }
 
-  private get<K extends keyof InterventionState>(key: K): InterventionState[K] | undefined {
-    return this.model.get(key); // undefined in a page saved without these traits
+  private get<K extends keyof State>(key: K): State[K] {
+    return this.model.get(key);
   }
 
   // -- the ablate action --------------------------------------------------------------------
 
   private showChoices(): void {
     const previous = this.what.value;
-    this.offered = choices(this.model.get("selection") ?? {}, this.model.get("info"));
+    this.offered = this.model.get("selection_info")?.ablations ?? [];
     this.what.replaceChildren(...this.offered.map((c, i) => h("option", { value: i }, c.label)));
     const kept = this.offered.findIndex((c) => c.label === previous);
     if (kept > 0) this.what.value = String(kept);
@@ -189,8 +118,8 @@ export class InterventionsView {
   private ablate(): void {
     const choice = this.offered[Number(this.what.value)];
     if (!choice || !this.live) return;
-    const spec: Spec = choice.at !== null && this.only.checked ? [...choice.spec, [choice.at]] : choice.spec;
-    this.model.send({ type: "ablate", ablation: spec, mode: this.mode.value });
+    const spec = choice.at !== null && this.only.checked ? [...choice.spec, [choice.at]] : choice.spec;
+    void this.invoke("ablate", { spec, mode: this.mode.value as "zero" | "mean" });
   }
 
   private showBusy(): void {
@@ -210,13 +139,13 @@ export class InterventionsView {
     this.beforeAfter.replaceChildren();
     this.active.replaceChildren();
     this.bar.classList.toggle("has-interventions", changed);
-    if (changed && cmp && !isEmpty(cmp)) this.beforeAfter.append(...comparisonView(cmp as Comparison, info));
+    if (changed && cmp) this.beforeAfter.append(...comparisonView(cmp, info));
     if (list.length > 0) {
       const items = list.map((ab, i) => {
-        const undo = h("button", { class: "undo", title: "Undo: rerun without this ablation", "data-index": i, "aria-label": `undo ${describe(ab, info)}` }, "×");
+        const undo = h("button", { class: "undo", title: "Undo: rerun without this ablation", "data-index": i, "aria-label": `undo ${ab.label}` }, "×");
         undo.disabled = !this.live;
-        undo.addEventListener("click", () => this.model.send({ type: "undo", index: i }));
-        return h("span", { class: "ablation", "data-kind": ab.kind }, describe(ab, info), undo);
+        undo.addEventListener("click", () => void this.invoke("undo", { index: i }));
+        return h("span", { class: "ablation", "data-kind": ab.kind }, ab.label, undo);
       });
       this.active.append(h("span", { class: "label" }, `Active (${list.length}):`), ...items,
         h("span", { class: "hint" }, "the graph and panels show the intervened run"));
@@ -228,8 +157,8 @@ export class InterventionsView {
   private showDiff(): void {
     const diff = this.get("graph_diff");
     this.showReferenceToggle(diff);
-    if (!diff || isEmpty(diff)) { this.diffCard.replaceChildren(); this.diffCard.style.display = "none"; this.drawMarks(); return; }
-    const d = diff as GraphDiff, info = this.model.get("info");
+    if (!diff) { this.diffCard.replaceChildren(); this.diffCard.style.display = "none"; this.drawMarks(); return; }
+    const d = diff, info = this.model.get("info");
     this.diffCard.style.display = "";
     const kind = this.diffKind.value;
     const sections = (["vanished", "appeared", "changed"] as Sort[]).map((sort) => {
@@ -264,12 +193,12 @@ export class InterventionsView {
   }
 
   /** The switch between drawing the run shown and what it is compared with (the marks stay). */
-  private showReferenceToggle(diff: GraphDiff | Record<string, never> | undefined): void {
+  private showReferenceToggle(diff: GraphDiff | null): void {
     const on = this.get("show_reference") === true;
     this.showReference.checked = on;
     this.showReference.disabled = !this.live;
-    if (!diff || isEmpty(diff)) { this.referenceLabel.style.display = "none"; return; }
-    const reference = (diff as GraphDiff).against === "other" ? "the other prompt's" : "the clean run's";
+    if (!diff) { this.referenceLabel.style.display = "none"; return; }
+    const reference = diff.against === "other" ? "the other prompt's" : "the clean run's";
     this.referenceLabel.style.display = "";
     this.referenceLabel.classList.toggle("on", on);
     this.referenceLabel.replaceChildren(this.showReference, ` draw ${reference} routes instead (the difference marks stay; the panels read the run shown)`);
@@ -279,8 +208,8 @@ export class InterventionsView {
   private drawMarks(): void {
     const overlay = this.graph.overlay;
     const diff = this.get("graph_diff");
-    if (!diff || isEmpty(diff) || !this.markDiff.checked) { overlay.replaceChildren(); return; }
-    const d = diff as GraphDiff;
+    if (!diff || !this.markDiff.checked) { overlay.replaceChildren(); return; }
+    const d = diff;
     const marks: SVGPathElement[] = [];
     for (const sort of ["changed", "appeared", "vanished"] as Sort[]) {
       for (const c of listed(d, sort, this.diffKind.value)) {
@@ -304,8 +233,8 @@ export class InterventionsView {
     const head = [h("h3", {}, "Faithfulness of the routes"),
       h("p", { class: "hint" }, "Ablate the k strongest attention edges of the routes shown, and for comparison k random edges into the same targets (10 draws)."),
       h("div", { class: "row" }, h("label", {}, "k ", this.kInput), this.faithButton)];
-    if (!f || isEmpty(f)) { this.faithCard.replaceChildren(...head); return; }
-    this.faithCard.replaceChildren(...head, ...faithfulnessView(f as Faithfulness, info));
+    if (!f) { this.faithCard.replaceChildren(...head); return; }
+    this.faithCard.replaceChildren(...head, ...faithfulnessView(f, info));
   }
 
   // -- the code -------------------------------------------------------------------------------

@@ -6,49 +6,12 @@
 
 import type { AnyModel } from "@anywidget/types";
 import { h, fmt, visible } from "./dom";
-import type { Info, Selection, State } from "./types";
-
-type Node = (string | number)[]; // (stage, layer, position) or ("head", layer, head, position)
-
-export interface PairState {
-  pair: { prompt: string; tokens: string[]; top: [string, number][] } | Record<string, never>;
-  patches: { node: Node; from: string }[];
-  diff_against: "other" | "clean";
-}
-
-/** One node the selection can patch: its label and the node Python checks. */
-export interface PatchChoice { label: string; node: Node }
-
-/** What the selection offers to patch from the other prompt. */
-export function patchChoices(sel: Selection, info: Info): PatchChoice[] {
-  if (!("kind" in sel)) return [];
-  const tok = (t: number) => `${t} ${visible(info.tokens[t] ?? "")}`;
-  if (sel.kind === "residual") {
-    const where = sel.stage === "embed" ? "embedding" : `residual ${sel.stage} L${sel.layer}`;
-    return [{ label: `${where} at ${tok(sel.token)}`, node: [sel.stage, sel.layer, sel.token] }];
-  }
-  if (sel.kind === "attention") {
-    const out: PatchChoice[] = [];
-    if (sel.head !== null) out.push({ label: `head L${sel.layer}.${sel.head} output at ${tok(sel.target)}`, node: ["head", sel.layer, sel.head, sel.target] });
-    if (!info.parallel) out.push({ label: `residual mid L${sel.layer} at ${tok(sel.target)}`, node: ["mid", sel.layer, sel.target] });
-    return out;
-  }
-  return [{ label: `FFN L${sel.layer} update at ${tok(sel.token)}`, node: ["ffn", sel.layer, sel.token] },
-    { label: `residual post L${sel.layer} at ${tok(sel.token)}`, node: ["post", sel.layer, sel.token] }];
-}
-
-/** A short name of an active patch. */
-export function describeNode(node: Node, info: Info): string {
-  const tok = (t: number) => `${t} ${visible(info.tokens[t] ?? "")}`;
-  if (node[0] === "head") return `head L${node[1]}.${node[2]} at ${tok(node[3] as number)}`;
-  if (node[0] === "embed") return `embedding at ${tok(node[2] as number)}`;
-  if (node[0] === "ffn") return `FFN L${node[1]} at ${tok(node[2] as number)}`;
-  return `residual ${node[0]} L${node[1]} at ${tok(node[2] as number)}`;
-}
+import type { Invoke, PatchOffer } from "./protocol";
+import type { State } from "./types";
 
 export class PairView {
   readonly bar: HTMLDivElement;
-  private model: AnyModel<State & PairState>;
+  private model: AnyModel<State>;
   private prompts = h("div", { class: "pair-prompts" });
   private patchRow = h("div", { class: "row patch-row" });
   private active = h("div", { class: "active-list patch-list" });
@@ -58,24 +21,24 @@ export class PairView {
   private otherInput = h("input", { type: "text", class: "other-prompt", placeholder: "another prompt of the same length in tokens", "aria-label": "other prompt" });
   private otherButton = h("button", { class: "compare-with" }, "Compare");
   private hint = h("span", { class: "hint" });
-  private offered: PatchChoice[] = [];
+  private offered: PatchOffer[] = [];
   private handlers: [string, () => void][] = [];
 
-  constructor(model: AnyModel<State>, private live: boolean) {
-    this.model = model as unknown as AnyModel<State & PairState>;
+  constructor(model: AnyModel<State>, private invoke: Invoke, private live: boolean) {
+    this.model = model;
     this.patchButton.addEventListener("click", () => {
       const choice = this.offered[Number(this.what.value)];
-      if (choice && this.live) this.model.send({ type: "patch", node: choice.node });
+      if (choice && this.live) void this.invoke("patch", { node: choice.node });
     });
-    this.swapButton.addEventListener("click", () => { if (this.live) this.model.send({ type: "swap" }); });
-    const compare = () => { if (this.live && this.otherInput.value.trim()) this.model.send({ type: "pair", prompt: this.otherInput.value }); };
+    this.swapButton.addEventListener("click", () => { if (this.live) void this.invoke("swap", {}); });
+    const compare = () => { if (this.live && this.otherInput.value.trim()) void this.invoke("pair", { prompt: this.otherInput.value }); };
     this.otherButton.addEventListener("click", compare);
     this.otherInput.addEventListener("keydown", (ev) => { if (ev.key === "Enter") compare(); });
     this.patchRow.append(h("span", { class: "label" }, "Patch:"), this.what, this.patchButton, this.hint);
     this.bar = h("div", { class: "lmtt-pair" }, h("style", {}, CSS), this.prompts, this.patchRow, this.active);
     this.handlers = [
       ["change:pair", () => this.show()], ["change:patches", () => this.show()], ["change:info", () => this.show()],
-      ["change:selection", () => this.showChoices()], ["change:busy", () => this.showBusy()],
+      ["change:selection_info", () => this.showChoices()], ["change:busy", () => this.showBusy()],
     ];
     for (const [event, fn] of this.handlers) this.model.on(event, fn);
     this.show();
@@ -85,13 +48,10 @@ export class PairView {
     for (const [event, fn] of this.handlers) this.model.off(event, fn);
   }
 
-  private get pair(): PairState["pair"] { return this.model.get("pair") ?? {}; }
-
   private show(): void {
-    const info = this.model.get("info"), pair = this.pair;
-    const paired = "prompt" in pair;
-    this.bar.classList.toggle("paired", paired);
-    if (!paired) {
+    const info = this.model.get("info"), pair = this.model.get("pair");
+    this.bar.classList.toggle("paired", pair !== null);
+    if (pair === null) {
       // one prompt: offer a second one (live only: it needs the kernel to analyse it)
       this.prompts.replaceChildren(...(this.live ? [h("div", { class: "row" }, h("span", { class: "label" }, "Compare with another prompt:"), this.otherInput, this.otherButton)] : []));
       this.patchRow.style.display = "none";
@@ -110,9 +70,9 @@ export class PairView {
     this.patchRow.style.display = "";
     const patches = this.model.get("patches") ?? [];
     const items = patches.map((p, i) => {
-      const undo = h("button", { class: "unpatch", title: "Undo: rerun without this patch", "aria-label": `undo patch ${describeNode(p.node, info)}` }, "×");
-      undo.addEventListener("click", () => { if (this.live) this.model.send({ type: "unpatch", index: i }); });
-      return h("span", { class: "patched", "data-node": JSON.stringify(p.node) }, describeNode(p.node, info), undo);
+      const undo = h("button", { class: "unpatch", title: "Undo: rerun without this patch", "aria-label": `undo patch ${p.label}` }, "×");
+      undo.addEventListener("click", () => { if (this.live) void this.invoke("unpatch", { index: i }); });
+      return h("span", { class: "patched", "data-node": JSON.stringify(p.node) }, p.label, undo);
     });
     this.active.replaceChildren(...(items.length ? [h("span", { class: "label" }, `Patched from the other prompt (${items.length}):`), ...items,
       h("span", { class: "hint" }, "the graph and panels show the patched run")] : []));
@@ -121,7 +81,7 @@ export class PairView {
 
   private showChoices(): void {
     const previous = this.what.value;
-    this.offered = "prompt" in this.pair ? patchChoices(this.model.get("selection") ?? {}, this.model.get("info")) : [];
+    this.offered = this.model.get("pair") === null ? [] : this.model.get("selection_info")?.patches ?? [];
     this.what.replaceChildren(...this.offered.map((c, i) => h("option", { value: i }, c.label)));
     if (previous && Number(previous) < this.offered.length) this.what.value = previous;
     this.hint.textContent = this.offered.length === 0 ? "Select a node or an attention edge to patch its activation from the other prompt." : "";

@@ -2,15 +2,113 @@
 // shares, pattern and importance heatmaps, the head's promoted/suppressed tokens), FFN block
 // (top neurons and what each writes). Their data is asked of Python lazily.
 
-import { decode, type Encoded } from "./arrays";
+import { decode } from "./arrays";
 import { h, visible, fmt } from "./dom";
-import type { Effect, Info, Selection } from "./types";
+import type { AttentionPanel, FfnPanel, ResidualPanel } from "./protocol";
+import type { AttentionSelection, Effect, FfnSelection, Info, PanelData, ResidualSelection, Selection } from "./types";
 
 export interface PanelCallbacks {
   select(sel: Selection): void;
 }
 
+/** One renderer per selection kind (Python's selections.py registers the kinds). */
+interface Renderer<S extends Selection, D extends PanelData> {
+  /** Whether `data` has what `sel` shows (a neuron outside an FFN panel's top rows does not). */
+  covers?(sel: S, data: D): boolean;
+  render(info: Info, sel: S, data: D, cb: PanelCallbacks): (HTMLElement | string)[];
+}
+
+type Renderers = {
+  residual: Renderer<ResidualSelection, ResidualPanel>;
+  attention: Renderer<AttentionSelection, AttentionPanel>;
+  ffn: Renderer<FfnSelection, FfnPanel>;
+};
+
 const STAGE_NAMES = { embed: "Embedding", mid: "Residual after attention", post: "Residual after the block" };
+
+const RENDERERS: Renderers = {
+  residual: {
+    render(info, sel, data) {
+      const lens = h("table", { class: "lens" },
+        h("thead", {}, h("tr", {}, h("th", {}, "token"), h("th", {}, "probability"), h("th", { title: "rank change since the previous node on the stream" }, "rank Δ"))));
+      const tbody = h("tbody");
+      for (const t of data.lens) {
+        const rc = t.rank_change;
+        const change = rc === null ? "" : rc > 0 ? `▲${rc}` : rc < 0 ? `▼${-rc}` : "–";
+        tbody.append(h("tr", {}, h("td", { class: "tok" }, visible(t.token)),
+          h("td", {}, bar(t.probability, 1, fmt(t.probability))),
+          h("td", { class: rc !== null && rc > 0 ? "up" : rc !== null && rc < 0 ? "down" : "" }, change)));
+      }
+      lens.append(tbody);
+      const blocks = data.blocks.map((b) =>
+        h("div", {}, h("h4", {}, `${b.block === "ffn" ? "FFN" : "Attention"} update of layer ${sel.layer}: direct logit effect`), effect(b)));
+      return [
+        h("h3", {}, `${STAGE_NAMES[sel.stage]}${sel.stage === "embed" ? "" : `, layer ${sel.layer}`}`),
+        h("p", { class: "where" }, `token ${sel.token} `, tokenSpan(info.tokens[sel.token])),
+        h("h4", {}, `Logit lens${data.normalized ? " (final norm applied)" : " (no final norm)"}`),
+        lens, ...blocks,
+      ];
+    },
+  },
+  attention: {
+    render(info, sel, data, cb) {
+      const shares = decode<Float32Array>(data.shares);
+      const max = Math.max(...shares, 1e-9);
+      const heads = h("div", { class: "heads", role: "listbox", "aria-label": "heads" });
+      shares.forEach((v, head) => {
+        const button = h("button", {
+          class: head === sel.head ? "head active" : "head", title: `head ${head}: share ${fmt(v)}`,
+          "aria-selected": head === sel.head ? "true" : "false", "data-head": head,
+        }, h("span", { class: "hbar", style: `height:${fmt((100 * v) / max, 1)}%` }), h("span", { class: "hlabel" }, String(head)));
+        button.addEventListener("click", () => cb.select({ ...sel, head }));
+        heads.append(button);
+      });
+      const pattern = heatmap(decode<Float32Array>(data.pattern), info, sel, "attention pattern");
+      const importance = heatmap(decode<Float32Array>(data.importance), info, sel, "importance (share)");
+      return [
+        h("h3", {}, `Attention edge, layer ${sel.layer}`),
+        h("p", { class: "where" }, `from ${sel.source} `, tokenSpan(info.tokens[sel.source]), ` to ${sel.target} `, tokenSpan(info.tokens[sel.target])),
+        h("h4", {}, "Share of each head in this edge"), heads,
+        h("h4", {}, `Head ${sel.head}: target × source`),
+        h("div", { class: "maps" }, pattern, importance),
+        h("h4", {}, `Head ${sel.head} at the target, from this source: direct logit effect`), effect(data.from_source),
+        h("h4", {}, `Head ${sel.head} at the target, from all sources`), effect(data.total),
+      ];
+    },
+  },
+  ffn: {
+    covers: (sel, data) => sel.neuron == null || data.neurons.some((n) => n.index === sel.neuron),
+    render(info, sel, data, cb) {
+      const table = h("table", { class: "neurons" }, h("thead", {}, h("tr", {},
+        h("th", {}, "neuron"), h("th", {}, "share"), h("th", {}, "activation"), h("th", {}, "promotes"), h("th", {}, "suppresses"))));
+      const tbody = h("tbody");
+      const maxShare = Math.max(...data.neurons.map((n) => n.share), 1e-9);
+      for (const n of data.neurons) {
+        const row = h("tr", { class: n.index === sel.neuron ? "active" : "", tabindex: 0, "data-neuron": n.index,
+          title: `neuron ${n.index}: share ${fmt(n.share, 4)}, activation ${fmt(n.activation)}` },
+          h("td", {}, String(n.index)), h("td", {}, bar(n.share, maxShare, fmt(n.share, 3))), h("td", {}, fmt(n.activation, 2)),
+          h("td", { class: "toks up" }, n.promoted.map(([t]) => visible(t)).join(" · ")),
+          h("td", { class: "toks down" }, n.suppressed.map(([t]) => visible(t)).join(" · ")));
+        const choose = () => cb.select({ ...sel, neuron: n.index });
+        row.addEventListener("click", choose);
+        row.addEventListener("keydown", (ev) => { if (ev.key === "Enter") choose(); });
+        tbody.append(row);
+      }
+      table.append(tbody);
+      return [
+        h("h3", {}, `FFN block, layer ${sel.layer}`),
+        h("p", { class: "where" }, `token ${sel.token} `, tokenSpan(info.tokens[sel.token]), `; share of the update in the block's output: ${fmt(data.ffn_share)}`),
+        h("h4", {}, "Top neurons by share (their tokens scaled by the activation)"), table,
+        h("h4", {}, "The FFN update: direct logit effect"), effect(data.block),
+      ];
+    },
+  },
+};
+
+/** The renderer of `sel`'s kind, typed for it (the panel data Python sent for that kind). */
+function rendererOf(sel: Selection): Renderer<Selection, PanelData> {
+  return RENDERERS[sel.kind] as unknown as Renderer<Selection, PanelData>;
+}
 
 export class Panels {
   readonly root: HTMLDivElement;
@@ -38,84 +136,12 @@ export class Panels {
     this.body.replaceChildren(h("h3", {}, title), h("p", { class: "hint unavailable" }, why));
   }
 
-  show(info: Info, sel: Selection, data: any): void {
-    if (!("kind" in sel)) return this.empty();
-    if (sel.kind === "residual") this.residual(info, sel, data);
-    else if (sel.kind === "attention") this.attention(info, sel, data);
-    else this.ffn(info, sel, data);
+  covers(sel: Selection, data: PanelData): boolean {
+    return rendererOf(sel).covers?.(sel, data) ?? true;
   }
 
-  private residual(info: Info, sel: Extract<Selection, { kind: "residual" }>, data: any): void {
-    const lens = h("table", { class: "lens" },
-      h("thead", {}, h("tr", {}, h("th", {}, "token"), h("th", {}, "probability"), h("th", { title: "rank change since the previous node on the stream" }, "rank Δ"))));
-    const tbody = h("tbody");
-    for (const t of data.lens as { token: string; probability: number; rank: number; rank_change: number | null }[]) {
-      const rc = t.rank_change;
-      const change = rc === null ? "" : rc > 0 ? `▲${rc}` : rc < 0 ? `▼${-rc}` : "–";
-      tbody.append(h("tr", {}, h("td", { class: "tok" }, visible(t.token)),
-        h("td", {}, bar(t.probability, 1, fmt(t.probability))),
-        h("td", { class: rc !== null && rc > 0 ? "up" : rc !== null && rc < 0 ? "down" : "" }, change)));
-    }
-    lens.append(tbody);
-    const blocks = (data.blocks as ({ block: string } & Effect)[]).map((b) =>
-      h("div", {}, h("h4", {}, `${b.block === "ffn" ? "FFN" : "Attention"} update of layer ${sel.layer}: direct logit effect`), effect(b)));
-    this.body.replaceChildren(
-      h("h3", {}, `${STAGE_NAMES[sel.stage]}${sel.stage === "embed" ? "" : `, layer ${sel.layer}`}`),
-      h("p", { class: "where" }, `token ${sel.token} `, tokenSpan(info.tokens[sel.token])),
-      h("h4", {}, `Logit lens${data.normalized ? " (final norm applied)" : " (no final norm)"}`),
-      lens, ...blocks,
-    );
-  }
-
-  private attention(info: Info, sel: Extract<Selection, { kind: "attention" }>, data: any): void {
-    const shares = decode<Float32Array>(data.shares as Encoded);
-    const max = Math.max(...shares, 1e-9);
-    const heads = h("div", { class: "heads", role: "listbox", "aria-label": "heads" });
-    shares.forEach((v, head) => {
-      const button = h("button", {
-        class: head === sel.head ? "head active" : "head", title: `head ${head}: share ${fmt(v)}`,
-        "aria-selected": head === sel.head ? "true" : "false", "data-head": head,
-      }, h("span", { class: "hbar", style: `height:${fmt((100 * v) / max, 1)}%` }), h("span", { class: "hlabel" }, String(head)));
-      button.addEventListener("click", () => this.cb.select({ ...sel, head }));
-      heads.append(button);
-    });
-    const pattern = heatmap(decode<Float32Array>(data.pattern as Encoded), info, sel, "attention pattern");
-    const importance = heatmap(decode<Float32Array>(data.importance as Encoded), info, sel, "importance (share)");
-    this.body.replaceChildren(
-      h("h3", {}, `Attention edge, layer ${sel.layer}`),
-      h("p", { class: "where" }, `from ${sel.source} `, tokenSpan(info.tokens[sel.source]), ` to ${sel.target} `, tokenSpan(info.tokens[sel.target])),
-      h("h4", {}, "Share of each head in this edge"), heads,
-      h("h4", {}, `Head ${sel.head}: target × source`),
-      h("div", { class: "maps" }, pattern, importance),
-      h("h4", {}, `Head ${sel.head} at the target, from this source: direct logit effect`), effect(data.from_source),
-      h("h4", {}, `Head ${sel.head} at the target, from all sources`), effect(data.total),
-    );
-  }
-
-  private ffn(info: Info, sel: Extract<Selection, { kind: "ffn" }>, data: any): void {
-    const table = h("table", { class: "neurons" }, h("thead", {}, h("tr", {},
-      h("th", {}, "neuron"), h("th", {}, "share"), h("th", {}, "activation"), h("th", {}, "promotes"), h("th", {}, "suppresses"))));
-    const tbody = h("tbody");
-    const rows = data.neurons as ({ index: number; share: number; activation: number } & Effect)[];
-    const maxShare = Math.max(...rows.map((n) => n.share), 1e-9);
-    for (const n of rows) {
-      const row = h("tr", { class: n.index === sel.neuron ? "active" : "", tabindex: 0, "data-neuron": n.index,
-        title: `neuron ${n.index}: share ${fmt(n.share, 4)}, activation ${fmt(n.activation)}` },
-        h("td", {}, String(n.index)), h("td", {}, bar(n.share, maxShare, fmt(n.share, 3))), h("td", {}, fmt(n.activation, 2)),
-        h("td", { class: "toks up" }, n.promoted.map(([t]) => visible(t)).join(" · ")),
-        h("td", { class: "toks down" }, n.suppressed.map(([t]) => visible(t)).join(" · ")));
-      const choose = () => this.cb.select({ ...sel, neuron: n.index });
-      row.addEventListener("click", choose);
-      row.addEventListener("keydown", (ev) => { if (ev.key === "Enter") choose(); });
-      tbody.append(row);
-    }
-    table.append(tbody);
-    this.body.replaceChildren(
-      h("h3", {}, `FFN block, layer ${sel.layer}`),
-      h("p", { class: "where" }, `token ${sel.token} `, tokenSpan(info.tokens[sel.token]), `; share of the update in the block's output: ${fmt(data.ffn_share)}`),
-      h("h4", {}, "Top neurons by share (their tokens scaled by the activation)"), table,
-      h("h4", {}, "The FFN update: direct logit effect"), effect(data.block),
-    );
+  show(info: Info, sel: Selection, data: PanelData): void {
+    this.body.replaceChildren(...rendererOf(sel).render(info, sel, data, this.cb));
   }
 }
 

@@ -1,64 +1,78 @@
 // The anywidget entry point: wires the views to the model's traits and asks Python for panels.
 
 import type { AnyModel, RenderProps } from "@anywidget/types";
-import { putBuffers } from "./arrays";
 import { Controls } from "./controls";
 import { h } from "./dom";
 import { GraphView } from "./graph";
 import { InterventionsView } from "./interventions";
 import { PairView } from "./pair";
 import { Panels } from "./panels";
+import { Client, PROTOCOL_VERSION, type CommandName, type Failure, type Notice, type Outcome } from "./protocol";
 import { CSS } from "./style";
-import type { Selection, State } from "./types";
+import type { PanelData, Selection, State } from "./types";
 
-const PANEL_TIMEOUT_MS = 30000;
+/** What the message bar says when a command fails: refused (Python declined it) or failed. */
+const FAILURE_TEXT: Record<CommandName, [refused: string, failed: string]> = {
+  panel: ["Refused panel", "Could not load the panel"],
+  analyze: ["Could not analyse the prompt", "Could not analyse the prompt"],
+  ablate: ["Refused ablation", "Could not ablate"],
+  undo: ["Refused undo", "Could not undo"],
+  patch: ["Refused patch", "Could not patch"],
+  unpatch: ["Refused undo of the patch", "Could not undo the patch"],
+  swap: ["Refused swap", "Could not swap the prompts"],
+  pair: ["Refused the other prompt", "Could not compare with the other prompt"],
+  faithfulness: ["Refused faithfulness", "Could not measure faithfulness"],
+};
 
-/** The key of a panel's data: Python's export uses the same (lmtt_widget.export.panel_key). */
-export function panelKey(sel: Selection, normalizeLens: boolean): string {
-  if (!("kind" in sel)) return "";
-  if (sel.kind === "residual") return `residual/${sel.stage}/${sel.layer}/${sel.token}/${normalizeLens ? 1 : 0}`;
-  if (sel.kind === "attention") return `attention/${sel.layer}/${sel.source}/${sel.target}/${sel.head}`;
-  return `ffn/${sel.layer}/${sel.token}`;
+export function failureText(name: CommandName, error: Failure): string {
+  const [refused, failed] = FAILURE_TEXT[name];
+  return `${error.kind === "refused" ? refused : failed}: ${error.message}`;
 }
 
-/** Check a selection made in the page against the prompt and model; null when it is valid. */
-export function invalid(sel: Selection, state: Pick<State, "info">): string | null {
-  if (!("kind" in sel)) return null;
-  const T = state.info.tokens.length, L = state.info.n_layers;
-  const inRange = (name: string, v: number, n: number) => (Number.isInteger(v) && v >= 0 && v < n ? null : `${name} ${v} is out of range: valid are 0..${n - 1}`);
-  if (sel.kind === "residual") return sel.stage === "embed" ? inRange("token", sel.token, T) : inRange("layer", sel.layer, L) ?? inRange("token", sel.token, T);
-  if (sel.kind === "attention") {
-    return inRange("layer", sel.layer, L) ?? inRange("source", sel.source, T) ?? inRange("target", sel.target, T)
-      ?? (sel.head === null ? null : inRange("head", sel.head, state.info.n_heads))
-      ?? (sel.source > sel.target ? `source ${sel.source} comes after target ${sel.target}` : null);
-  }
-  return inRange("layer", sel.layer, L) ?? inRange("token", sel.token, T);
+/** The key of a selection's panel, built from the fields Python names for its kind (info.selection_kinds). */
+export function panelKey(sel: Selection, state: Pick<State, "info" | "normalize_lens">): string {
+  const fields = state.info.selection_kinds[sel.kind]?.key ?? [];
+  const options: Record<string, unknown> = { normalize_lens: state.normalize_lens };
+  const values = sel as unknown as Record<string, unknown>;
+  return [sel.kind, ...fields.map((f) => keyPart(f in values ? values[f] : options[f]))].join("/");
+}
+
+/** A key field as text, as Python writes it (selections._key_part): booleans as 1 and 0. */
+function keyPart(value: unknown): string {
+  return typeof value === "boolean" ? (value ? "1" : "0") : String(value ?? null);
 }
 
 function render({ model, el }: RenderProps<State>) {
-  const live = !(model as any).standalone;
+  const live = !(model as AnyModel<State> & { standalone?: boolean }).standalone;
+  const client = new Client(model, live);
   const style = h("style", {}, CSS);
   const messageText = h("span", { class: "text" });
   const dismiss = h("button", { class: "dismiss", title: "Dismiss", "aria-label": "Dismiss message" }, "×");
   const messageBar = h("div", { class: "message", role: "alert" }, messageText, dismiss);
-  let localMessage = "";
+  let local: Notice | null = null; // what the page itself reports (a command's outcome); Python's notice otherwise
 
   const showMessage = () => {
-    const text = localMessage || model.get("message");
-    messageText.textContent = text;
-    messageBar.style.display = text ? "flex" : "none";
-    messageBar.classList.toggle("error", /refused|could not|error|invalid|out of range|needs a live kernel/i.test(text));
+    const notice = local ?? model.get("notice");
+    messageText.textContent = notice?.text ?? "";
+    messageBar.style.display = notice ? "flex" : "none";
+    messageBar.classList.toggle("error", notice?.level === "error");
   };
+  const say = (notice: Notice | null) => { local = notice; showMessage(); };
   dismiss.addEventListener("click", () => {
-    localMessage = "";
-    if (model.get("message")) { model.set("message", ""); model.save_changes(); }
+    local = null;
+    if (model.get("notice")) { model.set("notice", null); model.save_changes(); }
     showMessage();
   });
+  /** Send a command; a failure is shown as an error. */
+  const invoke = async <N extends CommandName>(name: N, request: Parameters<typeof client.invoke<N>>[1]): Promise<Outcome<N>> => {
+    const outcome = await client.invoke(name, request);
+    if (!outcome.ok) say({ level: "error", text: failureText(name, outcome.error) });
+    else if (local?.level === "error") say(null);
+    return outcome;
+  };
 
   const select = (sel: Selection) => {
-    const why = invalid(sel, { info: model.get("info") });
-    if (why) { localMessage = `Refused selection: ${why}`; showMessage(); return; }
-    localMessage = "";
+    say(null);
     model.set("selection", sel);
     model.save_changes();
     onSelection();
@@ -68,22 +82,23 @@ function render({ model, el }: RenderProps<State>) {
     target: (t) => setTarget(t),
   });
   const panels = new Panels({ select });
-  const interventions = new InterventionsView(model, graph, select, live);
-  const pair = new PairView(model, live);
+  const interventions = new InterventionsView(model, graph, select, invoke, live);
+  const pair = new PairView(model, invoke, live);
   const controls = new Controls({
     threshold: (v) => { model.set("threshold", v); model.save_changes(); },
     renormalize: (v) => { model.set("renormalize", v); model.save_changes(); },
     normalizeLens: (v) => { model.set("normalize_lens", v); model.save_changes(); onSelection(); },
     target: (t) => setTarget(t),
-    analyze: (prompt) => {
+    analyze: async (prompt) => {
       if (!live) return;
-      localMessage = "";
-      model.send({ type: "analyze", prompt });
+      say(null);
+      const outcome = await invoke("analyze", { prompt });
+      if (outcome.ok) say({ level: "info", text: `Analysed ${outcome.result.n_tokens} tokens in ${outcome.result.seconds.toFixed(1)} s` });
     },
     fit: () => graph.fit(),
   }, live);
   const setTarget = (t: number) => {
-    if (!live) { localMessage = "Showing the routes to another token needs a live kernel."; showMessage(); return; }
+    if (!live) { say({ level: "error", text: "Showing the routes to another token needs a live kernel." }); return; }
     model.set("target", t);
     model.save_changes();
   };
@@ -95,50 +110,36 @@ function render({ model, el }: RenderProps<State>) {
   if (!live) root.append(h("p", { class: "hint export-note" },
     "Saved page: the graph and the panels saved with it work here; other panels and analysing a new prompt need a live kernel."));
   el.append(root);
+  // the page's commands, for scripts that drive it (the browser tests): el.lmttInvoke("ablate", {...})
+  (el as HTMLElement & { lmttInvoke?: typeof invoke }).lmttInvoke = invoke;
+  if (model.get("protocol") !== PROTOCOL_VERSION) {
+    say({ level: "error", text: `This widget was saved with protocol ${model.get("protocol")}; this page reads protocol ${PROTOCOL_VERSION}: run the cell again.` });
+  }
 
   // -- panels, asked of Python lazily ------------------------------------------------------
-  const viewId = Math.random().toString(36).slice(2, 10);
-  let nextId = 0;
-  const pending = new Map<string, (reply: any) => void>();
-  const cache = new Map<string, any>();
-  const onCustom = (msg: any, buffers: DataView[]) => {
-    if (!msg || msg.type !== "panel" || !pending.has(msg.id)) return;
-    putBuffers(msg, msg.buffer_paths ?? [], buffers ?? []);
-    pending.get(msg.id)?.(msg);
-    pending.delete(msg.id);
-  };
-  model.on("msg:custom", onCustom);
-  const ask = (request: Selection): Promise<any> => new Promise((resolve) => {
-    const id = `${viewId}-${nextId++}`;
-    const timer = setTimeout(() => { pending.delete(id); resolve({ ok: false, error: "no answer from the kernel: is it running?" }); }, PANEL_TIMEOUT_MS);
-    pending.set(id, (reply) => { clearTimeout(timer); resolve(reply); });
-    model.send({ type: "panel", id, request });
-  });
+  const cache = new Map<string, PanelData>();
 
   let shown = "";
   const onSelection = async () => {
     const sel = model.get("selection");
     graph.setSelection(sel);
     const info = model.get("info");
-    if (!("kind" in sel)) { shown = ""; panels.empty(); return; }
-    const key = panelKey(sel, model.get("normalize_lens"));
-    if (key === shown && sel.kind !== "ffn") return; // (a neuron's row is chosen within the same data)
+    if (sel === null) { shown = ""; panels.empty(); return; }
+    const key = panelKey(sel, { info, normalize_lens: model.get("normalize_lens") });
+    if (key === shown && !cache.has(key)) return; // its panel is on its way (or has failed: select again)
     shown = key;
-    const title = sel.kind === "residual" ? "Residual node" : sel.kind === "attention" ? "Attention edge" : "FFN block";
-    const preloaded = model.get("preloaded")?.[key];
-    let data = cache.get(key) ?? preloaded;
-    if (data && sel.kind === "ffn" && sel.neuron !== null && !data.neurons.some((n: any) => n.index === sel.neuron)) {
-      data = undefined; // a neuron outside the top ones: Python adds its row
-    }
+    const title = info.selection_kinds[sel.kind]?.title ?? sel.kind;
+    let data: PanelData | undefined = cache.get(key) ?? model.get("preloaded")?.[key];
+    if (data && !panels.covers(sel, data)) data = undefined; // e.g. a neuron outside the top ones: Python adds its row
     if (data === undefined) {
       if (!live) { panels.unavailable(title, "This panel needs a live kernel: it was not saved with this page."); return; }
       panels.loading(title);
       const t0 = performance.now();
-      const reply = await ask(sel);
+      const outcome = await client.invoke("panel", { selection: sel });
       root.dataset.panelMs = (performance.now() - t0).toFixed(1);
       if (shown !== key) return; // a newer selection took over
-      if (!reply.ok) { panels.unavailable(title, `Could not load: ${reply.error}`); return; }
-      data = reply.data;
+      if (!outcome.ok) { panels.unavailable(title, `Could not load: ${outcome.error.message}`); return; }
+      data = outcome.result;
       cache.set(key, data);
       if (cache.size > 64) cache.delete(cache.keys().next().value as string);
     }
@@ -171,7 +172,7 @@ function render({ model, el }: RenderProps<State>) {
   const handlers: [string, () => void][] = [
     ["change:info", () => { onInfo(); void onSelection(); }], // an intervened run keeps the selection: reload its panel
     ["change:payload", drawGraph], ["change:busy", onBusy],
-    ["change:message", showMessage], ["change:selection", () => void onSelection()],
+    ["change:notice", () => { local = null; showMessage(); }], ["change:selection", () => void onSelection()],
     ["change:normalize_lens", () => { showView(); void onSelection(); }],
   ];
   for (const [event, fn] of handlers) model.on(event, fn);
@@ -179,7 +180,7 @@ function render({ model, el }: RenderProps<State>) {
   resize.observe(graph.root);
   return () => {
     for (const [event, fn] of handlers) model.off(event, fn);
-    model.off("msg:custom", onCustom);
+    client.destroy();
     resize.disconnect();
     interventions.destroy();
     pair.destroy();

@@ -1,13 +1,17 @@
 """Command line: `python -m lmtt_widget demo [PROMPT]` prints a prediction and its routes;
-`python -m lmtt_widget export PROMPT -o routes.html` writes the widget as one offline HTML file."""
+`python -m lmtt_widget export PROMPT -o routes.html` writes the widget as one offline HTML file.
+Bad input (an LmttError, a file that cannot be written) is one line "error: ..." on stderr, exit code 2."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
-DEMO_PROMPT = "When Mary and John went to the store, John gave a drink to"
+from .errors import LmttError, check_threshold
+
+from .models import DEMO_PROMPT
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -33,16 +37,29 @@ def demo(args: argparse.Namespace) -> int:
 def export(args: argparse.Namespace) -> int:
     import lmtt_widget as lw
 
+    check_writable(Path(args.output))  # before the model loads and the analysis runs
     model = lw.load_model(args.model)
-    try:
-        widget = lw.Widget(lw.analyze(model, args.prompt), target=args.target, threshold=args.threshold)
-    except lw.LmttError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    widget = lw.Widget(lw.analyze(model, args.prompt), target=args.target, threshold=args.threshold)
     path = widget.save_html(args.output)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB): {widget.run.n_tokens} tokens, "
           f"{widget.graph.number_of_edges()} edges in the routes to token {widget.target}")
     return 0
+
+
+def check_writable(path: Path) -> None:
+    """An LmttError unless a file can be written at `path` (tried: no file is left behind)."""
+    if path.is_dir():
+        raise LmttError(f"cannot write {path}: it is a directory; give a file name, such as {path / 'routes.html'}")
+    if not path.parent.is_dir():
+        raise LmttError(f"cannot write {path}: the directory {path.parent} does not exist")
+    existed = path.exists()
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as error:
+        raise LmttError(f"cannot write {path}: {error.strerror or error}") from None
+    if not existed:
+        path.unlink()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     export_parser.add_argument("--threshold", type=float, default=0.04)
     export_parser.add_argument("--target", type=int, default=-1, help="whose prediction's routes (default: the last token)")
     args = parser.parse_args(argv)
-    return {"demo": demo, "export": export}[args.command](args)
+    try:
+        check_threshold(args.threshold)  # before the model loads
+        return {"demo": demo, "export": export}[args.command](args)
+    except (LmttError, OSError) as error:  # the message is the answer; a traceback would bury it
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ Where a family needs a decision of the method (design notes):
   scale frozen at the real value the norm is linear: norm(out)_i = s_i M(out_i) (+ its bias),
   s_i = 1 / rms(out_i) (RMSNorm; 1 / std for LayerNorm) and M the fixed channel map (centring
   for LayerNorm, then times the weight: Gemma's is 1 + weight). So each head-source part is
-  z^h_{i<-j} = A^h_ij s_i v^h_j (W_O^h M): `run.w_o` folds M into W_O, the trace records s_i
+  z^h_{i<-j} = A^h_ij s_i v^h_j (W_O^h M): `w_o` folds M into W_O, the trace records s_i
   (`Capture.attn_scale`), and sum z + s_i M(b_O) is the real update. The FFN's update, its
   neurons' writes and its experts' outputs are scaled the same way (`Capture.ffn_scale`). The
   captured `attn_out` / `ffn_out` stay what is added to the residual, and the edit sites
@@ -38,7 +38,7 @@ Where a family needs a decision of the method (design notes):
 - Attention soft-capping, sliding windows, ALiBi and clamped values only change what the model
   computes; the package reads what it really uses: the probabilities (computed from the same
   queries, keys and mask, or written by eager attention where only eager can give them:
-  `Family.eager_only`) and the clamped values (`Family.value_clamp`).
+  `Family.trace_attention`, `Family.probs_from_inputs`) and the clamped values (`Family.value_clamp`).
 - Final logit soft-capping (Gemma 2, Gemma 3 text) and Cohere's logit scale apply where the
   model applies them: the logits and the logit lens go through them. Direct logit effects are
   linear in the update, so they include the logit scale and stop before a soft-cap (they are
@@ -53,6 +53,7 @@ from typing import Any, Callable
 
 import torch
 
+from . import attention
 from .errors import LmttError
 
 
@@ -181,7 +182,13 @@ class Family:
     parallel: Callable[[Any], bool] = lambda config: False
     kv_heads: Callable[[Any], int | None] = lambda config: None  # None: num_key_value_heads, else H
     value_clamp: Callable[[Any], float | None] = lambda config: None  # values clamped to [-c, c]
-    eager_only: Callable[[Any], bool] = lambda config: False  # only eager attention gives usable probabilities
+    # the attention the package's traces run: attention.NAME (sdpa with probabilities computed when
+    # read), "eager" (where only eager gives the probabilities the model uses) or None (the model's
+    # own: a family whose attention is its own class, not transformers' attention interface)
+    trace_attention: Callable[[Any], str | None] = lambda config: attention.NAME
+    # for such a family: its probabilities under sdpa (which returns none), from the attention
+    # module's keyword inputs, the value projection's output [T, width] and the Shape
+    probs_from_inputs: Callable[[dict, torch.Tensor, Any], Any] | None = None
     logit_scale: Callable[[Any], float] = lambda config: 1.0  # the logits are lm_head(x) times this
     logit_softcap: Callable[[Any], float | None] = lambda config: None  # then c * tanh(logits / c)
     check: Callable[[Any], None] = lambda config: None
@@ -255,8 +262,26 @@ def _falcon_kv_heads(config: Any) -> int:
     return 1 if config.multi_query else config.num_attention_heads
 
 
-def _attention_softcapped(config: Any) -> bool:
-    return getattr(config, "attn_logit_softcapping", None) is not None
+def _softcapped_is_eager(config: Any) -> str:
+    """sdpa has no soft-cap: soft-capped attention runs eager attention, which writes its probabilities."""
+    return "eager" if getattr(config, "attn_logit_softcapping", None) is not None else attention.NAME
+
+
+def _falcon_probs(inputs: dict, fused: torch.Tensor, shape: "Shape") -> attention.AttentionProbs:
+    """Falcon's probabilities under its sdpa path: softmax(q k^T / sqrt(head_dim) + mask), with the
+    queries and keys of its fused projection [T, width] (rotated unless it uses ALiBi) and the mask
+    it is given (carrying ALiBi where the model uses it). Its eager path returns its own; it adds
+    ALiBi twice (into the logits and through the mask), so the two differ for ALiBi models."""
+    from transformers.models.falcon.modeling_falcon import apply_rotary_pos_emb
+
+    per_group = shape.n_heads // shape.n_kv_heads
+    qkv = fused.reshape(-1, shape.n_kv_heads, per_group + 2, shape.head_dim)
+    query = qkv[:, :, :per_group].reshape(-1, shape.n_heads, shape.head_dim).transpose(0, 1)[None]  # [1, H, T, hd]
+    key = qkv[:, :, per_group].transpose(0, 1)[None]  # [1, KV, T, hd]
+    if inputs.get("alibi") is None:
+        query, key = apply_rotary_pos_emb(query, key, *inputs["position_embeddings"])
+    return attention.AttentionProbs(query, key, inputs.get("attention_mask"), shape.head_dim ** -0.5,
+                                    groups=per_group)
 
 
 def _final_softcap(config: Any) -> float | None:
@@ -266,7 +291,7 @@ def _final_softcap(config: Any) -> float | None:
 _LLAMA_PATHS = dict(blocks="model.layers", attention="self_attn", value_proj="self_attn.v_proj",
                     out_proj="self_attn.o_proj", ffn="mlp", ffn_out_proj="mlp.down_proj", final_norm="model.norm")
 _SANDWICH = dict(attn_post_norm="post_attention_layernorm", ffn_post_norm="post_feedforward_layernorm")
-_GEMMA = dict(norm=Norm("rms", weight_offset=1.0), values=_values_separate, eager_only=_attention_softcapped,
+_GEMMA = dict(norm=Norm("rms", weight_offset=1.0), values=_values_separate, trace_attention=_softcapped_is_eager,
               **_SANDWICH)
 
 FAMILIES: tuple[Family, ...] = (
@@ -350,8 +375,8 @@ FAMILIES: tuple[Family, ...] = (
         values=_values_per_kv_group,
         parallel=lambda config: bool(config.new_decoder_architecture or config.parallel_attn),
         kv_heads=_falcon_kv_heads,
-        # its attention is its own class, not transformers' attention interface: sdpa or eager only
-        eager_only=lambda config: True,
+        trace_attention=lambda config: None,  # its own class, not transformers' attention interface
+        probs_from_inputs=_falcon_probs,
     ),
     Family(name="cohere", model_types=("cohere", "cohere2"), **_LLAMA_PATHS, norm=Norm("layer"),
            values=_values_separate, parallel=lambda config: True, logit_scale=lambda config: config.logit_scale),
@@ -389,17 +414,40 @@ def family_of(model: torch.nn.Module) -> Family:
 
 
 def check_attention(model: torch.nn.Module, family: Family) -> None:
-    """An LmttError, with the fix, where the family's probabilities need eager attention and the model runs another."""
-    implementation = getattr(model.config, "_attn_implementation", None)
-    if family.eager_only(text_config(model)) and implementation != "eager":
-        raise LmttError(f"this {family.name} model's attention gives its real probabilities only under eager "
-                        f"attention (it runs {implementation!r}): load it with lw.load_model, or create it with "
-                        "attn_implementation='eager'")
+    """An LmttError, with the fix, where the package's traces of the model would give no
+    probabilities, or not those the model uses."""
+    if family.probs_from_inputs is not None:
+        return  # read from its output (eager) or computed from its inputs (sdpa)
+    attention.check_gives_probs(model)
+    implementation = attention.in_traces(model)
+    if family.trace_attention(text_config(model)) == "eager" and implementation != "eager":
+        raise LmttError(f"this {family.name} model's attention gives the probabilities it uses only under eager "
+                        f"attention (its traces would run {implementation!r}): load it with lw.load_model, or create "
+                        "it with attn_implementation='eager'")
 
 
 def out_proj_per_head(module: torch.nn.Module, n_heads: int, head_dim: int) -> torch.Tensor:
     """W_O as [H, head_dim, d]: the slice of the output projection that each head writes through."""
     return _weight_in_out(module).reshape(n_heads, head_dim, -1)
+
+
+def w_o(hf_model, family: Family, shape: Shape, layer: int) -> torch.Tensor:
+    """[H, head_dim, d]: what each head of `layer` writes into the residual per unit of its value
+    mix: its slice of the output projection W_O^h, followed by the linear map M of a norm after
+    the attention block where the family has one (that norm's per-position scale,
+    `Capture.attn_scale`, multiplies on top; see the module's design notes)."""
+    modules = family.modules(hf_model, layer)
+    return post_norm_map(family, modules["attn_post_norm"],
+                         out_proj_per_head(modules["out_proj"], shape.n_heads, shape.head_dim))
+
+
+def post_norm_map(family: Family, post_norm, writes: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Writes [..., d] into a sub-block's output as the residual receives them: through the norm
+    after it (None: none), frozen at `scale` (None: the linear map alone, at scale 1)."""
+    if post_norm is None:
+        return writes
+    mapped = family.norm.channel_map(writes, getattr(post_norm, "weight", None))
+    return mapped if scale is None else mapped * scale.to(mapped.device)
 
 
 def _weight_in_out(module: torch.nn.Module) -> torch.Tensor:

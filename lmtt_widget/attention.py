@@ -6,13 +6,21 @@ implementation registered here as `NAME` runs sdpa for the block's output and re
 attention returns its probabilities, an `AttentionProbs`: softmax(q k^T * scaling + mask) from the
 same queries and keys, computed when read and only for the target rows read (the importances
 read a chunk of rows at a time, so no layer's [H, T, T] is ever whole unless asked for).
+
+A model the user hands to `load_model` stays theirs: it keeps its own attention, and runs `NAME`
+only inside the package's traces (`probabilities_inside`), so that in the user's own code it
+returns what transformers promises.
 """
 
 from __future__ import annotations
 
+import contextlib
+import weakref
+
 import torch
 
 NAME = "lmtt_sdpa"
+_in_traces: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()  # `use_in_traces`' choices
 
 
 class AttentionProbs:
@@ -148,11 +156,64 @@ def output_probs(attention_output) -> "AttentionProbs | torch.Tensor":
     return probs[0]
 
 
+def use_in_traces(hf_model, implementation: str | None = NAME) -> None:
+    """Make the package's traces of `hf_model` run `implementation` where its own attention does
+    not give the probabilities: `NAME` (the default) if it gives none (sdpa, flash attention),
+    "eager" for a family whose real probabilities only eager attention gives (soft-capped Gemma),
+    None to keep its own (architectures.Family.trace_attention). The model itself is not changed."""
+    if implementation == NAME:
+        register()
+    _in_traces[hf_model] = implementation
+
+
+def in_traces(hf_model) -> str:
+    """The attention implementation that the package's traces of `hf_model` run."""
+    own = getattr(hf_model.config, "_attn_implementation", "eager")
+    wanted = _in_traces.get(hf_model)
+    if wanted is None or own == wanted or (wanted == NAME and own == "eager"):  # eager gives probabilities too
+        return own
+    return wanted
+
+
+@contextlib.contextmanager
+def probabilities_inside(hf_model):
+    """Within the block, a model marked by `use_in_traces` runs the attention chosen there (unless
+    its own gives the probabilities); after it, also on an error, every config has its own again."""
+    implementation = in_traces(hf_model)
+    if implementation == getattr(hf_model.config, "_attn_implementation", "eager"):
+        yield
+        return
+    configs = _configs(hf_model)
+    own = [config._attn_implementation for config in configs]
+    try:
+        for config in configs:
+            config._attn_implementation_internal = implementation
+        yield
+    finally:
+        for config, previous in zip(configs, own):
+            config._attn_implementation_internal = previous
+
+
+def _configs(hf_model) -> list:
+    """Every config whose `_attn_implementation` a module of `hf_model` reads, each once: the
+    model's, those of pretrained models nested in it, and their sub-configs (multimodal models)."""
+    from transformers import PretrainedConfig
+
+    found: dict[int, PretrainedConfig] = {}
+    pending = [getattr(module, "config", None) for module in hf_model.modules()]
+    while pending:
+        config = pending.pop()
+        if isinstance(config, PretrainedConfig) and id(config) not in found:
+            found[id(config)] = config
+            pending += [getattr(config, key, None) for key in getattr(config, "sub_configs", {})]
+    return list(found.values())
+
+
 def check_gives_probs(hf_model) -> None:
-    """An LmttError, with the fix, for a model whose attention returns no probabilities."""
+    """An LmttError, with the fix, for a model whose attention returns no probabilities in the package's traces."""
     from .errors import LmttError
 
-    implementation = getattr(hf_model.config, "_attn_implementation", None)
+    implementation = in_traces(hf_model)
     if implementation not in ("eager", NAME):
         raise LmttError(f"{implementation!r} attention gives no attention probabilities: load the model with "
                         "lw.load_model, or create it with attn_implementation='eager' (a remote model must: "

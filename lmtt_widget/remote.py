@@ -23,21 +23,20 @@ import nnsight
 import torch
 
 from . import contributions as C
-from .attention import check_gives_probs, output_probs
-from .architectures import check_attention, family_of, shape_of, text_config
-from .errors import check_floor
-from .run import LayerShares, Shares, block_shares, post_norm_map, tokenize
-from .tracing import _first, block_update
+from .architectures import check_attention, family_of, post_norm_map, shape_of, text_config
+from .errors import check_floor, check_positive
+from .run import LayerShares, Shares, block_shares, tokenize
+from .tracing import _first, attention_inputs_of, block_probs, block_update, exclusive
 
 
 def analyze_compact(model, prompt: str, *, remote: bool | str = False, floor: float = 0.01, k: int = 10,
                     distance: str = "l1", prepend_bos: bool | None = None,
                     budget_bytes: int = C.DEFAULT_BUDGET_BYTES) -> Shares:
     """Shares of every block's parts, computed inside the trace (remotely with `remote=True`)."""
-    floor = check_floor(floor)
+    floor, k = check_floor(floor), check_positive("k", k)
+    budget_bytes = check_positive("budget_bytes", budget_bytes)
     p = C.distance_order(distance)
     hf_model = model._module  # on a remote model: the module tree on the meta device
-    check_gives_probs(hf_model)
     family = family_of(hf_model)
     check_attention(hf_model, family)
     shape = shape_of(hf_model, family)
@@ -45,13 +44,16 @@ def analyze_compact(model, prompt: str, *, remote: bool | str = False, floor: fl
     input_ids = tokenize(model.tokenizer, prompt, prepend_bos, shape.n_ctx)
     conv1d = type(family.modules(hf_model, 0)["out_proj"]).__name__ == "Conv1D"
     n_tokens = len(input_ids)
-    with model.trace(input_ids[None], remote=remote):
+    with exclusive(model), model.trace(input_ids[None], remote=remote):
         kept = nnsight.save([])
         for layer in range(shape.n_layers):
             modules = family.modules(model, layer)
             x = _first(modules["block"].input).reshape(n_tokens, -1)
-            values = family.value_vectors(modules["value_proj"].output.reshape(n_tokens, -1), shape, clamp)
+            inputs = attention_inputs_of(family, modules)
+            proj = modules["value_proj"].output.reshape(n_tokens, -1)
+            values = family.value_vectors(proj, shape, clamp)
             attention = modules["attention"].output
+            probs = block_probs(family, shape, attention, inputs, proj)
             attn, scale = block_update(family, modules, "attn", attention)
             attn = attn.reshape(n_tokens, -1).clone()  # copies: some blocks add to their sub-blocks' outputs in place
             ffn = block_update(family, modules, "ffn", modules["ffn"].output)[0].reshape(n_tokens, -1).clone()
@@ -59,7 +61,7 @@ def analyze_compact(model, prompt: str, *, remote: bool | str = False, floor: fl
             weight = modules["out_proj"].weight.detach()
             w_o = post_norm_map(family, modules["attn_post_norm"],
                                 (weight if conv1d else weight.T).reshape(shape.n_heads, shape.head_dim, -1))
-            kept.append(_compact_layer(x, attn, ffn, post, output_probs(attention), values, w_o, scale,
+            kept.append(_compact_layer(x, attn, ffn, post, probs, values, w_o, scale,
                                        shape.parallel, p, budget_bytes, floor))
         top = nnsight.save(_top_k(model.output.logits.reshape(n_tokens, -1), k))
     layers = [LayerShares(**{**layer, "edges": layer["edges"].long()}) for layer in kept]

@@ -13,11 +13,12 @@ import torch
 from . import contributions as C
 from . import experts as X
 from . import graph as G
+from . import interventions as I
 from . import vocab as V
 from .contributions import head_outputs
-from .architectures import Shape, check_attention, family_of, ffn_out_matrix, out_proj_per_head, shape_of
-from .attention import AttentionProbs, check_gives_probs, dense
-from .errors import LmttError, check_floor, check_index, check_threshold
+from .architectures import Shape, check_attention, family_of, ffn_out_matrix, post_norm_map, shape_of, w_o
+from .attention import AttentionProbs, dense
+from .errors import LmttError, check_floor, check_index, check_positive, check_threshold
 from .progress import progress_bar
 from .tracing import Capture, attention_probs, neuron_activations, trace
 
@@ -121,10 +122,10 @@ def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, di
                 progress: bool | None = None) -> "Run":
     """`analyze` on token ids [T]; `edits` (see tracing.trace) change the forward pass."""
     p = C.distance_order(distance)
+    budget_bytes = check_positive("budget_bytes", budget_bytes)
     hf_model = model._module
     family = family_of(hf_model)
     shape = shape_of(hf_model, family)
-    check_gives_probs(hf_model)
     check_attention(hf_model, family)
     n_tokens = len(input_ids)
     floor = _floor(floor, shape, n_tokens, budget_bytes)
@@ -168,6 +169,7 @@ def tokenize(tokenizer, prompt: str, prepend_bos: bool | None, n_ctx: int | None
         raise LmttError(f"prompt must be a string, got {type(prompt).__name__}")
     if not prompt.strip():
         raise LmttError("prompt is empty: give some text to analyse")
+    _check_unicode(prompt)
     ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
     bos = tokenizer.bos_token_id
     if prepend_bos and (not ids or ids[0] != bos):
@@ -183,23 +185,15 @@ def tokenize(tokenizer, prompt: str, prepend_bos: bool | None, n_ctx: int | None
     return torch.tensor(ids, dtype=torch.long)
 
 
-def w_o(hf_model, family, shape: Shape, layer: int) -> torch.Tensor:
-    """[H, head_dim, d]: what each head of `layer` writes into the residual per unit of its value
-    mix: its slice of the output projection W_O^h, followed by the linear map M of a norm after
-    the attention block where the family has one (that norm's per-position scale,
-    `Capture.attn_scale`, multiplies on top; see lmtt_widget.architectures)."""
-    modules = family.modules(hf_model, layer)
-    return post_norm_map(family, modules["attn_post_norm"],
-                         out_proj_per_head(modules["out_proj"], shape.n_heads, shape.head_dim))
-
-
-def post_norm_map(family, post_norm, writes: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """Writes [..., d] into a sub-block's output as the residual receives them: through the norm
-    after it (None: none), frozen at `scale` (None: the linear map alone, at scale 1)."""
-    if post_norm is None:
-        return writes
-    mapped = family.norm.channel_map(writes, getattr(post_norm, "weight", None))
-    return mapped if scale is None else mapped * scale.to(mapped.device)
+def _check_unicode(prompt: str) -> None:
+    """A lone surrogate (from bytes decoded with errors='surrogateescape', or a broken escape) is
+    no text a tokenizer can read: say where it is."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise LmttError(f"prompt contains a lone surrogate (U+{ord(prompt[error.start]):04X}) at index {error.start}: "
+                        "it is not valid Unicode text; remove it, or decode the bytes it came from with "
+                        "errors='replace'") from None
 
 
 @torch.no_grad()
@@ -210,7 +204,7 @@ def block_shares(x: torch.Tensor, attn: torch.Tensor, ffn: torch.Tensor, post: t
     remotely too): residual in x, updates attn and ffn, residual out `post` (all [T, d]),
     probabilities [H, T, T] (a tensor or an attention.AttentionProbs), value vectors
     [T, KV, hd] and W_O [H, hd, d] (the head dimension keeps the importances' dot products
-    small; `w_o` as run.w_o gives it), and where a norm follows the attention block its frozen
+    small; `w_o` as architectures.w_o gives it), and where a norm follows the attention block its frozen
     scale [T] (`target_scale`, multiplying every part at a target). Attention edges above
     `floor` are kept; the shares are made a chunk of targets at a time, so no [T, T, H] tensor
     is ever whole."""
@@ -274,6 +268,7 @@ class Shares:
     def top_tokens(self, position: int = -1, k: int = 10) -> list[tuple[str, float]]:
         """The model's top-k next tokens after `position`, with probabilities."""
         probs, ids = self._top
+        k = check_positive("k", k)
         if k > probs.shape[1]:
             raise LmttError(f"only the top {probs.shape[1]} tokens were kept; k={k} is too large")
         position = self.position(position)
@@ -339,8 +334,9 @@ class Run(Shares):
         self.edits = edits  # how the forward pass was changed; later traces of this run repeat them
         self.clean: Run | None = None  # for an intervened run: the run it was made from
         self.interventions: tuple = ()  # the ablations (lmtt_widget.interventions.Ablation) applied
-        self.patches: tuple = ()  # the activations patched in from other prompts: (node, prompt)
+        self.patches: tuple = ()  # the activations patched in from other prompts: (interventions.PatchNode, prompt)
         self.patch_ids: tuple = ()  # the token ids of each patch's source prompt
+        self.patch_edits: tuple = ()  # the edits that put the patches in place (after the ablations')
         self._neuron_cache: dict[int, torch.Tensor] = dict(capture.neurons)
         self._probs_traced: dict[int, torch.Tensor] = {}  # traced again (eager attention), least recent first
 
@@ -368,7 +364,7 @@ class Run(Shares):
     def top_tokens(self, position: int = -1, k: int = 10) -> list[tuple[str, float]]:
         """The model's top-k next tokens after `position`, with probabilities."""
         probs = self.logits[self.position(position)].softmax(-1)
-        values, ids = probs.topk(min(k, probs.numel()))
+        values, ids = probs.topk(min(check_positive("k", k), probs.numel()))
         return [(self.decode(i), float(v)) for v, i in zip(values, ids)]
 
     # -- importances ----------------------------------------------------------------------
@@ -452,6 +448,7 @@ class Run(Shares):
 
     def neuron_contributions(self, layer: int, position: int, k: int = 20) -> list[NeuronShare]:
         """The k neurons with the largest share at (layer, position), with their activations."""
+        k = check_positive("k", k)
         shares, _ = self.neuron_shares(layer, position)
         acts = self.neuron_activations(layer)[self.position(position)]
         return _top_neurons(shares, acts, k)
@@ -571,7 +568,7 @@ class Run(Shares):
         current = self.residual(layer, position, stage)
         previous = self._previous_node(layer, stage)
         before = None if previous is None else self.residual(previous[1], position, previous[0])
-        return V.logit_lens(self.hf_model, self.family, current, before, k, normalize, self.decode)
+        return V.logit_lens(self.hf_model, self.family, current, before, check_positive("k", k), normalize, self.decode)
 
     def _previous_node(self, layer: int, stage: str) -> tuple[str, int] | None:
         if stage == "embed":
@@ -589,7 +586,7 @@ class Run(Shares):
 
     def _direct(self, update: torch.Tensor, position: int, k: int) -> V.LogitEffect:
         final = self.capture.resid[-1][self.position(position)]
-        return V.direct_effect(self.hf_model, self.family, update, final, k, self.decode)
+        return V.direct_effect(self.hf_model, self.family, update, final, check_positive("k", k), self.decode)
 
     def block_logits(self, layer: int, position: int, block: str = "ffn", k: int = 10) -> V.LogitEffect:
         """Promoted and suppressed tokens of a block's update ("attention" or "ffn") at `position`."""
@@ -641,15 +638,17 @@ class Run(Shares):
         """Rerun with components ablated; returns (the intervened Run, a comparison of the
         prediction at `position`, and its logit difference to `against` or the runner-up). See
         lmtt_widget.interventions.intervene."""
-        from .interventions import intervene
-
-        return intervene(self, ablations, mode=mode, position=position, against=against)
+        return I.intervene(self, ablations, mode=mode, position=position, against=against)
 
     def faithfulness(self, token: int = -1, threshold: float = 0.04, k: int = 5, draws: int = 10, seed: int = 0,
                      *, against=None, mode: str = "zero"):
         """Ablate the route's k strongest attention edges vs k random edges; see
         lmtt_widget.interventions.faithfulness."""
-        from .interventions import faithfulness
+        return I.faithfulness(self, token=token, threshold=threshold, k=k, draws=draws, seed=seed,
+                              against=against, mode=mode)
 
-        return faithfulness(self, token=token, threshold=threshold, k=k, draws=draws, seed=seed,
-                            against=against, mode=mode)
+    def reanalyze(self, edits) -> "Run":
+        """This prompt analysed again as this run was (distance, memory budget, floor), with
+        `edits` (tracing.Edit) changing the forward pass: how lmtt_widget.interventions reruns."""
+        return analyze_ids(self.model, self.input_ids, prompt=self.prompt, distance=self.distance,
+                           budget_bytes=self.budget_bytes, floor=self.floor, edits=edits)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Sequence
 
@@ -9,7 +12,7 @@ import nnsight
 import torch
 
 from .architectures import Family, Shape, norm_eps, text_config
-from .attention import AttentionProbs, dense, output_probs
+from .attention import AttentionProbs, dense, output_probs, probabilities_inside
 from .errors import LmttError
 
 # Where an edit can change the forward pass, in the order a block runs them.
@@ -66,7 +69,7 @@ class LayerState(NamedTuple):
     probs: torch.Tensor | None  # [H, T, T] (or AttentionProbs): the probabilities, from "attention_output" on
     # [T] float32, from "attention_output" on, where a norm follows the attention block (else None):
     # its per-position scale in this pass. A head-source term's share of the update at target t is
-    # attn_scale[t] * A^h_ts v^h_s (W_O^h M), run.w_o giving W_O^h M (see lmtt_widget.architectures)
+    # attn_scale[t] * A^h_ts v^h_s (W_O^h M), architectures.w_o giving W_O^h M (see its design notes)
     attn_scale: torch.Tensor | None = None
     experts: torch.Tensor | None = None  # [T, k]: the selected experts, at "routing_weights"
 
@@ -83,6 +86,37 @@ class Edit:
     def __post_init__(self):
         if self.site not in SITES:
             raise ValueError(f"unknown edit site {self.site!r}; sites are {SITES}")
+
+
+_model_locks: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_model_locks_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def exclusive(model):
+    """Around every trace the package runs: one trace of a model at a time (nnsight's state is per
+    model: two threads' traces of one model break each other), in eval mode, with the attention
+    that gives probabilities (lmtt_widget.attention); afterwards the model is as it was."""
+    hf_model = model._module
+    with _model_locks_guard:
+        lock = _model_locks.setdefault(hf_model, threading.RLock())
+    with lock, _eval_mode(hf_model), probabilities_inside(hf_model):
+        yield
+
+
+@contextlib.contextmanager
+def _eval_mode(hf_model):
+    """No dropout in a trace; a model the user trains gets its own modes back."""
+    if not hf_model.training:
+        yield
+        return
+    modes = [(module, module.training) for module in hf_model.modules()]
+    hf_model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def _first(value):
@@ -147,7 +181,7 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
     def editable(tensor: torch.Tensor) -> torch.Tensor:  # rows() that is surely a view: edits reach the model
         return tensor.view(n_tokens, *tensor.shape[-1:])
 
-    with torch.no_grad(), model.trace(input_ids[None]) as tracer:
+    with torch.no_grad(), exclusive(model), model.trace(input_ids[None]) as tracer:
         resid, attn_out, ffn_out = nnsight.save([]), nnsight.save([]), nnsight.save([])
         probs, values, neurons = nnsight.save({}), nnsight.save([]), nnsight.save({})
         attn_scale, ffn_scale = nnsight.save([]), nnsight.save([])
@@ -160,13 +194,14 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
                     x = editable(embeddings)
                     _apply(here["embed"], x, LayerState(x, None, None))
                 resid.append(rows(embeddings))
+            attention_inputs = attention_inputs_of(family, modules)
             value_proj = rows(modules["value_proj"].output)
             values.append(family.value_vectors(value_proj, shape, clamp))
             if "out_proj_input" in here:
                 state = LayerState(resid[-1], values[-1], None)
                 _apply(here["out_proj_input"], editable(_first(modules["out_proj"].input)), state)
             attention = modules["attention"].output
-            layer_probs = output_probs(attention)
+            layer_probs = block_probs(family, shape, attention, attention_inputs, value_proj)
             attn_update, scale = block_update(family, modules, "attn", attention)
             if "attention_output" in here or "probs" in here:
                 state = LayerState(resid[-1], values[-1], layer_probs, scale)
@@ -216,6 +251,21 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
         return Capture([], [], [], probs, [], None, neurons)
     return Capture(plain(resid), plain(attn_out), plain(ffn_out), probs, plain(values), final_normed.detach(), neurons,
                    list(attn_scale), list(ffn_scale))
+
+
+def attention_inputs_of(family: Family, modules: dict) -> dict | None:
+    """The attention module's keyword inputs where the family computes probabilities from them
+    (read before the value projection's output: nnsight needs the forward pass's order)."""
+    return None if family.probs_from_inputs is None else modules["attention"].inputs[1]
+
+
+def block_probs(family: Family, shape: Shape, output, inputs: dict | None, value_proj: torch.Tensor):
+    """[H, T, T] (a tensor or an AttentionProbs): the attention probabilities of a block, from its
+    attention's output, or where that has none and the family can, from its inputs and the value
+    projection's output [T, width] (see Family.probs_from_inputs)."""
+    if inputs is not None and output[1] is None:
+        return family.probs_from_inputs(inputs, value_proj, shape)[0]
+    return output_probs(output)
 
 
 def block_update(family: Family, modules: dict, which: str, output) -> tuple[torch.Tensor, torch.Tensor | None]:

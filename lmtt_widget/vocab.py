@@ -68,7 +68,11 @@ def direct_logits(hf_model, family: Family, update: torch.Tensor, final_resid: t
 
 def direct_effect(hf_model, family: Family, update: torch.Tensor, final_resid: torch.Tensor, k: int,
                   decode: Callable[[int], str]) -> LogitEffect:
-    logits = direct_logits(hf_model, family, update, final_resid)
+    return top_bottom(direct_logits(hf_model, family, update, final_resid), k, decode)
+
+
+def top_bottom(logits: torch.Tensor, k: int, decode: Callable[[int], str]) -> LogitEffect:
+    """The k tokens with the largest and the k with the smallest values of `logits` [V]."""
     k = min(k, logits.numel())
     top = logits.topk(k)
     bottom = (-logits).topk(k)

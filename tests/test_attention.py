@@ -78,7 +78,7 @@ def test_an_additive_mask_is_added():
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
 def test_an_analysis_is_the_same_with_either_attention(family):
     lazy_model = tiny.load(family)
-    assert lazy_model._module.config._attn_implementation == A.NAME
+    assert lazy_model._module.config._attn_implementation == "sdpa"  # the model's own; A.NAME inside the traces
     eager_hf = tiny.hf_model(family)
     eager_hf.set_attn_implementation("eager")
     eager_model = lw.load_model(eager_hf, tokenizer=tiny.tokenizer())
@@ -103,4 +103,5 @@ def test_a_model_without_probabilities_is_refused_with_the_fix():
     model = nnsight.TransformersModel(hf_model, tokenizer=tiny.tokenizer())  # not through lw.load_model
     with pytest.raises(lw.LmttError, match="'sdpa' attention gives no attention probabilities: load the model with"):
         lw.analyze(model, PROMPT)
-    assert lw.load_model(hf_model, tokenizer=tiny.tokenizer())._module.config._attn_implementation == A.NAME
+    lw.analyze(lw.load_model(hf_model, tokenizer=tiny.tokenizer()), PROMPT)  # the package's traces get probabilities
+    assert hf_model.config._attn_implementation == "sdpa"  # and the model stays the user's

@@ -2,15 +2,18 @@
 ablation removes exactly its term; weights never change; code export runs; faithfulness numbers."""
 
 import itertools
+import re
 import json
 import random
 import runpy
+from dataclasses import asdict
 from collections import Counter
 
 import pytest
 import torch
 
 import lmtt_widget as lw
+from lmtt_widget.tracing import exclusive
 import tiny
 from lmtt_widget import LmttError
 from lmtt_widget import interventions as I
@@ -52,7 +55,7 @@ def hooked_logits(run, hooks) -> torch.Tensor:
         else:
             handles.append(module.register_forward_hook(lambda m, args, out, fn=fn: fn(out)))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), exclusive(run.model):  # attention gives its probabilities, as in the package's traces
             return run.hf_model(run.input_ids[None]).logits[0].float()
     finally:
         for handle in handles:
@@ -212,6 +215,7 @@ def test_comparison_reports_the_original_prediction(run):
     (("head", 0, 4), "head 4 is out of range: valid are 0..3"),
     (("neuron", 0, 48), "neuron 48 is out of range: valid are 0..47"),
     (("ffn", 0, [1, 99]), "position 99 is out of range"),
+    (("head", 0, 1, 2.5), "positions are a position or a list of them, got 2.5"),
     (("edge", 0, 5, 2), "source 5 is after its target 2"),
     (("edge", 0, 1, 40), "target 40 is out of range"),
     (("edge", 0, 1, 4, 7), "head 7 is out of range"),
@@ -431,3 +435,172 @@ def test_compare_builds_both_graphs_as_asked(run):
         after = set(new.graph(threshold=0.03, renormalize=renormalize).edges(keys=True))
         assert {(c.source, c.target, c.kind) for c in diff.appeared} == after - before
         assert {(c.source, c.target, c.kind) for c in diff.vanished} == before - after
+
+
+# -- repeats and overlaps ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec", [("head", 1, 2), ("head", 1, 2, [3, 5]), ("neuron", 1, 5), ("attention", 0, [4]),
+                                  ("ffn", 1), ("edge", 1, 4, 9), ("edge", 1, 4, 9, 2)])
+def test_a_repeated_ablation_is_refused(run, spec):
+    with pytest.raises(LmttError, match=rf"{re.escape(repr(spec))} in mode 'zero' is already ablated"):
+        run.intervene([spec, spec])
+    once, _ = run.intervene(spec)
+    with pytest.raises(LmttError, match="already ablated"):  # also on top of an intervened run
+        once.intervene(spec)
+    with pytest.raises(LmttError, match="already ablated"):
+        I.ablated_logits(once, [spec])
+
+
+def test_overlapping_edges_remove_each_heads_term_once(run):
+    layer, source, target, head = 1, 4, 9, 2
+    every_head = ("edge", layer, source, target)
+    all_heads, _ = run.intervene(every_head)
+    for together in ([every_head, every_head + (head,)], [every_head + (head,), every_head]):
+        both, _ = run.intervene(together)
+        torch.testing.assert_close(both.logits, all_heads.logits, atol=1e-6, rtol=0)
+        torch.testing.assert_close(I.ablated_logits(run, together), all_heads.logits, atol=1e-6, rtol=0)
+    stepwise, _ = run.intervene(every_head + (head,))
+    stepwise, _ = stepwise.intervene(every_head)
+    torch.testing.assert_close(stepwise.logits, all_heads.logits, atol=1e-6, rtol=0)
+    # the target's update lost every head's term exactly once
+    term = sum(run.head_output(layer, h, target, source) for h in range(run.shape.n_heads))
+    torch.testing.assert_close(both.capture.attn_out[layer][target], run.capture.attn_out[layer][target] - term,
+                               atol=1e-6, rtol=1e-4)
+    heads = [every_head + (h,) for h in range(run.shape.n_heads)]
+    torch.testing.assert_close(run.intervene(heads)[0].logits, all_heads.logits, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+def test_overlapping_positions_of_one_component_act_once_on_their_union(run, mode):
+    for part, other, union in [(("head", 1, 2, [3, 5]), ("head", 1, 2), ("head", 1, 2)),
+                               (("neuron", 1, 5, [1, 2]), ("neuron", 1, 5, [2, 9]), ("neuron", 1, 5, [1, 2, 9])),
+                               (("attention", 0, [4]), ("attention", 0), ("attention", 0))]:
+        torch.testing.assert_close(I.ablated_logits(run, [part, other], mode), I.ablated_logits(run, [union], mode),
+                                   atol=1e-6, rtol=0)
+
+
+def test_overlapping_ablations_in_two_modes_are_refused(run):
+    for first, second in [(("head", 1, 2, [3, 5]), ("head", 1, 2)), (("edge", 1, 4, 9), ("edge", 1, 4, 9, 2)),
+                          (("ffn", 0, [1, 2]), ("ffn", 0, [2]))]:
+        with pytest.raises(LmttError, match="overlaps .* already ablated in mode 'zero'"):
+            run.intervene([I.parse(run, first), I.parse(run, second, "mean")])
+    # apart, or a head or block that covers an edge, are fine
+    run.intervene([I.parse(run, ("head", 1, 2, [3])), I.parse(run, ("head", 1, 2, [5]), "mean")])
+    run.intervene([I.parse(run, ("head", 1, 2)), I.parse(run, ("edge", 1, 4, 9, 2), "mean")])
+
+
+# -- bad arguments ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tolerance", [-1, -0.01, "0.1", None, True, float("nan")])
+def test_compare_refuses_a_bad_tolerance(tolerance):
+    run = lw.analyze(tiny.load("llama"), PROMPT)
+    with pytest.raises(LmttError, match="tolerance must be a number >= 0"):
+        I.compare(run, run, tolerance=tolerance)
+
+
+def test_a_run_argument_that_is_not_a_run_is_named():
+    run = lw.analyze(tiny.load("llama"), PROMPT)
+    calls = [(lambda: I.patch(run, "x", ("post", 0, 1)), "run_into"), (lambda: I.patch(None, run, ("post", 0, 1)), "run_from"),
+             (lambda: I.compare(run, 3), "run_b"), (lambda: I.compare([run], run), "run_a"),
+             (lambda: I.check_pair(run, "other", "comparing two prompts"), "run_b"),
+             (lambda: I.intervene("x", ("head", 0, 1)), "run"), (lambda: I.faithfulness(object()), "run"),
+             (lambda: I.code(42), "run")]
+    for call, name in calls:
+        with pytest.raises(LmttError, match=rf"\b{name} must be a Run \(from lmtt_widget.analyze\), got "):
+            call()
+
+
+def test_intervening_in_steps_equals_intervening_at_once_in_any_order(run):
+    edge, head = ("edge", 1, 3, 7, 2), ("head", 1, 2)  # the head ablation covers the edge
+    at_once, _ = run.intervene([edge, head])
+    edge_first, _ = run.intervene(edge)
+    torch.testing.assert_close(edge_first.intervene(head)[0].logits, at_once.logits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(I.ablated_logits(edge_first, head), at_once.logits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(run.intervene(head)[0].intervene(edge)[0].logits, at_once.logits, atol=1e-6, rtol=0)
+
+
+# -- the kinds ---------------------------------------------------------------------------------
+
+def test_each_kind_describes_itself_and_parses_back_from_its_tuple_form(run):
+    last = run.shape.n_layers - 1
+    words = [
+        (("head", 1, 2), "zero", "head 2 of layer 1, all positions, zeroed"),
+        (("head", 1, 2, [3]), "mean", "head 2 of layer 1, position 3, set to its mean"),
+        (("neuron", 1, 5, [9, 2, 9]), "zero", "neuron 5 of layer 1, positions 2, 9, zeroed"),
+        (("attention", 0, 4), "mean", "the attention block of layer 0, position 4, set to its mean"),
+        (("ffn", -1), "zero", f"the FFN block of layer {last}, all positions, zeroed"),
+        (("edge", 1, 4, 9), "zero", "edge 4 -> 9 of layer 1, all heads, zeroed"),
+        (("edge", 1, 4, 9, -1), "mean", f"edge 4 -> 9 of layer 1, head {run.shape.n_heads - 1}, "
+                                        "its value vector set to the mean"),
+    ]
+    for spec, mode, description in words:
+        ablation = I.parse(run, spec, mode)
+        assert type(ablation) is I.ABLATIONS[spec[0]] and ablation.kind == spec[0] and ablation.mode == mode
+        assert ablation.describe() == description
+        assert I.parse(run, ablation.as_tuple(), mode) == ablation == I.parse(run, ablation)
+        assert I.Ablation(**asdict(ablation)) == ablation and hash(I.Ablation(**asdict(ablation))) == hash(ablation)
+        assert json.loads(json.dumps(asdict(ablation)))["layer"] == ablation.layer
+
+
+def test_patch_nodes_are_their_checked_tuples_and_describe_themselves(run):
+    last, end = run.shape.n_layers - 1, run.n_tokens - 1
+    words = {("head", 1, 2, -1): (("head", 1, 2, end), f"the output of head 2 of layer 1 at position {end}"),
+             ("embed", -1, 3): (("embed", -1, 3), "the embedding at position 3"),
+             ("ffn", -1, 4): (("ffn", last, 4), f"the FFN update of layer {last} at position 4"),
+             ("post", 0, 5): (("post", 0, 5), "the residual after layer 0 at position 5")}
+    if not run.shape.parallel:
+        words[("mid", 1, 2)] = (("mid", 1, 2), "the residual after the attention block of layer 1 at position 2")
+    for node, (checked, description) in words.items():
+        parsed = I.parse_node(run, node)
+        assert type(parsed) is I.NODES[node[0]] and parsed == checked and parsed.as_tuple() == checked
+        assert parsed.describe() == description and I.parse_node(run, parsed) == parsed
+    for node, message in [(("embed", 0, 3), "the embedding node's layer is -1"), (("post", 0), "stage in"),
+                          (("head", 0, 9, 1), "head 9 is out of range"), ([3, 0, 1], "stage in")]:
+        with pytest.raises(LmttError, match=message):
+            I.parse_node(run, node)
+
+
+def test_a_new_kind_is_one_class():
+    """Adding a kind is writing one class: parse, intervene and the check for repeats take it."""
+    from lmtt_widget.interventions.edits import put, rows
+
+    class ResidualAblation(I.Ablation, kind="residual"):  # the residual after a block
+        ARITY, FORM = (1, 2), "('residual', layer[, positions])"
+
+        @classmethod
+        def from_args(cls, run, layer, args, mode):
+            return cls("residual", layer, positions=tuple(run.position(p) for p in args[0]) if args else None, mode=mode)
+
+        def as_tuple(self):
+            return ("residual", self.layer) + (() if self.positions is None else (list(self.positions),))
+
+        def describe(self):
+            return f"the residual after layer {self.layer}, zeroed"
+
+        def component(self):
+            return ("residual", self.layer)
+
+        def edits(self, clean, everything):
+            return [put("block_output", self.layer, rows(self.positions), 0.0)]
+
+    try:
+        run = lw.analyze(tiny.load("llama"), PROMPT)
+        new, _ = run.intervene(("residual", 1, [3, 4]))
+        expected = hooked_logits(run, [(modules(run, 1)["block"], "post", set_rows(None, [3, 4], 0.0))])
+        torch.testing.assert_close(new.logits, expected, atol=1e-5, rtol=0)
+        assert isinstance(new.interventions[0], ResidualAblation)
+        with pytest.raises(LmttError, match="already ablated"):
+            new.intervene(("residual", 1, [3, 4]))
+        with pytest.raises(LmttError, match=r"'residual'.*\('residual', layer\[, positions\]\)"):
+            run.intervene(("mlp", 1))
+    finally:
+        del I.ABLATIONS["residual"]
+
+
+def test_faithfulness_of_an_intervened_run_never_ablates_its_ablated_edges_again(run):
+    last = run.n_tokens - 1  # every edge into the last token ablated, but from the first token and itself
+    ablated, _ = run.intervene([("edge", layer, source, last) for layer in range(run.shape.n_layers)
+                                for source in range(1, last)])
+    result = ablated.faithfulness(threshold=0.001, k=4, draws=5, seed=0)
+    into_last = [e for draw in [result.route_edges] + result.random_edges for e in draw if e.target == last]
+    assert into_last and {e.source for e in into_last} <= {0, last}

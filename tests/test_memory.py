@@ -107,8 +107,8 @@ def test_runs_made_from_a_run_keep_its_floor_or_the_threshold_shown(runs):
     assert ablated.floor == 0 and ablated.budget_bytes == SMALL_BUDGET
     w = lw.Widget(kept_all, threshold=0.0005)
     w.analyze("When Mary and John went to the store, John gave a drink to Mary. " * 2)
-    assert w._run.floor == 0.0005  # 52 tokens: without it the budget would have set a floor of 1e-3
-    assert w.message.startswith("Analysed 52 tokens") and w.payload
+    assert w.run.floor == 0.0005  # 52 tokens: without it the budget would have set a floor of 1e-3
+    assert w.run.n_tokens == 52 and w.info["tokens"] == w.run.tokens and w.payload
 
 
 def test_one_head_or_one_edge_reads_the_same_as_all_of_them(runs):

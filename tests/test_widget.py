@@ -1,5 +1,6 @@
 """The widget's Python side: traits, the binary payload, selections and their tensors, panels,
-refusals, re-analysis and the HTML export. Tiny random models; no browser."""
+refusals, re-analysis, the commands from the page (each answered by one typed reply, malformed
+ones included) and the HTML export. Tiny random models; no browser."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pytest
 import torch
 
 import lmtt_widget as lw
-from lmtt_widget import serialize as S
-from lmtt_widget.export import panel_key, standalone_html, widget_state
+from lmtt_widget.widget import protocol as P
+from lmtt_widget.widget import serialize as S
+from lmtt_widget.widget.export import standalone_html, widget_state
 
 import tiny
 
@@ -53,8 +55,34 @@ def from_frontend(w, state):
     w._handle_msg({"content": {"data": {"method": "update", "state": state, "buffer_paths": []}}, "buffers": []})
 
 
-def custom(w, content):
+def command(name: str, request, id: str = "c-1", **envelope) -> dict:
+    """A command message as the page sends it (protocol.Command); `envelope` overrides its fields."""
+    return {"kind": "lmtt-command", "protocol": P.PROTOCOL_VERSION, "id": id, "name": name,
+            "request": request, **envelope}
+
+
+def send(w, content) -> tuple[dict, list[bytes]]:
+    """Send `content` as a custom message from the page; the one reply the widget sends back
+    (with its "buffer_paths") and its binary buffers. No reply, or more than one, fails."""
+    comm = Comm()
+    w.comm = comm
     w._handle_msg({"content": {"data": {"method": "custom", "content": content}}, "buffers": []})
+    replies = [(data["content"], buffers) for data, buffers in comm.sent if data.get("method") == "custom"]
+    assert len(replies) == 1, f"expected one reply, got {replies!r}"
+    return replies[0]
+
+
+def invoke(w, name: str, request, id: str = "c-1") -> dict:
+    """Run one command as the page does; its reply, which carries the command's id."""
+    reply, _ = send(w, command(name, request, id))
+    assert reply["kind"] == "lmtt-reply" and reply["id"] == id
+    return reply
+
+
+def refused(reply: dict, kind: str = "refused") -> str:
+    """The message of an error reply of `kind` ("refused" or "malformed")."""
+    assert reply["ok"] is False and "result" not in reply and reply["error"]["kind"] == kind, reply
+    return reply["error"]["message"]
 
 
 # -- traits and payload ------------------------------------------------------------------------
@@ -182,8 +210,8 @@ def test_ffn_selection_returns_neurons(widget):
     assert float(sel["neuron_activation"]) == pytest.approx(float(acts[7]))
     torch.testing.assert_close(sel["neuron_output"], run.neuron_writes(1, 4)[7])
     torch.testing.assert_close(sel["ffn_output"], run.capture.ffn_out[1][4])
-    widget.select()
-    assert widget.selection == {} and widget.selected == {}
+    assert widget.select() == {}
+    assert widget.selection is None and widget.selection_info is None and widget.selected == {}
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -202,20 +230,23 @@ def test_bad_selection_from_python_raises_and_keeps_the_old_one(widget, bad, mes
     assert widget.selection == {"kind": "residual", "stage": "post", "layer": 0, "token": 1}
 
 
-def test_bad_selection_from_the_frontend_is_refused_with_a_message(widget):
+def test_bad_selection_from_the_frontend_is_refused_with_a_notice(widget):
     comm = Comm()
     widget.comm = comm
     widget.select("ffn", layer=0, token=1)
+    info = widget.selection_info
     comm.sent.clear()
     from_frontend(widget, {"selection": {"kind": "ffn", "layer": 7, "token": 1}})
     assert widget.selection == {"kind": "ffn", "layer": 0, "token": 1, "neuron": None}
-    assert widget.message.startswith("Refused selection: layer 7 is out of range")
-    # the frontend is told the selection it keeps, and the message
+    assert widget.selection_info == info
+    assert widget.notice["level"] == "error"
+    assert widget.notice["text"].startswith("Refused selection: layer 7 is out of range")
+    # the frontend is told the selection it keeps, and the notice
     states = [d["state"] for d, _ in comm.sent if d.get("method") == "update"]
-    assert any(s.get("selection", {}).get("layer") == 0 for s in states)
-    assert any("Refused" in s.get("message", "") for s in states)
+    assert any((s.get("selection") or {}).get("layer") == 0 for s in states)
+    assert any(s.get("notice") == widget.notice for s in states)
     from_frontend(widget, {"selection": {"kind": "ffn", "layer": 2, "token": 3}})
-    assert widget.selection["layer"] == 2 and widget.message == ""
+    assert widget.selection["layer"] == 2 and widget.notice is None
 
 
 def test_selection_from_the_frontend_reaches_python_and_callbacks(widget):
@@ -229,26 +260,26 @@ def test_selection_from_the_frontend_reaches_python_and_callbacks(widget):
 # -- lazy panels ------------------------------------------------------------------------------
 
 def test_panel_request_is_answered_with_binary_maps(widget):
-    comm = Comm()
-    widget.comm = comm
     run = widget.run
-    custom(widget, {"type": "panel", "id": "v-1", "request": {"kind": "attention", "layer": 1, "source": 2, "target": 5, "head": 3}})
-    [(data, buffers)] = comm.sent
-    reply = data["content"]
-    assert reply["type"] == "panel" and reply["id"] == "v-1" and reply["ok"] is True
+    selection = {"kind": "attention", "layer": 1, "source": 2, "target": 5, "head": 3}
+    reply, buffers = send(widget, command("panel", {"selection": selection}, id="v-1"))
+    assert reply["kind"] == "lmtt-reply" and reply["id"] == "v-1" and reply["ok"] is True
+    assert reply["result"]["selection"] == selection
     paths = reply["buffer_paths"]
-    pattern = np.frombuffer(bytes(buffers[paths.index(["data", "pattern", "data"])]), dtype="<f4").reshape(run.n_tokens, -1)
+    assert len(paths) == len(buffers) == 3  # shares, pattern, importance
+    json.dumps(reply)  # every array crossed as a buffer: what is left is plain JSON
+    pattern = np.frombuffer(bytes(buffers[paths.index(["result", "pattern", "data"])]), dtype="<f4")
+    pattern = pattern.reshape(run.n_tokens, -1)
     np.testing.assert_allclose(pattern, run.attention_pattern(1)[3].float().numpy(), rtol=1e-6)
     top = run.head_logits(1, 3, 5, 2, k=8).promoted[0]
-    assert reply["data"]["from_source"]["promoted"][0] == [top[0], pytest.approx(top[1])]
+    assert reply["result"]["from_source"]["promoted"][0] == [top[0], pytest.approx(top[1])]
 
 
 def test_panel_errors_are_answered_not_raised(widget):
-    comm = Comm()
-    widget.comm = comm
-    custom(widget, {"type": "panel", "id": 9, "request": {"kind": "residual", "stage": "post", "layer": 30, "token": 0}})
-    reply = comm.sent[0][0]["content"]
-    assert reply["ok"] is False and "layer 30 is out of range" in reply["error"]
+    selection = {"kind": "residual", "stage": "post", "layer": 30, "token": 0}
+    reply, buffers = send(widget, command("panel", {"selection": selection}, id="p-9"))
+    assert reply["id"] == "p-9" and "layer 30 is out of range" in refused(reply)
+    assert reply["buffer_paths"] == [] and buffers == []
 
 
 def test_residual_panel_follows_normalize_lens(widget):
@@ -275,20 +306,22 @@ def test_ffn_panel_lists_top_neurons_with_their_tokens(widget):
 
 # -- re-analysis --------------------------------------------------------------------------------
 
-def test_analyze_message_replaces_the_run(widget):
-    custom(widget, {"type": "analyze", "prompt": "The capital of France is"})
+def test_analyze_command_replaces_the_run(widget):
+    reply = invoke(widget, "analyze", {"prompt": "The capital of France is"})
     assert widget.run.prompt == "The capital of France is"
+    assert reply["ok"] is True and reply["result"]["n_tokens"] == widget.run.n_tokens
     assert widget.info["tokens"] == widget.run.tokens and widget.target == widget.run.n_tokens - 1
-    assert widget.busy == "" and widget.message.startswith("Analysed")
+    assert widget.busy == "" and widget.notice is None
 
 
-def test_analysis_error_shows_and_keeps_the_previous_graph(widget):
+def test_analysis_error_is_answered_and_keeps_the_previous_graph(widget):
+    view, before = widget.view, widget_state(widget)
     tokens, edges = widget.info["tokens"], widget.graph.number_of_edges()
-    custom(widget, {"type": "analyze", "prompt": "   "})
-    assert "prompt is empty" in widget.message and widget.message.startswith("Could not analyse")
+    assert "prompt is empty" in refused(invoke(widget, "analyze", {"prompt": "   "}))
     assert widget.info["tokens"] == tokens and widget.graph.number_of_edges() == edges and widget.busy == ""
-    custom(widget, {"type": "analyze", "prompt": "word " * 80})  # the tiny model reads 64 tokens
-    assert "at most 64" in widget.message
+    # the tiny model reads 64 tokens
+    assert "at most 64" in refused(invoke(widget, "analyze", {"prompt": "word " * 80}))
+    assert widget.view is view and widget_state(widget) == before
 
 
 def test_show_uses_widget_options(model):
@@ -306,7 +339,8 @@ def test_save_html_is_self_contained_and_carries_panels(widget, tmp_path):
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)
     state = json.loads(re.search(r'<script type="application/json" id="lmtt-state">(.*?)</script>', text, re.S).group(1))
     keys = set(state["preloaded"])
-    assert panel_key(widget.selection, True) in keys
+    assert widget.view.panel_key(widget.selection) == f"attention/2/1/5/{widget.selection['head']}"
+    assert widget.view.panel_key(widget.selection) in keys
     assert f"residual/post/2/{widget.target}/1" in keys and f"residual/embed/-1/{widget.target}/1" in keys
     assert state["payload"]["edges"]["weight"]["data"]["__b64__"]
 
@@ -332,3 +366,72 @@ def test_export_command_writes_an_offline_page(monkeypatch, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     assert main(["export", "  ", "-o", str(tmp_path / "bad.html")]) == 2
     assert "prompt is empty" in capsys.readouterr().err and not (tmp_path / "bad.html").exists()
+
+
+# -- commands: every message gets one typed reply ---------------------------------------------
+
+NO_ID = {k: v for k, v in command("panel", {"selection": None}).items() if k != "id"}
+
+
+@pytest.mark.parametrize("content, reply_id, why", [
+    pytest.param("ablate head 0 1", None, "expected an object", id="not a dict"),
+    pytest.param(["panel"], None, "expected an object", id="a list"),
+    pytest.param(NO_ID, None, "missing 'id'", id="no id"),
+    pytest.param(command("swap", {}, id=9), None, "id: expected a string", id="id not a string"),
+    pytest.param(command("swap", {}, kind="lmtt-reply"), "c-1", "lmtt-command", id="not a command"),
+    pytest.param(command("explode", {}), "c-1", "unknown command 'explode'", id="unknown name"),
+    pytest.param(command("swap", {}, protocol=P.PROTOCOL_VERSION + 1), "c-1",
+                 f"protocol {P.PROTOCOL_VERSION + 1}", id="other protocol version"),
+    pytest.param({k: v for k, v in command("swap", {}).items() if k != "protocol"}, "c-1", "missing 'protocol'",
+                 id="no protocol version"),
+    pytest.param(command("panel", "x"), "c-1", "request: expected an object", id="request a string"),
+    pytest.param(command("panel", {"selection": "x"}), "c-1", "request.selection", id="selection a string"),
+    pytest.param(command("analyze", {"prompt": None}), "c-1", "request.prompt: expected a string", id="prompt null"),
+    pytest.param(command("analyze", {}), "c-1", "missing 'prompt'", id="no prompt"),
+    pytest.param(command("panel", {"selection": {"kind": "ffn", "token": 1}}), "c-1", "missing 'layer'",
+                 id="selection without layer"),
+    pytest.param(command("ablate", {"spec": ["head", 0, 1]}), "c-1", "missing 'mode'", id="ablate without mode"),
+    pytest.param(command("undo", {"index": "last"}), "c-1", "request.index: expected an integer", id="index a string"),
+    pytest.param(command("undo", {"index": 0, "all": True}), "c-1", "unknown 'all'", id="unknown field"),
+])
+def test_every_malformed_message_gets_a_typed_error_reply_and_changes_nothing(widget, content, reply_id, why):
+    widget.select("ffn", layer=0, token=1)
+    view, before = widget.view, widget_state(widget)
+    reply = widget.handle_command(content)  # answers, never raises
+    assert reply["kind"] == "lmtt-reply" and reply["id"] == reply_id
+    message = refused(reply, "malformed")
+    assert why in message and len(message.split()) >= 3  # a sentence, not a bare key
+    sent, buffers = send(widget, content)  # the same reply reaches the page, never silence
+    assert sent == {**reply, "buffer_paths": []} and buffers == []
+    assert widget.view is view and widget_state(widget) == before
+    assert widget.run.prompt == PROMPT  # `prompt: null` was not analysed as the text "None"
+
+
+def test_each_reply_carries_its_commands_id(widget):
+    ok = invoke(widget, "panel", {"selection": {"kind": "ffn", "layer": 0, "token": 1}}, id="a-1")
+    assert ok["ok"] is True and ok["result"]["selection"]["layer"] == 0
+    bad = {"selection": {"kind": "ffn", "layer": 9, "token": 1}}
+    assert "layer 9 is out of range" in refused(invoke(widget, "panel", bad, id="a-2"))
+    assert "unknown command" in refused(invoke(widget, "sing", {}, id="a-3"), "malformed")
+    assert "request" in refused(invoke(widget, "panel", "x", id="a-4"), "malformed")
+
+
+@pytest.mark.parametrize("name, body, why", [
+    ("panel", {"selection": {"kind": "attention", "layer": 0, "source": 5, "target": 2, "head": None}},
+     "comes after target"),
+    ("analyze", {"prompt": "   "}, "prompt is empty"),
+    ("ablate", {"spec": ["head", 0, 4], "mode": "zero"}, "head 4 is out of range"),
+    ("ablate", {"spec": ["ffn", 1], "mode": "zero"}, "already ablated"),
+    ("undo", {"index": 3}, "intervention 3 is out of range"),
+    ("patch", {"node": ["post", 0, 1]}, "needs a second prompt"),
+    ("unpatch", {"index": -1}, "no patch to undo"),
+    ("swap", {}, "no other prompt"),
+    ("pair", {"prompt": "Hello there"}, "tokens long"),
+    ("faithfulness", {"k": 0, "mode": "zero"}, "k must be a positive integer"),
+])
+def test_a_refused_command_leaves_every_trait_as_it_was(widget, name, body, why):
+    widget.ablate(("ffn", 1))
+    widget.select("attention", layer=1, source=2, target=5)
+    view, before = widget.view, widget_state(widget)
+    assert why in refused(invoke(widget, name, body))
+    assert widget.view is view and widget_state(widget) == before

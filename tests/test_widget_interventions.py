@@ -1,11 +1,13 @@
 """The widget's interventions, Python side: ablate and undo swap the run shown and keep every
 trait consistent with it; the before/after, graph difference and faithfulness traits are the
-analysis core's results; w.code() runs and reproduces the logits; bad input is refused with a
-visible message and changes nothing. Tiny random models; no browser."""
+analysis core's results; w.code() runs and reproduces the logits; bad input is refused (from
+Python with an LmttError, from the page with an error reply) and changes nothing. Tiny random
+models; no browser."""
 
 from __future__ import annotations
 
 import json
+import re
 import runpy
 
 import pytest
@@ -14,9 +16,11 @@ import torch
 import lmtt_widget as lw
 from lmtt_widget import LmttError
 from lmtt_widget import interventions as I
-from lmtt_widget import serialize as S
+from lmtt_widget.widget import serialize as S
+from lmtt_widget.widget.export import widget_state
 
 import tiny
+from test_widget import invoke, refused
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -36,11 +40,6 @@ def widget(clean):
     return lw.Widget(clean, threshold=0.01)
 
 
-def custom(w, content):
-    """A custom message as the frontend sends it."""
-    w._handle_msg({"content": {"data": {"method": "custom", "content": content}}, "buffers": []})
-
-
 def shows(w, run) -> None:
     """The widget's graph, payload and predictions are those of `run`."""
     expected = run.graph(w.target, w.threshold)
@@ -57,8 +56,8 @@ def test_ablate_shows_the_intervened_run_and_its_comparison_with_the_clean_one(w
     assert comparison.to_dict() == expected.to_dict()
     assert widget.comparison == json.loads(json.dumps(expected.to_dict()))  # JSON-ready, as sent
     assert widget.comparison["after"]["probability"] == pytest.approx(float(expected_run.logits[-1].softmax(-1)[expected.token_id]))
-    assert widget.interventions == [{"kind": "head", "layer": 1, "head": 2, "neuron": None, "source": None, "target": None,
-                                     "positions": None, "mode": "zero", "spec": ["head", 1, 2]}]
+    assert widget.interventions == [
+        {"kind": "head", "label": "head L1.2 (zero)", "spec": ["head", 1, 2], "mode": "zero"}]
     shows(widget, widget.run)
     assert widget.graph_diff["counts"]["vanished"]["attention"] > 0  # a head zeroed reads nothing
     assert widget.intervention_code == widget.code()
@@ -69,6 +68,9 @@ def test_a_second_ablation_adds_to_the_first_and_means_come_from_the_clean_run(w
     widget.ablate(("neuron", 1, 5, [3, 9]), mode="mean")
     assert [a["spec"] for a in widget.interventions] == [["edge", 2, 3, 9, 1], ["neuron", 1, 5, [3, 9]]]
     assert [a["mode"] for a in widget.interventions] == ["zero", "mean"]
+    assert [clean.tokens[i] for i in (3, 9)] == [" and", " "]  # as the labels show them
+    assert [a["label"] for a in widget.interventions] == ["edge L2 3 ␣and → 9 ␣, head 1 (zero)",
+                                                          "neuron L1.5 at 3 ␣and, 9 ␣ (mean)"]
     both = [I.parse(clean, ("edge", 2, 3, 9, 1)), I.parse(clean, ("neuron", 1, 5, [3, 9]), "mean")]
     expected, _ = clean.intervene(both)
     torch.testing.assert_close(widget.run.logits, expected.logits)
@@ -86,7 +88,7 @@ def test_undo_reruns_the_clean_run_with_the_rest_and_the_last_undo_shows_the_cle
     widget.undo()
     widget.undo()
     assert widget.run is clean
-    assert (widget.interventions, widget.comparison, widget.graph_diff, widget.intervention_code) == ([], {}, {}, "")
+    assert (widget.interventions, widget.comparison, widget.graph_diff, widget.intervention_code) == ([], None, None, "")
     shows(widget, clean)
 
 
@@ -130,53 +132,63 @@ def test_faithfulness_is_the_run_shown_at_the_target_and_threshold_and_cleared_b
     assert widget.faithfulness["route_drop"]["probability"] == pytest.approx(
         expected.clean.probability - expected.route.probability)
     widget.threshold = 0.02
-    assert widget.faithfulness == {}
-    custom(widget, {"type": "faithfulness", "k": 2})  # from the button
+    assert widget.faithfulness is None
+    reply = invoke(widget, "faithfulness", {"k": 2, "mode": "zero"})  # from the button
+    assert reply["ok"] is True and reply["result"] == widget.faithfulness
     assert widget.faithfulness["k"] == 2 and widget.faithfulness["threshold"] == pytest.approx(0.02)
-    assert widget.message == ""
+    assert widget.notice is None and widget.busy == ""
 
 
-def test_messages_from_the_frontend_ablate_and_undo(widget):
-    custom(widget, {"type": "ablate", "ablation": ["edge", 2, 3, 9, 1], "mode": "mean"})
+def test_commands_from_the_frontend_ablate_and_undo(widget):
+    reply = invoke(widget, "ablate", {"spec": ["edge", 2, 3, 9, 1], "mode": "mean"})
     assert [a["spec"] for a in widget.interventions] == [["edge", 2, 3, 9, 1]] and widget.interventions[0]["mode"] == "mean"
-    assert widget.busy == "" and widget.message == ""
-    custom(widget, {"type": "undo", "index": 0})
-    assert widget.interventions == [] and widget.run.clean is None
+    assert reply["ok"] is True and json.loads(json.dumps(reply["result"])) == widget.comparison
+    assert widget.busy == "" and widget.notice is None
+    reply = invoke(widget, "undo", {"index": 0})
+    # the clean run shown: no comparison
+    assert reply == {"kind": "lmtt-reply", "id": "c-1", "ok": True, "result": None, "buffer_paths": []}
+    assert widget.interventions == [] and widget.run.clean is None and widget.comparison is None
 
 
-@pytest.mark.parametrize("ablation, why", [
-    (["head", 3, 0], "layer 3 is out of range"),
-    (["head", 0, 4], "head 4 is out of range"),
-    (["neuron", 0, 48], "neuron 48 is out of range"),
-    (["edge", 0, 9, 3], "source 9 is after its target 3"),
-    (["edge", 0, 1, 99], "target 99 is out of range"),
-    (["head", 0, 1, [99]], "position 99 is out of range"),
-    (["attention"], "takes 1 or 2 values"),
-    ("head 0 1", "an ablation is a list"),
+@pytest.mark.parametrize("ablation, error, why, python_why", [
+    (["head", 3, 0], "refused", "layer 3 is out of range", "layer 3 is out of range"),
+    (["head", 0, 4], "refused", "head 4 is out of range", "head 4 is out of range"),
+    (["neuron", 0, 48], "refused", "neuron 48 is out of range", "neuron 48 is out of range"),
+    (["edge", 0, 9, 3], "refused", "source 9 is after its target 3", "source 9 is after its target 3"),
+    (["edge", 0, 1, 99], "refused", "target 99 is out of range", "target 99 is out of range"),
+    (["head", 0, 1, [99]], "refused", "position 99 is out of range", "position 99 is out of range"),
+    (["attention"], "refused", "takes 1 or 2 values", "takes 1 or 2 values"),
+    ("head 0 1", "malformed", "request.spec: expected a list", "an ablation is a tuple"),
 ])
-def test_bad_ablations_from_the_frontend_are_refused_visibly_and_change_nothing(widget, clean, ablation, why):
+def test_bad_ablations_from_the_frontend_are_refused_visibly_and_change_nothing(widget, ablation, error, why,
+                                                                                python_why):
     widget.ablate(("ffn", 0))
-    before = (widget.run, widget.payload, widget.interventions, widget.comparison)
-    custom(widget, {"type": "ablate", "ablation": ablation, "mode": "zero"})
-    assert widget.message.startswith("Refused ablation:") and why in widget.message
-    assert (widget.run, widget.payload, widget.interventions, widget.comparison) == before
-    with pytest.raises(LmttError):
-        widget.ablate(tuple(ablation) if isinstance(ablation, list) else ablation)  # from Python: raised
+    view, before = widget.view, widget_state(widget)
+    assert why in refused(invoke(widget, "ablate", {"spec": ablation, "mode": "zero"}), error)
+    assert widget.view is view and widget_state(widget) == before
+    with pytest.raises(LmttError, match=re.escape(python_why)):  # from Python: raised
+        widget.ablate(tuple(ablation) if isinstance(ablation, list) else ablation)
+    assert widget.view is view and widget_state(widget) == before
 
 
 def test_repeats_bad_modes_and_undo_with_nothing_are_refused(widget):
     widget.ablate(("head", 0, 1))
-    custom(widget, {"type": "ablate", "ablation": ["head", 0, 1], "mode": "zero"})
-    assert "already ablated" in widget.message and len(widget.interventions) == 1
-    custom(widget, {"type": "ablate", "ablation": ["head", 0, 2], "mode": "resample"})
-    assert "mode must be one of" in widget.message and len(widget.interventions) == 1
-    custom(widget, {"type": "undo", "index": 5})
-    assert "intervention 5 is out of range" in widget.message and len(widget.interventions) == 1
+    assert "already ablated" in refused(invoke(widget, "ablate", {"spec": ["head", 0, 1], "mode": "zero"}))
+    assert len(widget.interventions) == 1
+    with pytest.raises(LmttError, match="already ablated"):
+        widget.ablate(("head", 0, 1))
+    message = refused(invoke(widget, "ablate", {"spec": ["head", 0, 2], "mode": "resample"}), "malformed")
+    assert "request.mode" in message and "'zero' | 'mean'" in message and len(widget.interventions) == 1
+    with pytest.raises(LmttError, match="mode must be one of"):
+        widget.ablate(("head", 0, 2), mode="resample")
+    assert "intervention 5 is out of range" in refused(invoke(widget, "undo", {"index": 5}))
+    assert len(widget.interventions) == 1
+    assert "missing 'index'" in refused(invoke(widget, "undo", {}), "malformed") and len(widget.interventions) == 1
     widget.undo()
     with pytest.raises(LmttError, match="no intervention to undo"):
         widget.undo()
-    custom(widget, {"type": "undo"})
-    assert widget.message == "Refused undo: there is no intervention to undo"
+    assert refused(invoke(widget, "undo", {"index": -1})) == "there is no intervention to undo"
+    assert widget.notice is None  # errors are replies, not notices
 
 
 def test_a_new_prompt_clears_the_interventions(widget):
@@ -184,7 +196,7 @@ def test_a_new_prompt_clears_the_interventions(widget):
     widget.measure_faithfulness(k=2)
     widget.analyze("The capital of France is Paris.")
     assert widget.run.clean is None
-    assert (widget.interventions, widget.comparison, widget.graph_diff, widget.faithfulness) == ([], {}, {}, {})
+    assert (widget.interventions, widget.comparison, widget.graph_diff, widget.faithfulness) == ([], None, None, None)
 
 
 def test_a_widget_of_an_intervened_run_lists_its_ablations(clean):

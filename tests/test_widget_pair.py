@@ -1,8 +1,8 @@
 """The widget's pair of prompts, Python side: the difference is interventions.compare's, a patch
 shows interventions.patch's run and numbers, patches and ablations combine and undo one by one,
 the target and threshold recompute the difference, and prompts that do not align are refused (in
-Python with an error, from the page with a visible message) without changing anything. Tiny
-random models; no browser."""
+Python with an error, from the page with an error reply) without changing anything. Tiny random
+models; no browser."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import torch
 
 import lmtt_widget as lw
 from lmtt_widget import LmttError
-from lmtt_widget import serialize as S
+from lmtt_widget.widget import serialize as S
+from lmtt_widget.widget.export import widget_state
 
 import tiny
+from test_widget import invoke, refused
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
@@ -34,10 +36,6 @@ def widget(runs):
     return lw.Widget(runs[0], other=runs[1], threshold=0.01)
 
 
-def custom(w, content):
-    w._handle_msg({"content": {"data": {"method": "custom", "content": content}}, "buffers": []})
-
-
 def diff_counts(diff) -> dict:
     return {sort: {kind: sum(c.kind == kind for c in getattr(diff, sort)) for kind in S.KINDS}
             for sort in ("appeared", "vanished", "changed")}
@@ -52,7 +50,7 @@ def test_pair_shows_the_difference_of_the_two_prompts_routes(widget, runs):
     diff = lw.compare(corrupted, clean, token=widget.target, threshold=0.01)
     assert widget.graph_diff["against"] == "other" and widget.graph_diff["counts"] == diff_counts(diff)
     assert widget.graph_diff["unchanged"] == diff.unchanged
-    assert widget.comparison == {} and widget.patches == [] and widget.interventions == []
+    assert widget.comparison is None and widget.patches == [] and widget.interventions == []
     # another target or threshold: the difference of those routes
     widget.threshold = 0.03
     assert widget.graph_diff["counts"] == diff_counts(lw.compare(corrupted, clean, token=widget.target, threshold=0.03))
@@ -70,7 +68,9 @@ def test_patch_shows_the_patched_run_and_undo_restores(widget, runs):
     assert comparison.to_dict() == expected.to_dict()
     assert widget.comparison["after"] == pytest.approx(expected.after._asdict())
     assert widget.comparison["after"]["logit"] != pytest.approx(widget.comparison["before"]["logit"], abs=1e-6)
-    assert widget.patches == [{"node": ["head", 1, 2, last], "from": CORRUPTED}]
+    assert clean.tokens[last] == " to"  # as the label shows it
+    assert widget.patches == [
+        {"node": ["head", 1, 2, last], "label": f"head L1.2 at {last} ␣to", "source": CORRUPTED}]
     assert set(widget.graph.edges(keys=True)) == set(expected_run.graph(widget.target, 0.01).edges(keys=True))
     assert widget.graph_diff["against"] == "other"
     widget.diff_against = "clean"  # what the patch changed in the routes
@@ -79,7 +79,7 @@ def test_patch_shows_the_patched_run_and_undo_restores(widget, runs):
     with pytest.raises(LmttError, match="already patched"):
         widget.patch(("head", 1, 2, -1))
     assert widget.unpatch() is None
-    assert widget.run is clean and widget.patches == [] and widget.comparison == {}
+    assert widget.run is clean and widget.patches == [] and widget.comparison is None
 
 
 def test_patches_and_ablations_combine_and_undo_separately(widget, runs):
@@ -106,8 +106,9 @@ def test_swap_shows_the_other_prompt(widget, runs):
     assert widget.run is corrupted and widget.other is clean and widget.patches == []
     assert widget.info["prompt"] == CORRUPTED and widget.pair["prompt"] == CLEAN
     assert widget.graph_diff["counts"] == diff_counts(lw.compare(clean, corrupted, token=widget.target, threshold=0.01))
-    custom(widget, {"type": "swap"})
-    assert widget.run is clean and widget.message == ""
+    reply = invoke(widget, "swap", {})
+    assert reply == {"kind": "lmtt-reply", "id": "c-1", "ok": True, "result": None, "buffer_paths": []}
+    assert widget.run is clean and widget.other is corrupted and widget.notice is None
 
 
 def test_prompts_that_do_not_align_are_refused(model, runs):
@@ -115,30 +116,33 @@ def test_prompts_that_do_not_align_are_refused(model, runs):
     with pytest.raises(LmttError, match="23 and 6 tokens long"):
         lw.Widget(clean, other=lw.analyze(model, "Hello there"))
     w = lw.Widget(clean)
-    assert w.pair == {} and w.graph_diff == {}
+    assert w.pair is None and w.graph_diff is None
     with pytest.raises(LmttError, match="needs a second prompt"):
         w.patch(("post", 0, 1))
-    custom(w, {"type": "pair", "prompt": "When Mary went to the store, John gave a drink to"})
-    assert w.message.startswith("Refused the other prompt:") and "tokens long" in w.message
-    assert w.other is None and w.pair == {}
-    custom(w, {"type": "pair", "prompt": CORRUPTED})
-    assert w.other.prompt == CORRUPTED and w.message == "" and w.graph_diff["against"] == "other"
+    view, before = w.view, widget_state(w)
+    message = refused(invoke(w, "pair", {"prompt": "When Mary went to the store, John gave a drink to"}))
+    assert message.startswith("comparing two prompts:") and "tokens long" in message
+    assert w.other is None and w.pair is None
+    assert w.view is view and widget_state(w) == before
+    reply = invoke(w, "pair", {"prompt": CORRUPTED})
+    assert reply["ok"] is True and reply["result"] is None
+    assert w.other.prompt == CORRUPTED and w.notice is None and w.graph_diff["against"] == "other"
     # a new prompt for the shown side must align too: the graph stays
+    view, before = w.view, widget_state(w)
     with pytest.raises(LmttError, match="tokens long"):
         w.analyze("Hello there")
-    assert w.run is clean and "Refused the prompt" in w.message
+    assert "tokens long" in refused(invoke(w, "analyze", {"prompt": "Hello there"}))
+    assert w.run is clean and w.view is view and widget_state(w) == before
 
 
 def test_bad_patches_from_the_page_are_refused_visibly(widget, runs):
-    custom(widget, {"type": "patch", "node": ["head", 9, 0, 3]})
-    assert widget.message.startswith("Refused patch:") and "layer 9" in widget.message
-    custom(widget, {"type": "patch", "node": ["post", 0, 99]})
-    assert "99" in widget.message
-    custom(widget, {"type": "patch", "node": "post"})
-    assert widget.message.startswith("Refused patch:")
-    custom(widget, {"type": "unpatch", "index": 0})
-    assert "no patch to undo" in widget.message
+    view, before = widget.view, widget_state(widget)
+    assert "layer 9" in refused(invoke(widget, "patch", {"node": ["head", 9, 0, 3]}))
+    assert "99" in refused(invoke(widget, "patch", {"node": ["post", 0, 99]}))
+    assert "request.node: expected a list" in refused(invoke(widget, "patch", {"node": "post"}), "malformed")
+    assert "no patch to undo" in refused(invoke(widget, "unpatch", {"index": 0}))
     assert widget.run is runs[0] and widget.patches == []
+    assert widget.view is view and widget_state(widget) == before
 
 
 def test_show_pair_and_the_saved_page_keep_the_pair(model, tmp_path):

@@ -77,7 +77,7 @@ class RecordingComm:
 
 class Harness:
     def __init__(self, page, widget):
-        from lmtt_widget.export import standalone_html, widget_state
+        from lmtt_widget.widget.export import standalone_html, widget_state
 
         self.page, self.widget = page, widget
         self.comm = RecordingComm()

@@ -81,7 +81,7 @@ def test_ablate_a_head_shows_before_after_and_undo_restores(model, page, harness
 
     page.click(".ablation button.undo")
     page.wait_for_function("() => document.querySelectorAll('.ablation').length === 0")
-    assert w.interventions == [] and w.run.clean is None and w.comparison == {} and w.graph_diff == {}
+    assert w.interventions == [] and w.run.clean is None and w.comparison is None and w.graph_diff is None
     assert page.locator(".prediction-change").count() == 0 and page.locator("path.diff-mark").count() == 0
     assert page.locator("path.edge").count() == clean_edges
     assert not page.locator(".card.code").is_visible()
@@ -120,14 +120,20 @@ def test_bad_ablation_is_refused_visibly_and_keeps_the_graph(model, page, harnes
     w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
     harness(w)
     edges = page.locator("path.edge").count()
-    # past the page's own choices, as a stale or hand-made frontend would send it
-    page.evaluate("() => lmttModel.send({type: 'ablate', ablation: ['head', 42, 0], mode: 'zero'})")
-    page.wait_for_function("() => document.querySelector('.lmtt .message').textContent.includes('Refused ablation')")
-    assert "layer 42 is out of range" in page.locator(".lmtt .message").text_content()
-    page.evaluate("() => lmttModel.send({type: 'ablate', ablation: ['neuron', 0, 100000], mode: 'zero'})")
-    page.wait_for_function("() => document.querySelector('.lmtt .message').textContent.includes('neuron 100000')")
-    page.evaluate("() => lmttModel.send({type: 'undo', index: 0})")
-    page.wait_for_function("() => document.querySelector('.lmtt .message').textContent.includes('no intervention to undo')")
+    # past the page's own choices, as a stale or hand-made frontend would send it: each command
+    # gets its own typed error reply, which the page shows as an error
+    invoke = "([name, request]) => document.getElementById('lmtt-root').lmttInvoke(name, request)"
+    outcome = page.evaluate(invoke, ["ablate", {"spec": ["head", 42, 0], "mode": "zero"}])
+    assert outcome["ok"] is False and outcome["error"]["kind"] == "refused"
+    assert "layer 42 is out of range" in outcome["error"]["message"]
+    assert page.locator(".lmtt .message.error").text_content().startswith("Refused ablation: layer 42 is out of range")
+    outcome = page.evaluate(invoke, ["ablate", {"spec": ["neuron", 0, 100000], "mode": "zero"}])
+    assert outcome["error"]["kind"] == "refused" and "neuron 100000" in page.locator(".lmtt .message").text_content()
+    outcome = page.evaluate(invoke, ["undo", {"index": 0}])
+    assert outcome["error"]["kind"] == "refused" and "no intervention to undo" in page.locator(".lmtt .message").text_content()
+    # a request that is not one (a string where an index goes) is answered as malformed
+    outcome = page.evaluate(invoke, ["undo", {"index": "first"}])
+    assert outcome["error"]["kind"] == "malformed" and "request.index: expected an integer" in outcome["error"]["message"]
     assert w.interventions == [] and w.run.clean is None
     assert page.locator("path.edge").count() == edges and page.locator(".lmtt-graph").is_visible()
     assert page.errors == []

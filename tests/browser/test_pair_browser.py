@@ -9,6 +9,7 @@ import json
 import pytest
 
 import lmtt_widget as lw
+from lmtt_widget.widget.selections import visible
 
 from page_numbers import fmt, signed
 
@@ -57,7 +58,8 @@ def test_patch_a_head_round_trips_and_undo_restores(model, page, harness, artifa
     assert labels[0] == f"head L1.2 output at {last} ␣to" and labels[1] == f"residual mid L1 at {last} ␣to"
     page.click("button.patch")
     page.wait_for_selector(".prediction-change")
-    assert w.patches == [{"node": ["head", 1, 2, last], "from": CORRUPTED}]
+    assert w.patches == [{"node": ["head", 1, 2, last], "label": f"head L1.2 at {last} {visible(w.run.tokens[last])}",
+                          "source": CORRUPTED}]
     # the numbers are interventions.patch's, done by hand
     _, expected = lw.patch(w.other, w.run.clean, ("head", 1, 2, last), position=w.target)
     c = w.comparison
@@ -78,7 +80,7 @@ def test_patch_a_head_round_trips_and_undo_restores(model, page, harness, artifa
 
     page.click(".patched button.unpatch")
     page.wait_for_function("() => document.querySelectorAll('.patched').length === 0")
-    assert w.patches == [] and w.run.clean is None and w.comparison == {}
+    assert w.patches == [] and w.run.clean is None and w.comparison is None
     assert page.locator(".prediction-change").count() == 0 and page.locator("path.edge").count() == clean_edges
     assert w.graph_diff["against"] == "other"  # back to the pair's difference
     assert page.errors == []

@@ -116,8 +116,8 @@ def test_bad_selection_from_the_page_is_refused_visibly(model, page, harness):
     # past the page's own check, as a stale or hand-made frontend would send it
     page.evaluate("() => { lmttModel.set('selection', {kind: 'ffn', layer: 42, token: 0, neuron: null}); lmttModel.save_changes(); }")
     page.wait_for_function("() => document.querySelector('.lmtt .message').textContent.includes('Refused')")
-    assert w.selection == {}
-    assert "layer 42 is out of range" in page.locator(".lmtt .message").text_content()
+    assert w.selection is None
+    assert "layer 42 is out of range" in page.locator(".lmtt .message.error").text_content()
 
 
 def test_xss_prompt_is_text_and_runs_nothing(model, page, harness, artifacts):

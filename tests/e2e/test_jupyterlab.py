@@ -69,7 +69,7 @@ def check_quickstart(jupyterlab, page, artifacts):
     page.wait_for_selector(".lmtt svg path.edge.attention", timeout=30_000)
     page.screenshot(path=str(artifacts / "e2e-lab-ran.png"))
     outputs = page.locator(".jp-Notebook .jp-Cell").nth(5).locator(".jp-OutputArea-output").all_text_contents()
-    assert [o.strip() for o in outputs] == ["{}"]  # nothing selected yet
+    assert [o.strip() for o in outputs] == ["None"]  # nothing selected yet
     page.screenshot(path=str(artifacts / "e2e-lab-widget.png"))
     page.locator(".lmtt-graph").first.scroll_into_view_if_needed()
     before = page.evaluate("() => document.querySelector('.lmtt').dataset.panel")

@@ -25,7 +25,7 @@ def test_marimo_renders_and_a_click_reaches_python(marimo_app, e2e_page, artifac
         assert labels[2:5] == ["␣Mary", "␣and", "␣John"]
         assert widget.locator(".predictions .pred").count() > 0
         kernel = page.locator("#kernel-selection")
-        assert kernel.text_content() == "{}"
+        assert kernel.text_content() == "None"
         page.screenshot(path=str(artifacts / "e2e-marimo-widget.png"))
 
         widget.locator(".lmtt-graph").scroll_into_view_if_needed()

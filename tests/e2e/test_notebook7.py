@@ -74,7 +74,7 @@ def test_notebook7_click_reaches_the_kernel(notebook7, e2e_page, artifacts):
         page.screenshot(path=str(artifacts / "e2e-nb7-widget.png"))
 
         run_cell(page, 1)
-        assert page.evaluate(OUTPUT, 1).strip() == "{}"
+        assert page.evaluate(OUTPUT, 1).strip() == "None"
         widget.locator(".lmtt-graph").scroll_into_view_if_needed()
         click_when_still(page, lambda: widget.locator("svg path.edge.attention").evaluate_all(HEAVIEST_EDGE_MIDPOINT))
         page.wait_for_function("() => (document.querySelector('.lmtt').dataset.panel || '').startsWith('attention/')",

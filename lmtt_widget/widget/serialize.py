@@ -107,6 +107,26 @@ def payload_graph(payload: dict[str, Any]) -> nx.MultiDiGraph:
     return g
 
 
+def split_buffers(message: dict) -> tuple[dict, list[list], list[bytes]]:
+    """(the message with every nested bytes value set to None, the paths of those values, the
+    bytes): how a custom message carries binary buffers (the page puts them back, js/arrays.ts)."""
+    paths: list[list] = []
+    buffers: list[bytes] = []
+
+    def walk(value, path):
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            paths.append(path)
+            buffers.append(bytes(value))
+            return None
+        if isinstance(value, dict):
+            return {k: walk(v, [*path, k]) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [walk(v, [*path, i]) for i, v in enumerate(value)]
+        return value
+
+    return walk(message, []), paths, buffers
+
+
 def effect(logit_effect) -> dict[str, list]:
     """A LogitEffect as JSON-ready lists of [token, value]."""
     return {"promoted": [[t, float(v)] for t, v in logit_effect.promoted],

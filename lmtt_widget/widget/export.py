@@ -9,51 +9,43 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import pathlib
 
+from ..errors import LmttError
+from . import protocol as P
 from .serialize import encode_text
-from .widget_interventions import STATE as INTERVENTION_STATE
-from .widget_pair import STATE as PAIR_STATE
 
-STANDALONE_JS = pathlib.Path(__file__).parent / "static" / "standalone.js"
+STANDALONE_JS = pathlib.Path(__file__).parent.parent / "static" / "standalone.js"
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
 ATTENTION_PRELOAD_MAX_TOKENS = 64  # each attention panel carries two T x T maps
 ATTENTION_PRELOADS = 12
 
 
-def panel_key(sel: dict, normalize_lens: bool) -> str:
-    """The key the frontend looks panels up by (js/widget.ts, panelKey)."""
-    kind = sel["kind"]
-    if kind == "residual":
-        return f"residual/{sel['stage']}/{sel['layer']}/{sel['token']}/{int(bool(normalize_lens))}"
-    if kind == "attention":
-        return f"attention/{sel['layer']}/{sel['source']}/{sel['target']}/{sel['head']}"
-    return f"ffn/{sel['layer']}/{sel['token']}"
-
-
-def preload_selections(widget) -> list[dict]:
+def preload_selections(view) -> list[dict]:
     """What the saved page carries: the residual stream at the target, the selection, and
     (short prompts) the strongest attention edges of the routes, each with its largest head."""
-    run, target = widget.run, widget.target
+    run, target = view.run, view.target
     stages = ["post"] if run.shape.parallel else ["mid", "post"]
     sels = [{"kind": "residual", "stage": "embed", "layer": -1, "token": target}]
     sels += [{"kind": "residual", "stage": st, "layer": layer, "token": target}
              for layer in range(run.shape.n_layers) for st in stages]
     if run.n_tokens <= ATTENTION_PRELOAD_MAX_TOKENS:
-        edges = [(v[1], d) for _, v, d in widget.graph.edges(data=True) if d["kind"] == "attention"]
+        edges = [(v[1], d) for _, v, d in view.graph.edges(data=True) if d["kind"] == "attention"]
         edges.sort(key=lambda e: -e[1]["weight"])
         for layer, d in edges[:ATTENTION_PRELOADS]:
             sels.append({"kind": "attention", "layer": layer, "source": d["source"], "target": d["target"], "head": None})
-    if widget.selection:
-        sels.append(dict(widget.selection))
+    if view.selection:
+        sels.append(dict(view.selection))
     return sels
 
 
-def preloaded_panels(widget) -> dict[str, dict]:
+def preloaded_panels(view) -> dict[str, dict]:
+    """{panel key: panel data} of `preload_selections`."""
     panels = {}
-    for sel in preload_selections(widget):
-        data = widget.panel(sel)
-        panels[panel_key(data["selection"], widget.normalize_lens)] = data
+    for sel in preload_selections(view):
+        data = view.panel(sel)
+        panels[view.panel_key(data["selection"])] = data
     return panels
 
 
@@ -67,11 +59,13 @@ def standalone_html(state: dict, title: str, bridge: bool = False) -> str:
              + ("(m) => window.lmttBridge(JSON.stringify(m)).then(JSON.parse)" if bridge else "null")
              + ").then((m) => { window.lmttModel = m; document.body.dataset.ready = '1'; });")
     csp = "" if bridge else f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+    version = f'<meta name="lmtt-protocol" content="{int(state.get("protocol", P.PROTOCOL_VERSION))}">'
     return f"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 {csp}
+{version}
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title>
 <style>body {{ margin: 16px; background: #fff; }} @media (prefers-color-scheme: dark) {{ body {{ background: #111; }} }}</style>
@@ -90,17 +84,27 @@ const state = JSON.parse(document.getElementById('lmtt-state').textContent);
 
 
 def widget_state(widget) -> dict:
-    keys = ["info", "payload", "target", "threshold", "renormalize", "normalize_lens", "selection", "message", "busy",
-            "preloaded", *INTERVENTION_STATE, *PAIR_STATE]
-    return {k: getattr(widget, k) for k in keys}
+    """Every trait the page reads (protocol.TRAITS), the protocol version among them."""
+    return {name: getattr(widget, name) for name in P.TRAITS}
 
 
 def save_html(widget, path, *, title: str | None = None) -> pathlib.Path:
-    """Write `widget` as one offline HTML file with the panels of `preload_selections`."""
+    """Write `widget` as one offline HTML file with the panels of `preload_selections`. The file is
+    written beside `path` and renamed over it, so a failed export never leaves a broken file."""
     state = widget_state(widget)
-    state["preloaded"] = {**widget.preloaded, **preloaded_panels(widget)}
+    state["preloaded"] = {**widget.preloaded, **preloaded_panels(widget.view)}
     state["busy"] = ""
     title = title or f"lmtt-widget: {widget.run.prompt[:60]}"
     path = pathlib.Path(path)
-    path.write_text(standalone_html(state, title), encoding="utf-8")
+    try:
+        page = standalone_html(state, title).encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise LmttError(f"cannot write the page as UTF-8: {error.reason} in {error.object[error.start:error.end]!r} "
+                        "(the title or the prompt); nothing was written") from None
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_bytes(page)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path

@@ -1,0 +1,192 @@
+"""Rerunning a prompt with interventions: ablations (`intervene`, `ablated_logits`), activations
+patched in from another prompt (`patch`), and the prediction before and after (`Comparison`).
+
+An intervened `Run` knows its clean run (`run.clean`), its ablations (`run.interventions`) and
+patches (`run.patches`, `run.patch_ids`, `run.patch_edits`). Each rerun starts from the clean
+run with every ablation's edits made afresh, then the patches' edits: intervening in steps
+equals intervening at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+
+from .. import vocab as V
+from ..errors import LmttError, check_index
+from ..tracing import Edit, trace
+from .kinds import Ablation, edits_for, parse_all
+from .nodes import parse_node
+
+
+class Readout(NamedTuple):
+    """The prediction's numbers in one run: probability, logit, and logit minus the other token's."""
+
+    probability: float
+    logit: float
+    logit_diff: float
+
+
+@dataclass
+class Comparison:
+    """Before and after an intervention, at one position, for the original prediction `token`
+    and (logit difference) against a second token: the runner-up unless one is given."""
+
+    position: int
+    token: str
+    token_id: int
+    against: str
+    against_id: int
+    before: Readout
+    after: Readout
+    top_before: list[tuple[str, float]]
+    top_after: list[tuple[str, float]]
+
+    @property
+    def prob_change(self) -> float:
+        return self.after.probability - self.before.probability
+
+    @property
+    def logit_change(self) -> float:
+        return self.after.logit - self.before.logit
+
+    @property
+    def logit_diff_change(self) -> float:
+        return self.after.logit_diff - self.before.logit_diff
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(before=self.before._asdict(), after=self.after._asdict(), prob_change=self.prob_change,
+                   logit_change=self.logit_change, logit_diff_change=self.logit_diff_change)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"Comparison(p({self.token!r}) {self.before.probability:.3f} -> {self.after.probability:.3f}, "
+                f"logit {self.before.logit:.3f} -> {self.after.logit:.3f}, logit diff vs {self.against!r} "
+                f"{self.before.logit_diff:.3f} -> {self.after.logit_diff:.3f}, "
+                f"top after {[t for t, _ in self.top_after[:3]]})")
+
+
+# -- runs as arguments -------------------------------------------------------------------------
+
+def check_run(value, name: str, what: str) -> None:
+    """Refuse, naming the argument, what is not a Run (a Shares from analyze_compact has no
+    activations to intervene on)."""
+    if not callable(getattr(value, "reanalyze", None)):
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise LmttError(f"{what}: {name} must be a Run (from lmtt_widget.analyze), got {type(value).__name__} {shown}")
+
+
+def check_pair(run_a, run_b, what: str, names: tuple[str, str] = ("run_a", "run_b")) -> None:
+    """Refuse two runs that `what` cannot set side by side: not Runs, not of the same loaded
+    model, or prompts of different lengths in tokens (positions must align)."""
+    check_run(run_a, names[0], what)
+    check_run(run_b, names[1], what)
+    if run_a.hf_model is not run_b.hf_model:
+        raise LmttError(f"{what} needs two runs of the same loaded model")
+    if run_a.n_tokens != run_b.n_tokens:
+        raise LmttError(f"{what}: the prompts are {run_a.n_tokens} and {run_b.n_tokens} tokens long, so their "
+                        "positions do not align; use prompts of the same length in tokens (e.g. swap one-token names)")
+
+
+def base(run) -> tuple:
+    """(the clean run, the ablations already applied to `run`)."""
+    return run.clean or run, list(run.interventions)
+
+
+# -- reading the prediction --------------------------------------------------------------------
+
+def token_id(run, token) -> int:
+    """A token id from an id or a string that is exactly one token (e.g. " John")."""
+    if isinstance(token, int) and not isinstance(token, bool):
+        return check_index("token id", token, run.shape.d_vocab)
+    if isinstance(token, str):
+        ids = run.model.tokenizer(token, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise LmttError(f"{token!r} is {len(ids)} tokens, not one; give a single token (mind the leading space) "
+                            "or its id")
+        return int(ids[0])
+    raise LmttError(f"a token is an id or a one-token string, got {token!r}")
+
+
+def targets(run, logits: torch.Tensor, position: int, against) -> tuple[int, int]:
+    """(the prediction at `position`, the token to compare it with: `against` or the runner-up)."""
+    top2 = logits[position].topk(2).indices.tolist()
+    return top2[0], (top2[1] if against is None else token_id(run, against))
+
+
+def readout(logits: torch.Tensor, position: int, token: int, other: int) -> Readout:
+    row = logits[position]
+    return Readout(float(row.softmax(-1)[token]), float(row[token]), float(row[token] - row[other]))
+
+
+def _top(run, logits: torch.Tensor, position: int, k: int = 10) -> list[tuple[str, float]]:
+    probs = logits[position].softmax(-1)
+    values, ids = probs.topk(min(k, probs.numel()))
+    return [(run.decode(i), float(v)) for v, i in zip(values, ids)]
+
+
+def compare_logits(run, before: torch.Tensor, after: torch.Tensor, position: int = -1, against=None) -> Comparison:
+    """The `Comparison` of two logit tensors [T, V] of `run`'s prompt."""
+    position = run.position(position)
+    token, other = targets(run, before, position, against)
+    return Comparison(position, run.decode(token), token, run.decode(other), other,
+                      readout(before, position, token, other), readout(after, position, token, other),
+                      _top(run, before, position), _top(run, after, position))
+
+
+# -- rerunning ---------------------------------------------------------------------------------
+
+def _edits(clean, ablations: list[Ablation], patch_edits) -> list[Edit]:
+    """Every ablation's edits, then the patches'."""
+    return edits_for(clean, ablations) + list(patch_edits)
+
+
+@torch.no_grad()
+def ablated_logits(run, ablations, mode: str = "zero") -> torch.Tensor:
+    """[T, V] float32: the logits of `run` with `ablations` added, from the forward pass only
+    (no importances, no Run): for sweeps over many ablations."""
+    check_run(run, "run", "ablated_logits")
+    clean, earlier = base(run)
+    added = parse_all(clean, ablations, mode, earlier)
+    edits = _edits(clean, earlier + added, run.patch_edits)
+    capture = trace(clean.model, clean.family, clean.shape, clean.input_ids.to(clean.hf_model.device), edits)
+    return V.unembed(clean.hf_model, clean.family, capture.final_normed).float().cpu()
+
+
+def intervene(run, ablations, mode: str = "zero", *, position: int = -1, against=None):
+    """Rerun `run`'s prompt with `ablations` (see lmtt_widget.interventions) in `mode` "zero" or "mean".
+
+    Returns (the intervened Run, a Comparison at `position` of the original prediction, and of
+    its logit difference to `against` or the runner-up). Intervening on an intervened run adds to
+    its ablations; means always come from the clean run. An ablation given twice is refused.
+    """
+    check_run(run, "run", "intervene")
+    clean, earlier = base(run)
+    added = parse_all(clean, ablations, mode, earlier)
+    new = clean.reanalyze(_edits(clean, earlier + added, run.patch_edits))
+    new.clean, new.interventions = clean, tuple(earlier + added)
+    new.patches, new.patch_ids, new.patch_edits = run.patches, run.patch_ids, run.patch_edits
+    return new, compare_logits(run, run.logits, new.logits, position, against)
+
+
+def patch(run_from, run_into, node, *, position: int = -1, against=None):
+    """Rerun `run_into`'s prompt with `node`'s activation (or each of a list of nodes) taken from
+    `run_from`: a residual node (stage, layer, position) of the graph ("embed", "mid", "post"),
+    an FFN node (its update), or ("head", layer, head, position) (the head's output there).
+
+    Returns (the patched Run, a Comparison with `run_into` at `position`). The two runs must be
+    of the same model and prompts of the same length in tokens.
+    """
+    check_pair(run_from, run_into, "patch", ("run_from", "run_into"))
+    nodes = [parse_node(run_into, n) for n in (node if isinstance(node, list) else [node])]
+    clean, earlier = base(run_into)
+    patch_edits = tuple(run_into.patch_edits) + tuple(edit for n in nodes for edit in n.edits(run_from))
+    new = clean.reanalyze(_edits(clean, earlier, patch_edits))
+    new.clean, new.interventions, new.patch_edits = clean, tuple(earlier), patch_edits
+    new.patches = tuple(run_into.patches) + tuple((n, run_from.prompt) for n in nodes)
+    new.patch_ids = tuple(run_into.patch_ids) + tuple(run_from.input_ids for _ in nodes)
+    return new, compare_logits(run_into, run_into.logits, new.logits, position, against)

@@ -1,0 +1,254 @@
+"""Selection kinds: what a click in the graph can select, one class each, registered once.
+
+A kind knows how to check and complete a selection against a run (`normalize`), the tensors behind
+it (`tensors`, what `w.selected` returns), its panel (`panel`, sent to the page), the fields its
+panel is keyed by, and what can be ablated or patched from it. The page renders each kind's panel
+with one renderer (js/panels.ts) and needs nothing else of it.
+
+To add a kind: subclass `SelectionKind`, decorate it with `@register`, add a panel type to
+protocol.py and a renderer to js/panels.ts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from .. import vocab as V
+from ..errors import LmttError, check_index
+from . import serialize as S
+
+LENS_K = 10
+LOGITS_K = 8
+NEURONS_K = 10
+NEURON_LOGITS_K = 5
+
+KINDS: dict[str, "SelectionKind"] = {}
+
+
+def register(cls: type["SelectionKind"]) -> type["SelectionKind"]:
+    KINDS[cls.kind] = cls()
+    return cls
+
+
+def kind_of(sel: dict) -> "SelectionKind":
+    kind = sel.get("kind")
+    if kind not in KINDS:
+        raise LmttError(f"selection kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
+    return KINDS[kind]
+
+
+def normalize(run, sel: dict | None) -> dict | None:
+    """A checked selection with what it implies filled in (None: nothing selected)."""
+    if not sel:
+        return None
+    if not isinstance(sel, dict):
+        raise LmttError(f"a selection is a dict such as {{'kind': 'ffn', 'layer': 2, 'token': 5}}, got {sel!r}")
+    try:
+        return kind_of(sel).normalize(run, sel)
+    except LmttError:
+        raise
+    except KeyError as missing:
+        raise LmttError(f"selection is missing {missing}") from None
+    except (TypeError, ValueError) as error:
+        raise LmttError(f"bad selection {sel!r}: {error}") from None
+
+
+def key(sel: dict, options: dict[str, Any]) -> str:
+    """The key of a selection's panel: its kind, then its key fields, each read from the selection
+    or else from the view `options` (the page builds the same from `info.selection_kinds`)."""
+    kind = KINDS[sel["kind"]]
+    return "/".join([kind.kind, *(_key_part(sel[f] if f in sel else options[f]) for f in kind.key)])
+
+
+def _key_part(value) -> str:
+    """A key field as text, as the page writes it (js/widget.ts, keyPart): booleans as 1 and 0."""
+    if isinstance(value, bool):
+        return str(int(value))
+    return "null" if value is None else str(value)
+
+
+def kinds_info() -> dict[str, dict]:
+    return {name: {"key": list(k.key), "title": k.title} for name, k in KINDS.items()}
+
+
+def visible(token: str) -> str:
+    """A token as readable text (as js/dom.ts shows it): spaces, newlines and tabs made visible."""
+    if token == "":
+        return "∅"
+    return token.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍")
+
+
+def at_token(run, position: int) -> str:
+    return f"{position} {visible(run.tokens[position])}"
+
+
+class SelectionKind:
+    kind: ClassVar[str]
+    title: ClassVar[str]
+    key: ClassVar[tuple[str, ...]]  # selection fields, then view options (normalize_lens)
+
+    def normalize(self, run, sel: dict) -> dict:
+        raise NotImplementedError
+
+    def tensors(self, run, sel: dict, options: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def panel(self, run, sel: dict, options: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def ablations(self, run, sel: dict) -> list[dict]:
+        """Offers: {label, spec, at} (at: the position the ablation can be limited to, or None)."""
+        return []
+
+    def patches(self, run, sel: dict) -> list[dict]:
+        """Offers: {label, node} of nodes that can be patched from another prompt."""
+        return []
+
+
+def _block_offers(run, layer: int, token: int, blocks: list[str]) -> list[dict]:
+    names = {"attention": "attention block", "ffn": "FFN block"}
+    return [{"label": f"{names[b]} of layer {layer}", "spec": [b, layer], "at": token} for b in blocks]
+
+
+@register
+class Residual(SelectionKind):
+    kind, title, key = "residual", "Residual node", ("stage", "layer", "token", "normalize_lens")
+
+    def normalize(self, run, sel: dict) -> dict:
+        stage = sel.get("stage", "post")
+        if stage not in ("embed", "mid", "post"):
+            raise LmttError(f"residual stage must be 'embed', 'mid' or 'post', got {stage!r}")
+        if stage == "mid" and run.shape.parallel:
+            raise LmttError("this model has parallel blocks: there is no 'mid' residual")
+        layer = -1 if stage == "embed" else check_index("layer", sel["layer"], run.shape.n_layers)
+        return {"kind": self.kind, "stage": stage, "layer": layer, "token": run.position(sel["token"])}
+
+    def tensors(self, run, sel, options):
+        layer, token, stage = sel["layer"], sel["token"], sel["stage"]
+        return {"kind": self.kind, "residual": run.residual(layer, token, stage),
+                "logit_lens": run.logit_lens(layer, token, stage, k=LENS_K, normalize=options["normalize_lens"])}
+
+    def panel(self, run, sel, options):
+        layer, token, stage = sel["layer"], sel["token"], sel["stage"]
+        lens = run.logit_lens(layer, token, stage, k=LENS_K, normalize=options["normalize_lens"])
+        return {"selection": sel, "lens": S.lens(lens), "normalized": options["normalize_lens"],
+                "blocks": [{"block": b, **S.effect(run.block_logits(layer, token, b, k=LOGITS_K))}
+                           for b in self._blocks(run, stage)]}
+
+    @staticmethod
+    def _blocks(run, stage: str) -> list[str]:
+        """The blocks whose update leads into this node."""
+        if stage == "mid":
+            return ["attention"]
+        if stage == "post":
+            return ["attention", "ffn"] if run.shape.parallel else ["ffn"]
+        return []
+
+    def ablations(self, run, sel):
+        if sel["stage"] == "embed":
+            return []
+        blocks = ["attention"] if sel["stage"] == "mid" else ["ffn", "attention"]
+        return _block_offers(run, sel["layer"], sel["token"], blocks)
+
+    def patches(self, run, sel):
+        stage, layer, token = sel["stage"], sel["layer"], sel["token"]
+        where = "embedding" if stage == "embed" else f"residual {stage} L{layer}"
+        return [{"label": f"{where} at {at_token(run, token)}", "node": [stage, layer, token]}]
+
+
+@register
+class Attention(SelectionKind):
+    kind, title, key = "attention", "Attention edge", ("layer", "source", "target", "head")
+
+    def normalize(self, run, sel: dict) -> dict:
+        layer = check_index("layer", sel["layer"], run.shape.n_layers)
+        source, target = run.position(sel["source"]), run.position(sel["target"])
+        if source > target:
+            raise LmttError(f"source {source} comes after target {target}: attention only reads earlier tokens")
+        head = sel.get("head")
+        if head is None:  # the head with the largest share of the edge
+            head = int(run.edge_contributions(layer, target, source).argmax())
+        return {"kind": self.kind, "layer": layer, "source": source, "target": target, "head": run.head(head)}
+
+    def tensors(self, run, sel, options):
+        layer, head, source, target = sel["layer"], sel["head"], sel["source"], sel["target"]
+        probs = run.attention_pattern(layer)[head].float().cpu()  # [T, T]
+        return {"kind": self.kind, "head_output": run.head_output(layer, head, target, source),
+                "head_output_total": run.head_output(layer, head, target),
+                "attention_row": probs[target], "attention_pattern": probs,
+                "importance": run.head_contributions(layer, head),
+                "shares": run.edge_contributions(layer, target, source)}
+
+    def panel(self, run, sel, options):
+        layer, head, source, target = sel["layer"], sel["head"], sel["source"], sel["target"]
+        return {"selection": sel,
+                "shares": S.array(run.edge_contributions(layer, target, source)),
+                "pattern": S.array(run.attention_pattern(layer)[head]),
+                "importance": S.array(run.head_contributions(layer, head)),
+                "from_source": S.effect(run.head_logits(layer, head, target, source, k=LOGITS_K)),
+                "total": S.effect(run.head_logits(layer, head, target, k=LOGITS_K))}
+
+    def ablations(self, run, sel):
+        layer, source, target, head = sel["layer"], sel["source"], sel["target"], sel["head"]
+        edge = f"edge {at_token(run, source)} → {at_token(run, target)}"
+        return [{"label": f"{edge}, head {head}", "spec": ["edge", layer, source, target, head], "at": None},
+                {"label": f"{edge}, all heads", "spec": ["edge", layer, source, target], "at": None},
+                {"label": f"head {head} of layer {layer}", "spec": ["head", layer, head], "at": target},
+                *_block_offers(run, layer, target, ["attention"])]
+
+    def patches(self, run, sel):
+        layer, head, target = sel["layer"], sel["head"], sel["target"]
+        out = [{"label": f"head L{layer}.{head} output at {at_token(run, target)}", "node": ["head", layer, head, target]}]
+        if not run.shape.parallel:
+            out.append({"label": f"residual mid L{layer} at {at_token(run, target)}", "node": ["mid", layer, target]})
+        return out
+
+
+@register
+class Ffn(SelectionKind):
+    kind, title, key = "ffn", "FFN block", ("layer", "token")  # a neuron is a row of the same panel
+
+    def normalize(self, run, sel: dict) -> dict:
+        layer = check_index("layer", sel["layer"], run.shape.n_layers)
+        neuron = sel.get("neuron")
+        if neuron is not None:
+            neuron = check_index("neuron", neuron, run.neuron_activations(layer).shape[1])
+        return {"kind": self.kind, "layer": layer, "token": run.position(sel["token"]), "neuron": neuron}
+
+    def tensors(self, run, sel, options):
+        layer, token = sel["layer"], sel["token"]
+        neuron_shares, residual_share = run.neuron_shares(layer, token)
+        out = {"kind": self.kind, "ffn_output": run.capture.ffn_out[layer][token],
+               "activations": run.neuron_activations(layer)[token],
+               "neuron_shares": neuron_shares, "residual_share": residual_share}
+        if sel.get("neuron") is not None:
+            out["neuron_activation"] = out["activations"][sel["neuron"]]
+            out["neuron_output"] = run.neuron_writes(layer, token)[sel["neuron"]]
+        return out
+
+    def panel(self, run, sel, options):
+        layer, token = sel["layer"], sel["token"]
+        ffn_share, _ = run.ffn_contributions(layer)
+        neurons = run.neuron_contributions(layer, token, k=NEURONS_K)
+        if sel["neuron"] is not None and sel["neuron"] not in [n.index for n in neurons]:
+            shares, _ = run.neuron_shares(layer, token)
+            n = sel["neuron"]
+            neurons.append(type(neurons[0])(n, float(shares[n]), float(run.neuron_activations(layer)[token, n])))
+        # every listed neuron's write through the vocabulary in one product: [k, d] -> [k, V]
+        writes = run.neuron_writes(layer, token)[[n.index for n in neurons]]
+        logits = run.direct_logits(writes, token)
+        return {"selection": sel, "ffn_share": float(ffn_share[token]),
+                "block": S.effect(run.block_logits(layer, token, "ffn", k=LOGITS_K)),
+                "neurons": [{"index": n.index, "share": n.share, "activation": n.activation,
+                             **S.effect(V.top_bottom(row, NEURON_LOGITS_K, run.decode))} for n, row in zip(neurons, logits)]}
+
+    def ablations(self, run, sel):
+        layer, token, neuron = sel["layer"], sel["token"], sel["neuron"]
+        neurons = [] if neuron is None else [
+            {"label": f"neuron {neuron} of layer {layer}", "spec": ["neuron", layer, neuron], "at": token}]
+        return neurons + _block_offers(run, layer, token, ["ffn"])
+
+    def patches(self, run, sel):
+        layer, token = sel["layer"], sel["token"]
+        return [{"label": f"FFN L{layer} update at {at_token(run, token)}", "node": ["ffn", layer, token]},
+                {"label": f"residual post L{layer} at {at_token(run, token)}", "node": ["post", layer, token]}]

@@ -1,0 +1,363 @@
+"""The state a user builds in a widget, as one plain immutable object: `View`.
+
+A `View` holds the run shown (clean, or intervened: it knows its clean run, ablations and
+patches), the other prompt of a pair, and the view options (target, threshold, selection, ...).
+Every action returns a new `View` (and what the action reports); nothing changes in place, so the
+live widget, the exported page and the tests use the same object, and none of them needs a kernel
+or a widget:
+
+    view = View.of(lw.analyze(model, prompt), threshold=0.04)
+    view, comparison = view.ablate(("head", 23, 3))
+    view = view.set(target=5).select({"kind": "ffn", "layer": 2, "token": 5})
+    view.traits()        # what the widget's traits hold (lmtt_widget.widget.protocol.TRAITS)
+    view.panel(request)  # a panel's data
+
+Derived values (graph, diff, payload, ...) are memoised across the snapshots of one widget, keyed
+by what they are computed from.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from .. import interventions as I
+from ..errors import LmttError, check_index
+from ..models import DEMO_NAME
+from ..run import DEFAULT_FLOOR, Run, analyze
+from . import selections
+from . import serialize as S
+
+DIFF_ROWS = 12  # the strongest changes of each sort and edge kind that the page lists and marks
+DIFF_AGAINST = ("other", "clean")
+_RUN_INFO: "weakref.WeakKeyDictionary[Run, dict]" = weakref.WeakKeyDictionary()
+
+
+class Memo:
+    """A small least-recently-used cache of derived values, shared by the snapshots of one widget."""
+
+    def __init__(self, size: int = 24):
+        self.size, self.values = size, OrderedDict()
+
+    def get(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        if key in self.values:
+            self.values.move_to_end(key)
+            return self.values[key]
+        value = self.values[key] = compute()
+        while len(self.values) > self.size:
+            self.values.popitem(last=False)
+        return value
+
+
+def _flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise LmttError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class View:
+    """One snapshot of what a widget shows (see the module docstring). Build it with `View.of`."""
+
+    run: Run  # the run shown: clean, or intervened (run.clean, run.interventions, run.patches)
+    other: Run | None = None  # the other prompt's clean run, in a pair
+    target: int = 0  # whose prediction's routes are shown
+    threshold: float = 0.04
+    renormalize: bool = True
+    normalize_lens: bool = True  # the logit lens reads the residual through the final norm
+    selection: dict | None = None  # normalised (selections.normalize); never changed in place
+    show_reference: bool = False  # draw the routes the shown ones are compared with, the diff marks staying
+    diff_against: str = "other"  # in a pair with interventions: compare with "other" or "clean"
+    faithfulness: I.Faithfulness | None = None  # the last measured, for this run, target and threshold
+    memo: Memo = field(default_factory=Memo, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, run: Run, other: Run | None = None, *, target: int = -1, threshold: float = 0.04,
+           renormalize: bool = True, normalize_lens: bool = True, selection: dict | None = None) -> "View":
+        if not isinstance(run, Run):
+            raise LmttError(f"a widget shows a Run (lmtt_widget.analyze(model, prompt)), got {type(run).__name__}")
+        if other is not None:
+            I.check_pair(run, other, "comparing two prompts")
+        return cls(run, other).set(target=target, threshold=threshold, renormalize=renormalize,
+                                   normalize_lens=normalize_lens, selection=selection)
+
+    # -- options ---------------------------------------------------------------------------------
+
+    def set(self, **options) -> "View":
+        """A snapshot with options changed, each checked: target, threshold, renormalize,
+        normalize_lens, selection, show_reference, diff_against."""
+        checks = {
+            "target": lambda v: self.run.position(v),
+            "threshold": self._check_threshold,
+            "renormalize": lambda v: _flag("renormalize", v),
+            "normalize_lens": lambda v: _flag("normalize_lens", v),
+            "selection": lambda v: selections.normalize(self.run, v),
+            "show_reference": lambda v: _flag("show_reference", v),
+            "diff_against": self._check_diff_against,
+        }
+        unknown = set(options) - set(checks)
+        if unknown:
+            raise LmttError(f"unknown view option(s) {', '.join(sorted(unknown))}; options are {', '.join(checks)}")
+        changes = {name: checks[name](value) for name, value in options.items()}
+        routes_moved = any(changes[k] != getattr(self, k) for k in ("target", "threshold", "renormalize") if k in changes)
+        return replace(self, **changes, **({"faithfulness": None} if routes_moved else {}))
+
+    def select(self, selection: dict | None) -> "View":
+        return self.set(selection=selection)
+
+    def _check_threshold(self, threshold) -> float:
+        for run in (self.run, self.other):
+            if run is not None:
+                threshold = run.valid_threshold(threshold)  # also within the floor its shares were kept above
+        return threshold
+
+    @staticmethod
+    def _check_diff_against(value) -> str:
+        if value not in DIFF_AGAINST:
+            raise LmttError(f"diff_against must be 'other' or 'clean', got {value!r}")
+        return value
+
+    # -- actions ---------------------------------------------------------------------------------
+
+    @property
+    def clean(self) -> Run:
+        return self.run.clean or self.run
+
+    def analyze(self, prompt: str) -> "View":
+        """The same view of a new prompt (analysed as the run shown was); the selection is cleared."""
+        run = self.analyze_like_shown(prompt)
+        if self.other is not None:
+            I.check_pair(run, self.other, "comparing two prompts")
+        return self._showing(run, target=run.n_tokens - 1, selection=None)
+
+    def analyze_like_shown(self, prompt) -> Run:
+        """`prompt` analysed as the run shown was, with a floor that keeps the threshold shown."""
+        if not isinstance(prompt, str):
+            raise LmttError(f"prompt must be a string, got {type(prompt).__name__}")
+        run = self.run
+        floor = None if self.threshold >= DEFAULT_FLOOR else self.threshold  # None: 0 where everything fits
+        return analyze(run.model, prompt, distance=run.distance, budget_bytes=run.budget_bytes, floor=floor,
+                       progress=False)  # no tqdm in the widget's output
+
+    def ablate(self, *specs, mode: str = "zero") -> tuple["View", I.Comparison]:
+        """Add ablations (tuples such as ("head", layer, head), see lmtt_widget.interventions)."""
+        if not specs:
+            raise LmttError("no ablations given; e.g. ablate(('head', 3, 1))")
+        current = list(self.run.interventions)
+        added = [I.parse(self.clean, spec, mode) for spec in specs]
+        for ab in added:
+            if ab in current or added.count(ab) > 1:
+                raise LmttError(f"{ab.as_tuple()!r} in mode {ab.mode!r} is already ablated")
+        return self._intervened(current + added, self._patch_nodes())
+
+    def undo(self, index: int = -1) -> tuple["View", I.Comparison | None]:
+        """Drop one ablation (the last by default) and rerun the clean run with the others."""
+        current = list(self.run.interventions)
+        if not current:
+            raise LmttError("there is no intervention to undo")
+        index = check_index("intervention", index, len(current))
+        return self._intervened(current[:index] + current[index + 1:], self._patch_nodes())
+
+    def patch(self, *nodes) -> tuple["View", I.Comparison]:
+        """Patch each node's activation from the other prompt (see lmtt_widget.interventions.patch)."""
+        if self.other is None:
+            raise LmttError("patching needs a second prompt: w.compare_with(prompt) or lmtt_widget.show_pair(...)")
+        if not nodes:
+            raise LmttError("no node given; e.g. patch(('head', 3, 1, 9)) or patch(('post', 3, 9))")
+        current = self._patch_nodes()
+        added = [I.parse_node(self.run, node) for node in nodes]
+        for node in added:
+            if node in current or added.count(node) > 1:
+                raise LmttError(f"{node!r} is already patched")
+        return self._intervened(list(self.run.interventions), current + added)
+
+    def unpatch(self, index: int = -1) -> tuple["View", I.Comparison | None]:
+        current = self._patch_nodes()
+        if not current:
+            raise LmttError("there is no patch to undo")
+        index = check_index("patch", index, len(current))
+        return self._intervened(list(self.run.interventions), current[:index] + current[index + 1:])
+
+    def compare_with(self, other: "str | Run") -> "View":
+        """A pair: `other` (a prompt, analysed like the run shown, or a Run) as long in tokens as the
+        prompt shown. Patches from a previous other prompt are dropped, the ablations kept."""
+        if isinstance(other, str):
+            other = self.analyze_like_shown(other)
+        I.check_pair(self.clean, other, "comparing two prompts")
+        other.valid_threshold(self.threshold)  # its shares must reach down to the threshold shown
+        view = replace(self, other=other, show_reference=False, faithfulness=None)
+        return view._intervened(list(self.run.interventions), [])[0] if self.run.patches else view
+
+    def swap(self) -> "View":
+        """Show the other prompt's clean run, compared with the prompt shown until now (whose
+        ablations and patches are dropped)."""
+        if self.other is None:
+            raise LmttError("there is no other prompt to show: w.compare_with(prompt)")
+        return replace(self._showing(self.other, selection=None), other=self.clean)
+
+    def measure_faithfulness(self, k: int = 5, draws: int = 10, mode: str = "zero") -> tuple["View", I.Faithfulness]:
+        report = self.run.faithfulness(token=self.target, threshold=self.threshold, k=k, draws=draws, mode=mode)
+        return replace(self, faithfulness=report), report
+
+    def _patch_nodes(self) -> list:
+        return [node for node, _ in self.run.patches]
+
+    def _intervened(self, ablations: list, patches: list) -> tuple["View", I.Comparison | None]:
+        """The clean run rerun with `ablations`, then `patches` from the other prompt."""
+        clean = self.clean
+        run = clean.intervene(ablations, position=self.target)[0] if ablations else clean
+        if patches:
+            run, _ = I.patch(self.other, run, patches, position=self.target)
+        comparison = I.compare_logits(clean, clean.logits, run.logits, self.target) if run is not clean else None
+        return self._showing(run, selection=self.selection), comparison
+
+    def _showing(self, run: Run, **changes) -> "View":
+        """This view of another run: drawn with its own routes, nothing measured yet."""
+        view = replace(self, run=run, show_reference=False, faithfulness=None)
+        selection = changes.pop("selection", self.selection)
+        return view.set(**changes, selection=selection)
+
+    # -- derived ---------------------------------------------------------------------------------
+
+    @property
+    def reference(self) -> tuple[Run | None, str]:
+        """The run the shown routes are compared with, and what it is ("clean" or "other")."""
+        if self.other is not None and (self.run.clean is None or self.diff_against == "other"):
+            return self.other, "other"
+        return self.run.clean, "clean"
+
+    @property
+    def graph(self):
+        """The routes graph drawn: the run's, or with `show_reference` its reference's."""
+        reference = self.reference[0] if self.show_reference else None
+        drawn = reference or self.run
+        return self.memo.get(("graph", drawn, self.target, self.threshold, self.renormalize),
+                             lambda: drawn.graph(token=self.target, threshold=self.threshold,
+                                                 renormalize=self.renormalize))
+
+    def graph_diff(self) -> dict | None:
+        reference, against = self.reference
+        if reference is None:
+            return None
+        key = ("diff", reference, self.run, self.target, self.threshold, self.renormalize)
+        return self.memo.get(key, lambda: _plain(_diff_dict(I.compare(
+            reference, self.run, token=self.target, threshold=self.threshold, renormalize=self.renormalize)))
+            | {"against": against})
+
+    def comparison(self) -> dict | None:
+        if self.run.clean is None:
+            return None
+        clean = self.run.clean
+        return _plain(I.compare_logits(clean, clean.logits, self.run.logits, self.target).to_dict())
+
+    def code(self, model_expr: str | None = None) -> str:
+        """Standalone nnsight code that reproduces the interventions shown."""
+        return I.code(self.run, model_expr=model_expr or _model_expr(self.run))
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {"normalize_lens": self.normalize_lens}
+
+    def panel(self, selection: dict) -> dict[str, Any]:
+        """The data of one panel (protocol.PanelData): `selection` is checked and completed first."""
+        sel = selections.normalize(self.run, selection)
+        if sel is None:
+            raise LmttError("a panel needs a selection, e.g. {'kind': 'ffn', 'layer': 2, 'token': 5}")
+        return selections.KINDS[sel["kind"]].panel(self.run, sel, self.options)
+
+    def panel_key(self, selection: dict) -> str:
+        return selections.key(selection, self.options)
+
+    def selected(self) -> dict[str, Any]:
+        """The tensors behind the selection (an empty dict when nothing is selected)."""
+        if self.selection is None:
+            return {}
+        return selections.KINDS[self.selection["kind"]].tensors(self.run, self.selection, self.options)
+
+    def selection_info(self) -> dict | None:
+        sel = self.selection
+        if sel is None:
+            return None
+        kind = selections.KINDS[sel["kind"]]
+        return {"key": self.panel_key(sel), "title": kind.title, "ablations": kind.ablations(self.run, sel),
+                "patches": kind.patches(self.run, sel)}
+
+    def traits(self) -> dict[str, Any]:
+        """What the widget's traits hold for this view (all but protocol, busy, notice, preloaded)."""
+        run, other = self.run, self.other
+        memo = self.memo
+        values = {
+            "info": run_info(run),
+            "payload": memo.get(("payload", id(self.graph)), lambda: S.graph_payload(self.graph, run.shape.n_heads)),
+            "target": self.target, "threshold": self.threshold, "renormalize": self.renormalize,
+            "normalize_lens": self.normalize_lens,
+            "selection": None if self.selection is None else dict(self.selection),
+            "selection_info": self.selection_info(),
+            "interventions": [_active(ab, run) for ab in run.interventions],
+            "comparison": self.comparison(),
+            "graph_diff": self.graph_diff(),
+            "faithfulness": None if self.faithfulness is None else _plain(self.faithfulness.to_dict()),
+            "intervention_code": memo.get(("code", run), self.code) if run.clean is not None else "",
+            "show_reference": self.show_reference,
+            "pair": None if other is None else _pair(other, self.target),
+            "patches": [{"node": list(node), "label": node.label(lambda t: selections.at_token(run, t)), "source": prompt}
+                        for node, prompt in run.patches],
+            "diff_against": self.diff_against,
+        }
+        return _plain(values, keep_bytes=True)
+
+
+def run_info(run: Run) -> dict:
+    """serialize.run_info of `run`, computed once per run."""
+    if run not in _RUN_INFO:
+        _RUN_INFO[run] = S.run_info(run) | {"selection_kinds": selections.kinds_info()}
+    return _RUN_INFO[run]
+
+
+def _pair(other: Run, target: int) -> dict:
+    top = other.logits[target].softmax(-1).topk(3)  # the other prompt's prediction at the target shown
+    return {"prompt": other.prompt, "tokens": list(other.tokens),
+            "top": [[other.decode(int(i)), float(p)] for p, i in zip(top.values, top.indices)]}
+
+
+def _active(ab, run: Run) -> dict:
+    return {"kind": ab.kind, "label": ab.label(lambda t: selections.at_token(run, t)), "spec": list(ab.as_tuple()),
+            "mode": ab.mode}
+
+
+def _model_expr(run: Run) -> str:
+    """How the exported code loads the model shown."""
+    name = getattr(run.hf_model.config, "name_or_path", "") or ""
+    if run.model_name == DEMO_NAME:
+        return "lmtt_widget.load_model()"
+    if name:
+        return f"lmtt_widget.load_model({name!r})"
+    return "lmtt_widget.load_model()  # the widget's model was passed in loaded: load the same one here"
+
+
+def _plain(value, keep_bytes: bool = False):
+    """Tuples as lists: a trait holds what the page gets (and would send back)."""
+    if keep_bytes:
+        if isinstance(value, dict):
+            return {k: _plain(v, True) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [_plain(v, True) for v in value]
+        return value
+    return json.loads(json.dumps(value))
+
+
+def _diff_dict(diff: I.GraphDiff, rows: int = DIFF_ROWS) -> dict:
+    """The strongest `rows` changes of each sort (appeared, vanished, changed) and edge kind, so
+    that residual edges do not crowd out attention edges; and how many there are of each."""
+    d = diff.to_dict()
+    out = {"unchanged": d["unchanged"], "tolerance": d["tolerance"], "counts": {}}
+    for sort in ("appeared", "vanished", "changed"):
+        by_kind = {kind: [c for c in d[sort] if c["kind"] == kind] for kind in S.KINDS}
+        out[sort] = [c for kind in S.KINDS for c in by_kind[kind][:rows]]
+        out["counts"][sort] = {kind: len(changes) for kind, changes in by_kind.items()}
+    return out
+
+
