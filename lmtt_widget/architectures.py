@@ -36,9 +36,13 @@ Where a family needs a decision of the method (design notes):
   pointer to the expert-level ones. Dense layers of a MoE model (Qwen's `mlp_only_layers`) are
   ordinary FFNs.
 - Attention soft-capping, sliding windows, ALiBi and clamped values only change what the model
-  computes; the package reads what it really uses: the probabilities (computed from the same
-  queries, keys and mask, or written by eager attention where only eager can give them:
-  `Family.trace_attention`, `Family.probs_from_inputs`) and the clamped values (`Family.value_clamp`).
+  computes; the package reads what it really uses. Probabilities: from the same queries, keys and
+  mask in the package's sdpa (a sliding window is in the mask); written by eager attention where
+  sdpa has no soft-cap (soft-capped Gemma 2: `Family.trace_attention`); for Falcon, whose
+  attention is a class of its own, computed from its queries, keys and mask (which carries ALiBi)
+  under its sdpa path, or read from its eager output where the user's model runs eager
+  (`Family.probs_from_inputs`; transformers' two paths differ for ALiBi models: eager adds ALiBi
+  twice). Values: clamped as the model clamps them (OLMoE's `clip_qkv`: `Family.value_clamp`).
 - Final logit soft-capping (Gemma 2, Gemma 3 text) and Cohere's logit scale apply where the
   model applies them: the logits and the logit lens go through them. Direct logit effects are
   linear in the update, so they include the logit scale and stop before a soft-cap (they are
