@@ -24,12 +24,13 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-JS_SOURCES := $(wildcard js/*.ts)
+JS_SOURCES := $(wildcard js/*.ts js/*.css)
+BUNDLES := lmtt_widget/static/widget.js lmtt_widget/static/standalone.js lmtt_widget/static/widget.css
 
-lmtt_widget/static/widget.js lmtt_widget/static/standalone.js &: node_modules/.installed $(JS_SOURCES)
+$(BUNDLES) &: node_modules/.installed $(JS_SOURCES)
 	npm run build
 
-js: lmtt_widget/static/widget.js
+js: $(BUNDLES)
 
 # The page's protocol types, generated from lmtt_widget/widget/protocol.py (tests/test_protocol.py checks).
 protocol: setup

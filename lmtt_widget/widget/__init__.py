@@ -85,6 +85,7 @@ class Widget(anywidget.AnyWidget):
     the same length in tokens (the difference marked; patching from the other prompt)."""
 
     _esm = STATIC / "widget.js"
+    _css = STATIC / "widget.css"
 
     protocol = _trait("protocol", P.PROTOCOL_VERSION)
     info = _trait("info", None)  # model facts, prompt, tokens, top predictions (set before display)

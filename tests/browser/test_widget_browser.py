@@ -155,6 +155,8 @@ def test_saved_html_works_offline(model, page, tmp_path, artifacts):
     page.goto(path.as_uri())
     page.wait_for_selector("body[data-ready='1']")
     assert page.locator("path.edge").count() == w.graph.number_of_edges()
+    height = page.locator(".lmtt-graph").evaluate("e => getComputedStyle(e).height")
+    assert height == "560px"  # the stylesheet, inline, applies under the page's CSP
     # the residual stream at the target was saved with the page
     target = w.target
     last = [i for i, n in enumerate(w.graph.nodes) if n == ("post", 2, target)][0]
