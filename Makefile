@@ -24,6 +24,7 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
+# The bundles are not in git; `pip install .` from a clone builds them too (hatch_build.py).
 JS_SOURCES := $(wildcard js/*.ts js/*.css)
 BUNDLES := lmtt_widget/static/widget.js lmtt_widget/static/standalone.js lmtt_widget/static/widget.css
 
@@ -40,10 +41,11 @@ typecheck: node_modules/.installed
 	npm run typecheck
 
 # Opens the quickstart notebook in JupyterLab (`python -m lmtt_widget demo` prints the routes).
-demo: setup js
+# `js` before `setup`: the editable install then finds the bundles and does not build them again.
+demo: js setup
 	$(PY) -m jupyter lab notebooks/quickstart.ipynb $(if $(filter 0,$(shell id -u)),--allow-root)
 
-test: setup js typecheck
+test: js setup typecheck
 	$(PY) -m pytest -q
 
 clean:
