@@ -1,11 +1,13 @@
 """The package as users get it: the frontend bundles are built at install time (not kept in git),
-and the stylesheet reaches both the notebook widget and the exported page."""
+the stylesheet reaches both the notebook widget and the exported page, and the repository's
+package.json leaves Node.js's CommonJS alone (JupyterLab's own Node helpers run under .venv/)."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -55,3 +57,15 @@ def test_the_widget_and_the_exported_page_use_the_one_stylesheet():
     page = standalone_html({}, "a page")
     assert page.count(css) == 1
     assert f"<style>{css}</style>" in page.split("</head>")[0]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js")
+def test_commonjs_scripts_inside_the_repository_still_run():
+    """JupyterLab's Node helpers are CommonJS `.js` files under .venv/; a "type": "module" in the
+    root package.json would make node treat them as ES modules ("require is not defined")."""
+    with tempfile.TemporaryDirectory(dir=REPO, prefix=".venv-node-probe-") as probe:
+        script = Path(probe) / "probe.js"
+        script.write_text('const path = require("path");\nconsole.log(path.basename(__filename));\n')
+        result = subprocess.run(["node", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "probe.js"
