@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup js typecheck protocol clean
+.PHONY: demo test setup js typecheck protocol lint clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -40,12 +40,17 @@ protocol: setup
 typecheck: node_modules/.installed
 	npm run typecheck
 
+# Python: ruff (style, imports, likely bugs) and mypy (types), configured in pyproject.toml.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
 # Opens the quickstart notebook in JupyterLab (`python -m lmtt_widget demo` prints the routes).
 # `js` before `setup`: the editable install then finds the bundles and does not build them again.
 demo: js setup
 	$(PY) -m jupyter lab notebooks/quickstart.ipynb $(if $(filter 0,$(shell id -u)),--allow-root)
 
-test: js setup typecheck
+test: js setup typecheck lint
 	$(PY) -m pytest -q
 
 clean:
