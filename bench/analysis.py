@@ -17,8 +17,9 @@ in one process, after a warm-up, medians of `--repeats`:
 - total = analyze + routes, ratio total / forward (eager and sdpa);
 - peak memory: on CPU the peak RSS (VmHWM) of a fresh process per length (model loaded, a short
   warm-up, then that length; `--in-process` measures all lengths in one process, resetting the
-  peak through /proc/self/clear_refs), and that minus the RSS before the length ("extra"); on GPU max_memory_allocated minus what was allocated
-  before; and the bytes of what a Run keeps (the sparse shares and any kept probabilities).
+  peak through /proc/self/clear_refs), and that minus the RSS before the length ("extra"); on GPU
+  max_memory_allocated minus what was allocated before; and the bytes of what a Run keeps (the
+  sparse shares and any kept probabilities).
 
 Writes a markdown table to stdout and a JSON file (bench/results/, git-ignored).
 `--shape` builds a random-initialised model with a real model's shapes (no download): the
@@ -266,7 +267,7 @@ def measure(model, n_tokens: int, args) -> dict:
     row["probs_bytes"] = _nbytes(run.capture.probs.values())
     row["capture_bytes"] = _nbytes([*run.capture.resid, *run.capture.attn_out, *run.capture.ffn_out,
                                     *run.capture.probs.values(), *run.capture.values])
-    del run, graph
+    run = graph = None
     gc.collect()
     return row
 
@@ -286,7 +287,8 @@ def _sec(s: float | None) -> str:
 
 def table(rows: list[dict]) -> str:
     head = ("| T | forward (eager) | forward (sdpa) | trace | importances | analyze | routes | re-route token "
-            "| re-route threshold | total | × fwd eager | × fwd sdpa | × (minima) | peak GiB | peak extra GiB | shares GiB | probs GiB |")
+            "| re-route threshold | total | × fwd eager | × fwd sdpa | × (minima) | peak GiB | peak extra GiB "
+            "| shares GiB | probs GiB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         if "error" in r:
@@ -392,7 +394,8 @@ def main(argv=None) -> int:
                 torch=torch.__version__, threads=torch.get_num_threads(), cpus=os.cpu_count(), label=args.label,
                 when=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     print(f"\n{model_name}, {args.device} ({device_name}), {args.dtype}, {args.distance}, {args.attention} attention, "
-          f"threads={meta['threads']}, medians of {args.repeats} interleaved rounds after a warm-up round" + (f", {args.label}" if args.label else ""))
+          f"threads={meta['threads']}, medians of {args.repeats} interleaved rounds after a warm-up round"
+          + (f", {args.label}" if args.label else ""))
     print(table(rows))
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / (
         f"analysis-{args.shape or args.model}-{args.device}-{args.distance}-{_dt.datetime.now():%Y%m%d-%H%M%S}.json")

@@ -12,8 +12,9 @@ tests in tests/test_families.py tell whether it is right.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -170,7 +171,7 @@ def w_o(hf_model, family: Family, shape: Shape, layer: int) -> torch.Tensor:
 
 def _weight_in_out(module: torch.nn.Module) -> torch.Tensor:
     """A projection's weight as [in, out], for nn.Linear ([out, in]) and GPT-2's Conv1D ([in, out])."""
-    weight = module.weight.detach()
+    weight = module.weight.detach()  # type: ignore[operator]  # torch types module attributes as Tensor | Module
     return weight if type(module).__name__ == "Conv1D" else weight.T
 
 
@@ -192,7 +193,7 @@ class Shape:
 
 
 def shape_of(model: torch.nn.Module, family: Family) -> Shape:
-    config = model.config
+    config: Any = model.config  # a transformers PretrainedConfig
     n_heads = config.num_attention_heads
     d_model = config.hidden_size
     head_dim = getattr(config, "head_dim", None) or d_model // n_heads

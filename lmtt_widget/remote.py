@@ -23,8 +23,8 @@ import nnsight
 import torch
 
 from . import contributions as C
-from .attention import check_gives_probs, output_probs
 from .architectures import _get, family_of, shape_of
+from .attention import check_gives_probs, output_probs
 from .errors import check_floor, check_positive
 from .run import LayerShares, Shares, block_shares, tokenize
 from .tracing import _first, exclusive
@@ -62,7 +62,8 @@ def analyze_compact(model, prompt: str, *, remote: bool | str = False, floor: fl
     layers = [LayerShares(**{**layer, "edges": layer["edges"].long()}) for layer in kept]
     tokens = [model.tokenizer.decode([int(i)]) for i in input_ids]
     result = Shares(tokens, input_ids, shape, layers, distance, floor, top=top, decode=model.tokenizer.decode)
-    result.payload_bytes = _bytes(kept) + _bytes([dict(enumerate(top))])  # what came back from the trace
+    # what came back from the trace
+    result.payload_bytes = _bytes(kept) + _bytes([dict(enumerate(top))])  # type: ignore[attr-defined]
     return result
 
 

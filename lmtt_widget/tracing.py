@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import nnsight
 import torch
@@ -35,7 +37,7 @@ class Capture:
     ffn_out: list[torch.Tensor]  # L x [T, d]: the FFN block's update
     # layer -> [H, T, T]: attention probabilities, target x source: tensors for the layers asked
     # for, AttentionProbs (computed when read) for the others where the model's attention gives them
-    probs: dict[int, "torch.Tensor | AttentionProbs"]
+    probs: dict[int, torch.Tensor | AttentionProbs]
     values: list[torch.Tensor]  # L x [T, KV, head_dim]: value vectors of the KV heads (bias included)
     final_normed: torch.Tensor | None  # [T, d]: the final norm's output, what the unembedding reads
     neurons: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [T, d_ff], if asked for
@@ -48,7 +50,7 @@ class LayerTensors(NamedTuple):
     attn_out: torch.Tensor  # [T, d]
     ffn_out: torch.Tensor  # [T, d]
     resid_out: torch.Tensor  # [T, d]
-    probs: torch.Tensor  # [H, T, T] (or attention.AttentionProbs, computed when read)
+    probs: torch.Tensor | AttentionProbs  # [H, T, T] (an AttentionProbs computes the rows read)
     values: torch.Tensor  # [T, KV, head_dim]
 
 
@@ -57,7 +59,7 @@ class LayerState(NamedTuple):
 
     resid_in: torch.Tensor  # [T, d]: the residual entering the block
     values: torch.Tensor | None  # [T, KV, head_dim]; None at "embed"
-    probs: torch.Tensor | None  # [H, T, T] (or AttentionProbs): the probabilities, from "attention_output" on
+    probs: torch.Tensor | AttentionProbs | None  # [H, T, T]: the probabilities, from "attention_output" on
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ class Edit:
             raise ValueError(f"unknown edit site {self.site!r}; sites are {SITES}")
 
 
-_model_locks: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_model_locks: weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _model_locks_guard = threading.Lock()
 
 
@@ -150,11 +152,13 @@ def attention_probs(model, family: Family, shape: Shape, input_ids: torch.Tensor
                     edits=None) -> dict[int, torch.Tensor]:
     """{layer: [H, T, T]}: the attention probabilities of `layers` in the forward pass with
     `edits`; the pass stops after the last of them."""
-    return _forward(model, family, shape, input_ids, edits, probs_of=set(layers), stop_after=max(layers)).probs
+    capture = _forward(model, family, shape, input_ids, edits, probs_of=set(layers), stop_after=max(layers))
+    return capture.probs  # type: ignore[return-value]  # the layers of probs_of are kept dense
 
 
 def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=None, *,
-             neurons_of: set[int] = frozenset(), probs_of: set[int] = frozenset(), stop_after: int | None = None,
+             neurons_of: AbstractSet[int] = frozenset(), probs_of: AbstractSet[int] = frozenset(),
+             stop_after: int | None = None,
              on_layer: Callable[[int, LayerTensors], None] | None = None) -> Capture:
     n_tokens = input_ids.shape[0]
 
@@ -210,7 +214,7 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
             resid.append(rows(block_output))
             if on_layer is not None:
                 on_layer(layer, LayerTensors(resid[-2], attn_out[-1], ffn_out[-1], resid[-1], layer_probs, values[-1]))
-        final_normed = rows(family.get(model, "final_norm").output).save()
+        final_normed = rows(family.get(model, "final_norm").output).save()  # type: ignore[attr-defined]  # nnsight's
 
     def plain(tensors):
         return [t.detach() for t in tensors]

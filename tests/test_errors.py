@@ -80,7 +80,8 @@ def test_a_loaded_model_needs_its_tokenizer():
 
 
 def test_half_precision_computes_shares_in_float32():
-    run = lw.analyze(lw.load_model(tiny.hf_model("llama"), tokenizer=tiny.tokenizer(), dtype="bfloat16"), "Mary and John")
+    run = lw.analyze(lw.load_model(tiny.hf_model("llama"), tokenizer=tiny.tokenizer(), dtype="bfloat16"),
+                     "Mary and John")
     heads, residual = run.attention_contributions(0)
     assert heads.dtype == torch.float32 and not torch.isnan(heads).any()
     torch.testing.assert_close(heads.sum((1, 2)) + residual, torch.ones(run.n_tokens))

@@ -36,7 +36,8 @@ def preload_selections(view) -> list[dict]:
         edges = [(v[1], d) for _, v, d in view.graph.edges(data=True) if d["kind"] == "attention"]
         edges.sort(key=lambda e: -e[1]["weight"])
         for layer, d in edges[:ATTENTION_PRELOADS]:
-            sels.append({"kind": "attention", "layer": layer, "source": d["source"], "target": d["target"], "head": None})
+            sels.append({"kind": "attention", "layer": layer, "source": d["source"], "target": d["target"],
+                         "head": None})
     if view.selection:
         sels.append(dict(view.selection))
     return sels
@@ -71,7 +72,8 @@ def standalone_html(state: dict, title: str, bridge: bool = False) -> str:
 {version}
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title>
-<style>body {{ margin: 16px; background: #fff; }} @media (prefers-color-scheme: dark) {{ body {{ background: #111; }} }}</style>
+<style>body {{ margin: 16px; background: #fff; }}
+@media (prefers-color-scheme: dark) {{ body {{ background: #111; }} }}</style>
 <style>{css}</style>
 </head>
 <body>
