@@ -392,7 +392,7 @@ def main(argv=None) -> int:
                 attention=args.attention,
                 distance=args.distance, threshold=args.threshold, budget_bytes=args.budget, repeats=args.repeats,
                 torch=torch.__version__, threads=torch.get_num_threads(), cpus=os.cpu_count(), label=args.label,
-                when=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+                when=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     print(f"\n{model_name}, {args.device} ({device_name}), {args.dtype}, {args.distance}, {args.attention} attention, "
           f"threads={meta['threads']}, medians of {args.repeats} interleaved rounds after a warm-up round"
           + (f", {args.label}" if args.label else ""))

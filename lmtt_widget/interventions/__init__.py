@@ -75,7 +75,3 @@ from .running import (
     patch,
     token_id,
 )
-
-# the names widget.py, widget_pair.py and widget_interventions.py use until they move to the public ones
-_check_pair = check_pair
-_patch_node = parse_node
