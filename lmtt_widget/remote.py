@@ -45,6 +45,8 @@ def analyze_compact(model, prompt: str, *, remote: bool | str = False, floor: fl
     conv1d = type(family.modules(hf_model, 0)["out_proj"]).__name__ == "Conv1D"
     unembed = next(name for name, module in hf_model.named_modules() if module is hf_model.get_output_embeddings())
     n_tokens = len(input_ids)
+    if remote:  # the server has no lmtt_widget: send the code this trace calls with it, by value
+        nnsight.register(__name__.split(".")[0])
     with exclusive(model), model.trace(input_ids[None], remote=remote):
         kept = nnsight.save([])
         for layer in range(shape.n_layers):
