@@ -293,7 +293,7 @@ class View:
         memo = self.memo
         values = {
             "info": run_info(run),
-            "payload": memo.get(("payload", id(self.graph)), lambda: S.graph_payload(self.graph, run.shape.n_heads)),
+            "payload": memo.get(("payload", self.graph), lambda: S.graph_payload(self.graph, run.shape.n_heads)),
             "target": self.target, "threshold": self.threshold, "renormalize": self.renormalize,
             "normalize_lens": self.normalize_lens,
             "selection": None if self.selection is None else dict(self.selection),
