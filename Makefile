@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup js typecheck protocol clean
+.PHONY: demo test setup js typecheck protocol lint clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,12 +24,14 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-JS_SOURCES := $(wildcard js/*.ts)
+# The bundles are not in git; `pip install .` from a clone builds them too (hatch_build.py).
+JS_SOURCES := $(wildcard js/*.ts js/*.css)
+BUNDLES := lmtt_widget/static/widget.js lmtt_widget/static/standalone.js lmtt_widget/static/widget.css
 
-lmtt_widget/static/widget.js lmtt_widget/static/standalone.js &: node_modules/.installed $(JS_SOURCES)
+$(BUNDLES) &: node_modules/.installed $(JS_SOURCES)
 	npm run build
 
-js: lmtt_widget/static/widget.js
+js: $(BUNDLES)
 
 # The page's protocol types, generated from lmtt_widget/widget/protocol.py (tests/test_protocol.py checks).
 protocol: setup
@@ -38,11 +40,17 @@ protocol: setup
 typecheck: node_modules/.installed
 	npm run typecheck
 
+# Python: ruff (style, imports, likely bugs) and mypy (types), configured in pyproject.toml.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
 # Opens the quickstart notebook in JupyterLab (`python -m lmtt_widget demo` prints the routes).
-demo: setup js
+# `js` before `setup`: the editable install then finds the bundles and does not build them again.
+demo: js setup
 	$(PY) -m jupyter lab notebooks/quickstart.ipynb $(if $(filter 0,$(shell id -u)),--allow-root)
 
-test: setup js typecheck
+test: js setup typecheck lint
 	$(PY) -m pytest -q
 
 clean:

@@ -17,8 +17,9 @@ in one process, after a warm-up, medians of `--repeats`:
 - total = analyze + routes, ratio total / forward (eager and sdpa);
 - peak memory: on CPU the peak RSS (VmHWM) of a fresh process per length (model loaded, a short
   warm-up, then that length; `--in-process` measures all lengths in one process, resetting the
-  peak through /proc/self/clear_refs), and that minus the RSS before the length ("extra"); on GPU max_memory_allocated minus what was allocated
-  before; and the bytes of what a Run keeps (the sparse shares and any kept probabilities).
+  peak through /proc/self/clear_refs), and that minus the RSS before the length ("extra"); on GPU
+  max_memory_allocated minus what was allocated before; and the bytes of what a Run keeps (the
+  sparse shares and any kept probabilities).
 
 Writes a markdown table to stdout and a JSON file (bench/results/, git-ignored).
 `--shape` builds a random-initialised model with a real model's shapes (no download): the
@@ -151,7 +152,8 @@ def build_model(args):
 
     model_class, config_class, config_kwargs = SHAPES[args.shape]
     if args.layers:  # a real model's width with fewer layers: per-layer costs where the whole would not fit
-        config_kwargs = {**config_kwargs, ("n_layer" if "n_layer" in config_kwargs else "num_hidden_layers"): args.layers}
+        key = "n_layer" if "n_layer" in config_kwargs else "num_hidden_layers"
+        config_kwargs = {**config_kwargs, key: args.layers}
     config = getattr(transformers, config_class)(**config_kwargs)
     cls = getattr(transformers, model_class)
     torch.manual_seed(0)
@@ -275,7 +277,7 @@ def measure(model, n_tokens: int, args) -> dict:
     row["probs_bytes"] = _nbytes(run.capture.probs.values())
     row["capture_bytes"] = _nbytes([*run.capture.resid, *run.capture.attn_out, *run.capture.ffn_out,
                                     *run.capture.probs.values(), *run.capture.values])
-    del run, graph
+    run = graph = None
     gc.collect()
     return row
 
@@ -295,7 +297,8 @@ def _sec(s: float | None) -> str:
 
 def table(rows: list[dict]) -> str:
     head = ("| T | forward (eager) | forward (sdpa) | trace | importances | analyze | routes | re-route token "
-            "| re-route threshold | total | × fwd eager | × fwd sdpa | × (minima) | peak GiB | peak extra GiB | shares GiB | probs GiB |")
+            "| re-route threshold | total | × fwd eager | × fwd sdpa | × (minima) | peak GiB | peak extra GiB "
+            "| shares GiB | probs GiB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         if "error" in r:
@@ -399,9 +402,10 @@ def main(argv=None) -> int:
                 attention=args.attention,
                 distance=args.distance, threshold=args.threshold, budget_bytes=args.budget, repeats=args.repeats,
                 torch=torch.__version__, threads=torch.get_num_threads(), cpus=os.cpu_count(), label=args.label,
-                when=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+                when=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     print(f"\n{model_name}, {args.device} ({device_name}), {args.dtype}, {args.distance}, {args.attention} attention, "
-          f"threads={meta['threads']}, medians of {args.repeats} interleaved rounds after a warm-up round" + (f", {args.label}" if args.label else ""))
+          f"threads={meta['threads']}, medians of {args.repeats} interleaved rounds after a warm-up round"
+          + (f", {args.label}" if args.label else ""))
     print(table(rows))
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / (
         f"analysis-{args.shape or args.model}-{args.device}-{args.distance}-{_dt.datetime.now():%Y%m%d-%H%M%S}.json")

@@ -38,7 +38,8 @@ def heads_of_layer(run, layer: int, source: int, target: int, against: str) -> N
         others = [results[pair] for pair in pairs if pair != top]
         print(f"ablating {what}: top-2 heads {top}: p {p0:.3f} -> {p_top:.3f} (drop {p0 - p_top:.3f}), "
               f"logit diff {d0:.3f} -> {d_top:.3f}; other pairs ({len(others)}): mean drop of p "
-              f"{statistics.fmean(p0 - p for p, _ in others):.3f}, mean logit diff {statistics.fmean(d for _, d in others):.3f}")
+              f"{statistics.fmean(p0 - p for p, _ in others):.3f}, "
+              f"mean logit diff {statistics.fmean(d for _, d in others):.3f}")
 
 
 def main() -> None:

@@ -49,7 +49,8 @@ FIND = """([what, i]) => {
   const sel = what === 'attention' ? '.lmtt path.edge.attention' : `.lmtt circle.node.${what}`;
   const box = document.querySelector('.lmtt-graph').getBoundingClientRect();
   const screen = (el) => {
-    const pt = what === 'attention' ? el.getPointAtLength(el.getTotalLength() / 2) : {x: el.cx.baseVal.value, y: el.cy.baseVal.value};
+    const pt = what === 'attention' ? el.getPointAtLength(el.getTotalLength() / 2)
+      : {x: el.cx.baseVal.value, y: el.cy.baseVal.value};
     const m = el.getScreenCTM();
     return {x: pt.x * m.a + pt.y * m.c + m.e, y: pt.x * m.b + pt.y * m.d + m.f};
   };
@@ -84,10 +85,10 @@ def start_lab(root: Path, home: Path):
         try:
             urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
             return server, url, token
-        except OSError:
+        except OSError as err:
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
-                raise RuntimeError("JupyterLab did not start")
+                raise RuntimeError("JupyterLab did not start") from err
             time.sleep(0.5)
 
 

@@ -64,7 +64,7 @@ export class InterventionsView {
     this.showReference.addEventListener("change", () => { this.model.set("show_reference", this.showReference.checked); this.model.save_changes(); });
     this.against.addEventListener("change", () => { this.model.set("diff_against", this.against.value as "other" | "clean"); this.model.save_changes(); });
     this.what.addEventListener("change", () => this.updateOnly());
-    this.bar = h("div", { class: "lmtt-interventions" }, h("style", {}, CSS),
+    this.bar = h("div", { class: "lmtt-interventions" },
       h("div", { class: "row ablate-row" },
         h("span", { class: "label" }, "Intervene:"), this.what, h("label", {}, "mode ", this.mode),
         this.onlyLabel, this.ablateButton, this.hint),
@@ -335,56 +335,3 @@ function faithfulnessView(f: Faithfulness, info: Info): HTMLElement[] {
       h("tbody", {}, row("probability", "probability"), row("logit", "logit"), row(`logit diff vs ${visible(f.against)}`, "logit_diff"))),
   ];
 }
-
-const CSS = `
-.lmtt-interventions { margin: 4px 0; padding: 4px 0; border-top: 1px solid var(--border); }
-.lmtt-interventions .row { display: flex; flex-wrap: wrap; align-items: center; gap: 4px 12px; margin: 3px 0; }
-.lmtt-interventions label { display: inline-flex; align-items: center; gap: 4px; }
-.lmtt-interventions .label, .lmtt-intervention-details .label { color: var(--fg-dim); }
-.lmtt-interventions .hint, .lmtt-intervention-details .hint { color: var(--fg-dim); font-size: 12px; }
-.lmtt-interventions select.ablate-what { max-width: 360px; }
-.lmtt-interventions button.ablate { border-color: var(--down); }
-.lmtt-interventions .metric { white-space: nowrap; }
-.lmtt-interventions .change.down { color: var(--down); }
-.lmtt-interventions .change.up { color: var(--up); }
-.lmtt-interventions .top { display: flex; flex-wrap: wrap; gap: 4px 10px; align-items: center; }
-.lmtt-interventions .active-list { display: flex; flex-wrap: wrap; gap: 4px 8px; align-items: center; margin: 3px 0; }
-.lmtt-interventions .ablation { display: inline-flex; align-items: center; gap: 4px; padding: 1px 2px 1px 8px;
-  border: 1px solid var(--down); border-radius: 10px; background: var(--bg-2); }
-.lmtt-interventions .show-reference-label { font-size: 12px; color: var(--fg-dim); }
-.lmtt-interventions .show-reference-label.on { color: var(--fg); font-weight: 600; }
-.lmtt-interventions .ablation button.undo { border: none; background: none; padding: 0 4px; font-size: 14px; }
-.lmtt-intervention-details { display: flex; flex-wrap: wrap; gap: 8px; margin-top: 8px; align-items: flex-start; }
-.lmtt-intervention-details .card { flex: 1 1 360px; min-width: 300px; border: 1px solid var(--border); border-radius: 4px; padding: 6px 10px; }
-.lmtt-intervention-details h3 { margin: 2px 0 4px; font-size: 14px; }
-.lmtt-intervention-details h4 { margin: 8px 0 2px; font-size: 12px; color: var(--fg-dim); font-weight: 600; }
-.lmtt-intervention-details .row { display: flex; flex-wrap: wrap; align-items: center; gap: 4px 12px; margin: 3px 0; }
-.lmtt-intervention-details ul.changes { list-style: none; margin: 0; padding: 0; max-height: 180px; overflow: auto; }
-.lmtt-intervention-details li.change { display: flex; gap: 8px; align-items: center; font-size: 12px; }
-.lmtt-intervention-details li.change .what { flex: 1; white-space: pre; overflow: hidden; text-overflow: ellipsis; }
-.lmtt-intervention-details li.change.clickable { cursor: pointer; }
-.lmtt-intervention-details li.change.clickable:hover { background: var(--bg-3); }
-.lmtt .swatch { display: inline-block; width: 14px; height: 4px; border-radius: 2px; }
-.lmtt .swatch.vanished { background: var(--down); }
-.lmtt .swatch.appeared { background: var(--up); }
-.lmtt .swatch.changed { background: var(--diff-changed, #8e44ad); }
-.lmtt-svg .diff-mark { fill: none; pointer-events: none; stroke-opacity: 0.75; stroke-linecap: round; }
-.lmtt-svg .diff-mark.vanished { stroke: var(--down); stroke-dasharray: 5 4; }
-.lmtt-svg .diff-mark.appeared { stroke: var(--up); }
-.lmtt-svg .diff-mark.changed { stroke: var(--diff-changed, #8e44ad); stroke-opacity: 0.5; }
-.lmtt-intervention-details .charts { display: flex; flex-wrap: wrap; gap: 12px; }
-.lmtt-intervention-details figure.faith-figure { margin: 0; }
-.lmtt-intervention-details figcaption { font-size: 11px; color: var(--fg-dim); max-width: 220px; }
-.lmtt .faith-chart .zero { stroke: var(--fg-dim); stroke-width: 1; }
-.lmtt .faith-chart .fbar.route { fill: var(--down); opacity: 0.75; }
-.lmtt .faith-chart .fbar.random { fill: var(--residual); }
-.lmtt .faith-chart .draw { fill: var(--fg-dim); opacity: 0.7; }
-.lmtt .faith-chart text { fill: var(--fg); font-size: 11px; }
-.lmtt .faith-chart text.value { font-family: var(--jp-code-font-family, ui-monospace, monospace); }
-.lmtt-intervention-details table.faith-table { border-collapse: collapse; margin-top: 6px; font-size: 12px; }
-.lmtt-intervention-details table.faith-table th { text-align: left; color: var(--fg-dim); font-weight: normal; padding-right: 10px; }
-.lmtt-intervention-details table.faith-table td { padding: 1px 10px 1px 0; }
-.lmtt-intervention-details textarea.code-text { width: 100%; font-family: var(--jp-code-font-family, ui-monospace, monospace);
-  font-size: 11px; color: var(--fg); background: var(--bg-2); border: 1px solid var(--border); border-radius: 4px;
-  white-space: pre; overflow: auto; user-select: text; }
-`;

@@ -35,7 +35,7 @@ export class PairView {
     this.otherButton.addEventListener("click", compare);
     this.otherInput.addEventListener("keydown", (ev) => { if (ev.key === "Enter") compare(); });
     this.patchRow.append(h("span", { class: "label" }, "Patch:"), this.what, this.patchButton, this.hint);
-    this.bar = h("div", { class: "lmtt-pair" }, h("style", {}, CSS), this.prompts, this.patchRow, this.active);
+    this.bar = h("div", { class: "lmtt-pair" }, this.prompts, this.patchRow, this.active);
     this.handlers = [
       ["change:pair", () => this.show()], ["change:patches", () => this.show()], ["change:info", () => this.show()],
       ["change:selection_info", () => this.showChoices()], ["change:busy", () => this.showBusy()],
@@ -95,20 +95,3 @@ export class PairView {
     for (const b of [this.swapButton, this.otherButton, ...this.active.querySelectorAll("button")]) (b as HTMLButtonElement).disabled = busy || !this.live;
   }
 }
-
-const CSS = `
-.lmtt-pair { margin: 4px 0; }
-.lmtt-pair .row { display: flex; flex-wrap: wrap; align-items: center; gap: 4px 10px; margin: 3px 0; }
-.lmtt-pair .label { color: var(--fg-dim); }
-.lmtt-pair .hint { color: var(--fg-dim); font-size: 12px; }
-.lmtt-pair input.other-prompt { min-width: 320px; flex: 1 1 320px; max-width: 560px; }
-.lmtt-pair .pair-tokens { display: inline-flex; flex-wrap: wrap; gap: 2px; }
-.lmtt-pair .pair-tokens .tok { padding: 0 3px; border-radius: 3px; background: var(--bg-2); font-family: var(--jp-code-font-family, ui-monospace, monospace); font-size: 12px; }
-.lmtt-pair .pair-tokens .tok.differs { outline: 2px solid var(--diff-changed, #8e44ad); }
-.lmtt-pair button.patch { border-color: var(--diff-changed, #8e44ad); }
-.lmtt-pair select.patch-what { max-width: 360px; }
-.lmtt-pair .active-list { display: flex; flex-wrap: wrap; gap: 4px 8px; align-items: center; }
-.lmtt-pair .patched { display: inline-flex; align-items: center; gap: 4px; padding: 1px 2px 1px 8px;
-  border: 1px solid var(--diff-changed, #8e44ad); border-radius: 10px; background: var(--bg-2); }
-.lmtt-pair .patched button.unpatch { border: none; background: none; padding: 0 4px; font-size: 14px; }
-`;

@@ -8,7 +8,6 @@ import { InterventionsView } from "./interventions";
 import { PairView } from "./pair";
 import { Panels } from "./panels";
 import { Client, PROTOCOL_VERSION, type CommandName, type Failure, type Notice, type Outcome } from "./protocol";
-import { CSS } from "./style";
 import type { PanelData, Selection, State } from "./types";
 
 /** What the message bar says when a command fails: refused (Python declined it) or failed. */
@@ -45,7 +44,6 @@ function keyPart(value: unknown): string {
 function render({ model, el }: RenderProps<State>) {
   const live = !(model as AnyModel<State> & { standalone?: boolean }).standalone;
   const client = new Client(model, live);
-  const style = h("style", {}, CSS);
   const messageText = h("span", { class: "text" });
   const dismiss = h("button", { class: "dismiss", title: "Dismiss", "aria-label": "Dismiss message" }, "×");
   const messageBar = h("div", { class: "message", role: "alert" }, messageText, dismiss);
@@ -103,7 +101,7 @@ function render({ model, el }: RenderProps<State>) {
     model.save_changes();
   };
 
-  const root = h("div", { class: "lmtt" }, style,
+  const root = h("div", { class: "lmtt" },
     h("div", { class: "lmtt-header" }, controls.facts, controls.status),
     controls.root, pair.bar, interventions.bar, messageBar,
     h("div", { class: "lmtt-main" }, graph.root, panels.root), interventions.details);

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from .errors import LmttError, check_threshold
-
 from .models import DEMO_PROMPT
 
 
@@ -26,7 +25,8 @@ def demo(args: argparse.Namespace) -> int:
     print(f"model: {run.model_name} ({run.shape.n_layers} layers), loaded in {loaded - start:.1f} s")
     print(f"prompt: {args.prompt!r} ({run.n_tokens} tokens), analysed in {done - loaded:.2f} s")
     print("prediction:", ", ".join(f"{tok!r} {p:.3f}" for tok, p in run.top_tokens(k=5)))
-    print(f"routes to it (threshold {args.threshold}): {graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges")
+    print(f"routes to it (threshold {args.threshold}): {graph.number_of_nodes()} nodes, "
+          f"{graph.number_of_edges()} edges")
     attention = [(u, v, d) for u, v, d in graph.edges(data=True) if d["kind"] == "attention" and u[2] != v[2]]
     attention.sort(key=lambda e: -e[2]["weight"])
     for u, v, d in attention[:10]:
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     export_parser.add_argument("-o", "--output", default="routes.html", help="the HTML file to write")
     export_parser.add_argument("--model", default=None, help="hub id, directory or .gguf (default: the demo model)")
     export_parser.add_argument("--threshold", type=float, default=0.04)
-    export_parser.add_argument("--target", type=int, default=-1, help="whose prediction's routes (default: the last token)")
+    export_parser.add_argument("--target", type=int, default=-1,
+                               help="whose prediction's routes (default: the last token)")
     args = parser.parse_args(argv)
     try:
         check_threshold(args.threshold)  # before the model loads

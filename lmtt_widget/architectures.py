@@ -52,12 +52,14 @@ Where a family needs a decision of the method (design notes):
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from . import attention
+from .attention import NAME as PACKAGE_SDPA
+from .attention import AttentionProbs, check_gives_probs, in_traces
 from .errors import LmttError
 
 
@@ -75,7 +77,8 @@ def _has(root: Any, path: str) -> bool:
 
 def text_config(model: torch.nn.Module) -> Any:
     """The config of a causal LM's text model (a multimodal model's `text_config`, else its own)."""
-    return model.config.get_text_config()
+    config: Any = model.config  # a transformers PretrainedConfig
+    return config.get_text_config()
 
 
 # -- where value vectors sit in the value projection's output [T, width] -> [T, KV, head_dim] ---------
@@ -107,7 +110,8 @@ def _values_per_kv_group(proj_out: torch.Tensor, n_heads: int, n_kv: int, head_d
     return proj_out.reshape(-1, n_kv, n_heads // n_kv + 2, head_dim)[:, :, -1]
 
 
-_VALUES_CODE = {  # the same, as code on an expression of the projection's output [T, width]
+# the same, as code on an expression of the projection's output [T, width]
+_VALUES_CODE: dict[Callable[..., torch.Tensor], str] = {
     _values_separate: "{out}.reshape(T, {kv}, {hd})",
     _values_gpt2: "{out}[:, {two_d}:].reshape(T, {h}, {hd})",
     _values_neox: "{out}.reshape(T, {h}, 3 * {hd})[..., {two_hd}:]",
@@ -186,10 +190,10 @@ class Family:
     parallel: Callable[[Any], bool] = lambda config: False
     kv_heads: Callable[[Any], int | None] = lambda config: None  # None: num_key_value_heads, else H
     value_clamp: Callable[[Any], float | None] = lambda config: None  # values clamped to [-c, c]
-    # the attention the package's traces run: attention.NAME (sdpa with probabilities computed when
+    # the attention the package's traces run: PACKAGE_SDPA (sdpa with probabilities computed when
     # read), "eager" (where only eager gives the probabilities the model uses) or None (the model's
     # own: a family whose attention is its own class, not transformers' attention interface)
-    trace_attention: Callable[[Any], str | None] = lambda config: attention.NAME
+    trace_attention: Callable[[Any], str | None] = lambda config: PACKAGE_SDPA
     # for such a family: its probabilities under sdpa (which returns none), from the attention
     # module's keyword inputs, the value projection's output [T, width] and the Shape
     probs_from_inputs: Callable[[dict, torch.Tensor, Any], Any] | None = None
@@ -204,7 +208,7 @@ class Family:
         one. In a mixture-of-experts block "ffn_out_proj" is None and "router" is the router;
         in a dense block "router" is None."""
         block = _get(root, self.blocks)[layer]
-        moe = self.is_moe(block)
+        experts = self.experts if self.is_moe(block) else None
         attn_post = None if self.attn_post_norm is None else _get(block, self.attn_post_norm)
         ffn_post = None if self.ffn_post_norm is None else _get(block, self.ffn_post_norm)
         attention, ffn = _get(block, self.attention), _get(block, self.ffn)
@@ -215,8 +219,8 @@ class Family:
             "attention": attention,
             "attn_post_norm": attn_post,
             "attn_update": attention if attn_post is None else attn_post,
-            "router": _get(block, self.experts.router) if moe else None,
-            "ffn_out_proj": None if moe else _get(block, self.ffn_out_proj),
+            "router": None if experts is None else _get(block, experts.router),
+            "ffn_out_proj": None if experts else _get(block, self.ffn_out_proj),
             "ffn": ffn,
             "ffn_post_norm": ffn_post,
             "ffn_update": ffn if ffn_post is None else ffn_post,
@@ -229,13 +233,13 @@ class Family:
         """Whether a block's FFN is a mixture of experts."""
         return self.experts is not None and _has(block, self.experts.experts)
 
-    def value_vectors(self, proj_out: torch.Tensor, shape: "Shape", clamp: float | None) -> torch.Tensor:
+    def value_vectors(self, proj_out: torch.Tensor, shape: Shape, clamp: float | None) -> torch.Tensor:
         """[T, KV, head_dim]: the value vectors in the value projection's output [T, width], clamped
         to [-clamp, clamp] where the family clamps them (`value_clamp(config)`)."""
         values = self.values(proj_out, shape.n_heads, shape.n_kv_heads, shape.head_dim)
         return values if clamp is None else values.clamp(-clamp, clamp)
 
-    def values_code(self, proj_out: str, shape: "Shape", clamp: float | None) -> str:
+    def values_code(self, proj_out: str, shape: Shape, clamp: float | None) -> str:
         """`value_vectors` as code, on the expression `proj_out` of the projection's output [T, width]."""
         h, kv, hd = shape.n_heads, shape.n_kv_heads, shape.head_dim
         code = _VALUES_CODE[self.values].format(out=proj_out, h=h, kv=kv, hd=hd, two_d=2 * h * hd, two_hd=2 * hd,
@@ -268,10 +272,10 @@ def _falcon_kv_heads(config: Any) -> int:
 
 def _softcapped_is_eager(config: Any) -> str:
     """sdpa has no soft-cap: soft-capped attention runs eager attention, which writes its probabilities."""
-    return "eager" if getattr(config, "attn_logit_softcapping", None) is not None else attention.NAME
+    return "eager" if getattr(config, "attn_logit_softcapping", None) is not None else PACKAGE_SDPA
 
 
-def _falcon_probs(inputs: dict, fused: torch.Tensor, shape: "Shape") -> attention.AttentionProbs:
+def _falcon_probs(inputs: dict, fused: torch.Tensor, shape: Shape) -> AttentionProbs:
     """Falcon's probabilities under its sdpa path: softmax(q k^T / sqrt(head_dim) + mask), with the
     queries and keys of its fused projection [T, width] (rotated unless it uses ALiBi) and the mask
     it is given (carrying ALiBi where the model uses it). Its eager path returns its own; it adds
@@ -284,19 +288,18 @@ def _falcon_probs(inputs: dict, fused: torch.Tensor, shape: "Shape") -> attentio
     key = qkv[:, :, per_group].transpose(0, 1)[None]  # [1, KV, T, hd]
     if inputs.get("alibi") is None:
         query, key = apply_rotary_pos_emb(query, key, *inputs["position_embeddings"])
-    return attention.AttentionProbs(query, key, inputs.get("attention_mask"), shape.head_dim ** -0.5,
-                                    groups=per_group)
+    return AttentionProbs(query, key, inputs.get("attention_mask"), shape.head_dim ** -0.5, groups=per_group)
 
 
 def _final_softcap(config: Any) -> float | None:
     return getattr(config, "final_logit_softcapping", None)
 
 
-_LLAMA_PATHS = dict(blocks="model.layers", attention="self_attn", value_proj="self_attn.v_proj",
+_LLAMA_PATHS: dict[str, Any] = dict(blocks="model.layers", attention="self_attn", value_proj="self_attn.v_proj",
                     out_proj="self_attn.o_proj", ffn="mlp", ffn_out_proj="mlp.down_proj", final_norm="model.norm")
-_SANDWICH = dict(attn_post_norm="post_attention_layernorm", ffn_post_norm="post_feedforward_layernorm")
-_GEMMA = dict(norm=Norm("rms", weight_offset=1.0), values=_values_separate, trace_attention=_softcapped_is_eager,
-              **_SANDWICH)
+_SANDWICH: dict[str, Any] = dict(attn_post_norm="post_attention_layernorm", ffn_post_norm="post_feedforward_layernorm")
+_GEMMA: dict[str, Any] = dict(norm=Norm("rms", weight_offset=1.0), values=_values_separate,
+                              trace_attention=_softcapped_is_eager, **_SANDWICH)
 
 FAMILIES: tuple[Family, ...] = (
     Family(
@@ -422,8 +425,8 @@ def check_attention(model: torch.nn.Module, family: Family) -> None:
     probabilities, or not those the model uses."""
     if family.probs_from_inputs is not None:
         return  # read from its output (eager) or computed from its inputs (sdpa)
-    attention.check_gives_probs(model)
-    implementation = attention.in_traces(model)
+    check_gives_probs(model)
+    implementation = in_traces(model)
     if family.trace_attention(text_config(model)) == "eager" and implementation != "eager":
         raise LmttError(f"this {family.name} model's attention gives the probabilities it uses only under eager "
                         f"attention (its traces would run {implementation!r}): load it with lw.load_model, or create "
@@ -456,7 +459,7 @@ def post_norm_map(family: Family, post_norm, writes: torch.Tensor, scale: torch.
 
 def _weight_in_out(module: torch.nn.Module) -> torch.Tensor:
     """A projection's weight as [in, out], for nn.Linear ([out, in]) and GPT-2's Conv1D ([in, out])."""
-    weight = module.weight.detach()
+    weight = module.weight.detach()  # type: ignore[operator]  # torch types module attributes as Tensor | Module
     return weight if type(module).__name__ == "Conv1D" else weight.T
 
 
@@ -478,7 +481,7 @@ class Shape:
 
 
 def shape_of(model: torch.nn.Module, family: Family) -> Shape:
-    config = text_config(model)
+    config: Any = text_config(model)  # a transformers PretrainedConfig
     n_heads = config.num_attention_heads
     d_model = config.hidden_size
     head_dim = getattr(config, "head_dim", None) or d_model // n_heads

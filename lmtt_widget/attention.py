@@ -20,7 +20,7 @@ import weakref
 import torch
 
 NAME = "lmtt_sdpa"
-_in_traces: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()  # `use_in_traces`' choices
+_in_traces: weakref.WeakKeyDictionary[torch.nn.Module, str | None] = weakref.WeakKeyDictionary()  # use_in_traces'
 
 
 class AttentionProbs:
@@ -79,7 +79,7 @@ class AttentionProbs:
     def clone(self) -> torch.Tensor:  # a tensor that edits may change in place
         return self.dense()
 
-    def __getitem__(self, index) -> "AttentionProbs | torch.Tensor":
+    def __getitem__(self, index) -> AttentionProbs | torch.Tensor:
         index = index if isinstance(index, tuple) else (index,)
         target_axis = self.query.dim() - 2
         if Ellipsis in index or any(i is None for i in index):
@@ -103,7 +103,7 @@ class AttentionProbs:
             return self.rows(start, max(start, stop), sources)[(*lead, slice(None), *rest)]
         return self.dense()[index]
 
-    def _narrow(self, index: tuple) -> "AttentionProbs":
+    def _narrow(self, index: tuple) -> AttentionProbs:
         """Batch or head axes picked or sliced; keys and mask follow (the mask where it is not broadcast)."""
         query, key, mask, groups = self.query, self.key, self.mask, self.groups
         head_axis = query.dim() - 3
@@ -113,7 +113,7 @@ class AttentionProbs:
             query = query[(*before, i)]  # raises IndexError as a tensor would
             if axis == head_axis and groups > 1:
                 if isinstance(i, int):  # one query head: its key head
-                    key, groups = key[(*before, (i % n) // groups)], 1
+                    key, groups = key[(*before, (i % n) // groups)], 1  # type: ignore[index]
                 else:
                     key, groups = key.repeat_interleave(groups, dim=axis)[(*before, i)], 1
             else:
@@ -145,7 +145,7 @@ def sdpa_with_probs(module, query, key, value, attention_mask, scaling=None, dro
     return output, AttentionProbs(query, key, mask, scaling, groups=query.shape[-3] // key.shape[-3])
 
 
-def output_probs(attention_output) -> "AttentionProbs | torch.Tensor":
+def output_probs(attention_output) -> AttentionProbs | torch.Tensor:
     """[H, T, S]: the probabilities in an attention module's output (batch 0), or an LmttError."""
     probs = attention_output[1]
     if probs is None:

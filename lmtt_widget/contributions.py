@@ -23,7 +23,7 @@ edges above a floor instead).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -108,12 +108,12 @@ def head_source_proximity_chunks(
     whole = whole.float()
     factored = values is not None and w_o is not None
     if head_out is None:
-        head_out = head_outputs(w_o, values, probs.shape[0])
+        head_out = head_outputs(w_o, values, probs.shape[0])  # type: ignore[arg-type]  # given without head_out
     head_out = head_out.float().contiguous()
     n_tokens, n_heads, d = head_out.shape
     if factored:
-        values = values.float()
-        w_o = w_o.float().to(whole.device)
+        values = values.float()  # type: ignore[union-attr]  # factored: both given
+        w_o = w_o.float().to(whole.device)  # type: ignore[union-attr]
         n_kv = values.shape[1]
         group = n_heads // n_kv
         values_t = values.permute(1, 2, 0)  # [KV, hd, T]
@@ -122,8 +122,8 @@ def head_source_proximity_chunks(
         sorted_abs, order = whole.abs().sort(dim=-1)  # [T, d]
         sorted_whole = whole.gather(1, order)
         # per level m: the m smallest coordinates of every target, contiguous for cheap gathers
-        sorted_whole = {m: sorted_whole[:, :m].contiguous() for m in _levels(d)}
-        order = {m: order[:, :m].contiguous() for m in _levels(d)}
+        sorted_whole = {m: sorted_whole[:, :m].contiguous() for m in _levels(d)}  # type: ignore[assignment]
+        order = {m: order[:, :m].contiguous() for m in _levels(d)}  # type: ignore[assignment]
         u_max = head_out.abs().amax(-1).T.contiguous()  # [H, T]
         direction = sign
     else:

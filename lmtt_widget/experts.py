@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .architectures import Family, _get
+from .architectures import Experts, Family, _get
 
 
 class ExpertShare(NamedTuple):
@@ -41,9 +41,15 @@ class ExpertWrites:
     writes: torch.Tensor  # [n, d] float32: w_e E_e(x), what each adds to the FFN update
 
 
+def _spec(family: Family) -> Experts:
+    if family.experts is None:
+        raise ValueError(f"the {family.name} family has no experts")
+    return family.experts
+
+
 def ffn_input(family: Family, block: Any, mid: torch.Tensor) -> torch.Tensor:
     """[..., d]: the FFN block's input, its norm of the residual after attention `mid` [..., d]."""
-    norm = _get(block, family.experts.input_norm)
+    norm = _get(block, _spec(family).input_norm)
     with torch.no_grad():
         return norm(mid.to(norm.weight.device, norm.weight.dtype))
 
@@ -52,24 +58,24 @@ def ffn_input(family: Family, block: Any, mid: torch.Tensor) -> torch.Tensor:
 def routing(family: Family, block: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(selected experts [T, k] long, their routing weights [T, k]) for FFN inputs x [T, d], as the
     router gives them."""
-    _, weights, selected = _get(block, family.experts.router)(x)
+    _, weights, selected = _get(block, _spec(family).router)(x)
     return selected, weights
 
 
 @torch.no_grad()
 def expert_activations(family: Family, block: Any, x: torch.Tensor, expert: int) -> torch.Tensor:
     """[..., d_ff]: expert `expert`'s neuron activations at FFN inputs x [..., d], as its forward computes them."""
-    experts = _get(block, family.experts.experts)
+    experts = _get(block, _spec(family).experts)
     return experts._apply_gate(torch.nn.functional.linear(x, experts.gate_up_proj[expert]))
 
 
 def expert_out_matrix(family: Family, block: Any, expert: int) -> torch.Tensor:
     """[d_ff, d]: row n is what neuron n of `expert` writes per unit activation (before its routing weight)."""
-    return _get(block, family.experts.experts).down_proj[expert].detach().T
+    return _get(block, _spec(family).experts).down_proj[expert].detach().T
 
 
 def n_experts(family: Family, block: Any) -> int:
-    return _get(block, family.experts.experts).gate_up_proj.shape[0]
+    return _get(block, _spec(family).experts).gate_up_proj.shape[0]
 
 
 @torch.no_grad()
@@ -77,19 +83,23 @@ def shared_expert(family: Family, block: Any, x: torch.Tensor) -> tuple[torch.Te
     """(gate [...], output [..., d], neuron activations [..., d_ff]) of the shared expert at
     FFN inputs x, or None where the block has none. The activations are the input of the
     shared expert's output projection, read in its own forward pass."""
-    if family.experts.shared is None:
+    spec = _spec(family)
+    if spec.shared is None or spec.shared_gate is None:
         return None
-    shared = _get(block, family.experts.shared)
+    shared = _get(block, spec.shared)
     seen = []
     handle = shared.down_proj.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     try:
         output = shared(x)
     finally:
         handle.remove()
-    gate = torch.sigmoid(_get(block, family.experts.shared_gate)(x))[..., 0]
+    gate = torch.sigmoid(_get(block, spec.shared_gate)(x))[..., 0]
     return gate, output, seen[0]
 
 
 def shared_out_matrix(family: Family, block: Any) -> torch.Tensor:
     """[d_ff, d]: the shared expert's output projection, a row per neuron."""
-    return _get(block, family.experts.shared).down_proj.weight.detach().T
+    spec = _spec(family)
+    if spec.shared is None:
+        raise ValueError(f"the {family.name} family has no shared expert")
+    return _get(block, spec.shared).down_proj.weight.detach().T

@@ -135,8 +135,8 @@ def _from_files(source: Any, tokenizer: Any, device: Any, dtype: Any, hf_kwargs:
         elif _looks_like_path(str(source)) and not path.is_dir():
             raise LmttError(f"model directory not found: {path}")
         else:
-            directory, gguf_file = str(source), None
-    extra = {"gguf_file": gguf_file} if gguf_file else {}
+            directory, gguf_file = str(source), None  # type: ignore[assignment]  # a hub id
+    extra: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
     unreachable = None if Path(directory).is_dir() else _hub_unreachable()
     if unreachable:  # the hub's cache may have it; without this, transformers retries the network for ~20 s
         extra["local_files_only"] = True
@@ -174,7 +174,7 @@ def _hub_unreachable() -> str | None:
     endpoint = urllib.parse.urlsplit(constants.ENDPOINT)
     host, port = endpoint.hostname, endpoint.port or (80 if endpoint.scheme == "http" else 443)
     proxy = urllib.request.getproxies().get(endpoint.scheme)
-    if proxy and not urllib.request.proxy_bypass(host):
+    if proxy and not urllib.request.proxy_bypass(host):  # type: ignore[arg-type]
         proxy_url = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
         host, port = proxy_url.hostname, proxy_url.port or (443 if proxy_url.scheme == "https" else 80)
     answers: list[str | None] = []
@@ -241,7 +241,7 @@ def _demo_dir() -> Path:
 
 
 def _check_causal_lm(model: torch.nn.Module) -> None:
-    if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
+    if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:  # type: ignore[operator]
         raise LmttError(
             f"{type(model).__name__} has no causal-LM head (no output embeddings): "
             "load it with AutoModelForCausalLM, e.g. GPT2LMHeadModel rather than GPT2Model"

@@ -3,7 +3,8 @@ terminal), shown only once a step has run for `delay` seconds, so quick analyses
 
 from __future__ import annotations
 
-from typing import Iterable, TypeVar
+from collections.abc import Iterable
+from typing import TypeVar
 
 T = TypeVar("T")
 DELAY_S = 1.0

@@ -44,6 +44,8 @@ def analyze_compact(model, prompt: str, *, remote: bool | str = False, floor: fl
     input_ids = tokenize(model.tokenizer, prompt, prepend_bos, shape.n_ctx)
     conv1d = type(family.modules(hf_model, 0)["out_proj"]).__name__ == "Conv1D"
     n_tokens = len(input_ids)
+    if remote:  # the server has no lmtt_widget: send the code this trace calls with it, by value
+        nnsight.register(__name__.split(".")[0])
     with exclusive(model), model.trace(input_ids[None], remote=remote):
         kept = nnsight.save([])
         for layer in range(shape.n_layers):
@@ -67,7 +69,8 @@ def analyze_compact(model, prompt: str, *, remote: bool | str = False, floor: fl
     layers = [LayerShares(**{**layer, "edges": layer["edges"].long()}) for layer in kept]
     tokens = [model.tokenizer.decode([int(i)]) for i in input_ids]
     result = Shares(tokens, input_ids, shape, layers, distance, floor, top=top, decode=model.tokenizer.decode)
-    result.payload_bytes = _bytes(kept) + _bytes([dict(enumerate(top))])  # what came back from the trace
+    # what came back from the trace
+    result.payload_bytes = _bytes(kept) + _bytes([dict(enumerate(top))])  # type: ignore[attr-defined]
     return result
 
 

@@ -15,16 +15,16 @@ from . import experts as X
 from . import graph as G
 from . import interventions as I
 from . import vocab as V
-from .contributions import head_outputs
 from .architectures import Shape, check_attention, family_of, ffn_out_matrix, post_norm_map, shape_of, w_o
 from .attention import AttentionProbs, dense
+from .contributions import head_outputs
 from .errors import LmttError, check_floor, check_index, check_positive, check_threshold
 from .progress import progress_bar
 from .tracing import Capture, attention_probs, neuron_activations, trace
 
 
 class NeuronShare(NamedTuple):
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index
     share: float
     activation: float
 
@@ -84,7 +84,7 @@ class LayerShares:
     def tensors(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
-    def cpu(self) -> "LayerShares":
+    def cpu(self) -> LayerShares:
         return LayerShares(**{name: t.cpu() for name, t in self.tensors().items()})
 
     @property
@@ -94,7 +94,7 @@ class LayerShares:
 
 def analyze(model, prompt: str, *, distance: str = "l1", prepend_bos: bool | None = None,
             budget_bytes: int = C.DEFAULT_BUDGET_BYTES, floor: float | None = None,
-            progress: bool | None = None) -> "Run":
+            progress: bool | None = None) -> Run:
     """Run `model` once on `prompt` and compute the importances of every block's parts.
 
     `model` comes from `load_model`. `distance` is "l1" (the papers' default) or "l2".
@@ -119,7 +119,7 @@ def analyze(model, prompt: str, *, distance: str = "l1", prepend_bos: bool | Non
 
 def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, distance: str = "l1",
                 budget_bytes: int = C.DEFAULT_BUDGET_BYTES, floor: float | None = None, edits=None,
-                progress: bool | None = None) -> "Run":
+                progress: bool | None = None) -> Run:
     """`analyze` on token ids [T]; `edits` (see tracing.trace) change the forward pass."""
     p = C.distance_order(distance)
     budget_bytes = check_positive("budget_bytes", budget_bytes)
@@ -225,12 +225,12 @@ def block_shares(x: torch.Tensor, attn: torch.Tensor, ffn: torch.Tensor, post: t
         heads.append(prox[kept])
         residual.append(res)
         ffn_parts += other
-    edges, heads, attn_res = torch.cat(edges), torch.cat(heads), torch.cat(residual)
+    edges, heads, attn_res = torch.cat(edges), torch.cat(heads), torch.cat(residual)  # type: ignore[assignment]
     if parallel:
-        return LayerShares(edges, heads, attn_res, torch.cat(ffn_parts)[:, 0], attn_res)
+        return LayerShares(edges, heads, attn_res, torch.cat(ffn_parts)[:, 0], attn_res)  # type: ignore[arg-type]
     prox = C.proximity(torch.stack([whole, ffn], dim=1), post, p)  # [T, 2]: mid and the FFN update in post
     (ffn_share,), ffn_res = C.shares(prox[:, 1:], residual=prox[:, 0])
-    return LayerShares(edges, heads, attn_res, ffn_share[:, 0], ffn_res)
+    return LayerShares(edges, heads, attn_res, ffn_share[:, 0], ffn_res)  # type: ignore[arg-type]
 
 
 class Shares:
@@ -267,7 +267,7 @@ class Shares:
 
     def top_tokens(self, position: int = -1, k: int = 10) -> list[tuple[str, float]]:
         """The model's top-k next tokens after `position`, with probabilities."""
-        probs, ids = self._top
+        probs, ids = self._top  # type: ignore[misc]  # set where no logits are kept
         k = check_positive("k", k)
         if k > probs.shape[1]:
             raise LmttError(f"only the top {probs.shape[1]} tokens were kept; k={k} is too large")
@@ -296,7 +296,8 @@ class Shares:
         return shares.ffn, shares.ffn_residual
 
     def graph(self, token: int = -1, threshold: float = 0.04, renormalize: bool = True):
-        """The routes to the prediction at `token`: a networkx.MultiDiGraph keyed by edge kind (see lmtt_widget.graph)."""
+        """The routes to the prediction at `token`: a networkx.MultiDiGraph keyed by edge kind
+        (see lmtt_widget.graph)."""
         return G.routes(self, self.position(token), self.valid_threshold(threshold), renormalize)
 
     def full_graph(self, threshold: float = 0.04, renormalize: bool = True):
@@ -359,7 +360,7 @@ class Run(Shares):
     @functools.cached_property
     def logits(self) -> torch.Tensor:
         """[T, V] float32: the model's output logits."""
-        return V.unembed(self.hf_model, self.family, self.capture.final_normed).float().cpu()
+        return V.unembed(self.hf_model, self.family, self.capture.final_normed).float().cpu()  # type: ignore[arg-type]
 
     def top_tokens(self, position: int = -1, k: int = 10) -> list[tuple[str, float]]:
         """The model's top-k next tokens after `position`, with probabilities."""
@@ -378,7 +379,7 @@ class Run(Shares):
         stay cached, as many as fit the budget (the last one always)."""
         return dense(self._probs(layer))
 
-    def _probs(self, layer: int) -> "torch.Tensor | AttentionProbs":
+    def _probs(self, layer: int) -> torch.Tensor | AttentionProbs:
         """A layer's probabilities as kept (indexing an AttentionProbs computes only the rows read)."""
         layer = self.layer(layer)
         if layer in self.capture.probs:
@@ -478,14 +479,16 @@ class Run(Shares):
         layer, position = self.layer(layer), self.position(position)
         block, x = self._moe_block(layer), self._ffn_input(layer, position)
         selected, weights = X.routing(self.family, block, x)
-        experts, gates = selected[0].tolist(), list(weights[0])
-        writes = [X.expert_activations(self.family, block, x[0], e) @ X.expert_out_matrix(self.family, block, e) * w
-                  for e, w in zip(experts, gates)]  # in the model's dtype, as its experts compute them
+        routed: list[int] = selected[0].tolist()
+        gates = list(weights[0])
+        outputs = [X.expert_activations(self.family, block, x[0], e) @ X.expert_out_matrix(self.family, block, e) * w
+                   for e, w in zip(routed, gates)]  # in the model's dtype, as its experts compute them
+        experts: list[int | None] = list(routed)
         shared = X.shared_expert(self.family, block, x)
         if shared is not None:
             gate, output, _ = shared
-            experts, gates, writes = experts + [None], gates + [gate[0]], writes + [output[0] * gate[0]]
-        writes = torch.stack([self._ffn_writes(layer, position, w.float()) for w in writes])
+            experts, gates, outputs = experts + [None], gates + [gate[0]], outputs + [output[0] * gate[0]]
+        writes = torch.stack([self._ffn_writes(layer, position, out.float()) for out in outputs])
         return X.ExpertWrites(experts, torch.stack(gates).float().cpu(), writes)
 
     def expert_contributions(self, layer: int, position: int) -> list[X.ExpertShare]:
@@ -601,8 +604,9 @@ class Run(Shares):
         the residual receives it: through a norm after the attention block, frozen at its real
         scale, where the family has one)."""
         layer, head, target = self.layer(layer), self.head(head), self.position(target)
-        u = head_outputs(w_o(self.hf_model, self.family, self.shape, layer)[head:head + 1], self._head_values(layer, head), 1)[:, 0]  # [T, d]
-        weights = self._probs(layer)[head, target].float()  # [T]
+        u = head_outputs(w_o(self.hf_model, self.family, self.shape, layer)[head:head + 1],
+                         self._head_values(layer, head), 1)[:, 0]  # [T, d]
+        weights = self._probs(layer)[head, target].float()  # type: ignore[union-attr]  # [T]: rows are tensors
         if self.capture.attn_scale:  # a norm after the attention block, frozen at its real scale
             weights = weights * self.capture.attn_scale[layer][target].to(weights.device)
         if source is None:
@@ -647,7 +651,7 @@ class Run(Shares):
         return I.faithfulness(self, token=token, threshold=threshold, k=k, draws=draws, seed=seed,
                               against=against, mode=mode)
 
-    def reanalyze(self, edits) -> "Run":
+    def reanalyze(self, edits) -> Run:
         """This prompt analysed again as this run was (distance, memory budget, floor), with
         `edits` (tracing.Edit) changing the forward pass: how lmtt_widget.interventions reruns."""
         return analyze_ids(self.model, self.input_ids, prompt=self.prompt, distance=self.distance,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import nnsight
 import torch
@@ -37,7 +39,7 @@ class Capture:
     ffn_out: list[torch.Tensor]  # L x [T, d]: the FFN block's update
     # layer -> [H, T, T]: attention probabilities, target x source: tensors for the layers asked
     # for, AttentionProbs (computed when read) for the others where the model's attention gives them
-    probs: dict[int, "torch.Tensor | AttentionProbs"]
+    probs: dict[int, torch.Tensor | AttentionProbs]
     # L x [T, KV, head_dim]: value vectors of the KV heads (bias included; clamped where the model clamps them)
     values: list[torch.Tensor]
     final_normed: torch.Tensor | None  # [T, d]: the final norm's output, what the unembedding reads
@@ -56,7 +58,7 @@ class LayerTensors(NamedTuple):
     attn_out: torch.Tensor  # [T, d]
     ffn_out: torch.Tensor  # [T, d]
     resid_out: torch.Tensor  # [T, d]
-    probs: torch.Tensor  # [H, T, T] (or attention.AttentionProbs, computed when read)
+    probs: torch.Tensor | AttentionProbs  # [H, T, T] (an AttentionProbs computes the rows read)
     values: torch.Tensor  # [T, KV, head_dim]
     attn_scale: torch.Tensor | None = None  # [T]: the frozen scale of a norm after the attention block
 
@@ -66,7 +68,7 @@ class LayerState(NamedTuple):
 
     resid_in: torch.Tensor  # [T, d]: the residual entering the block
     values: torch.Tensor | None  # [T, KV, head_dim]; None at "embed"
-    probs: torch.Tensor | None  # [H, T, T] (or AttentionProbs): the probabilities, from "attention_output" on
+    probs: torch.Tensor | AttentionProbs | None  # [H, T, T]: the probabilities, from "attention_output" on
     # [T] float32, from "attention_output" on, where a norm follows the attention block (else None):
     # its per-position scale in this pass. A head-source term's share of the update at target t is
     # attn_scale[t] * A^h_ts v^h_s (W_O^h M), architectures.w_o giving W_O^h M (see its design notes)
@@ -88,7 +90,7 @@ class Edit:
             raise ValueError(f"unknown edit site {self.site!r}; sites are {SITES}")
 
 
-_model_locks: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_model_locks: weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _model_locks_guard = threading.Lock()
 
 
@@ -166,11 +168,13 @@ def attention_probs(model, family: Family, shape: Shape, input_ids: torch.Tensor
                     edits=None) -> dict[int, torch.Tensor]:
     """{layer: [H, T, T]}: the attention probabilities of `layers` in the forward pass with
     `edits`; the pass stops after the last of them."""
-    return _forward(model, family, shape, input_ids, edits, probs_of=set(layers), stop_after=max(layers)).probs
+    capture = _forward(model, family, shape, input_ids, edits, probs_of=set(layers), stop_after=max(layers))
+    return capture.probs  # type: ignore[return-value]  # the layers of probs_of are kept dense
 
 
 def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=None, *,
-             neurons_of: set[int] = frozenset(), probs_of: set[int] = frozenset(), stop_after: int | None = None,
+             neurons_of: AbstractSet[int] = frozenset(), probs_of: AbstractSet[int] = frozenset(),
+             stop_after: int | None = None,
              on_layer: Callable[[int, LayerTensors], None] | None = None) -> Capture:
     n_tokens = input_ids.shape[0]
     clamp = family.value_clamp(text_config(model._module))
@@ -240,7 +244,7 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
             if on_layer is not None:
                 on_layer(layer, LayerTensors(resid[-2], attn_out[-1], ffn_out[-1], resid[-1], layer_probs, values[-1],
                                              state.attn_scale))
-        final_normed = rows(family.get(model, "final_norm").output).save()
+        final_normed = rows(family.get(model, "final_norm").output).save()  # type: ignore[attr-defined]  # nnsight's
 
     def plain(tensors):
         return [t.detach() for t in tensors]
@@ -263,8 +267,9 @@ def block_probs(family: Family, shape: Shape, output, inputs: dict | None, value
     """[H, T, T] (a tensor or an AttentionProbs): the attention probabilities of a block, from its
     attention's output, or where that has none and the family can, from its inputs and the value
     projection's output [T, width] (see Family.probs_from_inputs)."""
-    if inputs is not None and output[1] is None:
-        return family.probs_from_inputs(inputs, value_proj, shape)[0]
+    from_inputs = family.probs_from_inputs
+    if inputs is not None and from_inputs is not None and output[1] is None:
+        return from_inputs(inputs, value_proj, shape)[0]
     return output_probs(output)
 
 

@@ -14,7 +14,8 @@ the update: they include the logit scale and stop before the soft-cap (an effect
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -101,7 +102,7 @@ def logit_lens(hf_model, family: Family, resid: torch.Tensor, previous: torch.Te
     values, ids = probs.topk(min(k, probs.numel()))
     ranks = _ranks(logits, ids)
     if previous is None:
-        changes = [None] * len(ids)
+        changes: list[int | None] = [None] * len(ids)
     else:
         before = _ranks(all_logits[1], ids)
         changes = [int(b - r) for b, r in zip(before, ranks)]

@@ -93,8 +93,8 @@ def test_direct_logit_effects_add_up_to_the_logits(run):
     update (plus the norm's bias) gives back the model's logits: nothing is lost or counted twice."""
     i = run.n_tokens - 1
     c = run.capture
-    updates = [c.resid[0][i]] + [c.attn_out[l][i] for l in range(run.shape.n_layers)] + [
-        c.ffn_out[l][i] for l in range(run.shape.n_layers)]
+    updates = [c.resid[0][i]] + [c.attn_out[n][i] for n in range(run.shape.n_layers)] + [
+        c.ffn_out[n][i] for n in range(run.shape.n_layers)]
     total = sum(vocab.direct_logits(run.hf_model, run.family, u, c.resid[-1][i]) for u in updates)
     norm = run.family.get(run.hf_model, "final_norm")
     head = run.hf_model.get_output_embeddings()

@@ -7,6 +7,7 @@ References come from the plain transformers forward pass, read with PyTorch hook
 
 import pytest
 import torch
+from test_interventions import one_thread  # noqa: F401 (an autouse fixture: tiny models run on one thread)
 
 import lmtt_widget as lw
 import tiny
@@ -16,7 +17,6 @@ from lmtt_widget.attention import in_traces
 from lmtt_widget.contributions import head_outputs
 from lmtt_widget.run import analyze_ids
 from lmtt_widget.tracing import Edit
-from test_interventions import one_thread  # noqa: F401 (an autouse fixture: tiny models run on one thread)
 
 PROMPT = "When Mary and John went to the store, John gave"
 SWAPPED = "When John and Mary went to the store, Mary gave"
@@ -199,7 +199,7 @@ def test_the_logit_lens_of_the_last_residual_is_the_prediction(run):
 
 
 def dense_layers(run):
-    return [l for l in range(run.shape.n_layers) if modules(run, l)["ffn_out_proj"] is not None]
+    return [layer for layer in range(run.shape.n_layers) if modules(run, layer)["ffn_out_proj"] is not None]
 
 
 def test_neuron_writes_add_up_to_the_ffn_update(run):
@@ -216,7 +216,7 @@ def test_neuron_writes_add_up_to_the_ffn_update(run):
 
 
 def test_a_mixture_of_experts_layer_has_expert_neurons_only(run):
-    moe = [l for l in range(run.shape.n_layers) if l not in dense_layers(run)]
+    moe = [layer for layer in range(run.shape.n_layers) if layer not in dense_layers(run)]
     assert bool(moe) == (run.family.experts is not None) and (run.family.name != "qwen2_moe" or 1 not in moe)
     for layer in moe:
         with pytest.raises(LmttError, match=f"layer {layer}'s FFN is a mixture of experts.*expert_contributions"):
@@ -275,7 +275,7 @@ def test_expert_writes_add_up_to_the_ffn_update_and_drill_into_neurons(family):
 
 
 def test_routes_and_readouts(run):
-    """Routes come from the shares as for every family; readouts are the writes, scaled as the residual receives them."""
+    """Routes come from the shares as for every family; readouts read the writes as the residual receives them."""
     graph = run.graph(threshold=0.04)
     stages = {node[0] for node in graph.nodes}
     assert ("post", run.shape.n_layers - 1, run.n_tokens - 1) in graph.nodes

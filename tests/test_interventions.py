@@ -2,22 +2,22 @@
 ablation removes exactly its term; weights never change; code export runs; faithfulness numbers."""
 
 import itertools
-import re
 import json
 import random
+import re
 import runpy
-from dataclasses import asdict
 from collections import Counter
+from dataclasses import asdict
 
 import pytest
 import torch
 
 import lmtt_widget as lw
-from lmtt_widget.tracing import exclusive
 import tiny
 from lmtt_widget import LmttError
 from lmtt_widget import interventions as I
 from lmtt_widget.architectures import out_proj_per_head
+from lmtt_widget.tracing import exclusive
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 SWAPPED = "When John and Mary went to the store, Mary gave a drink to"  # same length in tokens
@@ -333,7 +333,8 @@ def test_faithfulness_numbers_are_those_of_the_same_ablations(run):
         assert readout.logit_diff == pytest.approx(comparison.after.logit_diff, abs=1e-5)
     route = {(e.layer, e.source, e.target) for e in result.route_edges}
     for draw in result.random_edges:  # matched to the route's layers and targets, never a route edge
-        assert draw and not Counter((e.layer, e.target) for e in draw) - Counter((e.layer, e.target) for e in result.route_edges)
+        assert draw
+        assert not Counter((e.layer, e.target) for e in draw) - Counter((e.layer, e.target) for e in result.route_edges)
         assert not route & {(e.layer, e.source, e.target) for e in draw}
     assert run.faithfulness(threshold=0.001, k=3, draws=2, seed=1).to_dict() == result.to_dict()
     assert json.loads(json.dumps(result.to_dict()))["route_drop"]["probability"] == result.route_drop.probability
@@ -354,8 +355,8 @@ def edge_hooks(run, edges):
 
         def remove(out, layer=layer, w=mods["out_proj"].weight):
             update, probs = out[0].clone(), out[1]
-            for (l, s, t) in edges:
-                if l == layer:
+            for (edge_layer, s, t) in edges:
+                if edge_layer == layer:
                     for h in range(run.shape.n_heads):
                         w_h = w[:, h * run.shape.head_dim:(h + 1) * run.shape.head_dim]  # nn.Linear: [d, hd]
                         update[0, t] -= probs[0, h, t, s] * (w_h @ values[layer][s, h // n_rep])
@@ -410,11 +411,13 @@ def test_neuron_activations_of_an_intervened_forward(run):
     def keep(x):
         seen.append(x.clone())
         return x
-    hooked_logits(run, [(modules(run, 0)["out_proj"], "pre", zero_head), (modules(run, 1)["ffn_out_proj"], "pre", keep)])
+    hooked_logits(run, [(modules(run, 0)["out_proj"], "pre", zero_head),
+                        (modules(run, 1)["ffn_out_proj"], "pre", keep)])
     expected = seen[0]
     expected[2, 3] = 0
     torch.testing.assert_close(acts, expected, atol=1e-6, rtol=0)
-    assert torch.equal(neuron_activations(run.model, run.family, run.shape, run.input_ids, [1])[1], run.neuron_activations(1))
+    assert torch.equal(neuron_activations(run.model, run.family, run.shape, run.input_ids, [1])[1],
+                       run.neuron_activations(1))
 
 
 def test_neuron_readouts_of_an_intervened_run_follow_its_interventions(run):
@@ -500,7 +503,8 @@ def test_compare_refuses_a_bad_tolerance(tolerance):
 
 def test_a_run_argument_that_is_not_a_run_is_named():
     run = lw.analyze(tiny.load("llama"), PROMPT)
-    calls = [(lambda: I.patch(run, "x", ("post", 0, 1)), "run_into"), (lambda: I.patch(None, run, ("post", 0, 1)), "run_from"),
+    calls = [(lambda: I.patch(run, "x", ("post", 0, 1)), "run_into"),
+             (lambda: I.patch(None, run, ("post", 0, 1)), "run_from"),
              (lambda: I.compare(run, 3), "run_b"), (lambda: I.compare([run], run), "run_a"),
              (lambda: I.check_pair(run, "other", "comparing two prompts"), "run_b"),
              (lambda: I.intervene("x", ("head", 0, 1)), "run"), (lambda: I.faithfulness(object()), "run"),
@@ -569,7 +573,8 @@ def test_a_new_kind_is_one_class():
 
         @classmethod
         def from_args(cls, run, layer, args, mode):
-            return cls("residual", layer, positions=tuple(run.position(p) for p in args[0]) if args else None, mode=mode)
+            positions = tuple(run.position(p) for p in args[0]) if args else None
+            return cls("residual", layer, positions=positions, mode=mode)
 
         def as_tuple(self):
             return ("residual", self.layer) + (() if self.positions is None else (list(self.positions),))

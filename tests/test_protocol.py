@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 
 import lmtt_widget as lw
+import tiny
 from lmtt_widget.widget import _HANDLERS
 from lmtt_widget.widget import protocol as P
 from lmtt_widget.widget.export import standalone_html, widget_state
-
-import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "When Mary and John went to the store, John gave a drink to"

@@ -12,11 +12,10 @@ import pytest
 import torch
 
 import lmtt_widget as lw
+import tiny
 from lmtt_widget.widget import protocol as P
 from lmtt_widget.widget import serialize as S
 from lmtt_widget.widget.export import standalone_html, widget_state
-
-import tiny
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -291,7 +290,8 @@ def test_residual_panel_follows_normalize_lens(widget):
     widget.normalize_lens = False
     raw = widget.panel(sel)
     assert raw["normalized"] is False
-    assert raw["lens"][0]["probability"] == pytest.approx(run.logit_lens(1, 2, "post", k=10, normalize=False)[0].probability)
+    raw_top = run.logit_lens(1, 2, "post", k=10, normalize=False)[0]
+    assert raw["lens"][0]["probability"] == pytest.approx(raw_top.probability)
 
 
 def test_ffn_panel_lists_top_neurons_with_their_tokens(widget):
@@ -337,7 +337,8 @@ def test_save_html_is_self_contained_and_carries_panels(widget, tmp_path):
     text = path.read_text()
     assert "Content-Security-Policy" in text and "default-src 'none'" in text
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", text)
-    state = json.loads(re.search(r'<script type="application/json" id="lmtt-state">(.*?)</script>', text, re.S).group(1))
+    state = re.search(r'<script type="application/json" id="lmtt-state">(.*?)</script>', text, re.S).group(1)
+    state = json.loads(state)
     keys = set(state["preloaded"])
     assert widget.view.panel_key(widget.selection) == f"attention/2/1/5/{widget.selection['head']}"
     assert widget.view.panel_key(widget.selection) in keys

@@ -12,15 +12,14 @@ import runpy
 
 import pytest
 import torch
+from test_widget import invoke, refused
 
 import lmtt_widget as lw
+import tiny
 from lmtt_widget import LmttError
 from lmtt_widget import interventions as I
 from lmtt_widget.widget import serialize as S
 from lmtt_widget.widget.export import widget_state
-
-import tiny
-from test_widget import invoke, refused
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -55,7 +54,8 @@ def test_ablate_shows_the_intervened_run_and_its_comparison_with_the_clean_one(w
     torch.testing.assert_close(widget.run.logits, expected_run.logits)
     assert comparison.to_dict() == expected.to_dict()
     assert widget.comparison == json.loads(json.dumps(expected.to_dict()))  # JSON-ready, as sent
-    assert widget.comparison["after"]["probability"] == pytest.approx(float(expected_run.logits[-1].softmax(-1)[expected.token_id]))
+    p_after = float(expected_run.logits[-1].softmax(-1)[expected.token_id])
+    assert widget.comparison["after"]["probability"] == pytest.approx(p_after)
     assert widget.interventions == [
         {"kind": "head", "label": "head L1.2 (zero)", "spec": ["head", 1, 2], "mode": "zero"}]
     shows(widget, widget.run)
@@ -88,7 +88,8 @@ def test_undo_reruns_the_clean_run_with_the_rest_and_the_last_undo_shows_the_cle
     widget.undo()
     widget.undo()
     assert widget.run is clean
-    assert (widget.interventions, widget.comparison, widget.graph_diff, widget.intervention_code) == ([], None, None, "")
+    shown = (widget.interventions, widget.comparison, widget.graph_diff, widget.intervention_code)
+    assert shown == ([], None, None, "")
     shows(widget, clean)
 
 
@@ -141,7 +142,8 @@ def test_faithfulness_is_the_run_shown_at_the_target_and_threshold_and_cleared_b
 
 def test_commands_from_the_frontend_ablate_and_undo(widget):
     reply = invoke(widget, "ablate", {"spec": ["edge", 2, 3, 9, 1], "mode": "mean"})
-    assert [a["spec"] for a in widget.interventions] == [["edge", 2, 3, 9, 1]] and widget.interventions[0]["mode"] == "mean"
+    assert [a["spec"] for a in widget.interventions] == [["edge", 2, 3, 9, 1]]
+    assert widget.interventions[0]["mode"] == "mean"
     assert reply["ok"] is True and json.loads(json.dumps(reply["result"])) == widget.comparison
     assert widget.busy == "" and widget.notice is None
     reply = invoke(widget, "undo", {"index": 0})

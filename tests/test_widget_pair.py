@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_widget import invoke, refused
 
 import lmtt_widget as lw
+import tiny
 from lmtt_widget import LmttError
 from lmtt_widget.widget import serialize as S
 from lmtt_widget.widget.export import widget_state
-
-import tiny
-from test_widget import invoke, refused
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
@@ -74,7 +73,8 @@ def test_patch_shows_the_patched_run_and_undo_restores(widget, runs):
     assert set(widget.graph.edges(keys=True)) == set(expected_run.graph(widget.target, 0.01).edges(keys=True))
     assert widget.graph_diff["against"] == "other"
     widget.diff_against = "clean"  # what the patch changed in the routes
-    assert widget.graph_diff["counts"] == diff_counts(lw.compare(clean, widget.run, token=widget.target, threshold=0.01))
+    counts = diff_counts(lw.compare(clean, widget.run, token=widget.target, threshold=0.01))
+    assert widget.graph_diff["counts"] == counts
     assert widget.intervention_code == widget.code() and "# patch ('head', 1, 2," in widget.code()
     with pytest.raises(LmttError, match="already patched"):
         widget.patch(("head", 1, 2, -1))

@@ -7,9 +7,23 @@ import functools
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
-    GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM,
-    MistralConfig, MistralForCausalLM, OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast, Qwen2Config,
-    Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM, SmolLM3Config, SmolLM3ForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    SmolLM3Config,
+    SmolLM3ForCausalLM,
 )
 
 import lmtt_widget
@@ -22,7 +36,7 @@ CORPUS = [
 VOCAB = 320
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained in memory (no download)."""
     tok = Tokenizer(models.BPE())
@@ -36,7 +50,8 @@ def tokenizer() -> PreTrainedTokenizerFast:
 
 COMMON = dict(vocab_size=VOCAB, max_position_embeddings=64)
 CONFIGS = {
-    "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, bos_token_id=0, eos_token_id=0, n_positions=64, n_embd=32, n_layer=3, n_head=4)),
+    "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, bos_token_id=0, eos_token_id=0, n_positions=64,
+                                               n_embd=32, n_layer=3, n_head=4)),
     "llama": lambda: LlamaForCausalLM(LlamaConfig(**COMMON, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
                                                   num_attention_heads=4, num_key_value_heads=2)),
     "mistral": lambda: MistralForCausalLM(MistralConfig(**COMMON, hidden_size=32, intermediate_size=48,

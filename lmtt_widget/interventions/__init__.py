@@ -48,11 +48,30 @@ from __future__ import annotations
 from .codegen import code
 from .diff import EdgeChange, GraphDiff, compare
 from .faithful import Faithfulness, RouteEdge, faithfulness, random_edges, strongest_edges
-from .kinds import (ABLATIONS, MODES, Ablation, AttentionAblation, BlockAblation, EdgeAblation, FfnAblation,
-                    HeadAblation, NeuronAblation, check_together, edits_for, parse, parse_all)
+from .kinds import (
+    ABLATIONS,
+    MODES,
+    Ablation,
+    AttentionAblation,
+    BlockAblation,
+    EdgeAblation,
+    FfnAblation,
+    HeadAblation,
+    NeuronAblation,
+    check_together,
+    edits_for,
+    parse,
+    parse_all,
+)
 from .nodes import NODES, EmbedNode, FfnNode, HeadNode, MidNode, PatchNode, PostNode, StageNode, parse_node
-from .running import Comparison, Readout, ablated_logits, check_pair, check_run, compare_logits, intervene, patch, token_id
-
-# the names widget.py, widget_pair.py and widget_interventions.py use until they move to the public ones
-_check_pair = check_pair
-_patch_node = parse_node
+from .running import (
+    Comparison,
+    Readout,
+    ablated_logits,
+    check_pair,
+    check_run,
+    compare_logits,
+    intervene,
+    patch,
+    token_id,
+)

@@ -89,12 +89,15 @@ def _layout(clean, run, ablations, script: Script, model_expr: str) -> list[str]
     ]
     if script.means:
         lines += ["", "# means over the positions of the clean run, for mean ablations",
-                  "with torch.no_grad(), lmtt_widget.tracing.exclusive(model), model.trace(input_ids):", *_trace_body(clean, script.means)]
+                  "with torch.no_grad(), lmtt_widget.tracing.exclusive(model), model.trace(input_ids):",
+                  *_trace_body(clean, script.means)]
     for ids, saves in script.sources.items():
         lines += ["", "# the activations to patch in, from the other prompt",
                   f"source_ids = torch.tensor([{list(ids)!r}]).to(hf.device)",
-                  "with torch.no_grad(), lmtt_widget.tracing.exclusive(model), model.trace(source_ids):", *_trace_body(clean, saves)]
-    lines += ["", "with torch.no_grad(), lmtt_widget.tracing.exclusive(model), model.trace(input_ids):", *_trace_body(clean, script.edits),
+                  "with torch.no_grad(), lmtt_widget.tracing.exclusive(model), model.trace(source_ids):",
+                  *_trace_body(clean, saves)]
+    lines += ["", "with torch.no_grad(), lmtt_widget.tracing.exclusive(model), model.trace(input_ids):",
+              *_trace_body(clean, script.edits),
               f"    logits = nnsight.save(model.{lm_head}.output.view(T, -1))  # [T, vocabulary]",
               "", "probs = logits[-1].softmax(-1)",
               "print([(model.tokenizer.decode([int(i)]), round(float(p), 4)) for p, i in zip(*probs.topk(5))])", ""]

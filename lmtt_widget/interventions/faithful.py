@@ -79,10 +79,11 @@ def strongest_edges(run, token: int = -1, threshold: float = 0.04, k: int = 5,
     edges = [RouteEdge(v[1], d["source"], d["target"], d["weight"])
              for u, v, d in graph.edges(data=True)
              if d["kind"] == "attention" and (v[1], d["source"], d["target"]) not in leave_out]
-    return sorted(edges, key=lambda e: -e.weight)[:k]
+    return sorted(edges, key=lambda e: -e.weight)[:k]  # type: ignore[operator]  # route edges have weights
 
 
-def random_edges(run, route: list[RouteEdge], rng: random.Random, leave_out: frozenset = frozenset()) -> list[RouteEdge]:
+def random_edges(run, route: list[RouteEdge], rng: random.Random,
+                 leave_out: frozenset = frozenset()) -> list[RouteEdge]:
     """One draw matched to `route` (see Faithfulness.sampling), never an edge (layer, source,
     target) in `leave_out`; a route edge whose target has no other source left gets no partner."""
     taken = {(e.layer, e.source, e.target) for e in route} | set(leave_out)

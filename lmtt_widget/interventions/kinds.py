@@ -9,8 +9,9 @@ against repeats, `intervene`, `ablated_logits` and `code` then take it as they t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -20,7 +21,7 @@ from ..tracing import Edit
 from .edits import head_columns, head_mix, kv_head, put, rows, unread
 
 MODES = ("zero", "mean")
-ABLATIONS: dict[str, type["Ablation"]] = {}  # kind -> its class, filled as each class is defined
+ABLATIONS: dict[str, type[Ablation]] = {}  # kind -> its class, filled as each class is defined
 
 
 def check_mode(mode) -> str:
@@ -71,7 +72,7 @@ class Ablation:
     # -- each kind ------------------------------------------------------------------------
 
     @classmethod
-    def from_args(cls, run, layer: int, args: list, mode: str) -> "Ablation":
+    def from_args(cls, run, layer: int, args: list, mode: str) -> Ablation:
         """The ablation from the values that follow the layer in its tuple form, checked against `run`."""
         raise NotImplementedError
 
@@ -101,12 +102,12 @@ class Ablation:
         """Which part of its component it covers: positions (an edge: heads); None: all."""
         return self.positions
 
-    def edits(self, clean, everything: list["Ablation"]) -> list[Edit]:
+    def edits(self, clean, everything: list[Ablation]) -> list[Edit]:
         """The edits that carry it out, with means from the `clean` run, applied together with
         `everything` (itself included)."""
         raise NotImplementedError
 
-    def code(self, clean, script, name: str, everything: list["Ablation"]) -> None:
+    def code(self, clean, script, name: str, everything: list[Ablation]) -> None:
         """Add its lines of nnsight code to `script` (codegen.Script); `name` is free for a variable."""
         raise NotImplementedError
 
@@ -319,7 +320,7 @@ class EdgeAblation(Ablation, kind="edge"):
         earlier = everything[:everything.index(self)]
         mine = range(shape.n_heads) if self.head is None else [self.head]
         return [h for h in mine
-                if not any(other.replaces_head(self.layer, h, self.target) for other in everything)
+                if not any(other.replaces_head(self.layer, h, self.target) for other in everything)  # type: ignore[arg-type]
                 and not any(isinstance(other, EdgeAblation) and other.component() == self.component()
                             and other.head in (None, h) for other in earlier)]
 
@@ -355,7 +356,8 @@ class EdgeAblation(Ablation, kind="edge"):
         script.edit(self.layer, "values")
         term = " + ".join(f"attn[1][0, {h}, {self.target}, {self.source}] * "
                           f"({value.format(kv=kv_head(shape, h))} @ {w_o_name}[{h}])" for h in heads)
-        script.edit(self.layer, "attention_output", f"attn[0].view(T, -1)[{self.target}] -= {term}  # {self.as_tuple()!r}")
+        script.edit(self.layer, "attention_output",
+                    f"attn[0].view(T, -1)[{self.target}] -= {term}  # {self.as_tuple()!r}")
 
 
 # -- parsing and checking ----------------------------------------------------------------------
@@ -383,10 +385,11 @@ def parse(run, spec, mode: str = "zero") -> Ablation:
     return cls.from_args(run, run.layer(spec[1]), list(spec[2:]), mode)
 
 
-def parse_all(run, ablations, mode: str = "zero", alongside: list[Ablation] = ()) -> list[Ablation]:
+def parse_all(run, ablations, mode: str = "zero", alongside: Sequence[Ablation] = ()) -> list[Ablation]:
     """Checked ablations from one ablation or a list of them, to be applied `alongside` others
     (see `check_together`)."""
-    one = isinstance(ablations, Ablation) or (isinstance(ablations, tuple) and ablations and isinstance(ablations[0], str))
+    one = isinstance(ablations, Ablation) or (
+        isinstance(ablations, tuple) and ablations and isinstance(ablations[0], str))
     if not one and not isinstance(ablations, (list, tuple)):
         raise LmttError(f"give an ablation such as ('head', 3, 1), or a list of them; got {ablations!r}")
     parsed = [parse(run, spec, mode) for spec in ([ablations] if one else ablations)]
@@ -405,14 +408,14 @@ def check_together(ablations: list[Ablation]) -> None:
             if ab == other:
                 raise LmttError(f"{ab.as_tuple()!r} in mode {ab.mode!r} is already ablated")
             if ab.mode != other.mode and (ab.extent() is None or other.extent() is None
-                                          or set(ab.extent()) & set(other.extent())):
+                                          or set(ab.extent()) & set(other.extent())):  # type: ignore[arg-type]
                 raise LmttError(f"{ab.as_tuple()!r} in mode {ab.mode!r} overlaps {other.as_tuple()!r}, already ablated "
                                 f"in mode {other.mode!r}: where they meet one would undo the other; give both the "
                                 "same mode, or parts that do not overlap")
         by_component[ab.component()].append(ab)
 
 
-def edits_for(clean, ablations: list[Ablation], alongside: list[Ablation] = ()) -> list[Edit]:
+def edits_for(clean, ablations: list[Ablation], alongside: Sequence[Ablation] = ()) -> list[Edit]:
     """The `tracing.Edit`s that carry out `ablations`, applied `alongside` others; means come
     from the `clean` run."""
     everything = list(alongside) + list(ablations)

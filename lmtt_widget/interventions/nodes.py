@@ -11,7 +11,8 @@ NamedTuple of its fields, subclassed with `PatchNode` and `kind="name"`, with th
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar, NamedTuple
+from collections.abc import Callable
+from typing import ClassVar, NamedTuple
 
 import torch
 
@@ -19,7 +20,7 @@ from ..errors import LmttError
 from ..tracing import Edit
 from .edits import head_columns, head_mix, put, unread
 
-NODES: dict[str, type["PatchNode"]] = {}  # kind -> its class, filled as each class is defined
+NODES: dict[str, type[PatchNode]] = {}  # kind -> its class, filled as each class is defined
 
 
 class PatchNode:
@@ -37,12 +38,12 @@ class PatchNode:
             NODES[kind] = cls
 
     def as_tuple(self) -> tuple:
-        return tuple(self)
+        return tuple(self)  # type: ignore[arg-type]  # the NamedTuple kinds
 
     # -- each kind ------------------------------------------------------------------------
 
     @classmethod
-    def check(cls, run, *args) -> "PatchNode":
+    def check(cls, run, *args) -> PatchNode:
         """The node from the values after the kind in its tuple form, checked against `run`."""
         raise NotImplementedError
 
@@ -51,7 +52,7 @@ class PatchNode:
 
     def label(self, token: Callable[[int], str]) -> str:
         """A short name for lists (the widget's): "head L23.3 at 5 ␣Mary"; `token(position)` writes a position."""
-        return f"{self.NAME.format(layer=self.layer, head=getattr(self, 'head', None))} at {token(self.position)}"
+        return f"{self.NAME.format(layer=self.layer, head=getattr(self, 'head', None))} at {token(self.position)}"  # type: ignore[attr-defined]
 
     def edits(self, source) -> list[Edit]:
         """The edits that set this node to its value in the `source` run."""
@@ -135,9 +136,11 @@ class MidNode(StageNode, kind="mid"):
         layer, pos = self.layer, self.position
         script.save_from(source_ids, layer, "block_input")
         script.save_from(source_ids, layer, "attention_output",
-                         f"{name} = nnsight.save(x_in[{pos}] + attn[0].view(T, -1)[{pos}])  # the residual after attention")
+                         f"{name} = nnsight.save(x_in[{pos}] + attn[0].view(T, -1)[{pos}])"
+                         "  # the residual after attention")
         script.edit(layer, "block_input")
-        script.edit(layer, "attention_output", f"attn[0].view(T, -1)[{pos}] = {name} - x_in[{pos}]  # patch {self.as_tuple()!r}")
+        script.edit(layer, "attention_output",
+                    f"attn[0].view(T, -1)[{pos}] = {name} - x_in[{pos}]  # patch {self.as_tuple()!r}")
 
 
 class FfnNode(StageNode, kind="ffn"):
@@ -192,14 +195,15 @@ class HeadNode(_Head, PatchNode, kind="head"):
     def code(self, clean, script, name, source_ids):
         columns = head_columns(clean.shape, self.head)
         at = f"heads_in[{self.position}, {columns.start}:{columns.stop}]"
-        script.save_from(source_ids, self.layer, "out_proj_input", f"{name} = nnsight.save({at}.clone())  # head {self.head}'s output")
+        script.save_from(source_ids, self.layer, "out_proj_input",
+                         f"{name} = nnsight.save({at}.clone())  # head {self.head}'s output")
         script.edit(self.layer, "out_proj_input", f"{at} = {name}  # patch {self.as_tuple()!r}")
 
 
 def parse_node(run, node) -> PatchNode:
     """A patch node from its tuple form (or a node), checked against `run`."""
     cls = NODES.get(node[0]) if isinstance(node, (tuple, list)) and node and isinstance(node[0], str) else None
-    if cls is None or len(node) != len(cls._fields):
+    if cls is None or len(node) != len(cls._fields):  # type: ignore[attr-defined]
         stages = tuple(kind for kind, c in NODES.items() if issubclass(c, StageNode))
         others = [c.FORM for c in NODES.values() if not issubclass(c, StageNode)]
         raise LmttError(f"a node to patch is {StageNode.FORM} with stage in {stages}, or {', or '.join(others)}; "

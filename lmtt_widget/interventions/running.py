@@ -154,7 +154,7 @@ def ablated_logits(run, ablations, mode: str = "zero") -> torch.Tensor:
     added = parse_all(clean, ablations, mode, earlier)
     edits = _edits(clean, earlier + added, run.patch_edits)
     capture = trace(clean.model, clean.family, clean.shape, clean.input_ids.to(clean.hf_model.device), edits)
-    return V.unembed(clean.hf_model, clean.family, capture.final_normed).float().cpu()
+    return V.unembed(clean.hf_model, clean.family, capture.final_normed).float().cpu()  # type: ignore[arg-type]
 
 
 def intervene(run, ablations, mode: str = "zero", *, position: int = -1, against=None):

@@ -17,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import anywidget
 import traitlets
@@ -65,7 +66,7 @@ class _Refused(traitlets.TraitError):
     """An option the page set that the view refuses: shown as a notice, the old value restored."""
 
 
-_HANDLERS: dict[str, Callable[["Widget", dict], Any]] = {}
+_HANDLERS: dict[str, Callable[[Widget, dict], Any]] = {}
 
 
 def command(name: str):
@@ -85,6 +86,7 @@ class Widget(anywidget.AnyWidget):
     the same length in tokens (the difference marked; patching from the other prompt)."""
 
     _esm = STATIC / "widget.js"
+    _css = STATIC / "widget.css"
 
     protocol = _trait("protocol", P.PROTOCOL_VERSION)
     info = _trait("info", None)  # model facts, prompt, tokens, top predictions (set before display)
@@ -115,7 +117,7 @@ class Widget(anywidget.AnyWidget):
             raise TypeError(f"Widget() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
         view = View.of(run, other, target=target, threshold=threshold, renormalize=renormalize,
                        normalize_lens=normalize_lens, selection=selection)
-        self._view: View | None = None
+        self._view: View = None  # type: ignore[assignment]  # None only until _show(view) below
         self._pending: View | None = None  # a view an option change from the page or Python made, not shown yet
         self._from_page = False
         self._callbacks: list[Callable[[dict], Any]] = []
@@ -189,7 +191,7 @@ class Widget(anywidget.AnyWidget):
         """Remove one patch (the last by default) and rerun the clean run with the rest."""
         return self._act("Rerunning…", lambda: self._view.unpatch(index))
 
-    def compare_with(self, other: "str | Run") -> I.GraphDiff:
+    def compare_with(self, other: str | Run) -> I.GraphDiff:
         """Compare with another prompt (a string, analysed with the same model, or a Run) of the
         same length in tokens; returns the two clean graphs' difference at the target shown."""
         with self._working("Analysing the other prompt…"):

@@ -16,7 +16,9 @@ from ..errors import LmttError
 from . import protocol as P
 from .serialize import encode_text
 
-STANDALONE_JS = pathlib.Path(__file__).parent.parent / "static" / "standalone.js"
+STATIC = pathlib.Path(__file__).parent.parent / "static"  # as in widget/__init__.py (importing it: a cycle)
+STANDALONE_JS = STATIC / "standalone.js"
+WIDGET_CSS = STATIC / "widget.css"  # the stylesheet anywidget loads in a notebook (Widget._css)
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
 ATTENTION_PRELOAD_MAX_TOKENS = 64  # each attention panel carries two T x T maps
 ATTENTION_PRELOADS = 12
@@ -34,7 +36,8 @@ def preload_selections(view) -> list[dict]:
         edges = [(v[1], d) for _, v, d in view.graph.edges(data=True) if d["kind"] == "attention"]
         edges.sort(key=lambda e: -e[1]["weight"])
         for layer, d in edges[:ATTENTION_PRELOADS]:
-            sels.append({"kind": "attention", "layer": layer, "source": d["source"], "target": d["target"], "head": None})
+            sels.append({"kind": "attention", "layer": layer, "source": d["source"], "target": d["target"],
+                         "head": None})
     if view.selection:
         sels.append(dict(view.selection))
     return sels
@@ -53,6 +56,7 @@ def standalone_html(state: dict, title: str, bridge: bool = False) -> str:
     """A page that mounts the widget with `state` (bytes become base64). With `bridge`, the
     page forwards the widget's messages to `window.lmttBridge` (the browser tests' harness)."""
     bundle = STANDALONE_JS.read_text(encoding="utf-8")
+    css = WIDGET_CSS.read_text(encoding="utf-8")
     # JSON inside <script>: escape what could close the element or start markup
     data = json.dumps(encode_text(state)).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     mount = ("lmtt.mount(document.getElementById('lmtt-root'), state, "
@@ -68,7 +72,9 @@ def standalone_html(state: dict, title: str, bridge: bool = False) -> str:
 {version}
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)}</title>
-<style>body {{ margin: 16px; background: #fff; }} @media (prefers-color-scheme: dark) {{ body {{ background: #111; }} }}</style>
+<style>body {{ margin: 16px; background: #fff; }}
+@media (prefers-color-scheme: dark) {{ body {{ background: #111; }} }}</style>
+<style>{css}</style>
 </head>
 <body>
 <div id="lmtt-root"></div>

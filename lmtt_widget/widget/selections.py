@@ -22,15 +22,15 @@ LOGITS_K = 8
 NEURONS_K = 10
 NEURON_LOGITS_K = 5
 
-KINDS: dict[str, "SelectionKind"] = {}
+KINDS: dict[str, SelectionKind] = {}
 
 
-def register(cls: type["SelectionKind"]) -> type["SelectionKind"]:
+def register(cls: type[SelectionKind]) -> type[SelectionKind]:
     KINDS[cls.kind] = cls()
     return cls
 
 
-def kind_of(sel: dict) -> "SelectionKind":
+def kind_of(sel: dict) -> SelectionKind:
     kind = sel.get("kind")
     if kind not in KINDS:
         raise LmttError(f"selection kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
@@ -198,7 +198,8 @@ class Attention(SelectionKind):
 
     def patches(self, run, sel):
         layer, head, target = sel["layer"], sel["head"], sel["target"]
-        out = [{"label": f"head L{layer}.{head} output at {at_token(run, target)}", "node": ["head", layer, head, target]}]
+        out = [{"label": f"head L{layer}.{head} output at {at_token(run, target)}",
+                "node": ["head", layer, head, target]}]
         if not run.shape.parallel:
             out.append({"label": f"residual mid L{layer} at {at_token(run, target)}", "node": ["mid", layer, target]})
         return out
@@ -240,7 +241,8 @@ class Ffn(SelectionKind):
         return {"selection": sel, "ffn_share": float(ffn_share[token]),
                 "block": S.effect(run.block_logits(layer, token, "ffn", k=LOGITS_K)),
                 "neurons": [{"index": n.index, "share": n.share, "activation": n.activation,
-                             **S.effect(V.top_bottom(row, NEURON_LOGITS_K, run.decode))} for n, row in zip(neurons, logits)]}
+                             **S.effect(V.top_bottom(row, NEURON_LOGITS_K, run.decode))}
+                            for n, row in zip(neurons, logits)]}
 
     def ablations(self, run, sel):
         layer, token, neuron = sel["layer"], sel["token"], sel["neuron"]

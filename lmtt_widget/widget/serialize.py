@@ -26,7 +26,8 @@ def array(values, dtype: str = "float32") -> dict[str, Any]:
     """A tensor / ndarray / list as `{dtype, shape, data}` with little-endian bytes."""
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().float().numpy() if values.is_floating_point() else values.detach().cpu().numpy()
-    data = np.ascontiguousarray(np.asarray(values, dtype=DTYPES[dtype]).astype(np.dtype(DTYPES[dtype]).newbyteorder("<")))
+    data = np.ascontiguousarray(
+        np.asarray(values, dtype=DTYPES[dtype]).astype(np.dtype(DTYPES[dtype]).newbyteorder("<")))
     return {"dtype": dtype, "shape": list(data.shape), "data": data.tobytes()}
 
 
@@ -94,7 +95,7 @@ def graph_payload(graph: nx.MultiDiGraph, n_heads: int) -> dict[str, Any]:
 def payload_graph(payload: dict[str, Any]) -> nx.MultiDiGraph:
     """Rebuild the graph from a payload (for round-trip checks; weights come back as float32)."""
     stage, layer, token = (to_numpy(payload["nodes"][k]) for k in ("stage", "layer", "token"))
-    nodes = [(STAGES[s], int(l), int(t)) for s, l, t in zip(stage, layer, token)]
+    nodes = [(STAGES[s], int(n), int(t)) for s, n, t in zip(stage, layer, token)]
     e = {k: to_numpy(v) for k, v in payload["edges"].items()}
     heads = to_numpy(payload["heads"])
     g = nx.MultiDiGraph(target=payload["target"], threshold=payload["threshold"], renormalize=payload["renormalize"])

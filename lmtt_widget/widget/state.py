@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 from .. import interventions as I
 from ..errors import LmttError, check_index
@@ -33,14 +34,14 @@ from . import serialize as S
 
 DIFF_ROWS = 12  # the strongest changes of each sort and edge kind that the page lists and marks
 DIFF_AGAINST = ("other", "clean")
-_RUN_INFO: "weakref.WeakKeyDictionary[Run, dict]" = weakref.WeakKeyDictionary()
+_RUN_INFO: weakref.WeakKeyDictionary[Run, dict] = weakref.WeakKeyDictionary()
 
 
 class Memo:
     """A small least-recently-used cache of derived values, shared by the snapshots of one widget."""
 
     def __init__(self, size: int = 24):
-        self.size, self.values = size, OrderedDict()
+        self.size, self.values = size, OrderedDict()  # type: ignore[var-annotated]
 
     def get(self, key: tuple, compute: Callable[[], Any]) -> Any:
         if key in self.values:
@@ -76,7 +77,7 @@ class View:
 
     @classmethod
     def of(cls, run: Run, other: Run | None = None, *, target: int = -1, threshold: float = 0.04,
-           renormalize: bool = True, normalize_lens: bool = True, selection: dict | None = None) -> "View":
+           renormalize: bool = True, normalize_lens: bool = True, selection: dict | None = None) -> View:
         if not isinstance(run, Run):
             raise LmttError(f"a widget shows a Run (lmtt_widget.analyze(model, prompt)), got {type(run).__name__}")
         if other is not None:
@@ -86,7 +87,7 @@ class View:
 
     # -- options ---------------------------------------------------------------------------------
 
-    def set(self, **options) -> "View":
+    def set(self, **options) -> View:
         """A snapshot with options changed, each checked: target, threshold, renormalize,
         normalize_lens, selection, show_reference, diff_against."""
         checks = {
@@ -102,10 +103,11 @@ class View:
         if unknown:
             raise LmttError(f"unknown view option(s) {', '.join(sorted(unknown))}; options are {', '.join(checks)}")
         changes = {name: checks[name](value) for name, value in options.items()}
-        routes_moved = any(changes[k] != getattr(self, k) for k in ("target", "threshold", "renormalize") if k in changes)
-        return replace(self, **changes, **({"faithfulness": None} if routes_moved else {}))
+        routes_moved = any(changes[k] != getattr(self, k)
+                           for k in ("target", "threshold", "renormalize") if k in changes)
+        return replace(self, **changes, **({"faithfulness": None} if routes_moved else {}))  # type: ignore[arg-type]
 
-    def select(self, selection: dict | None) -> "View":
+    def select(self, selection: dict | None) -> View:
         return self.set(selection=selection)
 
     def _check_threshold(self, threshold) -> float:
@@ -126,7 +128,7 @@ class View:
     def clean(self) -> Run:
         return self.run.clean or self.run
 
-    def analyze(self, prompt: str) -> "View":
+    def analyze(self, prompt: str) -> View:
         """The same view of a new prompt (analysed as the run shown was); the selection is cleared."""
         run = self.analyze_like_shown(prompt)
         if self.other is not None:
@@ -142,7 +144,7 @@ class View:
         return analyze(run.model, prompt, distance=run.distance, budget_bytes=run.budget_bytes, floor=floor,
                        progress=False)  # no tqdm in the widget's output
 
-    def ablate(self, *specs, mode: str = "zero") -> tuple["View", I.Comparison]:
+    def ablate(self, *specs, mode: str = "zero") -> tuple[View, I.Comparison]:
         """Add ablations (tuples such as ("head", layer, head), see lmtt_widget.interventions)."""
         if not specs:
             raise LmttError("no ablations given; e.g. ablate(('head', 3, 1))")
@@ -151,9 +153,9 @@ class View:
         for ab in added:
             if ab in current or added.count(ab) > 1:
                 raise LmttError(f"{ab.as_tuple()!r} in mode {ab.mode!r} is already ablated")
-        return self._intervened(current + added, self._patch_nodes())
+        return self._intervened(current + added, self._patch_nodes())  # type: ignore[return-value]
 
-    def undo(self, index: int = -1) -> tuple["View", I.Comparison | None]:
+    def undo(self, index: int = -1) -> tuple[View, I.Comparison | None]:
         """Drop one ablation (the last by default) and rerun the clean run with the others."""
         current = list(self.run.interventions)
         if not current:
@@ -161,7 +163,7 @@ class View:
         index = check_index("intervention", index, len(current))
         return self._intervened(current[:index] + current[index + 1:], self._patch_nodes())
 
-    def patch(self, *nodes) -> tuple["View", I.Comparison]:
+    def patch(self, *nodes) -> tuple[View, I.Comparison]:
         """Patch each node's activation from the other prompt (see lmtt_widget.interventions.patch)."""
         if self.other is None:
             raise LmttError("patching needs a second prompt: w.compare_with(prompt) or lmtt_widget.show_pair(...)")
@@ -172,16 +174,16 @@ class View:
         for node in added:
             if node in current or added.count(node) > 1:
                 raise LmttError(f"{node!r} is already patched")
-        return self._intervened(list(self.run.interventions), current + added)
+        return self._intervened(list(self.run.interventions), current + added)  # type: ignore[return-value]
 
-    def unpatch(self, index: int = -1) -> tuple["View", I.Comparison | None]:
+    def unpatch(self, index: int = -1) -> tuple[View, I.Comparison | None]:
         current = self._patch_nodes()
         if not current:
             raise LmttError("there is no patch to undo")
         index = check_index("patch", index, len(current))
         return self._intervened(list(self.run.interventions), current[:index] + current[index + 1:])
 
-    def compare_with(self, other: "str | Run") -> "View":
+    def compare_with(self, other: str | Run) -> View:
         """A pair: `other` (a prompt, analysed like the run shown, or a Run) as long in tokens as the
         prompt shown. Patches from a previous other prompt are dropped, the ablations kept."""
         if isinstance(other, str):
@@ -191,21 +193,21 @@ class View:
         view = replace(self, other=other, show_reference=False, faithfulness=None)
         return view._intervened(list(self.run.interventions), [])[0] if self.run.patches else view
 
-    def swap(self) -> "View":
+    def swap(self) -> View:
         """Show the other prompt's clean run, compared with the prompt shown until now (whose
         ablations and patches are dropped)."""
         if self.other is None:
             raise LmttError("there is no other prompt to show: w.compare_with(prompt)")
         return replace(self._showing(self.other, selection=None), other=self.clean)
 
-    def measure_faithfulness(self, k: int = 5, draws: int = 10, mode: str = "zero") -> tuple["View", I.Faithfulness]:
+    def measure_faithfulness(self, k: int = 5, draws: int = 10, mode: str = "zero") -> tuple[View, I.Faithfulness]:
         report = self.run.faithfulness(token=self.target, threshold=self.threshold, k=k, draws=draws, mode=mode)
         return replace(self, faithfulness=report), report
 
     def _patch_nodes(self) -> list:
         return [node for node, _ in self.run.patches]
 
-    def _intervened(self, ablations: list, patches: list) -> tuple["View", I.Comparison | None]:
+    def _intervened(self, ablations: list, patches: list) -> tuple[View, I.Comparison | None]:
         """The clean run rerun with `ablations`, then `patches` from the other prompt."""
         clean = self.clean
         run = clean.intervene(ablations, position=self.target)[0] if ablations else clean
@@ -214,7 +216,7 @@ class View:
         comparison = I.compare_logits(clean, clean.logits, run.logits, self.target) if run is not clean else None
         return self._showing(run, selection=self.selection), comparison
 
-    def _showing(self, run: Run, **changes) -> "View":
+    def _showing(self, run: Run, **changes) -> View:
         """This view of another run: drawn with its own routes, nothing measured yet."""
         view = replace(self, run=run, show_reference=False, faithfulness=None)
         selection = changes.pop("selection", self.selection)
@@ -291,7 +293,7 @@ class View:
         memo = self.memo
         values = {
             "info": run_info(run),
-            "payload": memo.get(("payload", id(self.graph)), lambda: S.graph_payload(self.graph, run.shape.n_heads)),
+            "payload": memo.get(("payload", self.graph), lambda: S.graph_payload(self.graph, run.shape.n_heads)),
             "target": self.target, "threshold": self.threshold, "renormalize": self.renormalize,
             "normalize_lens": self.normalize_lens,
             "selection": None if self.selection is None else dict(self.selection),
@@ -303,8 +305,8 @@ class View:
             "intervention_code": memo.get(("code", run), self.code) if run.clean is not None else "",
             "show_reference": self.show_reference,
             "pair": None if other is None else _pair(other, self.target),
-            "patches": [{"node": list(node), "label": node.label(lambda t: selections.at_token(run, t)), "source": prompt}
-                        for node, prompt in run.patches],
+            "patches": [{"node": list(node), "label": node.label(lambda t: selections.at_token(run, t)),
+                         "source": prompt} for node, prompt in run.patches],
             "diff_against": self.diff_against,
         }
         return _plain(values, keep_bytes=True)

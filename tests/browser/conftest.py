@@ -119,7 +119,8 @@ class Harness:
             """([kind, cross]) => {
                 const paths = [...document.querySelectorAll(`path.edge.${kind}`)]
                   .filter((p) => !cross || p.getAttribute('d').includes('C'));
-                paths.sort((a, b) => parseFloat(b.getAttribute('stroke-width')) - parseFloat(a.getAttribute('stroke-width')));
+                paths.sort((a, b) =>
+                  parseFloat(b.getAttribute('stroke-width')) - parseFloat(a.getAttribute('stroke-width')));
                 const p = paths[0];
                 const pt = p.getPointAtLength(p.getTotalLength() / 2);
                 const m = p.getScreenCTM();

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 
 import lmtt_widget as lw
-
 from page_numbers import fmt, signed
 
 pytestmark = pytest.mark.browser
@@ -51,15 +50,18 @@ def test_ablate_a_head_shows_before_after_and_undo_restores(model, page, harness
     assert sum(map(len, attention.values())) > 0
     assert page.locator("path.diff-mark").count() == sum(map(len, attention.values()))
     assert page.locator("li.change.vanished").count() == len(attention["vanished"])
-    assert page.locator("[data-sort='vanished'] h4").text_content().startswith(f"{diff['counts']['vanished']['attention']} vanished")
+    assert page.locator("[data-sort='vanished'] h4").text_content().startswith(
+        f"{diff['counts']['vanished']['attention']} vanished")
     page.select_option("select.diff-kind", "all")
     assert page.locator("path.diff-mark").count() == sum(len(diff[s]) for s in attention)
     page.select_option("select.diff-kind", "attention")
     # a listed edge selects it (in Python too), with its largest head in the intervened run
     first = next(c for s in ("vanished", "appeared", "changed") for c in attention[s])
     page.locator("li.change.clickable").first.click()
-    page.wait_for_function(f"() => document.querySelector('.lmtt').dataset.panel?.startsWith('attention/{first['target'][1]}/{first['source'][2]}/{first['target'][2]}/')")
-    assert (w.selection["layer"], w.selection["source"], w.selection["target"]) == (first["target"][1], first["source"][2], first["target"][2])
+    page.wait_for_function("() => document.querySelector('.lmtt').dataset.panel?.startsWith("
+                           f"'attention/{first['target'][1]}/{first['source'][2]}/{first['target'][2]}/')")
+    assert ((w.selection["layer"], w.selection["source"], w.selection["target"])
+            == (first["target"][1], first["source"][2], first["target"][2]))
     w.select("attention", layer=1, source=3, target=9, head=2)
     h.push()
     # the panel of the selection was reloaded for the intervened run: head 2 reads nothing now
@@ -76,7 +78,8 @@ def test_ablate_a_head_shows_before_after_and_undo_restores(model, page, harness
     assert "the clean run's routes" in page.locator(".show-reference-label").text_content()
     page.screenshot(path=str(artifacts / "browser-ablate-clean-graph.png"), full_page=True)
     page.uncheck("input.show-reference")
-    page.wait_for_function(f"() => document.querySelectorAll('path.edge').length === {w.run.graph(w.target, w.threshold).number_of_edges()}")
+    page.wait_for_function("() => document.querySelectorAll('path.edge').length === "
+                           f"{w.run.graph(w.target, w.threshold).number_of_edges()}")
     assert w.show_reference is False
 
     page.click(".ablation button.undo")
@@ -130,10 +133,12 @@ def test_bad_ablation_is_refused_visibly_and_keeps_the_graph(model, page, harnes
     outcome = page.evaluate(invoke, ["ablate", {"spec": ["neuron", 0, 100000], "mode": "zero"}])
     assert outcome["error"]["kind"] == "refused" and "neuron 100000" in page.locator(".lmtt .message").text_content()
     outcome = page.evaluate(invoke, ["undo", {"index": 0}])
-    assert outcome["error"]["kind"] == "refused" and "no intervention to undo" in page.locator(".lmtt .message").text_content()
+    assert outcome["error"]["kind"] == "refused"
+    assert "no intervention to undo" in page.locator(".lmtt .message").text_content()
     # a request that is not one (a string where an index goes) is answered as malformed
     outcome = page.evaluate(invoke, ["undo", {"index": "first"}])
-    assert outcome["error"]["kind"] == "malformed" and "request.index: expected an integer" in outcome["error"]["message"]
+    assert outcome["error"]["kind"] == "malformed"
+    assert "request.index: expected an integer" in outcome["error"]["message"]
     assert w.interventions == [] and w.run.clean is None
     assert page.locator("path.edge").count() == edges and page.locator(".lmtt-graph").is_visible()
     assert page.errors == []

@@ -4,13 +4,10 @@ before and after, undo restores the clean run, and a prompt of another length is
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 import lmtt_widget as lw
 from lmtt_widget.widget.selections import visible
-
 from page_numbers import fmt, signed
 
 pytestmark = pytest.mark.browser
@@ -33,7 +30,8 @@ def test_pair_shows_both_prompts_and_their_difference(model, page, harness, arti
     assert w.graph_diff["against"] == "other"
     for sort in ("appeared", "vanished", "changed"):
         assert w.graph_diff["counts"][sort]["attention"] == sum(c.kind == "attention" for c in getattr(diff, sort))
-    listed = sum(len([c for c in w.graph_diff[s] if c["kind"] == "attention"]) for s in ("appeared", "vanished", "changed"))
+    listed = sum(len([c for c in w.graph_diff[s] if c["kind"] == "attention"])
+                 for s in ("appeared", "vanished", "changed"))
     assert listed > 0 and page.locator("path.diff-mark").count() == listed
     assert page.locator(".card.diff h3").text_content() == "Routes: this prompt vs the other prompt"
     assert page.locator(".prediction-change").count() == 0  # nothing patched yet
@@ -63,11 +61,13 @@ def test_patch_a_head_round_trips_and_undo_restores(model, page, harness, artifa
     # the numbers are interventions.patch's, done by hand
     _, expected = lw.patch(w.other, w.run.clean, ("head", 1, 2, last), position=w.target)
     c = w.comparison
-    assert c["after"] == pytest.approx(expected.after._asdict()) and c["before"] == pytest.approx(expected.before._asdict())
+    assert c["after"] == pytest.approx(expected.after._asdict())
+    assert c["before"] == pytest.approx(expected.before._asdict())
     assert c["after"]["probability"] != pytest.approx(c["before"]["probability"], abs=1e-7)  # the patch did something
     text = page.locator(".prediction-change .metric.prob").text_content()
     assert f"{fmt(c['before']['probability'])} → {fmt(c['after']['probability'])} ({signed(c['prob_change'])})" in text
-    assert page.locator(".patched").count() == 1 and page.locator(".patched").text_content().startswith(f"head L1.2 at {last}")
+    assert page.locator(".patched").count() == 1
+    assert page.locator(".patched").text_content().startswith(f"head L1.2 at {last}")
     assert page.locator("path.edge").count() == w.graph.number_of_edges()
     # the code box shows the code of the patch (interventions.code; tested to run in test_interventions)
     assert "# patch ('head', 1, 2," in w.code() and page.locator("textarea.code-text").input_value() == w.code()

@@ -7,7 +7,6 @@ import pytest
 
 import lmtt_widget as lw
 
-
 pytestmark = pytest.mark.browser
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -22,13 +21,15 @@ def test_bundle_renders_the_routes_graph(model, page, harness, artifacts):
     w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
     harness(w)
     assert page.locator("path.edge").count() == w.graph.number_of_edges()
-    assert page.locator("path.edge.attention").count() == sum(1 for *_, k in w.graph.edges(keys=True) if k == "attention")
+    attention = sum(1 for *_, k in w.graph.edges(keys=True) if k == "attention")
+    assert page.locator("path.edge.attention").count() == attention
     assert page.locator("circle.node").count() == w.graph.number_of_nodes()
     labels = page.locator("text.token-label").all_text_contents()
     assert len(labels) == w.run.n_tokens
     assert labels[2] == visible(w.run.tokens[2])[:8]
     assert page.locator("text.layer-label").all_text_contents() == ["L0", "L1", "L2", "emb"]
-    label_y = [float(y) for y in page.locator("text.layer-label").evaluate_all("ts => ts.map(t => t.getAttribute('y'))")]
+    label_y = [float(y) for y in
+               page.locator("text.layer-label").evaluate_all("ts => ts.map(t => t.getAttribute('y'))")]
     assert label_y[0] > label_y[1] > label_y[2] and label_y[3] > label_y[0]  # layers go up, the embedding at the bottom
     assert page.locator(".target-cell.active").get_attribute("data-target") == str(w.run.n_tokens - 1)
     assert page.locator(".facts .model").text_content() == "LlamaForCausalLM"
@@ -114,7 +115,8 @@ def test_bad_selection_from_the_page_is_refused_visibly(model, page, harness):
     w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
     harness(w)
     # past the page's own check, as a stale or hand-made frontend would send it
-    page.evaluate("() => { lmttModel.set('selection', {kind: 'ffn', layer: 42, token: 0, neuron: null}); lmttModel.save_changes(); }")
+    page.evaluate("() => { lmttModel.set('selection', {kind: 'ffn', layer: 42, token: 0, neuron: null}); "
+                  "lmttModel.save_changes(); }")
     page.wait_for_function("() => document.querySelector('.lmtt .message').textContent.includes('Refused')")
     assert w.selection is None
     assert "layer 42 is out of range" in page.locator(".lmtt .message.error").text_content()
@@ -155,18 +157,22 @@ def test_saved_html_works_offline(model, page, tmp_path, artifacts):
     page.goto(path.as_uri())
     page.wait_for_selector("body[data-ready='1']")
     assert page.locator("path.edge").count() == w.graph.number_of_edges()
+    height = page.locator(".lmtt-graph").evaluate("e => getComputedStyle(e).height")
+    assert height == "560px"  # the stylesheet, inline, applies under the page's CSP
     # the residual stream at the target was saved with the page
     target = w.target
     last = [i for i, n in enumerate(w.graph.nodes) if n == ("post", 2, target)][0]
     page.locator(f"circle.node[data-node='{last}']").click()
     page.wait_for_selector("table.lens tbody tr")
-    assert page.locator("table.lens td.tok").first.text_content() == visible(w.run.logit_lens(2, target, "post")[0].token)
+    top = visible(w.run.logit_lens(2, target, "post")[0].token)
+    assert page.locator("table.lens td.tok").first.text_content() == top
     # an FFN block was not: the page says so
     page.locator("circle.node.ffn").first.click()
     page.wait_for_selector(".lmtt-panel .unavailable")
     assert "needs a live kernel" in page.locator(".lmtt-panel .unavailable").text_content()
     assert "need a live kernel" in page.locator(".export-note").text_content()
-    assert page.locator("button.analyze").is_disabled() and page.locator(".lmtt-controls input[type=range]").is_disabled()
+    assert page.locator("button.analyze").is_disabled()
+    assert page.locator(".lmtt-controls input[type=range]").is_disabled()
     page.locator(".target-cell[data-target='3']").click()
     assert "needs a live kernel" in page.locator(".lmtt .message").text_content()
     assert [u for u in page.requests if not u.startswith("file:")] == [] and page.errors == []

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
-
+from collections.abc import Callable
 
 # (paths) => page coordinates of the middle of the heaviest attention edge between two tokens;
 # for `locator.evaluate_all` on a widget's attention paths (locators also reach into shadow roots)

@@ -53,9 +53,9 @@ def serving(argv: list[str], root: Path, home: Path, ready: str, name: str, env:
             try:
                 urllib.request.urlopen(ready, timeout=2)
                 break
-            except OSError:
+            except OSError as err:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{name} did not start:\n" + (home / "server.log").read_text()[-3000:])
+                    raise RuntimeError(f"{name} did not start:\n" + (home / "server.log").read_text()[-3000:]) from err
                 time.sleep(0.5)
         yield
     finally:

@@ -14,9 +14,8 @@ def _():
     import marimo as mo
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for tiny.py
-    import tiny
-
     import lmtt_widget as lw
+    import tiny
 
     w = lw.show(tiny.load("llama"), "When Mary and John went to the store", threshold=0.01)
     view = mo.ui.anywidget(w)

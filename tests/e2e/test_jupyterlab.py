@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from clicks import click_when_still
 
 pytestmark = [pytest.mark.e2e, pytest.mark.demo, pytest.mark.browser]
@@ -86,10 +87,12 @@ def check_quickstart(jupyterlab, page, artifacts):
     # ask the kernel: re-run `print(w.selection)`
     run_cell(page, 5)
     page.wait_for_function(
-        "() => document.querySelectorAll('.jp-Notebook .jp-Cell')[5].querySelector('.jp-OutputArea-output')?.textContent.includes('attention')",
+        "() => document.querySelectorAll('.jp-Notebook .jp-Cell')[5].querySelector('.jp-OutputArea-output')"
+        "?.textContent.includes('attention')",
         timeout=60_000)
     printed = page.locator(".jp-Notebook .jp-Cell").nth(5).locator(".jp-OutputArea-output").first.text_content()
-    assert printed.strip() == str({"kind": "attention", "layer": layer, "source": source, "target": target, "head": head})
+    assert printed.strip() == str({"kind": "attention", "layer": layer, "source": source, "target": target,
+                                   "head": head})
     assert page.dialogs == []
     check_ablate_round_trip(page, artifacts, ["edge", layer, source, target, head])
     check_pair(page)
@@ -111,7 +114,8 @@ def check_ablate_round_trip(page, artifacts, spec):
     page.screenshot(path=str(artifacts / "e2e-lab-ablate.png"))
     run_cell(page, ABLATIONS_CELL)
     page.wait_for_function(
-        "([i, old]) => { const o = document.querySelectorAll('.jp-Notebook .jp-Cell')[i].querySelector('.jp-OutputArea-output');"
+        "([i, old]) => { const o = document.querySelectorAll('.jp-Notebook .jp-Cell')[i]"
+        ".querySelector('.jp-OutputArea-output');"
         " return o && o.textContent.trim() !== '' && o.textContent.trim() !== old; }",
         arg=[ABLATIONS_CELL, head_ablation], timeout=60_000)
     printed = output(page, ABLATIONS_CELL).strip()

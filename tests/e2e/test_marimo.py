@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 
 import pytest
+
 from clicks import HEAVIEST_EDGE_MIDPOINT, click_when_still
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]

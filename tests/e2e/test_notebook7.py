@@ -8,6 +8,7 @@ import re
 import time
 
 import pytest
+
 from clicks import HEAVIEST_EDGE_MIDPOINT, click_when_still
 
 pytestmark = [pytest.mark.e2e, pytest.mark.demo, pytest.mark.browser]
@@ -19,7 +20,8 @@ CELLS = [
 ]
 
 
-OUTPUT = "(i) => document.querySelectorAll('.jp-Notebook .jp-Cell')[i].querySelector('.jp-OutputArea-output')?.textContent ?? ''"
+OUTPUT = ("(i) => document.querySelectorAll('.jp-Notebook .jp-Cell')[i].querySelector('.jp-OutputArea-output')"
+          "?.textContent ?? ''")
 
 
 def notebook(cells: list[str]) -> str:
