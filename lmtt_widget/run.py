@@ -456,6 +456,10 @@ class Run(Shares):
 
     # -- mixtures of experts (lmtt_widget.experts) ----------------------------------------
 
+    def has_experts(self, layer: int) -> bool:
+        """Whether `layer`'s FFN is a mixture of experts (read its experts, not layer-wide neurons)."""
+        return self.family.is_moe(self._ffn_module(self.layer(layer), "block"))
+
     def _moe_block(self, layer: int):
         block = self._ffn_module(layer, "block")
         if not self.family.is_moe(block):

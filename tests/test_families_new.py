@@ -218,6 +218,7 @@ def test_neuron_writes_add_up_to_the_ffn_update(run):
 def test_a_mixture_of_experts_layer_has_expert_neurons_only(run):
     moe = [layer for layer in range(run.shape.n_layers) if layer not in dense_layers(run)]
     assert bool(moe) == (run.family.experts is not None) and (run.family.name != "qwen2_moe" or 1 not in moe)
+    assert [layer for layer in range(run.shape.n_layers) if run.has_experts(layer)] == moe
     for layer in moe:
         with pytest.raises(LmttError, match=f"layer {layer}'s FFN is a mixture of experts.*expert_contributions"):
             run.neuron_activations(layer)
