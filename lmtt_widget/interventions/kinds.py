@@ -336,7 +336,10 @@ class EdgeAblation(Ablation, kind="edge"):
         def take_out(x, state):  # x [T, d]: remove sum_h A^h_ts (v^h_s - mean) W_O^h at the target
             values = state.values[s, kvs].float() - mean_values  # [h, hd]
             weights = state.probs[heads, t, s].float()  # [h]
-            x[t] -= torch.einsum("h,hk,hkd->d", weights, values, w.to(values.device)).to(x)
+            term = torch.einsum("h,hk,hkd->d", weights, values, w.to(values.device))
+            if state.attn_scale is not None:  # a post-norm: its frozen scale at the target (w folds its weight)
+                term = term * state.attn_scale[t].to(term.device)
+            x[t] -= term.to(x)
         return [Edit("attention_output", self.layer, take_out), unread(self.layer, (heads, t, s))]
 
     def code(self, clean, script, name, everything):

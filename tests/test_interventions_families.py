@@ -1,0 +1,62 @@
+"""Interventions on the families added for issue 12 (Gemma 2/3, Phi-3, OLMo 2/3, GPT-J, Falcon,
+Cohere 1/2 and the mixtures of experts): each ablation equals the same change made with plain
+PyTorch hooks on the transformers model, and the generated nnsight code reproduces them."""
+
+import runpy
+
+import pytest
+import torch
+from test_families_new import MOE, PROMPT, SWAPPED, attn_bias_part, head_source_parts, hooked_logits, modules
+from test_interventions import one_thread  # noqa: F401 (an autouse fixture: tiny models run on one thread)
+
+import lmtt_widget as lw
+import tiny
+from lmtt_widget import LmttError
+from lmtt_widget import interventions as I
+
+POST_NORM = ["gemma2", "gemma3_text", "gemma3", "olmo2", "olmo3"]
+
+
+@pytest.fixture(scope="module", params=tiny.NEW_FAMILIES)
+def run(request):
+    return lw.analyze(tiny.load(request.param), PROMPT)
+
+
+def dense_layer(run) -> int | None:
+    return next((layer for layer in range(run.shape.n_layers) if not run.has_experts(layer)), None)
+
+
+# -- edges ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("head", [None, 3])
+def test_an_edge_ablation_equals_removing_its_parts_with_a_hook(run, head):
+    """The parts come from the clean run's tensors: an edit of layer 1's update changes nothing
+    the parts of layer 1 are made of (values, probabilities, a post-norm's scale)."""
+    layer, source, target = 1, 7, 9  # inside OLMo 3's sliding window of 4
+    parts = head_source_parts(run, layer)[target, source]  # [H, d]
+    term = parts.sum(0) if head is None else parts[head]
+    new, _ = run.intervene(("edge", layer, source, target) + (() if head is None else (head,)))
+
+    def remove(x):
+        x[target] -= term.to(x)
+    expected = hooked_logits(run, modules(run, layer)["attn_update"], remove)
+    torch.testing.assert_close(new.logits, expected, atol=1e-5, rtol=0)
+    assert term.abs().max() > 1e-5 and (new.logits - run.logits).abs().max() > 0
+
+
+def test_ablating_every_edge_into_a_target_leaves_only_the_output_bias_there(run):
+    """Every head-source part of the target gone, what is left of the update there is the
+    output bias (through any post-norm): with no bias, the same as ablating the attention block."""
+    layer, target = 1, 7
+    edges = [("edge", layer, source, target) for source in range(target + 1)]
+    new, _ = run.intervene(edges)
+    bias = attn_bias_part(run, layer)[target]
+
+    def leave_bias(x):
+        x[target] = bias.to(x)
+    expected = hooked_logits(run, modules(run, layer)["attn_update"], leave_bias)
+    torch.testing.assert_close(new.logits, expected, atol=1e-5, rtol=0)
+    if modules(run, layer)["out_proj"].bias is None:
+        block, _ = run.intervene(("attention", layer, [target]))
+        torch.testing.assert_close(new.logits, block.logits, atol=1e-5, rtol=0)
