@@ -60,3 +60,34 @@ def test_ablating_every_edge_into_a_target_leaves_only_the_output_bias_there(run
     if modules(run, layer)["out_proj"].bias is None:
         block, _ = run.intervene(("attention", layer, [target]))
         torch.testing.assert_close(new.logits, block.logits, atol=1e-5, rtol=0)
+
+
+# -- generated code ---------------------------------------------------------------------------------
+
+
+def exported_logits(run, source: str, tmp_path) -> torch.Tensor:
+    path = tmp_path / f"reproduce_{run.family.name}.py"
+    path.write_text(source)
+    return runpy.run_path(str(path), init_globals={"model": run.model})["logits"].float()
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+def test_exported_code_runs_and_gives_the_same_logits(run, mode, tmp_path):
+    ablations = [("head", 1, 2), ("attention", 0, [4]), ("ffn", 1), ("edge", 1, 7, 9), ("edge", 0, 0, 3, 3)]
+    layer = dense_layer(run)
+    if layer is not None:
+        ablations.append(("neuron", layer, 5, [1, 3]))
+    new, _ = run.intervene(ablations, mode)
+    assert (new.logits - run.logits).abs().max() > 1e-3
+    source = I.code(run, ablations, mode, model_expr="model")
+    torch.testing.assert_close(exported_logits(run, source, tmp_path), new.logits, atol=1e-4, rtol=0)
+
+
+def test_exported_code_reproduces_patches(run, tmp_path):
+    other = lw.analyze(run.model, SWAPPED)
+    stages = ["embed", "ffn", "post"] + ([] if run.shape.parallel else ["mid"])
+    nodes = [("head", 1, 2, 9)] + [(stage, -1 if stage == "embed" else 1, 3 + i) for i, stage in enumerate(stages)]
+    patched, _ = lw.patch(other, run, nodes)
+    assert (patched.logits - run.logits).abs().max() > 1e-3
+    torch.testing.assert_close(exported_logits(run, I.code(patched, model_expr="model"), tmp_path), patched.logits,
+                               atol=1e-4, rtol=0)

@@ -5,23 +5,20 @@ from __future__ import annotations
 
 import torch
 
+from ..architectures import norm_eps, text_config
 from .kinds import parse_all
 from .running import base, check_run
 
 # a site of the forward pass -> the variable the generated code binds to its tensor
 SITE_VARIABLES = {
     "block_input": "x_in",  # the residual entering the block [T, d]
+    "attention_inputs": "attn_inputs",  # the attention module's keyword inputs (Falcon's probabilities)
     "values": "values",  # the value vectors [T, KV, head_dim]
     "out_proj_input": "heads_in",  # the output projection's input [T, H * head_dim]
-    "attention_output": "attn",  # (update [1, T, d], probabilities [1, H, T, T])
+    "attention_output": "attn_update",  # the attention block's update [T, d] (after any post-norm)
     "ffn_out_proj_input": "neurons",  # the FFN output projection's input [T, d_ff]
-    "ffn_output": "ffn_out",  # the FFN block's update [T, d]
+    "ffn_output": "ffn_out",  # the FFN block's update [T, d] (after any post-norm)
     "block_output": "block_out",  # the residual after the block [T, d]
-}
-_VALUES_CODE = {  # the value projection's output [T, .] -> value vectors [T, KV, head_dim]
-    "_values_separate": "{out}.reshape(T, {kv}, {hd})",
-    "_values_gpt2": "{out}[:, {two_d}:].reshape(T, {h}, {hd})",
-    "_values_neox": "{out}.reshape(T, {h}, 3 * {hd})[..., {two_hd}:]",
 }
 
 
@@ -37,9 +34,10 @@ class Script:
         self.sources: dict[tuple[int, ...], dict] = {}  # a trace of each other prompt, for patches
         self.edits: dict[tuple[int, str], list[str]] = {}  # the main trace, with the interventions
 
-    def setup(self, line: str) -> None:
-        if line not in self.setup_lines:
-            self.setup_lines.append(line)
+    def setup(self, *lines: str) -> None:
+        for line in lines:
+            if line not in self.setup_lines:
+                self.setup_lines.append(line)
 
     def mean(self, layer: int, site: str, *lines: str) -> None:
         self.means.setdefault((layer, site), []).extend(lines)
@@ -69,8 +67,6 @@ def code(run, ablations=None, mode: str = "zero", model_expr: str = "lmtt_widget
 
 
 def _layout(clean, run, ablations, script: Script, model_expr: str) -> list[str]:
-    module_names = {m: n for n, m in clean.hf_model.named_modules()}
-    lm_head = module_names[clean.hf_model.get_output_embeddings()]
     lines = [
         f"# nnsight code reproducing lmtt-widget interventions (generated) on {clean.prompt!r}:",
         *(f"#   {ab.as_tuple()!r}: {ab.describe()}" for ab in ablations),
@@ -98,7 +94,7 @@ def _layout(clean, run, ablations, script: Script, model_expr: str) -> list[str]
                   *_trace_body(clean, saves)]
     lines += ["", "with torch.no_grad(), lmtt_widget.tracing.exclusive(model), model.trace(input_ids):",
               *_trace_body(clean, script.edits),
-              f"    logits = nnsight.save(model.{lm_head}.output.view(T, -1))  # [T, vocabulary]",
+              "    logits = nnsight.save(model.output.logits[0])  # [T, vocabulary], as the model gives them",
               "", "probs = logits[-1].softmax(-1)",
               "print([(model.tokenizer.decode([int(i)]), round(float(p), 4)) for p, i in zip(*probs.topk(5))])", ""]
     return lines
@@ -109,22 +105,38 @@ def _trace_body(clean, by_site: dict) -> list[str]:
     order = list(SITE_VARIABLES)
     body = []
     for layer, site in sorted(by_site, key=lambda key: (key[0], order.index(key[1]))):
-        body.append(f"    {SITE_VARIABLES[site]} = {_site_expr(clean, layer, site)}")
+        body += [f"    {line}" for line in _site_lines(clean, layer, site)]
         body += [f"    {line}" for line in by_site[(layer, site)]]
     return body
 
 
-def _site_expr(clean, layer: int, site: str) -> str:
+def _site_lines(clean, layer: int, site: str) -> list[str]:
+    """The lines that bind a site's variable (SITE_VARIABLES) in a trace."""
     family, shape = clean.family, clean.shape
+    modules = family.modules(clean.hf_model, layer)
     block = f"model.{family.blocks}[{layer}]"
-    return {
-        "values": _VALUES_CODE[family.values.__name__].format(
-            out=f"{block}.{family.value_proj}.output.view(T, -1)", kv=shape.n_kv_heads, hd=shape.head_dim,
-            h=shape.n_heads, two_d=2 * shape.n_heads * shape.head_dim, two_hd=2 * shape.head_dim),
+    if site == "values":
+        clamp = family.value_clamp(text_config(clean.hf_model))
+        return [f"value_out = {block}.{family.value_proj}.output.view(T, -1)  # the value projection's output",
+                f"values = {family.values_code('value_out', shape, clamp)}  # [T, KV, head_dim]"]
+    if site == "attention_output":
+        lines = [f"attn = {block}.{family.attention}.output  # (its output [1, T, d], probabilities [1, H, T, T])"]
+        if family.attn_post_norm is None:
+            return lines + ["attn_update = attn[0].view(T, -1)  # the update the residual receives [T, d]"]
+        return lines + [
+            f"attn_update = {block}.{family.attn_post_norm}.output.view(T, -1)  # after the post-norm [T, d]",
+            "# the post-norm's per-position scale [T], frozen: the update is linear in the heads' outputs",
+            f"attn_scale = lmtt_widget.architectures.{family.norm!r}.scale(attn[0].view(T, -1), "
+            f"{norm_eps(modules['attn_post_norm'])!r})"]
+    if site == "block_output":  # some blocks (Falcon's) return a tuple, the residual first
+        return [f"block_out = {block}.output",
+                "block_out = (block_out[0] if isinstance(block_out, tuple) else block_out).view(T, -1)  "
+                "# the residual after the block [T, d]"]
+    ffn = family.ffn if family.ffn_post_norm is None else family.ffn_post_norm
+    return [f"{SITE_VARIABLES[site]} = " + {
+        "attention_inputs": f"{block}.{family.attention}.inputs[1]  # its keyword inputs",
         "out_proj_input": f"{block}.{family.out_proj}.input.view(T, -1)  # [T, heads x head_dim]",
-        "attention_output": f"{block}.{family.attention}.output  # (update [1, T, d], probabilities [1, H, T, T])",
         "ffn_out_proj_input": f"{block}.{family.ffn_out_proj}.input.view(T, -1)  # [T, neurons]",
-        "ffn_output": f"{block}.{family.ffn}.output.view(T, -1)  # [T, d]",
+        "ffn_output": f"{block}.{ffn}.output.view(T, -1)  # the update the residual receives [T, d]",
         "block_input": f"{block}.input.view(T, -1)  # the residual entering the block [T, d]",
-        "block_output": f"{block}.output.view(T, -1)  # the residual after the block [T, d]",
-    }[site]
+    }[site]]

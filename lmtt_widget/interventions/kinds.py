@@ -262,7 +262,7 @@ class BlockAblation(Ablation):
 
 class AttentionAblation(BlockAblation, kind="attention"):
     FORM = "('attention', layer[, positions])"
-    SITE, CAPTURED, VARIABLE, WORDS = "attention_output", "attn_out", "attn[0].view(T, -1)", "attention block"
+    SITE, CAPTURED, VARIABLE, WORDS = "attention_output", "attn_out", "attn_update", "attention block"
 
     def replaces_head(self, layer, head, target):
         return layer == self.layer and (self.positions is None or target in self.positions)
@@ -348,19 +348,43 @@ class EdgeAblation(Ablation, kind="edge"):
             script.edit(self.layer, "attention_output", f"# {self.as_tuple()!r}: another ablation covers it")
             return
         shape, family, w_o_name = clean.shape, clean.family, f"w_o_{self.layer}"
-        module = f"hf.{family.blocks}[{self.layer}].{family.out_proj}"
-        conv1d = type(family.modules(clean.hf_model, self.layer)["out_proj"]).__name__ == "Conv1D"  # [in, out]
-        script.setup(f"{w_o_name} = {module}.weight{'' if conv1d else '.T'}.reshape({shape.n_heads}, "
-                     f"{shape.head_dim}, -1)  # W_O per head [H, head_dim, d]")
+        script.setup(_w_o_code(clean, self.layer, w_o_name))
         value = f"values[{self.source}, {{kv}}]"
         if self.mode == "mean":
             script.mean(self.layer, "values", f"{name} = nnsight.save(values.mean(0))")
             value = f"(values[{self.source}, {{kv}}] - {name}[{{kv}}])"
         script.edit(self.layer, "values")
-        term = " + ".join(f"attn[1][0, {h}, {self.target}, {self.source}] * "
+        probs = "attn[1][0]"
+        if family.probs_from_inputs is not None:  # Falcon: under sdpa its attention gives none (attn[1] is None)
+            script.setup("family = lmtt_widget.architectures.family_of(hf)",
+                         "shape = lmtt_widget.architectures.shape_of(hf, family)")
+            script.edit(self.layer, "attention_inputs")
+            probs = "lmtt_widget.tracing.block_probs(family, shape, attn, attn_inputs, value_out)"
+        term = " + ".join(f"probs[{h}, {self.target}, {self.source}] * "
                           f"({value.format(kv=kv_head(shape, h))} @ {w_o_name}[{h}])" for h in heads)
-        script.edit(self.layer, "attention_output",
-                    f"attn[0].view(T, -1)[{self.target}] -= {term}  # {self.as_tuple()!r}")
+        if family.attn_post_norm is not None:
+            term = f"({term}) * attn_scale[{self.target}]"
+        script.edit(self.layer, "attention_output", f"probs = {probs}  # [H, T, T]",
+                    f"attn_update[{self.target}] -= {term}  # {self.as_tuple()!r}")
+
+
+def _w_o_code(clean, layer: int, name: str) -> str:
+    """A line of code binding `name` to what each head of `layer` writes per unit of its value
+    mix, [H, head_dim, d]: W_O per head, times a post-norm's weight (architectures.w_o)."""
+    family, shape = clean.family, clean.shape
+    modules = family.modules(clean.hf_model, layer)
+    block = f"hf.{family.blocks}[{layer}]"
+    conv1d = type(modules["out_proj"]).__name__ == "Conv1D"  # [in, out]
+    line = (f"{name} = {block}.{family.out_proj}.weight{'' if conv1d else '.T'}.reshape({shape.n_heads}, "
+            f"{shape.head_dim}, -1)")
+    post_norm = modules["attn_post_norm"]
+    if post_norm is None:
+        return line + "  # W_O per head [H, head_dim, d]"
+    if family.norm.kind != "rms":
+        raise LmttError(f"code for a {family.norm.kind} norm after the attention block is not written yet")
+    offset = f" + {family.norm.weight_offset!r}" if family.norm.weight_offset else ""
+    return (line + f" * ({block}.{family.attn_post_norm}.weight{offset})"
+            "  # W_O per head, then the post-norm's weight [H, head_dim, d]")
 
 
 # -- parsing and checking ----------------------------------------------------------------------

@@ -136,11 +136,11 @@ class MidNode(StageNode, kind="mid"):
         layer, pos = self.layer, self.position
         script.save_from(source_ids, layer, "block_input")
         script.save_from(source_ids, layer, "attention_output",
-                         f"{name} = nnsight.save(x_in[{pos}] + attn[0].view(T, -1)[{pos}])"
+                         f"{name} = nnsight.save(x_in[{pos}] + attn_update[{pos}])"
                          "  # the residual after attention")
         script.edit(layer, "block_input")
         script.edit(layer, "attention_output",
-                    f"attn[0].view(T, -1)[{pos}] = {name} - x_in[{pos}]  # patch {self.as_tuple()!r}")
+                    f"attn_update[{pos}] = {name} - x_in[{pos}]  # patch {self.as_tuple()!r}")
 
 
 class FfnNode(StageNode, kind="ffn"):
