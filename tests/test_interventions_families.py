@@ -66,7 +66,8 @@ def test_ablating_every_edge_into_a_target_leaves_only_the_output_bias_there(run
 
 
 def exported_logits(run, source: str, tmp_path) -> torch.Tensor:
-    path = tmp_path / f"reproduce_{run.family.name}.py"
+    # a file of its own for each script: nnsight keeps what it read of a trace's source by file and line
+    path = tmp_path / f"reproduce_{run.family.name}_{len(list(tmp_path.iterdir()))}.py"
     path.write_text(source)
     return runpy.run_path(str(path), init_globals={"model": run.model})["logits"].float()
 
@@ -91,3 +92,60 @@ def test_exported_code_reproduces_patches(run, tmp_path):
     assert (patched.logits - run.logits).abs().max() > 1e-3
     torch.testing.assert_close(exported_logits(run, I.code(patched, model_expr="model"), tmp_path), patched.logits,
                                atol=1e-4, rtol=0)
+
+
+# -- mixtures of experts ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=MOE)
+def moe_run(request):
+    return lw.analyze(tiny.load(request.param), PROMPT)
+
+
+def moe_layer(run) -> int:
+    return next(layer for layer in range(run.shape.n_layers) if run.has_experts(layer))
+
+
+def routed_logits(run, layer, expert, positions):
+    """[T, V]: the plain forward pass with a hook zeroing `expert`'s routing weight at `positions`."""
+    def hook(module, args, out):
+        _, weights, selected = out
+        dropped = (selected == expert) & torch.isin(torch.arange(run.n_tokens), torch.tensor(positions))[:, None]
+        return out[0], weights.masked_fill(dropped, 0), selected
+    handle = modules(run, layer)["router"].register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            return run.hf_model(run.input_ids[None]).logits[0].float()
+    finally:
+        handle.remove()
+
+
+def test_an_expert_ablation_equals_zeroing_its_routing_weight_by_hand(moe_run, tmp_path):
+    run, layer = moe_run, moe_layer(moe_run)
+    everywhere = list(range(run.n_tokens))
+    expert = run.expert_writes(layer, 6).experts[0]
+    for positions in (None, [2, 6]):
+        spec = ("expert", layer, expert) + (() if positions is None else (positions,))
+        new, _ = run.intervene(spec)
+        expected = routed_logits(run, layer, expert, everywhere if positions is None else positions)
+        torch.testing.assert_close(new.logits, expected, atol=1e-5, rtol=0)
+        assert (new.logits - run.logits).abs().max() > 1e-3
+        torch.testing.assert_close(exported_logits(run, I.code(run, spec, model_expr="model"), tmp_path), new.logits,
+                                   atol=1e-4, rtol=0)
+    ablation = I.parse(run, ("expert", layer, expert, [2, 6]))
+    assert ablation.describe() == f"expert {expert} of layer {layer}, positions 2, 6, its routing weight zeroed"
+    assert I.parse(run, ablation.as_tuple()) == ablation
+
+
+def test_expert_and_neuron_ablations_refuse_the_wrong_kind_of_layer(moe_run):
+    run, layer = moe_run, moe_layer(moe_run)
+    with pytest.raises(LmttError, match="mixture of experts.*'expert'"):
+        run.intervene(("neuron", layer, 0))
+    with pytest.raises(LmttError, match="mode 'zero' only"):
+        run.intervene(("expert", layer, 0), "mean")
+    with pytest.raises(LmttError, match="expert"):
+        run.intervene(("expert", layer, 99))
+    dense = dense_layer(run)
+    if dense is not None:
+        with pytest.raises(LmttError, match="dense"):
+            run.intervene(("expert", dense, 0))

@@ -16,6 +16,7 @@ SITE_VARIABLES = {
     "values": "values",  # the value vectors [T, KV, head_dim]
     "out_proj_input": "heads_in",  # the output projection's input [T, H * head_dim]
     "attention_output": "attn_update",  # the attention block's update [T, d] (after any post-norm)
+    "routing_weights": "routing_weights",  # a mixture of experts' weights of its selected experts [T, k]
     "ffn_out_proj_input": "neurons",  # the FFN output projection's input [T, d_ff]
     "ffn_output": "ffn_out",  # the FFN block's update [T, d] (after any post-norm)
     "block_output": "block_out",  # the residual after the block [T, d]
@@ -128,6 +129,10 @@ def _site_lines(clean, layer: int, site: str) -> list[str]:
             "# the post-norm's per-position scale [T], frozen: the update is linear in the heads' outputs",
             f"attn_scale = lmtt_widget.architectures.{family.norm!r}.scale(attn[0].view(T, -1), "
             f"{norm_eps(modules['attn_post_norm'])!r})"]
+    if site == "routing_weights":
+        router = f"{block}.{family.experts.router}.output"  # type: ignore[union-attr]  # a MoE layer's
+        return [f"routing = {router}  # (router logits, routing weights [T, k], selected experts [T, k])",
+                "routing_weights, selected = routing[1].view(T, -1), routing[2].view(T, -1)"]
     if site == "block_output":  # some blocks (Falcon's) return a tuple, the residual first
         return [f"block_out = {block}.output",
                 "block_out = (block_out[0] if isinstance(block_out, tuple) else block_out).view(T, -1)  "

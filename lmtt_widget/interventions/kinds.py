@@ -17,6 +17,7 @@ import torch
 
 from ..architectures import ffn_out_matrix, w_o
 from ..errors import LmttError, check_index
+from ..experts import n_experts
 from ..tracing import Edit
 from .edits import head_columns, head_mix, kv_head, put, rows, unread
 
@@ -47,6 +48,7 @@ class Ablation:
     target: int | None = None
     positions: tuple[int, ...] | None = None
     mode: str = "zero"
+    expert: int | None = None
 
     KIND: ClassVar[str]  # the kind a class is registered for
     ARITY: ClassVar[tuple[int, int]]  # the fewest and most values after the kind in the tuple form
@@ -203,6 +205,10 @@ class NeuronAblation(Ablation, kind="neuron"):
 
     @classmethod
     def from_args(cls, run, layer, args, mode):
+        if run.has_experts(layer):
+            raise LmttError(f"layer {layer}'s FFN is a mixture of experts: it has no layer-wide neurons to ablate; "
+                            f"ablate an expert, ('expert', {layer}, expert[, positions]), or read its experts with "
+                            "run.expert_contributions / run.expert_neuron_contributions")
         n_neurons = ffn_out_matrix(run.family.modules(run.hf_model, layer)["ffn_out_proj"]).shape[0]
         neuron = check_index("neuron", args[0], n_neurons)
         return cls("neuron", layer, neuron=neuron, positions=_positions(run, args[1:]), mode=mode)
@@ -274,6 +280,56 @@ class AttentionAblation(BlockAblation, kind="attention"):
 class FfnAblation(BlockAblation, kind="ffn"):
     FORM = "('ffn', layer[, positions])"
     SITE, CAPTURED, VARIABLE, WORDS = "ffn_output", "ffn_out", "ffn_out", "FFN block"
+
+
+class ExpertAblation(Ablation, kind="expert"):
+    """An expert of a mixture-of-experts FFN, dropped where the router selected it: its routing
+    weight set to 0 (its write w_e E_e(x) is gone; the other experts keep their weights). Zero
+    mode only: an expert's output at a position where it was not selected has no clean value."""
+
+    ARITY = (2, 3)
+    FORM = "('expert', layer, expert[, positions])"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.mode != "zero":
+            raise LmttError(f"an expert ablation zeroes the expert's routing weight: it has mode 'zero' only, got "
+                            f"{self.mode!r} (a mean of an expert's write over positions that did not select it "
+                            "is not something the model computes)")
+
+    @classmethod
+    def from_args(cls, run, layer, args, mode):
+        if not run.has_experts(layer):
+            raise LmttError(f"layer {layer}'s FFN is dense: it has no experts; ablate its neurons, "
+                            f"('neuron', {layer}, neuron[, positions]), or the block, ('ffn', {layer})")
+        block = run.family.modules(run.hf_model, layer)["block"]
+        expert = check_index("expert", args[0], n_experts(run.family, block))
+        return cls("expert", layer, expert=expert, positions=_positions(run, args[1:]), mode=mode)
+
+    def as_tuple(self):
+        return ("expert", self.layer, self.expert, *_where(self.positions))
+
+    def describe(self):
+        return f"expert {self.expert} of layer {self.layer}, {_at(self.positions)}, its routing weight zeroed"
+
+    def name(self, token):
+        return f"expert L{self.layer}.{self.expert}"
+
+    def component(self):
+        return ("expert", self.layer, self.expert)
+
+    def edits(self, clean, everything):
+        at, expert = rows(self.positions), self.expert
+
+        def drop(weights, state):  # weights [T, k] of the experts state.experts [T, k] selected
+            weights[at] = weights[at].masked_fill(state.experts[at] == expert, 0)
+        return [Edit("routing_weights", self.layer, drop)]
+
+    def code(self, clean, script, name, everything):
+        at = ":" if self.positions is None else repr(list(self.positions))
+        script.edit(self.layer, "routing_weights",
+                    f"routing_weights[{at}] = routing_weights[{at}].masked_fill(selected[{at}] == {self.expert}, 0)"
+                    f"  # {self.as_tuple()!r}")
 
 
 class EdgeAblation(Ablation, kind="edge"):
