@@ -9,7 +9,10 @@ Ablations are tuples (or `Ablation`s); positions are optional and default to eve
     ("ffn", layer[, positions])              the FFN block's update
     ("edge", layer, source, target[, head])  z^h_{target<-source} = A^h_ts v^h_s W_O^h, from the
                                              attention block's update at `target` only (all heads
-                                             if no head is given)
+                                             if no head is given); on a family with a norm after
+                                             attention, times that norm's frozen scale at `target`
+    ("expert", layer, expert[, positions])   a mixture of experts' expert: its routing weight set
+                                             to 0 where the router selected it (mode "zero" only)
 
 mode "zero" removes the activation; "mean" replaces it by its mean over the positions of the
 clean run (for an edge: the source's value vector by the mean value vector, so the edge's term
@@ -55,6 +58,7 @@ from .kinds import (
     AttentionAblation,
     BlockAblation,
     EdgeAblation,
+    ExpertAblation,
     FfnAblation,
     HeadAblation,
     NeuronAblation,
