@@ -26,14 +26,15 @@ from . import contributions as C
 from .architectures import _get, family_of, shape_of
 from .attention import check_gives_probs, output_probs
 from .errors import check_floor, check_positive
-from .run import LayerShares, Shares, block_shares, tokenize
+from .run import LayerShares, Shares, block_shares, prompt_ids
 from .tracing import _first, exclusive
 
 
-def analyze_compact(model, prompt: str, *, remote: bool | str = False, floor: float = 0.01, k: int = 10,
+def analyze_compact(model, prompt, *, remote: bool | str = False, floor: float = 0.01, k: int = 10,
                     distance: str = "l1", prepend_bos: bool | None = None,
                     budget_bytes: int = C.DEFAULT_BUDGET_BYTES) -> Shares:
-    """Shares of every block's parts, computed inside the trace (remotely with `remote=True`)."""
+    """Shares of every block's parts, computed inside the trace (remotely with `remote=True`);
+    `prompt` is a string or one prompt's token ids, as for `analyze`."""
     floor, k = check_floor(floor), check_positive("k", k)
     budget_bytes = check_positive("budget_bytes", budget_bytes)
     p = C.distance_order(distance)
@@ -41,7 +42,7 @@ def analyze_compact(model, prompt: str, *, remote: bool | str = False, floor: fl
     check_gives_probs(hf_model)
     family = family_of(hf_model)
     shape = shape_of(hf_model, family)
-    input_ids = tokenize(model.tokenizer, prompt, prepend_bos, shape.n_ctx)
+    input_ids, _ = prompt_ids(model, prompt, prepend_bos)
     conv1d = type(family.modules(hf_model, 0)["out_proj"]).__name__ == "Conv1D"
     unembed = next(name for name, module in hf_model.named_modules() if module is hf_model.get_output_embeddings())
     n_tokens = len(input_ids)

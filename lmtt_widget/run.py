@@ -17,7 +17,7 @@ from . import vocab as V
 from .architectures import Shape, family_of, ffn_out_matrix, shape_of, w_o
 from .attention import AttentionProbs, check_gives_probs, dense
 from .contributions import head_outputs
-from .errors import LmttError, check_floor, check_index, check_positive, check_threshold
+from .errors import LmttError, _integer, check_floor, check_index, check_positive, check_threshold
 from .progress import progress_bar
 from .tracing import Capture, attention_probs, neuron_activations, trace
 
@@ -86,14 +86,15 @@ class LayerShares:
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
 
-def analyze(model, prompt: str, *, distance: str = "l1", prepend_bos: bool | None = None,
+def analyze(model, prompt, *, distance: str = "l1", prepend_bos: bool | None = None,
             budget_bytes: int = C.DEFAULT_BUDGET_BYTES, floor: float | None = None,
             progress: bool | None = None) -> Run:
     """Run `model` once on `prompt` and compute the importances of every block's parts.
 
-    `model` comes from `load_model`. `distance` is "l1" (the papers' default) or "l2".
-    `prepend_bos`: None keeps what the tokenizer does by default; True/False force a BOS
-    token at the start or none.
+    `model` comes from `load_model`. `prompt` is a string or one prompt's token ids (a 1-D list,
+    tuple, tensor or array, as a tokenised dataset gives them). `distance` is "l1" (the papers'
+    default) or "l2". `prepend_bos`: None keeps what the tokenizer does by default (ids as
+    given); True/False force a BOS token at the start or none.
 
     Memory beyond the model and the captured residuals ([L, T, d] each) follows `budget_bytes`:
     it bounds the importances' temporaries (but for one layer's head outputs [T, H, d] float32
@@ -106,8 +107,8 @@ def analyze(model, prompt: str, *, distance: str = "l1", prepend_bos: bool | Non
     `progress`: None shows a progress bar once the analysis takes over a second, True always,
     False never.
     """
-    input_ids = tokenize(model.tokenizer, prompt, prepend_bos, shape_of(model._module, family_of(model._module)).n_ctx)
-    return analyze_ids(model, input_ids, prompt=prompt, distance=distance, budget_bytes=budget_bytes, floor=floor,
+    input_ids, text = prompt_ids(model, prompt, prepend_bos)
+    return analyze_ids(model, input_ids, prompt=text, distance=distance, budget_bytes=budget_bytes, floor=floor,
                        progress=progress)
 
 
@@ -154,25 +155,81 @@ def _d_ff(hf_model, family) -> int:
     return ffn_out_matrix(family.modules(hf_model, 0)["ffn_out_proj"]).shape[0]
 
 
+def prompt_ids(model, prompt, prepend_bos: bool | None = None) -> tuple[torch.Tensor, str]:
+    """(token ids [T], the prompt's text) of a string or of one prompt's token ids, checked
+    against the model's vocabulary and context."""
+    hf_model = model._module
+    n_ctx = shape_of(hf_model, family_of(hf_model)).n_ctx
+    if isinstance(prompt, str):
+        return tokenize(model.tokenizer, prompt, prepend_bos, n_ctx), prompt
+    ids = _with_bos(token_ids(prompt, hf_model.get_input_embeddings().num_embeddings), model.tokenizer, prepend_bos)
+    if not ids:
+        raise LmttError("prompt is only a BOS token, which prepend_bos=False removes")
+    _check_length(len(ids), n_ctx)
+    ids = torch.tensor(ids, dtype=torch.long)
+    return ids, model.tokenizer.decode(ids)
+
+
+def token_ids(prompt, n_vocab: int) -> list[int]:
+    """One prompt's token ids from a 1-D list, tuple, tensor or array of integers in 0..n_vocab-1;
+    an LmttError that says what `prompt` is otherwise."""
+    shape = getattr(prompt, "shape", None)
+    if shape is not None and hasattr(prompt, "tolist"):  # a tensor or an array
+        dtype = str(getattr(prompt, "dtype", ""))
+        if len(shape) != 1 or "int" not in dtype:
+            raise LmttError(f"token ids must be 1-D integers, got a {type(prompt).__name__} of shape {tuple(shape)} "
+                            f"and dtype {dtype}" + (" (one prompt of a batch: ids[0])" if len(shape) == 2 else ""))
+        ids = prompt.tolist()
+    elif isinstance(prompt, (list, tuple)):
+        ids = [_integer(i) for i in prompt]
+        bad = next((n for n, i in enumerate(ids) if i is None), None)
+        if bad is not None:
+            item = prompt[bad]
+            raise LmttError(f"token ids must be integers: item {bad} of the {type(prompt).__name__} is "
+                            f"{type(item).__name__} {item!r:.40}" + (" (a batch? give one prompt's ids)"
+                                                                     if isinstance(item, (list, tuple)) else ""))
+    else:
+        hint = " (a tokenizer's output: pass its ['input_ids'])" if hasattr(prompt, "keys") else ""
+        raise LmttError(f"prompt must be a string or a 1-D list, tuple, tensor or array of token ids, got "
+                        f"{type(prompt).__name__}{hint}")
+    if not ids:
+        raise LmttError("prompt has no token ids: give at least one")
+    outside = [(n, i) for n, i in enumerate(ids) if not 0 <= i < n_vocab]
+    if outside:
+        n, i = outside[0]
+        raise LmttError(f"token id {i} (at index {n}) is out of the vocabulary: valid ids are 0..{n_vocab - 1}"
+                        + (f"; {len(outside)} ids are outside" if len(outside) > 1 else ""))
+    return ids
+
+
 def tokenize(tokenizer, prompt: str, prepend_bos: bool | None, n_ctx: int | None) -> torch.Tensor:
     if not isinstance(prompt, str):
         raise LmttError(f"prompt must be a string, got {type(prompt).__name__}")
     if not prompt.strip():
         raise LmttError("prompt is empty: give some text to analyse")
     _check_unicode(prompt)
-    ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    ids = _with_bos(list(tokenizer(prompt, add_special_tokens=True)["input_ids"]), tokenizer, prepend_bos)
+    if not ids:
+        raise LmttError("prompt tokenizes to no tokens")
+    _check_length(len(ids), n_ctx)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _with_bos(ids: list[int], tokenizer, prepend_bos: bool | None) -> list[int]:
+    """`ids` with a BOS token forced at the start (True), removed (False), or as they are (None)."""
     bos = tokenizer.bos_token_id
     if prepend_bos and (not ids or ids[0] != bos):
         if bos is None:
             raise LmttError("prepend_bos=True, but this tokenizer has no BOS token")
-        ids = [bos] + ids
-    elif prepend_bos is False and ids and bos is not None and ids[0] == bos:
-        ids = ids[1:]
-    if not ids:
-        raise LmttError("prompt tokenizes to no tokens")
-    if n_ctx is not None and len(ids) > n_ctx:
-        raise LmttError(f"prompt is {len(ids)} tokens long; this model reads at most {n_ctx}")
-    return torch.tensor(ids, dtype=torch.long)
+        return [bos] + ids
+    if prepend_bos is False and ids and bos is not None and ids[0] == bos:
+        return ids[1:]
+    return ids
+
+
+def _check_length(n_tokens: int, n_ctx: int | None) -> None:
+    if n_ctx is not None and n_tokens > n_ctx:
+        raise LmttError(f"prompt is {n_tokens} tokens long; this model reads at most {n_ctx}")
 
 
 def _check_unicode(prompt: str) -> None:
