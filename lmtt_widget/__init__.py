@@ -10,11 +10,11 @@ from .errors import LmttError
 from .interventions import code, compare, patch
 from .models import load_model
 from .remote import analyze_compact
-from .run import Run, Shares, analyze
+from .run import Run, Shares, analyze, load_run
 from .widget import Widget, show, show_pair
 
 __all__ = [
-    "LmttError", "Run", "Shares", "Widget", "analyze", "analyze_compact", "code", "compare", "load_model", "patch",
-    "show", "show_pair",
+    "LmttError", "Run", "Shares", "Widget", "analyze", "analyze_compact", "code", "compare", "load_model", "load_run",
+    "patch", "show", "show_pair",
 ]
 __version__ = "0.1.0"

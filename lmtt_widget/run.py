@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import pathlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -17,8 +18,10 @@ from . import vocab as V
 from .architectures import Shape, family_of, ffn_out_matrix, shape_of, w_o
 from .attention import AttentionProbs, check_gives_probs, dense
 from .contributions import head_outputs
+from . import saved as S
 from .errors import LmttError, _integer, check_floor, check_index, check_positive, check_threshold
 from .progress import progress_bar
+from .saved import SavedModel
 from .tracing import Capture, attention_probs, neuron_activations, trace
 
 
@@ -29,6 +32,7 @@ class NeuronShare(NamedTuple):
 
 
 DEFAULT_FLOOR = 1e-3  # for prompts whose shares do not fit the budget whole; the widget's lowest threshold is 0.005
+TOP_K_KEPT = 10  # top predictions per position that runs without their logits keep (and files)
 
 
 @dataclass
@@ -124,8 +128,6 @@ def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, di
     check_gives_probs(hf_model)
     n_tokens = len(input_ids)
     floor = _floor(floor, shape, n_tokens, budget_bytes)
-    neurons = n_tokens * _d_ff(hf_model, family) * shape.n_layers * 4 <= budget_bytes
-    probs = shape.n_layers * shape.n_heads * n_tokens ** 2 * 4 <= budget_bytes  # kept as float32
     layers: list[LayerShares] = []
     bar = progress_bar(range(shape.n_layers), enabled=progress, desc="importances", unit="layer")
     steps = iter(bar)
@@ -136,8 +138,8 @@ def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, di
                                    w_o(hf_model, family, shape, layer), shape.parallel, p, budget_bytes, floor).cpu())
 
     try:
-        capture = trace(model, family, shape, input_ids.to(hf_model.device), edits, neurons=neurons, probs=probs,
-                        on_layer=on_layer)
+        capture = trace(model, family, shape, input_ids.to(hf_model.device), edits, on_layer=on_layer,
+                        **kept_whole(hf_model, family, shape, n_tokens, budget_bytes))
     finally:
         getattr(bar, "close", lambda: None)()
     text = prompt if prompt is not None else model.tokenizer.decode(input_ids)
@@ -149,6 +151,13 @@ def _floor(floor: float | None, shape: Shape, n_tokens: int, budget_bytes: int) 
         every_edge = shape.n_layers * n_tokens * (n_tokens + 1) // 2 * (shape.n_heads * 4 + 16)
         return 0.0 if every_edge <= budget_bytes else DEFAULT_FLOOR
     return check_floor(floor)
+
+
+def kept_whole(hf_model, family, shape: Shape, n_tokens: int, budget_bytes: int) -> dict[str, bool]:
+    """What a trace of `n_tokens` keeps for every layer within `budget_bytes` (tracing.trace's
+    `neurons` and `probs`): the FFN activations and the attention probabilities (float32)."""
+    return {"neurons": n_tokens * _d_ff(hf_model, family) * shape.n_layers * 4 <= budget_bytes,
+            "probs": shape.n_layers * shape.n_heads * n_tokens ** 2 * 4 <= budget_bytes}
 
 
 def _d_ff(hf_model, family) -> int:
@@ -308,14 +317,19 @@ class Shares:
     def decode(self, token_id) -> str:
         return self._decode([int(token_id)])
 
-    def top_tokens(self, position: int = -1, k: int = 10) -> list[tuple[str, float]]:
-        """The model's top-k next tokens after `position`, with probabilities."""
+    def top_predictions(self, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities [T, k], token ids [T, k]): the model's top-k next tokens at every position."""
         probs, ids = self._top  # type: ignore[misc]  # set where no logits are kept
         k = check_positive("k", k)
         if k > probs.shape[1]:
             raise LmttError(f"only the top {probs.shape[1]} tokens were kept; k={k} is too large")
+        return probs[:, :k], ids[:, :k]
+
+    def top_tokens(self, position: int = -1, k: int = 10) -> list[tuple[str, float]]:
+        """The model's top-k next tokens after `position`, with probabilities."""
         position = self.position(position)
-        return [(self.decode(i), float(v)) for v, i in zip(probs[position, :k], ids[position, :k])]
+        probs, ids = self.top_predictions(k)
+        return [(self.decode(i), float(v)) for v, i in zip(probs[position], ids[position])]
 
     def attention_contributions(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(shares [T_target, T_source, H] of each head reading each source, residual's share [T]);
@@ -343,6 +357,12 @@ class Shares:
         (see lmtt_widget.graph)."""
         return G.routes(self, self.position(token), self.valid_threshold(threshold), renormalize)
 
+    def edges(self, token: int = -1, threshold: float = 0.04, renormalize: bool = True):
+        """The routes' edges (`graph(token, threshold, renormalize)`) as a pandas DataFrame, one row
+        per edge: kind, layer, source and target (stage and position), weight, and each head's share
+        of attention edges (head_0 ... ; empty for the other kinds)."""
+        return G.edge_table(self.graph(token, threshold, renormalize), self.shape.n_heads)
+
     def full_graph(self, threshold: float = 0.04, renormalize: bool = True):
         """Every edge above `threshold`, for all tokens."""
         return G.full_graph(self, self.valid_threshold(threshold), renormalize)
@@ -364,24 +384,34 @@ class Run(Shares):
     vocabulary readouts are derived from them (and from the captured activations) on demand.
     """
 
-    def __init__(self, model, prompt: str, input_ids: torch.Tensor, capture: Capture,
-                 layers: list[LayerShares], distance: str, budget_bytes: int, floor: float = 0.0, edits=None):
-        hf_model = model._module
-        self.family = family_of(hf_model)
-        tokens = [model.tokenizer.decode([int(i)]) for i in input_ids]
-        super().__init__(tokens, input_ids, shape_of(hf_model, self.family), layers, distance, floor,
-                         decode=model.tokenizer.decode)
+    def __init__(self, model, prompt: str, input_ids: torch.Tensor, capture: Capture | None,
+                 layers: list[LayerShares], distance: str, budget_bytes: int, floor: float = 0.0, edits=None, *,
+                 top: tuple[torch.Tensor, torch.Tensor] | None = None, saved: "SavedModel | None" = None):
+        """`capture` None: the activations were not kept (lw.analyze_many), and the first readout
+        that needs them traces the prompt again. `top`: the top predictions at every position
+        (probabilities [T, k], ids [T, k]), read instead of the logits while the capture is not
+        held. `saved`: what a file (lw.load_run) says of the model, for a run loaded without it."""
+        if model is None and saved is None:
+            raise LmttError("a Run needs its model")
+        family = saved.family if model is None else family_of(model._module)
+        shape = saved.shape if model is None else shape_of(model._module, family)
+        tokens = saved.tokens if model is None else [model.tokenizer.decode([int(i)]) for i in input_ids]
+        super().__init__(tokens, input_ids, shape, layers, distance, floor, top=top,
+                         decode=saved.decode if model is None else model.tokenizer.decode)
+        self.family = family
         self.model = model
         self.prompt = prompt
-        self.capture = capture
+        self._capture = capture
+        self.saved = saved
         self.budget_bytes = budget_bytes
         self.edits = edits  # how the forward pass was changed; later traces of this run repeat them
+        self.generated: range | None = None  # the positions the model generated itself (lw.generate)
         self.clean: Run | None = None  # for an intervened run: the run it was made from
         self.interventions: tuple = ()  # the ablations (lmtt_widget.interventions.Ablation) applied
         self.patches: tuple = ()  # the activations patched in from other prompts: (interventions.PatchNode, prompt)
         self.patch_ids: tuple = ()  # the token ids of each patch's source prompt
         self.patch_edits: tuple = ()  # the edits that put the patches in place (after the ablations')
-        self._neuron_cache: dict[int, torch.Tensor] = dict(capture.neurons)
+        self._neuron_cache: dict[int, torch.Tensor] = {}  # traced again for a layer the capture lacks
         self._probs_traced: dict[int, torch.Tensor] = {}  # traced again (eager attention), least recent first
 
     def __repr__(self) -> str:
@@ -393,23 +423,65 @@ class Run(Shares):
 
     @property
     def hf_model(self):
-        return self.model._module
+        return self.needs_model()._module
+
+    def needs_model(self):
+        """The run's model, or (a run loaded from a file without it) an LmttError saying how to load it."""
+        if self.model is None:
+            raise LmttError(f"this run was loaded from a file without its model, and this needs the model's weights: "
+                            f"lw.load_run(path, model=lw.load_model(...)) with {self.saved.name!r}")
+        return self.model
 
     @property
     def model_name(self) -> str:
+        if self.model is None:
+            return self.saved.name
         name = getattr(self.hf_model.config, "name_or_path", "") or type(self.hf_model).__name__
         return name.rstrip("/").rsplit("/", 1)[-1] if name.startswith(("/", ".", "~")) else name
+
+    @property
+    def n_params(self) -> int:
+        return self.saved.n_params if self.model is None else sum(p.numel() for p in self.hf_model.parameters())
+
+    @property
+    def capture(self) -> Capture:
+        """The activations of the forward pass; a run that did not keep them traces its prompt again
+        (as `analyze` did, edits included) the first time they are read."""
+        if self._capture is None:
+            hf_model = self.hf_model
+            self._capture = trace(self.model, self.family, self.shape, self.input_ids.to(hf_model.device), self.edits,
+                                  **kept_whole(hf_model, self.family, self.shape, self.n_tokens, self.budget_bytes))
+        return self._capture
+
+    @property
+    def holds_activations(self) -> bool:
+        return self._capture is not None
 
     @functools.cached_property
     def logits(self) -> torch.Tensor:
         """[T, V] float32: the model's output logits."""
         return V.unembed(self.hf_model, self.family, self.capture.final_normed).float().cpu()  # type: ignore[arg-type]
 
+    def top_predictions(self, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities [T, k], token ids [T, k]): the model's top-k next tokens at every position."""
+        if self._reads_top(k):
+            return super().top_predictions(k)
+        top = self.logits.softmax(-1).topk(min(check_positive("k", k), self.logits.shape[-1]), dim=-1)
+        return top.values, top.indices
+
     def top_tokens(self, position: int = -1, k: int = 10) -> list[tuple[str, float]]:
         """The model's top-k next tokens after `position`, with probabilities."""
+        if self._reads_top(k):
+            return super().top_tokens(position, k)
         probs = self.logits[self.position(position)].softmax(-1)
         values, ids = probs.topk(min(check_positive("k", k), probs.numel()))
         return [(self.decode(i), float(v)) for v, i in zip(values, ids)]
+
+    def _reads_top(self, k) -> bool:
+        """Whether the kept top predictions answer for the top k (no logits are computed for them)."""
+        kept = self._top is not None and "logits" not in self.__dict__
+        return kept and (self._capture is None or self.model is None) and _integer(k) is not None \
+            and 0 < k <= self._top[0].shape[1]
 
     # -- importances ----------------------------------------------------------------------
 
@@ -445,6 +517,8 @@ class Run(Shares):
         layer's when they fit the run's memory budget; otherwise the first request traces the
         model once more for this layer; later ones are cached."""
         layer = self.layer(layer)
+        if layer in self.capture.neurons:
+            return self.capture.neurons[layer]
         if layer not in self._neuron_cache:
             self._neuron_cache.update(neuron_activations(
                 self.model, self.family, self.shape, self.input_ids.to(self.hf_model.device), [layer], self.edits))
@@ -575,5 +649,55 @@ class Run(Shares):
     def reanalyze(self, edits) -> Run:
         """This prompt analysed again as this run was (distance, memory budget, floor), with
         `edits` (tracing.Edit) changing the forward pass: how lmtt_widget.interventions reruns."""
-        return analyze_ids(self.model, self.input_ids, prompt=self.prompt, distance=self.distance,
+        return analyze_ids(self.needs_model(), self.input_ids, prompt=self.prompt, distance=self.distance,
                            budget_bytes=self.budget_bytes, floor=self.floor, edits=edits)
+
+    # -- files (lmtt_widget.saved) ----------------------------------------------------------
+
+    def to_file(self, path, *, activations: bool = True) -> pathlib.Path:
+        """Write this run to one file (safetensors, its metadata as JSON in the header; no pickle)
+        that `lw.load_run` restores without recomputing: shares, top predictions and, with
+        `activations`, what the readouts read (without them: routes and predictions only)."""
+        if self.clean is not None:
+            raise LmttError("an intervened run cannot be saved (its edits are code): save run.clean, and "
+                            f"note its ablations {[ab.as_tuple() for ab in self.interventions]}")
+        probs, ids = self.top_predictions(min(TOP_K_KEPT, self.shape.d_vocab))
+        tensors = {"input_ids": self.input_ids, "top.probs": probs, "top.ids": ids}
+        for layer, shares in enumerate(self.layers):
+            tensors |= {f"layers.{layer}.{name}": t for name, t in shares.tensors().items()}
+            tensors[f"layers.{layer}.edges"] = shares.edges.to(torch.int32)  # half the bytes; long again when read
+        capture_meta = None
+        if activations:
+            capture_tensors, capture_meta = S.capture_tensors(self.capture)
+            tensors |= capture_tensors
+        known = sorted({int(i) for i in ids.reshape(-1)} | {int(i) for i in self.input_ids})
+        meta = {"prompt": self.prompt, "tokens": list(self.tokens), "distance": self.distance,
+                "budget_bytes": self.budget_bytes, "floor": self.floor,
+                "generated": None if self.generated is None else [self.generated.start, self.generated.stop],
+                "family": self.family.name, "shape": dataclasses.asdict(self.shape),
+                "model": self.saved.identity if self.model is None else S.identity(self.hf_model),
+                "name": self.model_name, "n_params": self.n_params,
+                "vocab": {str(i): self.decode(i) for i in known}, "capture": capture_meta}
+        return S.write(path, tensors, meta)
+
+
+def load_run(path, model=None) -> Run:
+    """The run `Run.to_file` wrote, as it was: routes, predictions and (if the file has them) the
+    activations' readouts, nothing recomputed. Readouts through the vocabulary and interventions
+    need the model's weights: pass `model` (from `load_model`), which must be the model the run was
+    made with (same architecture and weights; anything else is refused)."""
+    tensors, meta = S.read(path)
+    if model is not None:
+        S.check_same_model(meta["model"], model._module, path, meta["name"])
+    shape = Shape(**meta["shape"])
+    fields = [f.name for f in dataclasses.fields(LayerShares)]
+    layers = [LayerShares(**{name: tensors[f"layers.{layer}.{name}"] for name in fields}) for layer in range(shape.n_layers)]
+    for shares in layers:
+        shares.edges = shares.edges.long()
+    saved = SavedModel(meta["name"], S.family_named(meta["family"]), shape, meta["model"], meta["n_params"],
+                       meta["tokens"], {int(i): text for i, text in meta["vocab"].items()})
+    capture = None if meta["capture"] is None else S.capture_from(tensors, meta["capture"])
+    run = Run(model, meta["prompt"], tensors["input_ids"], capture, layers, meta["distance"], meta["budget_bytes"],
+              meta["floor"], top=(tensors["top.probs"], tensors["top.ids"]), saved=saved)
+    run.generated = None if meta["generated"] is None else range(*meta["generated"])
+    return run

@@ -48,18 +48,16 @@ def _display_name(run) -> str:
 def run_info(run) -> dict[str, Any]:
     """Facts about the model and the prompt, and every position's top predictions."""
     s = run.shape
-    probs = run.logits.softmax(-1)  # [T, V]
-    top = probs.topk(min(TOP_K, probs.shape[-1]), dim=-1)
+    probs, ids = run.top_predictions(min(TOP_K, s.d_vocab))  # [T, k] each
     return {
         "model": _display_name(run),
         "n_layers": s.n_layers, "n_heads": s.n_heads, "n_kv_heads": s.n_kv_heads, "d_model": s.d_model,
         "d_vocab": s.d_vocab, "n_ctx": s.n_ctx, "parallel": bool(s.parallel),
-        "n_params": int(sum(p.numel() for p in run.hf_model.parameters())),
+        "n_params": int(run.n_params),
         "distance": run.distance,
         "prompt": run.prompt,
         "tokens": list(run.tokens),
-        "predictions": {"tokens": [[run.decode(i) for i in row] for row in top.indices.tolist()],
-                        "probs": array(top.values)},
+        "predictions": {"tokens": [[run.decode(i) for i in row] for row in ids.tolist()], "probs": array(probs)},
     }
 
 
