@@ -23,11 +23,12 @@ import nnsight
 import torch
 
 from . import contributions as C
-from .architectures import _get, family_of, shape_of
-from .attention import check_gives_probs, output_probs
+from .architectures import family_of, shape_of
+from .attention import check_gives_probs
 from .errors import check_floor, check_positive
-from .run import LayerShares, Shares, block_shares, prompt_ids
-from .tracing import _first, exclusive
+from .many import BatchLayer, batch_layer, check_padding, group_shares, groups, in_batches, padded, top_k, unembedding
+from .run import LayerShares, Shares, floor_for, prompt_ids
+from .tracing import exclusive
 
 
 def analyze_compact(model, prompt, *, remote: bool | str = False, floor: float = 0.01, k: int = 10,
@@ -35,58 +36,77 @@ def analyze_compact(model, prompt, *, remote: bool | str = False, floor: float =
                     budget_bytes: int = C.DEFAULT_BUDGET_BYTES) -> Shares:
     """Shares of every block's parts, computed inside the trace (remotely with `remote=True`);
     `prompt` is a string or one prompt's token ids, as for `analyze`."""
-    floor, k = check_floor(floor), check_positive("k", k)
-    budget_bytes = check_positive("budget_bytes", budget_bytes)
-    p = C.distance_order(distance)
-    hf_model = model._module  # on a remote model: the module tree on the meta device
-    check_gives_probs(hf_model)
+    options = _checked(model, floor, k, distance, budget_bytes)
+    return _compact_batch(model, [prompt_ids(model, prompt, prepend_bos)], remote, "right", *options)[0]
+
+
+def analyze_compact_many(model, prompts, *, remote: bool | str = False, batch_size: int = 8, padding: str = "right",
+                         progress: bool | None = None, floor: float = 0.01, k: int = 10, distance: str = "l1",
+                         prepend_bos: bool | None = None, budget_bytes: int = C.DEFAULT_BUDGET_BYTES) -> list[Shares]:
+    """`analyze_compact` of every prompt in `prompts` (as for `lw.analyze_many`), `batch_size` prompts
+    per trace (per request with `remote=True`), padded on the `padding` side; the results in order,
+    each what `analyze_compact` gives that prompt alone."""
+    options = _checked(model, floor, k, distance, budget_bytes)
+    check_padding(padding)
+    return in_batches(model, prompts, batch_size, progress, prepend_bos,
+                      lambda batch: _compact_batch(model, batch, remote, padding, *options))
+
+
+def _checked(model, floor, k, distance, budget_bytes) -> tuple:
+    check_gives_probs(model._module)  # on a remote model: the module tree on the meta device
+    return check_floor(floor), check_positive("k", k), distance, C.distance_order(distance), \
+        check_positive("budget_bytes", budget_bytes)
+
+
+def _compact_batch(model, prompts: list[tuple[torch.Tensor, str]], remote: bool | str, padding: str, floor: float,
+                   k: int, distance: str, p: int, budget_bytes: int) -> list[Shares]:
+    hf_model = model._module
     family = family_of(hf_model)
     shape = shape_of(hf_model, family)
-    input_ids, _ = prompt_ids(model, prompt, prepend_bos)
     conv1d = type(family.modules(hf_model, 0)["out_proj"]).__name__ == "Conv1D"
-    unembed = next(name for name, module in hf_model.named_modules() if module is hf_model.get_output_embeddings())
-    n_tokens = len(input_ids)
+    batch = padded([ids for ids, _ in prompts], model.tokenizer.pad_token_id or 0, padding)
+    spans = batch.spans
+    grouped = groups([length for _, _, length in spans])
+    floors = [floor_for(floor, shape, length, budget_bytes) for _, _, length in spans]
     if remote:  # the server has no lmtt_widget: send the code this trace calls with it, by value
         nnsight.register(__name__.split(".")[0])
-    with exclusive(model), model.trace(input_ids[None], remote=remote):
+    with exclusive(model), model.trace(batch.ids, attention_mask=batch.mask, position_ids=batch.positions,
+                                       remote=remote):
         kept = nnsight.save([])
         for layer in range(shape.n_layers):
-            modules = family.modules(model, layer)
-            x = _first(modules["block"].input).reshape(n_tokens, -1)
-            values = family.values(modules["value_proj"].output.reshape(n_tokens, -1),
-                                   shape.n_heads, shape.n_kv_heads, shape.head_dim)
-            attention = modules["attention"].output
-            ffn = modules["ffn"].output.reshape(n_tokens, -1)
-            post = _first(modules["block"].output).reshape(n_tokens, -1)
-            attn = attention[0].reshape(n_tokens, -1)
-            kept.append(_compact_layer(x, attn, ffn, post, output_probs(attention), values, modules["out_proj"].weight,
-                                       conv1d, shape.n_heads, shape.head_dim, shape.parallel, p, budget_bytes, floor))
-        top = nnsight.save(_top_k(_get(model, unembed).output.reshape(n_tokens, -1), k))
-    layers = [LayerShares(**{**layer, "edges": layer["edges"].long()}) for layer in kept]
-    tokens = [model.tokenizer.decode([int(i)]) for i in input_ids]
-    result = Shares(tokens, input_ids, shape, layers, distance, floor, top=top, decode=model.tokenizer.decode)
-    # what came back from the trace
-    result.payload_bytes = _bytes(kept) + _bytes([dict(enumerate(top))])  # type: ignore[attr-defined]
-    return result
+            tensors = batch_layer(model, family, shape, layer)
+            kept.append(_compact_layer(tensors, family.modules(model, layer)["out_proj"].weight, conv1d, shape.n_heads,
+                                       shape.head_dim, shape.parallel, p, budget_bytes, spans, grouped, floors))
+        top = nnsight.save(top_k(unembedding(model, hf_model).output, spans, k))
+    results = []
+    for i, (ids, _) in enumerate(prompts):
+        payloads = [layer[i] for layer in kept]
+        layers = [LayerShares(**{**payload, "edges": payload["edges"].long()}) for payload in payloads]
+        tokens = [model.tokenizer.decode([int(t)]) for t in ids]
+        result = Shares(tokens, ids, shape, layers, distance, floors[i], top=top[i], decode=model.tokenizer.decode)
+        # what came back from the trace
+        result.payload_bytes = _bytes(payloads) + _bytes([dict(enumerate(top[i]))])  # type: ignore[attr-defined]
+        results.append(result)
+    return results
 
 
 @torch.no_grad()
-def _compact_layer(x, attn, ffn, post, probs, values, weight, conv1d: bool, n_heads: int, head_dim: int,
-                   parallel: bool, p: int, budget: int, floor: float) -> dict[str, torch.Tensor]:
-    """One block's shares (LayerShares' fields: a plain dict of tensors is what comes back from
-    a remote trace); attention edges whose share, summed over heads, is above `floor` are kept."""
+def _compact_layer(tensors: BatchLayer, weight, conv1d: bool, n_heads: int, head_dim: int, parallel: bool, p: int,
+                   budget: int, spans, grouped, floors) -> list[dict[str, torch.Tensor]]:
+    """Each prompt's shares of one block (LayerShares' fields: a plain dict of tensors is what
+    comes back from a remote trace), from the batch's tensors; attention edges whose share,
+    summed over heads, is above the prompt's floor are kept."""
     w_in_out = weight.detach() if conv1d else weight.detach().T
     w_o = w_in_out.reshape(n_heads, head_dim, -1)
-    shares = block_shares(x, attn, ffn, post, probs, values, w_o, parallel, p, budget, floor)
-    payload = {name: tensor.cpu() for name, tensor in shares.tensors().items()}
-    payload["edges"] = payload["edges"].to(torch.int32)  # half the bytes on the wire; made long again on arrival
-    return payload
-
-
-@torch.no_grad()
-def _top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    probs, ids = logits.float().softmax(-1).topk(min(k, logits.shape[-1]), dim=-1)
-    return probs.cpu(), ids.cpu()
+    payloads: dict[int, dict[str, torch.Tensor]] = {}
+    for members in grouped:
+        found = group_shares(tensors, w_o, parallel, p, budget, [spans[i] for i in members],
+                             [floors[i] for i in members])
+        for i, shares in zip(members, found):
+            payload = {name: tensor.cpu() for name, tensor in shares.tensors().items()}
+            payload["edges"] = payload["edges"].to(torch.int32)  # half the bytes on the wire; long again on arrival
+            payloads[i] = payload
+    return [payloads[i] for i in range(len(spans))]
 
 
 def _bytes(dicts: list[dict]) -> int:

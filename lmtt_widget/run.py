@@ -14,11 +14,11 @@ import torch
 from . import contributions as C
 from . import graph as G
 from . import interventions as I
+from . import saved as S
 from . import vocab as V
 from .architectures import Shape, family_of, ffn_out_matrix, shape_of, w_o
 from .attention import AttentionProbs, check_gives_probs, dense
 from .contributions import head_outputs
-from . import saved as S
 from .errors import LmttError, _integer, check_floor, check_index, check_positive, check_threshold
 from .progress import progress_bar
 from .saved import SavedModel
@@ -127,7 +127,7 @@ def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, di
     shape = shape_of(hf_model, family)
     check_gives_probs(hf_model)
     n_tokens = len(input_ids)
-    floor = _floor(floor, shape, n_tokens, budget_bytes)
+    floor = floor_for(floor, shape, n_tokens, budget_bytes)
     layers: list[LayerShares] = []
     bar = progress_bar(range(shape.n_layers), enabled=progress, desc="importances", unit="layer")
     steps = iter(bar)
@@ -138,26 +138,35 @@ def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, di
                                    w_o(hf_model, family, shape, layer), shape.parallel, p, budget_bytes, floor).cpu())
 
     try:
-        capture = trace(model, family, shape, input_ids.to(hf_model.device), edits, on_layer=on_layer,
-                        **kept_whole(hf_model, family, shape, n_tokens, budget_bytes))
+        keep = kept_whole(hf_model, family, shape, n_tokens, budget_bytes)
+        capture = trace(model, family, shape, input_ids.to(hf_model.device), edits, neurons=keep.neurons,
+                        probs=keep.probs, on_layer=on_layer)
     finally:
         getattr(bar, "close", lambda: None)()
     text = prompt if prompt is not None else model.tokenizer.decode(input_ids)
     return Run(model, text, input_ids, capture, layers, distance, budget_bytes, floor, edits=edits)
 
 
-def _floor(floor: float | None, shape: Shape, n_tokens: int, budget_bytes: int) -> float:
+def floor_for(floor: float | None, shape: Shape, n_tokens: int, budget_bytes: int) -> float:
+    """The floor of a prompt of `n_tokens`: `floor` (checked), or with None 0 where every edge's shares fit
+    `budget_bytes`, else DEFAULT_FLOOR."""
     if floor is None:  # every causal edge, each with H float32 shares and a (target, source) index
         every_edge = shape.n_layers * n_tokens * (n_tokens + 1) // 2 * (shape.n_heads * 4 + 16)
         return 0.0 if every_edge <= budget_bytes else DEFAULT_FLOOR
     return check_floor(floor)
 
 
-def kept_whole(hf_model, family, shape: Shape, n_tokens: int, budget_bytes: int) -> dict[str, bool]:
-    """What a trace of `n_tokens` keeps for every layer within `budget_bytes` (tracing.trace's
-    `neurons` and `probs`): the FFN activations and the attention probabilities (float32)."""
-    return {"neurons": n_tokens * _d_ff(hf_model, family) * shape.n_layers * 4 <= budget_bytes,
-            "probs": shape.n_layers * shape.n_heads * n_tokens ** 2 * 4 <= budget_bytes}
+class Kept(NamedTuple):
+    """What a trace keeps of every layer (tracing.trace's `neurons` and `probs`)."""
+
+    neurons: bool  # the FFN activations
+    probs: bool  # the attention probabilities, float32
+
+
+def kept_whole(hf_model, family, shape: Shape, n_tokens: int, budget_bytes: int) -> Kept:
+    """What a trace of `n_tokens` keeps of every layer within `budget_bytes`."""
+    return Kept(neurons=n_tokens * _d_ff(hf_model, family) * shape.n_layers * 4 <= budget_bytes,
+                probs=shape.n_layers * shape.n_heads * n_tokens ** 2 * 4 <= budget_bytes)
 
 
 def _d_ff(hf_model, family) -> int:
@@ -175,8 +184,7 @@ def prompt_ids(model, prompt, prepend_bos: bool | None = None) -> tuple[torch.Te
     if not ids:
         raise LmttError("prompt is only a BOS token, which prepend_bos=False removes")
     _check_length(len(ids), n_ctx)
-    ids = torch.tensor(ids, dtype=torch.long)
-    return ids, model.tokenizer.decode(ids)
+    return torch.tensor(ids, dtype=torch.long), model.tokenizer.decode(ids)
 
 
 def token_ids(prompt, n_vocab: int) -> list[int]:
@@ -386,18 +394,20 @@ class Run(Shares):
 
     def __init__(self, model, prompt: str, input_ids: torch.Tensor, capture: Capture | None,
                  layers: list[LayerShares], distance: str, budget_bytes: int, floor: float = 0.0, edits=None, *,
-                 top: tuple[torch.Tensor, torch.Tensor] | None = None, saved: "SavedModel | None" = None):
+                 top: tuple[torch.Tensor, torch.Tensor] | None = None, saved: SavedModel | None = None):
         """`capture` None: the activations were not kept (lw.analyze_many), and the first readout
         that needs them traces the prompt again. `top`: the top predictions at every position
         (probabilities [T, k], ids [T, k]), read instead of the logits while the capture is not
         held. `saved`: what a file (lw.load_run) says of the model, for a run loaded without it."""
-        if model is None and saved is None:
-            raise LmttError("a Run needs its model")
-        family = saved.family if model is None else family_of(model._module)
-        shape = saved.shape if model is None else shape_of(model._module, family)
-        tokens = saved.tokens if model is None else [model.tokenizer.decode([int(i)]) for i in input_ids]
-        super().__init__(tokens, input_ids, shape, layers, distance, floor, top=top,
-                         decode=saved.decode if model is None else model.tokenizer.decode)
+        if model is not None:
+            family = family_of(model._module)
+            shape, decode = shape_of(model._module, family), model.tokenizer.decode
+            tokens = [decode([int(i)]) for i in input_ids]
+        elif saved is not None:
+            family, shape, tokens, decode = saved.family, saved.shape, saved.tokens, saved.decode
+        else:
+            raise LmttError("a Run needs its model (or, loaded from a file, what the file says of it)")
+        super().__init__(tokens, input_ids, shape, layers, distance, floor, top=top, decode=decode)
         self.family = family
         self.model = model
         self.prompt = prompt
@@ -429,19 +439,24 @@ class Run(Shares):
         """The run's model, or (a run loaded from a file without it) an LmttError saying how to load it."""
         if self.model is None:
             raise LmttError(f"this run was loaded from a file without its model, and this needs the model's weights: "
-                            f"lw.load_run(path, model=lw.load_model(...)) with {self.saved.name!r}")
+                            f"lw.load_run(path, model=lw.load_model(...)) with {self._saved().name!r}")
         return self.model
+
+    def _saved(self) -> SavedModel:
+        """What the file said of the model, for a run loaded without it."""
+        assert self.saved is not None, "a Run has its model or was loaded from a file"
+        return self.saved
 
     @property
     def model_name(self) -> str:
         if self.model is None:
-            return self.saved.name
+            return self._saved().name
         name = getattr(self.hf_model.config, "name_or_path", "") or type(self.hf_model).__name__
         return name.rstrip("/").rsplit("/", 1)[-1] if name.startswith(("/", ".", "~")) else name
 
     @property
     def n_params(self) -> int:
-        return self.saved.n_params if self.model is None else sum(p.numel() for p in self.hf_model.parameters())
+        return self._saved().n_params if self.model is None else sum(p.numel() for p in self.hf_model.parameters())
 
     @property
     def capture(self) -> Capture:
@@ -449,8 +464,9 @@ class Run(Shares):
         (as `analyze` did, edits included) the first time they are read."""
         if self._capture is None:
             hf_model = self.hf_model
+            keep = kept_whole(hf_model, self.family, self.shape, self.n_tokens, self.budget_bytes)
             self._capture = trace(self.model, self.family, self.shape, self.input_ids.to(hf_model.device), self.edits,
-                                  **kept_whole(hf_model, self.family, self.shape, self.n_tokens, self.budget_bytes))
+                                  neurons=keep.neurons, probs=keep.probs)
         return self._capture
 
     @property
@@ -478,10 +494,12 @@ class Run(Shares):
         return [(self.decode(i), float(v)) for v, i in zip(values, ids)]
 
     def _reads_top(self, k) -> bool:
-        """Whether the kept top predictions answer for the top k (no logits are computed for them)."""
-        kept = self._top is not None and "logits" not in self.__dict__
-        return kept and (self._capture is None or self.model is None) and _integer(k) is not None \
-            and 0 < k <= self._top[0].shape[1]
+        """Whether the kept top predictions answer for the top k: logits are not held, nor can
+        they be had without tracing again (or at all, without the model)."""
+        if self._top is None or "logits" in self.__dict__ or (self._capture is not None and self.model is not None):
+            return False
+        count = _integer(k)
+        return count is not None and 0 < count <= self._top[0].shape[1]
 
     # -- importances ----------------------------------------------------------------------
 
@@ -675,7 +693,7 @@ class Run(Shares):
                 "budget_bytes": self.budget_bytes, "floor": self.floor,
                 "generated": None if self.generated is None else [self.generated.start, self.generated.stop],
                 "family": self.family.name, "shape": dataclasses.asdict(self.shape),
-                "model": self.saved.identity if self.model is None else S.identity(self.hf_model),
+                "model": self._saved().identity if self.model is None else S.identity(self.hf_model),
                 "name": self.model_name, "n_params": self.n_params,
                 "vocab": {str(i): self.decode(i) for i in known}, "capture": capture_meta}
         return S.write(path, tensors, meta)
@@ -691,7 +709,8 @@ def load_run(path, model=None) -> Run:
         S.check_same_model(meta["model"], model._module, path, meta["name"])
     shape = Shape(**meta["shape"])
     fields = [f.name for f in dataclasses.fields(LayerShares)]
-    layers = [LayerShares(**{name: tensors[f"layers.{layer}.{name}"] for name in fields}) for layer in range(shape.n_layers)]
+    layers = [LayerShares(**{name: tensors[f"layers.{layer}.{name}"] for name in fields})
+              for layer in range(shape.n_layers)]
     for shares in layers:
         shares.edges = shares.edges.long()
     saved = SavedModel(meta["name"], S.family_named(meta["family"]), shape, meta["model"], meta["n_params"],

@@ -63,3 +63,135 @@ def test_compact_analysis_takes_ids_too(llama, llama_run):
     compact = lw.analyze_compact(llama, llama_run.input_ids.tolist(), floor=0.0)
     assert compact.tokens == llama_run.tokens
     torch.testing.assert_close(compact.attention_contributions(2)[0], llama_run.attention_contributions(2)[0])
+
+
+# -- 2. batches -----------------------------------------------------------------------------------
+
+PROMPTS = [PROMPT, "Hello world", "The capital of France is Paris. The capital of Italy is",
+           "Tokens, spaces and\nnewlines.", "Mary"]
+
+
+def assert_same_run(got, expected, threshold=0.02, atol=1e-5):
+    """The batched run equals the run of the prompt alone: tokens, shares, routes, predictions."""
+    assert got.tokens == expected.tokens and torch.equal(got.input_ids, expected.input_ids)
+    assert got.prompt == expected.prompt and got.floor == expected.floor
+    for mine, theirs in zip(got.layers, expected.layers):
+        torch.testing.assert_close(mine.dense(), theirs.dense(), rtol=0, atol=atol)
+        for name in ("attn_residual", "ffn", "ffn_residual"):
+            torch.testing.assert_close(getattr(mine, name), getattr(theirs, name), rtol=0, atol=atol)
+    g, e = got.graph(threshold=threshold), expected.graph(threshold=threshold)
+    assert set(g.edges(keys=True)) == set(e.edges(keys=True))
+    for u, v, key, data in e.edges(keys=True, data=True):
+        assert g.edges[u, v, key]["weight"] == pytest.approx(data["weight"], abs=atol)
+    (p1, i1), (p2, i2) = got.top_predictions(3), expected.top_predictions(3)
+    assert torch.equal(i1, i2)
+    torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_a_batch_gives_each_prompt_the_run_it_gets_alone(family, padding):
+    model = tiny.load(family)
+    alone = [lw.analyze(model, prompt, progress=False) for prompt in PROMPTS]
+    assert len({run.n_tokens for run in alone}) == len(PROMPTS)  # every length differs: padding everywhere
+    runs = lw.analyze_many(model, PROMPTS, batch_size=3, padding=padding)
+    assert [run.prompt for run in runs] == PROMPTS
+    for run, expected in zip(runs, alone):
+        assert_same_run(run, expected)
+    # readouts: the activations are traced again when first read, and equal those of the prompt alone
+    last = runs[2]
+    assert not last.holds_activations
+    torch.testing.assert_close(last.residual(1, 4, "post"), alone[2].residual(1, 4, "post"))
+    assert last.logit_lens(1, -1, k=3) == alone[2].logit_lens(1, -1, k=3)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt"])
+def test_a_batch_keeps_the_activations_that_analyze_keeps_when_asked(family, monkeypatch):
+    model = tiny.load(family)
+    alone = [lw.analyze(model, prompt, progress=False) for prompt in PROMPTS[:3]]
+    runs = lw.analyze_many(model, PROMPTS[:3], padding="left", activations=True)
+    monkeypatch.setattr(model, "trace", lambda *a, **k: pytest.fail("traced again"))
+    for run, expected in zip(runs, alone):
+        assert run.holds_activations
+        for layer in range(run.shape.n_layers):
+            torch.testing.assert_close(run.attention_pattern(layer), expected.attention_pattern(layer))
+            torch.testing.assert_close(run.neuron_activations(layer), expected.neuron_activations(layer))
+            torch.testing.assert_close(run.residual(layer, -1, "post"), expected.residual(layer, -1, "post"))
+        torch.testing.assert_close(run.logits, expected.logits, rtol=1e-5, atol=1e-5)
+        assert run.head_logits(1, 2, -1, k=3).promoted[0][0] == expected.head_logits(1, 2, -1, k=3).promoted[0][0]
+
+
+def test_prompts_too_long_to_share_one_group_and_a_model_with_eager_attention():
+    hf_model = tiny.hf_model("llama")
+    hf_model.set_attn_implementation("eager")  # probabilities as tensors, not computed from queries and keys
+    model = lw.load_model(hf_model, tokenizer=tiny.tokenizer())
+    long = [PROMPT + " and then " + PROMPT[:n] for n in (20, 30, 40, 50, 55, 57)]  # > 256 tokens together
+    from lmtt_widget.many import groups
+    assert len(groups([len(model.tokenizer(p)["input_ids"]) for p in long])) > 1
+    for run, prompt in zip(lw.analyze_many(model, long, batch_size=6, padding="left"), long):
+        assert_same_run(run, lw.analyze(model, prompt, progress=False))
+
+
+def test_strings_ids_and_generators_mix_and_keep_their_order(llama):
+    ids = llama.tokenizer(PROMPTS[1])["input_ids"]
+    prompts = (p for p in [PROMPTS[0], ids, torch.tensor(ids), PROMPTS[3]])  # a generator: no length
+    runs = lw.analyze_many(llama, prompts, batch_size=2)
+    assert [run.prompt for run in runs] == [PROMPTS[0], PROMPTS[1], PROMPTS[1], PROMPTS[3]]
+    assert_same_run(runs[2], runs[1])
+
+
+def test_a_datasets_column_is_an_iterable_of_prompts(llama):
+    datasets = pytest.importorskip("datasets")
+    column = datasets.Dataset.from_dict({"text": PROMPTS[:3]})["text"]
+    assert [run.prompt for run in lw.analyze_many(llama, column)] == PROMPTS[:3]
+
+
+@pytest.mark.parametrize("prompts, options, message", [
+    (PROMPT, {}, r"prompts must be a list .* got str; for one prompt use lw.analyze"),
+    (3, {}, r"prompts must be a list .* got int"),
+    ({"text": [PROMPT]}, {}, r"got dict"),
+    ([PROMPT, "", "Mary"], {}, r"prompt 1: prompt is empty"),
+    ([PROMPT, [1, 999]], {}, r"prompt 1: token id 999 .* out of the vocabulary"),
+    ([PROMPT], {"batch_size": 0}, r"batch_size must be a positive integer, got 0"),
+    ([PROMPT], {"padding": "middle"}, r"padding must be 'right' or 'left', got 'middle'"),
+    ([PROMPT], {"floor": 2}, r"floor must be a number in \[0, 1\)"),
+])
+def test_bad_prompts_and_options_are_refused_by_name(llama, prompts, options, message):
+    with pytest.raises(lw.LmttError, match=message):
+        lw.analyze_many(llama, prompts, **options)
+
+
+def test_runs_of_a_stream_keep_only_their_shares_and_top_predictions(llama, llama_run):
+    compact = lw.analyze_many(llama, [PROMPT])[0]
+    assert compact._capture is None and compact.holds_activations is False
+    kept = sum(shares.nbytes for shares in compact.layers) + sum(t.numel() * t.element_size() for t in compact._top)
+    capture = llama_run.capture
+    full = sum(t.numel() * t.element_size() for t in capture.resid + capture.attn_out + capture.ffn_out + capture.values)
+    assert kept < full
+    (token, probability), expected = compact.top_tokens(k=1)[0], llama_run.top_tokens(k=1)[0]
+    assert token == expected[0] and probability == pytest.approx(expected[1], rel=1e-5)
+    assert compact._capture is None  # the kept top predictions answered
+    compact.residual(0, 0)  # a readout that needs activations: traced again, then kept
+    assert compact.holds_activations
+
+
+def test_a_progress_bar_counts_the_prompts(llama, capsys):
+    lw.analyze_many(llama, PROMPTS, batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert "prompts" in err and f"{len(PROMPTS)}/{len(PROMPTS)}" in err
+    lw.analyze_many(llama, PROMPTS[:2], progress=False)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_compact_shares_in_batches_through_the_simulated_remote_path(padding):
+    model = tiny.load("gpt_neox")
+    many = lw.analyze_compact_many(model, PROMPTS, remote="local", batch_size=3, padding=padding, floor=0.01)
+    for shares, prompt in zip(many, PROMPTS):
+        alone = lw.analyze_compact(model, prompt, floor=0.01)
+        assert shares.tokens == alone.tokens and shares.floor == alone.floor
+        for mine, theirs in zip(shares.layers, alone.layers):
+            torch.testing.assert_close(mine.dense(), theirs.dense(), rtol=0, atol=1e-5)
+            torch.testing.assert_close(mine.ffn, theirs.ffn, rtol=0, atol=1e-5)
+        assert [t for t, _ in shares.top_tokens(k=3)] == [t for t, _ in alone.top_tokens(k=3)]
+        assert shares.payload_bytes > 0
