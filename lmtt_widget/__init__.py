@@ -7,6 +7,7 @@
 """
 
 from .errors import LmttError
+from .generation import generate
 from .interventions import code, compare, patch
 from .models import load_model
 from .many import analyze_many
@@ -16,6 +17,6 @@ from .widget import Widget, show, show_pair
 
 __all__ = [
     "LmttError", "Run", "Shares", "Widget", "analyze", "analyze_compact", "analyze_compact_many", "analyze_many", "code",
-    "compare", "load_model", "load_run", "patch", "show", "show_pair",
+    "compare", "generate", "load_model", "load_run", "patch", "show", "show_pair",
 ]
 __version__ = "0.1.0"

@@ -195,3 +195,65 @@ def test_compact_shares_in_batches_through_the_simulated_remote_path(padding):
             torch.testing.assert_close(mine.ffn, theirs.ffn, rtol=0, atol=1e-5)
         assert [t for t, _ in shares.top_tokens(k=3)] == [t for t, _ in alone.top_tokens(k=3)]
         assert shares.payload_bytes > 0
+
+
+# -- 4. the model's own continuation --------------------------------------------------------------
+
+def test_the_greedy_continuation_is_transformers_own_and_the_whole_text_is_analysed(llama):
+    prompt = "When Mary and John went to the store"
+    ids = llama.tokenizer(prompt, return_tensors="pt")["input_ids"]
+    expected = llama._module.generate(ids, max_new_tokens=9, do_sample=False, pad_token_id=0)[0]
+    run = lw.generate(llama, prompt, max_new_tokens=9)
+    assert run.input_ids.tolist() == expected.tolist()
+    assert run.generated == range(ids.shape[1], len(expected))
+    assert run.prompt == llama.tokenizer.decode(expected)
+    alone = lw.analyze(llama, expected, progress=False)
+    torch.testing.assert_close(run.attention_contributions(1)[0], alone.attention_contributions(1)[0])
+    for position in run.generated:  # every generated token's routes can be read
+        assert run.graph(token=position, threshold=0.02).number_of_edges() > 0
+
+
+def test_generate_options_go_to_transformers(llama):
+    prompt = "The capital of France is"
+    short = lw.generate(llama, prompt, max_new_tokens=6, min_new_tokens=6, eos_token_id=None)
+    assert len(short.generated) == 6
+    beams = lw.generate(llama, prompt, max_new_tokens=4, num_beams=2)
+    ids = llama.tokenizer(prompt, return_tensors="pt")["input_ids"]
+    expected = llama._module.generate(ids, max_new_tokens=4, num_beams=2, do_sample=False, pad_token_id=0)[0]
+    assert beams.input_ids.tolist() == expected.tolist()
+
+
+def test_generating_leaves_the_users_model_as_it_was(llama):
+    own = llama._module.config._attn_implementation
+    lw.generate(llama, "Hello world", max_new_tokens=3)
+    assert llama._module.config._attn_implementation == own
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: lw.generate(m, "Hello", max_new_tokens=0), r"max_new_tokens must be a positive integer, got 0"),
+    (lambda m: lw.generate(m, "Mary and John " * 20, max_new_tokens=30), r"with 30 new tokens it would pass the 64"),
+    (lambda m: lw.generate(m, "Hello", chat=True), r"no chat template, which chat=True needs"),
+    (lambda m: lw.generate(m, [1, 2], chat=True), r"chat=True takes the user's message as a string, got list"),
+    (lambda m: lw.generate(m, "Hello", num_return_sequences=2, num_beams=2), r"gave 2 continuations"),
+])
+def test_bad_generate_requests_are_refused(llama, call, message):
+    with pytest.raises(lw.LmttError, match=message):
+        call(llama)
+
+
+def test_a_saved_continuation_keeps_its_generated_positions(llama, tmp_path):
+    run = lw.generate(llama, "Hello world", max_new_tokens=4)
+    assert lw.load_run(run.to_file(tmp_path / "g.lmtt")).generated == run.generated
+
+
+@pytest.mark.demo
+def test_the_demo_models_chat_answer_is_its_own_greedy_answer(demo_model):
+    message = "What is the capital of France?"
+    run = lw.generate(demo_model, message, max_new_tokens=10, chat=True)
+    tokenizer = demo_model.tokenizer
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)["input_ids"]
+    expected = demo_model._module.generate(ids, max_new_tokens=10, do_sample=False)[0]
+    assert run.input_ids.tolist() == expected.tolist()
+    assert run.prompt.startswith("<|im_start|>") and message in run.prompt
+    assert " Paris" in [run.tokens[i] for i in run.generated]
