@@ -53,7 +53,7 @@ def ioi_prompts(n: int) -> list[str]:
 def long_prompts(tokenizer, n: int, n_tokens: int = 256) -> list[list[int]]:
     """`n` different prompts of n_tokens - 8 .. n_tokens + 8 tokens: the text's ids, rotated."""
     ids = tokenizer(TEXT * (n_tokens // 40 + 2))["input_ids"]
-    return [ids[i:] [: n_tokens - 8 + i % 17] for i in range(n)]
+    return [ids[i:][: n_tokens - 8 + i % 17] for i in range(n)]
 
 
 def _kept_bytes(run) -> int:
@@ -143,7 +143,8 @@ def report(results: dict) -> str:
         if not rows:
             continue
         lines += [f"### {case}: {rows[0]['n']} prompts, mean {rows[0]['mean_tokens']:.0f} tokens", "",
-                  "| how | seconds | prompts/s | speed-up | peak extra RSS | kept per run |", "|---|---|---|---|---|---|"]
+                  "| how | seconds | prompts/s | speed-up | peak extra RSS | kept per run |",
+                  "|---|---|---|---|---|---|"]
         lines += [f"| {r['how']} | {r['seconds']:.1f} | {r['prompts_per_s']:.2f} | {r['speedup']:.1f}× | "
                   f"{_mib(r['peak_extra_bytes'])} | {_mib(r['kept_bytes_per_run'])} |" for r in rows]
         lines.append("")

@@ -91,12 +91,13 @@ def check_same_model(saved: dict, hf_model, path, name: str) -> None:
 def capture_tensors(capture: Capture) -> tuple[dict[str, torch.Tensor], dict]:
     """The capture's tensors by name, and what the names alone do not say (how each layer's
     attention probabilities are kept)."""
+    assert capture.final_normed is not None, "a whole forward pass"
     tensors = {"resid": torch.stack([t.cpu() for t in capture.resid]),
                "attn_out": torch.stack([t.cpu() for t in capture.attn_out]),
                "ffn_out": torch.stack([t.cpu() for t in capture.ffn_out]),
                "values": torch.stack([t.cpu() for t in capture.values]),
                "final_normed": capture.final_normed}
-    probs = {}
+    probs: dict[str, dict | None] = {}
     for layer, p in capture.probs.items():
         if isinstance(p, AttentionProbs):  # the queries and keys they are computed from: O(T d)
             tensors |= {f"probs.{layer}.query": p.query, f"probs.{layer}.key": p.key}

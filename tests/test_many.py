@@ -166,7 +166,8 @@ def test_runs_of_a_stream_keep_only_their_shares_and_top_predictions(llama, llam
     assert compact._capture is None and compact.holds_activations is False
     kept = sum(shares.nbytes for shares in compact.layers) + sum(t.numel() * t.element_size() for t in compact._top)
     capture = llama_run.capture
-    full = sum(t.numel() * t.element_size() for t in capture.resid + capture.attn_out + capture.ffn_out + capture.values)
+    tensors = capture.resid + capture.attn_out + capture.ffn_out + capture.values
+    full = sum(t.numel() * t.element_size() for t in tensors)
     assert kept < full
     (token, probability), expected = compact.top_tokens(k=1)[0], llama_run.top_tokens(k=1)[0]
     assert token == expected[0] and probability == pytest.approx(expected[1], rel=1e-5)
