@@ -258,3 +258,104 @@ def test_the_demo_models_chat_answer_is_its_own_greedy_answer(demo_model):
     assert run.input_ids.tolist() == expected.tolist()
     assert run.prompt.startswith("<|im_start|>") and message in run.prompt
     assert " Paris" in [run.tokens[i] for i in run.generated]
+
+
+# -- 3. routes over a dataset ---------------------------------------------------------------------
+
+IOI = [f"When {a} and {b} went to the store, {b} gave a drink to" for a, b in
+       [("Mary", "John"), ("John", "Mary"), ("Mary and Bob", "Tom"), ("Tom", "Alice")]]
+
+
+@pytest.fixture(scope="module")
+def ioi_runs(llama):
+    return lw.analyze_many(llama, IOI)
+
+
+def aligned_dense(run, layer, positions):
+    """[n, n, H]: a run's shares between the given positions (in that order)."""
+    return run.layers[layer].dense()[positions][:, positions]
+
+
+def test_aggregating_from_the_end_averages_the_shares_of_the_last_tokens(ioi_runs):
+    agg = lw.aggregate(ioi_runs)
+    n = min(run.n_tokens for run in ioi_runs)
+    assert agg.n_tokens == n and agg.tokens[-1] == " to"
+    assert any(name.startswith("[-") for name in agg.tokens)  # names differ there from prompt to prompt
+    ends = [list(range(run.n_tokens - n, run.n_tokens)) for run in ioi_runs]
+    for layer in range(agg.shape.n_layers):
+        stack = torch.stack([aligned_dense(run, layer, at) for run, at in zip(ioi_runs, ends)])
+        torch.testing.assert_close(agg.layers[layer].dense(), stack.mean(0))
+        ffn = torch.stack([run.layers[layer].ffn[at] for run, at in zip(ioi_runs, ends)])
+        torch.testing.assert_close(agg.layers[layer].ffn, ffn.mean(0))
+        torch.testing.assert_close(agg.spread[layer].ffn, ffn.std(0, correction=0))
+        edge_std = stack.sum(-1).std(0, correction=0)
+        edges = agg.layers[layer].edges
+        torch.testing.assert_close(agg.spread[layer].edges, edge_std[edges[:, 0], edges[:, 1]], atol=1e-6, rtol=1e-4)
+
+
+def test_named_positions_line_up_roles_and_the_graph_says_how_many_prompts_hold_each_edge(ioi_runs):
+    names = [{"IO": 1, "S1": 3, "S2": -5, "END": -1}, {"IO": 1, "S1": 3, "S2": -5, "END": -1},
+             {"IO": 1, "S1": 5, "S2": -5, "END": -1}, {"IO": 1, "S1": 3, "S2": -5, "END": -1}]
+    agg = lw.aggregate(ioi_runs, names)
+    assert agg.tokens == ["IO", "S1", "S2", "END"]
+    at = [[run.position(p) for p in n.values()] for run, n in zip(ioi_runs, names)]
+    stack = torch.stack([aligned_dense(run, 1, a) for run, a in zip(ioi_runs, at)])
+    torch.testing.assert_close(agg.layers[1].dense(), stack.mean(0))
+    graph = agg.graph(threshold=0.01, renormalize=False)
+    attention = [(u, v, d) for u, v, k, d in graph.edges(keys=True, data=True) if k == "attention"]
+    assert attention
+    for u, v, data in attention:
+        assert data["weight"] == pytest.approx(data["share"])
+        expected = [r for r, (run, a) in enumerate(zip(ioi_runs, at))
+                    if run.graph(a[-1], threshold=0.01, renormalize=False).has_edge(
+                        (u[0], u[1], a[u[2]]), (v[0], v[1], a[v[2]]), "attention")]
+        assert data["prompts"] == expected and data["support"] == len(expected) / len(ioi_runs)
+    table = agg.edges(threshold=0.01, renormalize=False)
+    assert {"share", "std", "support"} <= set(table.columns) and len(table) == graph.number_of_edges()
+
+
+def test_the_aggregate_of_one_run_is_that_runs_routes(llama_run):
+    agg = lw.aggregate([llama_run])
+    got, expected = agg.graph(threshold=0.02), llama_run.graph(threshold=0.02)
+    assert set(got.edges(keys=True)) == set(expected.edges(keys=True))
+    for u, v, key, data in expected.edges(keys=True, data=True):
+        assert got.edges[u, v, key]["weight"] == pytest.approx(data["weight"], abs=1e-6)
+        assert got.edges[u, v, key]["support"] == 1.0 and got.edges[u, v, key]["std"] == pytest.approx(0, abs=1e-6)
+
+
+def test_the_prompts_behind_an_edge_are_listed_with_their_own_shares(ioi_runs):
+    agg = lw.aggregate(ioi_runs)
+    graph = agg.graph(threshold=0.02)
+    u, v, data = next((u, v, d) for u, v, k, d in graph.edges(keys=True, data=True) if k == "attention")
+    selection = {"kind": "attention", "layer": v[1], "source": u[2], "target": v[2]}
+    rows = agg.rows(selection, agg.n_tokens - 1, 0.02, True)
+    assert sorted(row["index"] for row in rows) == list(range(len(ioi_runs)))
+    assert sorted(row["index"] for row in rows if row["in_routes"]) == data["prompts"]
+    for row in rows:
+        run, at = ioi_runs[row["index"]], agg.index[row["index"]]
+        assert row["share"] == pytest.approx(float(run.edge_contributions(v[1], int(at[v[2]]), int(at[u[2]])).sum()))
+        assert row["prompt"] == run.prompt
+    assert sum(row["share"] for row in rows) / len(rows) == pytest.approx(data["share"], abs=1e-6)
+
+
+@pytest.mark.parametrize("positions, message", [
+    ([{"IO": 1}], r"a list of one dict per run \(4\), got a list of 1"),
+    ({"IO": 1}, r"a list of one dict per run \(4\), got dict"),
+    ([{"IO": 1, "S": 3}] * 3 + [{"S": 3, "IO": 1}], r"positions\[3\] must name \['IO', 'S'\] in this order"),
+    ([{"IO": 1, "S": 3}] * 3 + [{"IO": 5, "S": 3}], r"in prompt 3, 'S' \(position 3\) does not come after 'IO'"),
+    ([{"IO": 1, "S": 99}] * 4, r"positions\[0\]\['S'\] 99 is out of range"),
+    ([{}] * 4, r"positions\[0\] must be a dict of names"),
+])
+def test_bad_positions_are_refused_saying_which(ioi_runs, positions, message):
+    with pytest.raises(lw.LmttError, match=message):
+        lw.aggregate(ioi_runs, positions)
+
+
+def test_runs_of_different_models_or_things_that_are_not_runs_are_refused(ioi_runs):
+    other = lw.analyze(tiny.load("gpt2"), PROMPT, progress=False)
+    with pytest.raises(lw.LmttError, match="run 1 is of another model"):
+        lw.aggregate([ioi_runs[0], other])
+    with pytest.raises(lw.LmttError, match="item 1 is str"):
+        lw.aggregate([ioi_runs[0], "text"])
+    with pytest.raises(lw.LmttError, match="at least one run"):
+        lw.aggregate([])
