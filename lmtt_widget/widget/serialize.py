@@ -15,6 +15,8 @@ import networkx as nx
 import numpy as np
 import torch
 
+from ..aggregate import Aggregate
+
 STAGES = ("embed", "mid", "ffn", "post")  # stage codes 0..3 in the payload
 KINDS = ("attention", "residual", "ffn")  # edge kind codes 0..2
 DTYPES = {"float32": np.float32, "int32": np.int32, "uint32": np.uint32, "int16": np.int16,
@@ -58,6 +60,8 @@ def run_info(run) -> dict[str, Any]:
         "prompt": run.prompt,
         "tokens": list(run.tokens),
         "predictions": {"tokens": [[run.decode(i) for i in row] for row in ids.tolist()], "probs": array(probs)},
+        "generated": None if run.generated is None else [run.generated.start, run.generated.stop],
+        "aggregate": len(run.runs) if isinstance(run, Aggregate) else None,
     }
 
 
