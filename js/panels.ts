@@ -161,15 +161,14 @@ function promptsPanel(info: Info, sel: Selection, data: PromptsPanel, cb: PanelC
     const open = h("button", { class: "open-prompt", "data-index": row.index, title: `Show prompt ${row.index} on its own` }, "Open");
     open.addEventListener("click", () => cb.openPrompt(row.index));
     tbody.append(h("tr", { class: row.in_routes ? "in-routes" : "", "data-index": row.index },
-      h("td", {}, String(row.index)),
-      h("td", { class: "tok" }, visible(row.token)),
-      h("td", {}, row.share === null ? "–" : bar(row.share, maxShare, fmt(row.share, 3))),
+      h("td", {}, String(row.index)), h("td", {}, open),
       h("td", { title: "whether this prompt's own routes hold it" }, row.in_routes ? "✓" : ""),
-      h("td", { class: "prompt-text", title: row.prompt }, row.prompt),
-      h("td", {}, open)));
+      h("td", {}, row.share === null ? "–" : bar(row.share, maxShare, fmt(row.share, 3))),
+      h("td", { class: "tok" }, visible(row.token)),
+      h("td", { class: "prompt-text", title: row.prompt }, row.prompt)));
   }
   const table = h("table", { class: "prompt-rows" }, h("thead", {}, h("tr", {},
-    h("th", {}, "#"), h("th", {}, "token"), h("th", {}, "share"), h("th", {}, "in routes"), h("th", {}, "prompt"), h("th", {}, ""))), tbody);
+    h("th", {}, "#"), h("th", {}, ""), h("th", {}, "in routes"), h("th", {}, "share"), h("th", {}, "token"), h("th", {}, "prompt"))), tbody);
   const summary = data.mean === null ? "" : `mean share ${fmt(data.mean, 3)} ± ${fmt(data.std ?? 0, 3)}; `;
   return [
     h("h3", {}, `${WHAT[sel.kind]} over ${data.rows.length} prompts`),
