@@ -60,6 +60,15 @@ def test_a_prompt_with_a_newline_is_one_prompt(model):
     assert lw.show(model, PROMPTS[2]).prompts == [PROMPTS[2]]
 
 
+@pytest.mark.parametrize("prompts, message", [
+    ([], "the list of prompts is empty"), ([PROMPTS[0], ""], "prompt 1 must be a non-empty string"),
+    ({"a": 1}, "a list of strings or a text file .* got dict"),
+])
+def test_bad_prompt_lists_are_refused(model, prompts, message):
+    with pytest.raises(lw.LmttError, match=message):
+        lw.show(model, prompts)
+
+
 def test_switching_back_to_an_analysed_prompt_is_instant(widget, model, monkeypatch):
     calls = traced(monkeypatch, model)
     reply = invoke(widget, "open_prompt", {"index": 1})

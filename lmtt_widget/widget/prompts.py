@@ -130,6 +130,8 @@ def read_prompts(source) -> list[str]:
     if isinstance(source, str) or not isinstance(source, (list, tuple)):
         raise LmttError(f"prompts are a list of strings or a text file (one prompt per line), got "
                         f"{type(source).__name__}" + (" (no such file)" if isinstance(source, str) else ""))
+    if not source:
+        raise LmttError("the list of prompts is empty: give at least one")
     bad = next((i for i, text in enumerate(source) if not isinstance(text, str) or not text.strip()), None)
     if bad is not None:
         raise LmttError(f"prompt {bad} must be a non-empty string, got {source[bad]!r:.40}")
