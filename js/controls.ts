@@ -72,6 +72,11 @@ export class Controls {
     );
   }
 
+  /** The text in the prompt box (what Analyse and Generate take). */
+  promptText(): string {
+    return this.prompt.value;
+  }
+
   setInfo(info: Info): void {
     this.info = info;
     this.prompt.value = info.prompt;

@@ -4,11 +4,12 @@
 
 import { decode } from "./arrays";
 import { h, visible, fmt } from "./dom";
-import type { AttentionPanel, FfnPanel, ResidualPanel } from "./protocol";
+import type { AttentionPanel, FfnPanel, PromptsPanel, ResidualPanel } from "./protocol";
 import type { AttentionSelection, Effect, FfnSelection, Info, PanelData, ResidualSelection, Selection } from "./types";
 
 export interface PanelCallbacks {
   select(sel: Selection): void;
+  openPrompt(index: number): void;
 }
 
 /** One renderer per selection kind (Python's selections.py registers the kinds). */
@@ -137,12 +138,44 @@ export class Panels {
   }
 
   covers(sel: Selection, data: PanelData): boolean {
-    return rendererOf(sel).covers?.(sel, data) ?? true;
+    return "rows" in data || (rendererOf(sel).covers?.(sel, data) ?? true);
   }
 
   show(info: Info, sel: Selection, data: PanelData): void {
-    this.body.replaceChildren(...rendererOf(sel).render(info, sel, data, this.cb));
+    const parts = "rows" in data ? promptsPanel(info, sel, data, this.cb) : rendererOf(sel).render(info, sel, data, this.cb);
+    this.body.replaceChildren(...parts);
   }
+}
+
+const WHAT = { residual: "Residual node", attention: "Attention edge", ffn: "FFN block" };
+
+/** An aggregate's panel: the prompts behind the selection, each with its own share, those whose
+ * own routes hold it first; each opens on its own (its full panels there). */
+function promptsPanel(info: Info, sel: Selection, data: PromptsPanel, cb: PanelCallbacks): (HTMLElement | string)[] {
+  const where = sel.kind === "attention"
+    ? `layer ${sel.layer}: ${info.tokens[sel.source]} → ${info.tokens[sel.target]}`
+    : `layer ${sel.layer}, ${info.tokens[sel.token]}`;
+  const maxShare = Math.max(...data.rows.map((r) => r.share ?? 0), 1e-9);
+  const tbody = h("tbody");
+  for (const row of data.rows) {
+    const open = h("button", { class: "open-prompt", "data-index": row.index, title: `Show prompt ${row.index} on its own` }, "Open");
+    open.addEventListener("click", () => cb.openPrompt(row.index));
+    tbody.append(h("tr", { class: row.in_routes ? "in-routes" : "", "data-index": row.index },
+      h("td", {}, String(row.index)), h("td", {}, open),
+      h("td", { title: "whether this prompt's own routes hold it" }, row.in_routes ? "✓" : ""),
+      h("td", {}, row.share === null ? "–" : bar(row.share, maxShare, fmt(row.share, 3))),
+      h("td", { class: "tok" }, visible(row.token)),
+      h("td", { class: "prompt-text", title: row.prompt }, row.prompt)));
+  }
+  const table = h("table", { class: "prompt-rows" }, h("thead", {}, h("tr", {},
+    h("th", {}, "#"), h("th", {}, ""), h("th", {}, "in routes"), h("th", {}, "share"), h("th", {}, "token"), h("th", {}, "prompt"))), tbody);
+  const summary = data.mean === null ? "" : `mean share ${fmt(data.mean, 3)} ± ${fmt(data.std ?? 0, 3)}; `;
+  return [
+    h("h3", {}, `${WHAT[sel.kind]} over ${data.rows.length} prompts`),
+    h("p", { class: "where" }, where),
+    h("p", { class: "hint" }, `${summary}in the own routes of ${fmt(100 * data.support, 0)}% of the prompts`),
+    table,
+  ];
 }
 
 function tokenSpan(token: string): HTMLSpanElement {

@@ -34,6 +34,8 @@ export interface Info {
   tokens: string[];
   predictions: Predictions;
   selection_kinds: Record<string, SelectionKindInfo>;
+  generated: number[] | null;
+  aggregate: number | null;
 }
 
 export interface PayloadNodes {
@@ -153,6 +155,22 @@ export interface FfnPanel {
   neurons: NeuronRow[];
 }
 
+export interface PromptRow {
+  index: number;
+  prompt: string;
+  token: string;
+  share: number | null;
+  in_routes: boolean;
+}
+
+export interface PromptsPanel {
+  selection: Selection;
+  rows: PromptRow[];
+  mean: number | null;
+  std: number | null;
+  support: number;
+}
+
 export interface ActiveIntervention {
   kind: string;
   label: string;
@@ -247,6 +265,19 @@ export interface ActivePatch {
   source: string;
 }
 
+export interface AggregateInfo {
+  n_prompts: number;
+  positions: string[];
+  shown: boolean;
+}
+
+export interface PromptList {
+  prompts: string[];
+  current: number | null;
+  analysed: number[];
+  aggregate: AggregateInfo | null;
+}
+
 export interface PanelRequest {
   selection: Selection;
 }
@@ -281,6 +312,18 @@ export interface FaithfulnessRequest {
   mode: "zero" | "mean";
 }
 
+export interface GenerateRequest {
+  prompt: string;
+  max_new_tokens: number;
+  chat: boolean;
+}
+
+export interface Generated {
+  n_tokens: number;
+  n_generated: number;
+  seconds: number;
+}
+
 export interface Command {
   kind: "lmtt-command";
   protocol: number;
@@ -303,7 +346,7 @@ export interface Reply {
 }
 
 export type Selection = ResidualSelection | AttentionSelection | FfnSelection;
-export type PanelData = ResidualPanel | AttentionPanel | FfnPanel;
+export type PanelData = ResidualPanel | AttentionPanel | FfnPanel | PromptsPanel;
 
 export interface Traits {
   protocol: number;
@@ -327,6 +370,7 @@ export interface Traits {
   pair: Pair | null;
   patches: ActivePatch[];
   diff_against: "other" | "clean";
+  prompt_list: PromptList | null;
 }
 
 export interface Commands {
@@ -339,6 +383,9 @@ export interface Commands {
   swap: { request: NoRequest; result: null };
   pair: { request: AnalyzeRequest; result: null };
   faithfulness: { request: FaithfulnessRequest; result: Faithfulness };
+  open_prompt: { request: IndexRequest; result: Analyzed };
+  open_aggregate: { request: NoRequest; result: null };
+  generate: { request: GenerateRequest; result: Generated };
 }
 
 export type CommandName = keyof Commands;

@@ -7,6 +7,7 @@ import { GraphView } from "./graph";
 import { InterventionsView } from "./interventions";
 import { PairView } from "./pair";
 import { Panels } from "./panels";
+import { PromptsView } from "./prompts";
 import { Client, PROTOCOL_VERSION, type CommandName, type Failure, type Notice, type Outcome } from "./protocol";
 import type { PanelData, Selection, State } from "./types";
 
@@ -21,6 +22,9 @@ const FAILURE_TEXT: Record<CommandName, [refused: string, failed: string]> = {
   swap: ["Refused swap", "Could not swap the prompts"],
   pair: ["Refused the other prompt", "Could not compare with the other prompt"],
   faithfulness: ["Refused faithfulness", "Could not measure faithfulness"],
+  open_prompt: ["Could not open the prompt", "Could not open the prompt"],
+  open_aggregate: ["Could not show the aggregate", "Could not show the aggregate"],
+  generate: ["Refused generation", "Could not generate"],
 };
 
 export function failureText(name: CommandName, error: Failure): string {
@@ -79,7 +83,10 @@ function render({ model, el }: RenderProps<State>) {
     select,
     target: (t) => setTarget(t),
   });
-  const panels = new Panels({ select });
+  const panels = new Panels({
+    select,
+    openPrompt: (index) => { if (live) void invoke("open_prompt", { index }); },
+  });
   const interventions = new InterventionsView(model, graph, select, invoke, live);
   const pair = new PairView(model, invoke, live);
   const controls = new Controls({
@@ -95,6 +102,7 @@ function render({ model, el }: RenderProps<State>) {
     },
     fit: () => graph.fit(),
   }, live);
+  const prompts = new PromptsView(model, invoke, live, () => controls.promptText(), say);
   const setTarget = (t: number) => {
     if (!live) { say({ level: "error", text: "Showing the routes to another token needs a live kernel." }); return; }
     model.set("target", t);
@@ -103,7 +111,7 @@ function render({ model, el }: RenderProps<State>) {
 
   const root = h("div", { class: "lmtt" },
     h("div", { class: "lmtt-header" }, controls.facts, controls.status),
-    controls.root, pair.bar, interventions.bar, messageBar,
+    controls.root, prompts.bar, pair.bar, interventions.bar, messageBar,
     h("div", { class: "lmtt-main" }, graph.root, panels.root), interventions.details);
   if (!live) root.append(h("p", { class: "hint export-note" },
     "Saved page: the graph and the panels saved with it work here; other panels and analysing a new prompt need a live kernel."));
@@ -138,7 +146,7 @@ function render({ model, el }: RenderProps<State>) {
       if (shown !== key) return; // a newer selection took over
       if (!outcome.ok) { panels.unavailable(title, `Could not load: ${outcome.error.message}`); return; }
       data = outcome.result;
-      cache.set(key, data);
+      if (!("rows" in data)) cache.set(key, data); // an aggregate's list depends on the target shown: asked again
       if (cache.size > 64) cache.delete(cache.keys().next().value as string);
     }
     panels.show(info, sel, data);
@@ -182,6 +190,7 @@ function render({ model, el }: RenderProps<State>) {
     resize.disconnect();
     interventions.destroy();
     pair.destroy();
+    prompts.destroy();
   };
 }
 

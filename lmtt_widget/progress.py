@@ -24,3 +24,27 @@ def progress_bar(iterable: Iterable[T], *, enabled: bool | None = None, desc: st
     except ImportError:  # tqdm is a dependency, but never fail an analysis for a progress bar
         return iterable
     return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, delay=0.0 if enabled else delay)
+
+
+class _Silent:
+    """What `progress_counter` gives when no bar is shown."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_counter(*, enabled: bool | None = None, desc: str | None = None, total: int | None = None,
+                     delay: float = DELAY_S, unit: str = "it"):
+    """A bar advanced by hand (`.update(n)`, `.close()`), for work done in batches of items;
+    `enabled` as for `progress_bar`."""
+    if enabled is False:
+        return _Silent()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _Silent()
+    # each update is a whole batch: draw every one (tqdm would skip those within 0.1 s of the last)
+    return tqdm(desc=desc, total=total, unit=unit, leave=False, delay=0.0 if enabled else delay, mininterval=0, miniters=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import pathlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -14,12 +15,14 @@ from . import contributions as C
 from . import experts as X
 from . import graph as G
 from . import interventions as I
+from . import saved as S
 from . import vocab as V
 from .architectures import Shape, check_attention, family_of, ffn_out_matrix, post_norm_map, shape_of, w_o
 from .attention import AttentionProbs, dense
 from .contributions import head_outputs
-from .errors import LmttError, check_floor, check_index, check_positive, check_threshold
+from .errors import LmttError, _integer, check_floor, check_index, check_positive, check_threshold
 from .progress import progress_bar
+from .saved import SavedModel
 from .tracing import Capture, attention_probs, neuron_activations, trace
 
 
@@ -35,6 +38,7 @@ def _top_neurons(shares: torch.Tensor, acts: torch.Tensor, k: int) -> list[Neuro
 
 
 DEFAULT_FLOOR = 1e-3  # for prompts whose shares do not fit the budget whole; the widget's lowest threshold is 0.005
+TOP_K_KEPT = 10  # top predictions per position that runs without their logits keep (and files)
 
 
 @dataclass
@@ -92,14 +96,15 @@ class LayerShares:
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
 
-def analyze(model, prompt: str, *, distance: str = "l1", prepend_bos: bool | None = None,
+def analyze(model, prompt, *, distance: str = "l1", prepend_bos: bool | None = None,
             budget_bytes: int = C.DEFAULT_BUDGET_BYTES, floor: float | None = None,
             progress: bool | None = None) -> Run:
     """Run `model` once on `prompt` and compute the importances of every block's parts.
 
-    `model` comes from `load_model`. `distance` is "l1" (the papers' default) or "l2".
-    `prepend_bos`: None keeps what the tokenizer does by default; True/False force a BOS
-    token at the start or none.
+    `model` comes from `load_model`. `prompt` is a string or one prompt's token ids (a 1-D list,
+    tuple, tensor or array, as a tokenised dataset gives them). `distance` is "l1" (the papers'
+    default) or "l2". `prepend_bos`: None keeps what the tokenizer does by default (ids as
+    given); True/False force a BOS token at the start or none.
 
     Memory beyond the model and the captured residuals ([L, T, d] each) follows `budget_bytes`:
     it bounds the importances' temporaries (but for one layer's head outputs [T, H, d] float32
@@ -112,8 +117,8 @@ def analyze(model, prompt: str, *, distance: str = "l1", prepend_bos: bool | Non
     `progress`: None shows a progress bar once the analysis takes over a second, True always,
     False never.
     """
-    input_ids = tokenize(model.tokenizer, prompt, prepend_bos, shape_of(model._module, family_of(model._module)).n_ctx)
-    return analyze_ids(model, input_ids, prompt=prompt, distance=distance, budget_bytes=budget_bytes, floor=floor,
+    input_ids, text = prompt_ids(model, prompt, prepend_bos)
+    return analyze_ids(model, input_ids, prompt=text, distance=distance, budget_bytes=budget_bytes, floor=floor,
                        progress=progress)
 
 
@@ -128,9 +133,7 @@ def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, di
     shape = shape_of(hf_model, family)
     check_attention(hf_model, family)
     n_tokens = len(input_ids)
-    floor = _floor(floor, shape, n_tokens, budget_bytes)
-    neurons = n_tokens * _d_ff(hf_model, family) * shape.n_layers * 4 <= budget_bytes
-    probs = shape.n_layers * shape.n_heads * n_tokens ** 2 * 4 <= budget_bytes  # kept as float32
+    floor = floor_for(floor, shape, n_tokens, budget_bytes)
     layers: list[LayerShares] = []
     bar = progress_bar(range(shape.n_layers), enabled=progress, desc="importances", unit="layer")
     steps = iter(bar)
@@ -142,19 +145,35 @@ def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, di
                                    target_scale=t.attn_scale).cpu())
 
     try:
-        capture = trace(model, family, shape, input_ids.to(hf_model.device), edits, neurons=neurons, probs=probs,
-                        on_layer=on_layer)
+        keep = kept_whole(hf_model, family, shape, n_tokens, budget_bytes)
+        capture = trace(model, family, shape, input_ids.to(hf_model.device), edits, neurons=keep.neurons,
+                        probs=keep.probs, on_layer=on_layer)
     finally:
         getattr(bar, "close", lambda: None)()
     text = prompt if prompt is not None else model.tokenizer.decode(input_ids)
     return Run(model, text, input_ids, capture, layers, distance, budget_bytes, floor, edits=edits)
 
 
-def _floor(floor: float | None, shape: Shape, n_tokens: int, budget_bytes: int) -> float:
+def floor_for(floor: float | None, shape: Shape, n_tokens: int, budget_bytes: int) -> float:
+    """The floor of a prompt of `n_tokens`: `floor` (checked), or with None 0 where every edge's shares fit
+    `budget_bytes`, else DEFAULT_FLOOR."""
     if floor is None:  # every causal edge, each with H float32 shares and a (target, source) index
         every_edge = shape.n_layers * n_tokens * (n_tokens + 1) // 2 * (shape.n_heads * 4 + 16)
         return 0.0 if every_edge <= budget_bytes else DEFAULT_FLOOR
     return check_floor(floor)
+
+
+class Kept(NamedTuple):
+    """What a trace keeps of every layer (tracing.trace's `neurons` and `probs`)."""
+
+    neurons: bool  # the FFN activations
+    probs: bool  # the attention probabilities, float32
+
+
+def kept_whole(hf_model, family, shape: Shape, n_tokens: int, budget_bytes: int) -> Kept:
+    """What a trace of `n_tokens` keeps of every layer within `budget_bytes`."""
+    return Kept(neurons=n_tokens * _d_ff(hf_model, family) * shape.n_layers * 4 <= budget_bytes,
+                probs=shape.n_layers * shape.n_heads * n_tokens ** 2 * 4 <= budget_bytes)
 
 
 def _d_ff(hf_model, family) -> int:
@@ -164,25 +183,80 @@ def _d_ff(hf_model, family) -> int:
     return max((ffn_out_matrix(m).shape[0] for m in out_projs if m is not None), default=0)
 
 
+def prompt_ids(model, prompt, prepend_bos: bool | None = None) -> tuple[torch.Tensor, str]:
+    """(token ids [T], the prompt's text) of a string or of one prompt's token ids, checked
+    against the model's vocabulary and context."""
+    hf_model = model._module
+    n_ctx = shape_of(hf_model, family_of(hf_model)).n_ctx
+    if isinstance(prompt, str):
+        return tokenize(model.tokenizer, prompt, prepend_bos, n_ctx), prompt
+    ids = _with_bos(token_ids(prompt, hf_model.get_input_embeddings().num_embeddings), model.tokenizer, prepend_bos)
+    if not ids:
+        raise LmttError("prompt is only a BOS token, which prepend_bos=False removes")
+    _check_length(len(ids), n_ctx)
+    return torch.tensor(ids, dtype=torch.long), model.tokenizer.decode(ids)
+
+
+def token_ids(prompt, n_vocab: int) -> list[int]:
+    """One prompt's token ids from a 1-D list, tuple, tensor or array of integers in 0..n_vocab-1;
+    an LmttError that says what `prompt` is otherwise."""
+    shape = getattr(prompt, "shape", None)
+    if shape is not None and hasattr(prompt, "tolist"):  # a tensor or an array
+        dtype = str(getattr(prompt, "dtype", ""))
+        if len(shape) != 1 or "int" not in dtype:
+            raise LmttError(f"token ids must be 1-D integers, got a {type(prompt).__name__} of shape {tuple(shape)} "
+                            f"and dtype {dtype}" + (" (one prompt of a batch: ids[0])" if len(shape) == 2 else ""))
+        ids = prompt.tolist()
+    elif isinstance(prompt, (list, tuple)):
+        ids = [_integer(i) for i in prompt]
+        bad = next((n for n, i in enumerate(ids) if i is None), None)
+        if bad is not None:
+            item = prompt[bad]
+            raise LmttError(f"token ids must be integers: item {bad} of the {type(prompt).__name__} is "
+                            f"{type(item).__name__} {item!r:.40}" + (" (a batch? give one prompt's ids)"
+                                                                     if isinstance(item, (list, tuple)) else ""))
+    else:
+        hint = " (a tokenizer's output: pass its ['input_ids'])" if hasattr(prompt, "keys") else ""
+        raise LmttError(f"prompt must be a string or a 1-D list, tuple, tensor or array of token ids, got "
+                        f"{type(prompt).__name__}{hint}")
+    if not ids:
+        raise LmttError("prompt has no token ids: give at least one")
+    outside = [(n, i) for n, i in enumerate(ids) if not 0 <= i < n_vocab]
+    if outside:
+        n, i = outside[0]
+        raise LmttError(f"token id {i} (at index {n}) is out of the vocabulary: valid ids are 0..{n_vocab - 1}"
+                        + (f"; {len(outside)} ids are outside" if len(outside) > 1 else ""))
+    return ids
+
+
 def tokenize(tokenizer, prompt: str, prepend_bos: bool | None, n_ctx: int | None) -> torch.Tensor:
     if not isinstance(prompt, str):
         raise LmttError(f"prompt must be a string, got {type(prompt).__name__}")
     if not prompt.strip():
         raise LmttError("prompt is empty: give some text to analyse")
     _check_unicode(prompt)
-    ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    ids = _with_bos(list(tokenizer(prompt, add_special_tokens=True)["input_ids"]), tokenizer, prepend_bos)
+    if not ids:
+        raise LmttError("prompt tokenizes to no tokens")
+    _check_length(len(ids), n_ctx)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _with_bos(ids: list[int], tokenizer, prepend_bos: bool | None) -> list[int]:
+    """`ids` with a BOS token forced at the start (True), removed (False), or as they are (None)."""
     bos = tokenizer.bos_token_id
     if prepend_bos and (not ids or ids[0] != bos):
         if bos is None:
             raise LmttError("prepend_bos=True, but this tokenizer has no BOS token")
-        ids = [bos] + ids
-    elif prepend_bos is False and ids and bos is not None and ids[0] == bos:
-        ids = ids[1:]
-    if not ids:
-        raise LmttError("prompt tokenizes to no tokens")
-    if n_ctx is not None and len(ids) > n_ctx:
-        raise LmttError(f"prompt is {len(ids)} tokens long; this model reads at most {n_ctx}")
-    return torch.tensor(ids, dtype=torch.long)
+        return [bos] + ids
+    if prepend_bos is False and ids and bos is not None and ids[0] == bos:
+        return ids[1:]
+    return ids
+
+
+def _check_length(n_tokens: int, n_ctx: int | None) -> None:
+    if n_ctx is not None and n_tokens > n_ctx:
+        raise LmttError(f"prompt is {n_tokens} tokens long; this model reads at most {n_ctx}")
 
 
 def _check_unicode(prompt: str) -> None:
@@ -265,14 +339,19 @@ class Shares:
     def decode(self, token_id) -> str:
         return self._decode([int(token_id)])
 
-    def top_tokens(self, position: int = -1, k: int = 10) -> list[tuple[str, float]]:
-        """The model's top-k next tokens after `position`, with probabilities."""
+    def top_predictions(self, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities [T, k], token ids [T, k]): the model's top-k next tokens at every position."""
         probs, ids = self._top  # type: ignore[misc]  # set where no logits are kept
         k = check_positive("k", k)
         if k > probs.shape[1]:
             raise LmttError(f"only the top {probs.shape[1]} tokens were kept; k={k} is too large")
+        return probs[:, :k], ids[:, :k]
+
+    def top_tokens(self, position: int = -1, k: int = 10) -> list[tuple[str, float]]:
+        """The model's top-k next tokens after `position`, with probabilities."""
         position = self.position(position)
-        return [(self.decode(i), float(v)) for v, i in zip(probs[position, :k], ids[position, :k])]
+        probs, ids = self.top_predictions(k)
+        return [(self.decode(i), float(v)) for v, i in zip(probs[position], ids[position])]
 
     def attention_contributions(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(shares [T_target, T_source, H] of each head reading each source, residual's share [T]);
@@ -300,6 +379,12 @@ class Shares:
         (see lmtt_widget.graph)."""
         return G.routes(self, self.position(token), self.valid_threshold(threshold), renormalize)
 
+    def edges(self, token: int = -1, threshold: float = 0.04, renormalize: bool = True):
+        """The routes' edges (`graph(token, threshold, renormalize)`) as a pandas DataFrame, one row
+        per edge: kind, layer, source and target (stage and position), weight, and each head's share
+        of attention edges (head_0 ... ; empty for the other kinds)."""
+        return G.edge_table(self.graph(token, threshold, renormalize), self.shape.n_heads)
+
     def full_graph(self, threshold: float = 0.04, renormalize: bool = True):
         """Every edge above `threshold`, for all tokens."""
         return G.full_graph(self, self.valid_threshold(threshold), renormalize)
@@ -321,24 +406,36 @@ class Run(Shares):
     vocabulary readouts are derived from them (and from the captured activations) on demand.
     """
 
-    def __init__(self, model, prompt: str, input_ids: torch.Tensor, capture: Capture,
-                 layers: list[LayerShares], distance: str, budget_bytes: int, floor: float = 0.0, edits=None):
-        hf_model = model._module
-        self.family = family_of(hf_model)
-        tokens = [model.tokenizer.decode([int(i)]) for i in input_ids]
-        super().__init__(tokens, input_ids, shape_of(hf_model, self.family), layers, distance, floor,
-                         decode=model.tokenizer.decode)
+    def __init__(self, model, prompt: str, input_ids: torch.Tensor, capture: Capture | None,
+                 layers: list[LayerShares], distance: str, budget_bytes: int, floor: float = 0.0, edits=None, *,
+                 top: tuple[torch.Tensor, torch.Tensor] | None = None, saved: SavedModel | None = None):
+        """`capture` None: the activations were not kept (lw.analyze_many), and the first readout
+        that needs them traces the prompt again. `top`: the top predictions at every position
+        (probabilities [T, k], ids [T, k]), read instead of the logits while the capture is not
+        held. `saved`: what a file (lw.load_run) says of the model, for a run loaded without it."""
+        if model is not None:
+            family = family_of(model._module)
+            shape, decode = shape_of(model._module, family), model.tokenizer.decode
+            tokens = [decode([int(i)]) for i in input_ids]
+        elif saved is not None:
+            family, shape, tokens, decode = saved.family, saved.shape, saved.tokens, saved.decode
+        else:
+            raise LmttError("a Run needs its model (or, loaded from a file, what the file says of it)")
+        super().__init__(tokens, input_ids, shape, layers, distance, floor, top=top, decode=decode)
+        self.family = family
         self.model = model
         self.prompt = prompt
-        self.capture = capture
+        self._capture = capture
+        self.saved = saved
         self.budget_bytes = budget_bytes
         self.edits = edits  # how the forward pass was changed; later traces of this run repeat them
+        self.generated: range | None = None  # the positions the model generated itself (lw.generate)
         self.clean: Run | None = None  # for an intervened run: the run it was made from
         self.interventions: tuple = ()  # the ablations (lmtt_widget.interventions.Ablation) applied
         self.patches: tuple = ()  # the activations patched in from other prompts: (interventions.PatchNode, prompt)
         self.patch_ids: tuple = ()  # the token ids of each patch's source prompt
         self.patch_edits: tuple = ()  # the edits that put the patches in place (after the ablations')
-        self._neuron_cache: dict[int, torch.Tensor] = dict(capture.neurons)
+        self._neuron_cache: dict[int, torch.Tensor] = {}  # traced again for a layer the capture lacks
         self._probs_traced: dict[int, torch.Tensor] = {}  # traced again (eager attention), least recent first
 
     def __repr__(self) -> str:
@@ -350,23 +447,73 @@ class Run(Shares):
 
     @property
     def hf_model(self):
-        return self.model._module
+        return self.needs_model()._module
+
+    def needs_model(self):
+        """The run's model, or (a run loaded from a file without it) an LmttError saying how to load it."""
+        if self.model is None:
+            raise LmttError(f"this run was loaded from a file without its model, and this needs the model's weights: "
+                            f"lw.load_run(path, model=lw.load_model(...)) with {self._saved().name!r}")
+        return self.model
+
+    def _saved(self) -> SavedModel:
+        """What the file said of the model, for a run loaded without it."""
+        assert self.saved is not None, "a Run has its model or was loaded from a file"
+        return self.saved
 
     @property
     def model_name(self) -> str:
+        if self.model is None:
+            return self._saved().name
         name = getattr(self.hf_model.config, "name_or_path", "") or type(self.hf_model).__name__
         return name.rstrip("/").rsplit("/", 1)[-1] if name.startswith(("/", ".", "~")) else name
+
+    @property
+    def n_params(self) -> int:
+        return self._saved().n_params if self.model is None else sum(p.numel() for p in self.hf_model.parameters())
+
+    @property
+    def capture(self) -> Capture:
+        """The activations of the forward pass; a run that did not keep them traces its prompt again
+        (as `analyze` did, edits included) the first time they are read."""
+        if self._capture is None:
+            hf_model = self.hf_model
+            keep = kept_whole(hf_model, self.family, self.shape, self.n_tokens, self.budget_bytes)
+            self._capture = trace(self.model, self.family, self.shape, self.input_ids.to(hf_model.device), self.edits,
+                                  neurons=keep.neurons, probs=keep.probs)
+        return self._capture
+
+    @property
+    def holds_activations(self) -> bool:
+        return self._capture is not None
 
     @functools.cached_property
     def logits(self) -> torch.Tensor:
         """[T, V] float32: the model's output logits."""
         return V.unembed(self.hf_model, self.family, self.capture.final_normed).float().cpu()  # type: ignore[arg-type]
 
+    def top_predictions(self, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities [T, k], token ids [T, k]): the model's top-k next tokens at every position."""
+        if self._reads_top(k):
+            return super().top_predictions(k)
+        top = self.logits.softmax(-1).topk(min(check_positive("k", k), self.logits.shape[-1]), dim=-1)
+        return top.values, top.indices
+
     def top_tokens(self, position: int = -1, k: int = 10) -> list[tuple[str, float]]:
         """The model's top-k next tokens after `position`, with probabilities."""
+        if self._reads_top(k):
+            return super().top_tokens(position, k)
         probs = self.logits[self.position(position)].softmax(-1)
         values, ids = probs.topk(min(check_positive("k", k), probs.numel()))
         return [(self.decode(i), float(v)) for v, i in zip(values, ids)]
+
+    def _reads_top(self, k) -> bool:
+        """Whether the kept top predictions answer for the top k: logits are not held, nor can
+        they be had without tracing again (or at all, without the model)."""
+        if self._top is None or "logits" in self.__dict__ or (self._capture is not None and self.model is not None):
+            return False
+        count = _integer(k)
+        return count is not None and 0 < count <= self._top[0].shape[1]
 
     # -- importances ----------------------------------------------------------------------
 
@@ -403,6 +550,8 @@ class Run(Shares):
         model once more for this layer; later ones are cached. A mixture-of-experts layer has no
         layer-wide neurons: see `expert_neuron_contributions`."""
         layer = self.layer(layer)
+        if layer in self.capture.neurons:  # kept (or loaded from a file, maybe without the model)
+            return self.capture.neurons[layer]
         if self._ffn_module(layer, "ffn_out_proj") is None:
             raise LmttError(f"layer {layer}'s FFN is a mixture of experts: its neurons belong to its experts; read "
                             f"them with run.expert_contributions({layer}, position) and "
@@ -658,5 +807,56 @@ class Run(Shares):
     def reanalyze(self, edits) -> Run:
         """This prompt analysed again as this run was (distance, memory budget, floor), with
         `edits` (tracing.Edit) changing the forward pass: how lmtt_widget.interventions reruns."""
-        return analyze_ids(self.model, self.input_ids, prompt=self.prompt, distance=self.distance,
+        return analyze_ids(self.needs_model(), self.input_ids, prompt=self.prompt, distance=self.distance,
                            budget_bytes=self.budget_bytes, floor=self.floor, edits=edits)
+
+    # -- files (lmtt_widget.saved) ----------------------------------------------------------
+
+    def to_file(self, path, *, activations: bool = True) -> pathlib.Path:
+        """Write this run to one file (safetensors, its metadata as JSON in the header; no pickle)
+        that `lw.load_run` restores without recomputing: shares, top predictions and, with
+        `activations`, what the readouts read (without them: routes and predictions only)."""
+        if self.clean is not None:
+            raise LmttError("an intervened run cannot be saved (its edits are code): save run.clean, and "
+                            f"note its ablations {[ab.as_tuple() for ab in self.interventions]}")
+        probs, ids = self.top_predictions(min(TOP_K_KEPT, self.shape.d_vocab))
+        tensors = {"input_ids": self.input_ids, "top.probs": probs, "top.ids": ids}
+        for layer, shares in enumerate(self.layers):
+            tensors |= {f"layers.{layer}.{name}": t for name, t in shares.tensors().items()}
+            tensors[f"layers.{layer}.edges"] = shares.edges.to(torch.int32)  # half the bytes; long again when read
+        capture_meta = None
+        if activations:
+            capture_tensors, capture_meta = S.capture_tensors(self.capture)
+            tensors |= capture_tensors
+        known = sorted({int(i) for i in ids.reshape(-1)} | {int(i) for i in self.input_ids})
+        meta = {"prompt": self.prompt, "tokens": list(self.tokens), "distance": self.distance,
+                "budget_bytes": self.budget_bytes, "floor": self.floor,
+                "generated": None if self.generated is None else [self.generated.start, self.generated.stop],
+                "family": self.family.name, "shape": dataclasses.asdict(self.shape),
+                "model": self._saved().identity if self.model is None else S.identity(self.hf_model),
+                "name": self.model_name, "n_params": self.n_params,
+                "vocab": {str(i): self.decode(i) for i in known}, "capture": capture_meta}
+        return S.write(path, tensors, meta)
+
+
+def load_run(path, model=None) -> Run:
+    """The run `Run.to_file` wrote, as it was: routes, predictions and (if the file has them) the
+    activations' readouts, nothing recomputed. Readouts through the vocabulary and interventions
+    need the model's weights: pass `model` (from `load_model`), which must be the model the run was
+    made with (same architecture and weights; anything else is refused)."""
+    tensors, meta = S.read(path)
+    if model is not None:
+        S.check_same_model(meta["model"], model._module, path, meta["name"])
+    shape = Shape(**meta["shape"])
+    fields = [f.name for f in dataclasses.fields(LayerShares)]
+    layers = [LayerShares(**{name: tensors[f"layers.{layer}.{name}"] for name in fields})
+              for layer in range(shape.n_layers)]
+    for shares in layers:
+        shares.edges = shares.edges.long()
+    saved = SavedModel(meta["name"], S.family_named(meta["family"]), shape, meta["model"], meta["n_params"],
+                       meta["tokens"], {int(i): text for i, text in meta["vocab"].items()})
+    capture = None if meta["capture"] is None else S.capture_from(tensors, meta["capture"])
+    run = Run(model, meta["prompt"], tensors["input_ids"], capture, layers, meta["distance"], meta["budget_bytes"],
+              meta["floor"], top=(tensors["top.probs"], tensors["top.ids"]), saved=saved)
+    run.generated = None if meta["generated"] is None else range(*meta["generated"])
+    return run

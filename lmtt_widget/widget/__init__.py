@@ -24,11 +24,13 @@ import anywidget
 import traitlets
 
 from .. import interventions as I
+from ..aggregate import Aggregate
 from ..errors import LmttError
 from ..models import DEMO_PROMPT, load_model
 from ..run import Run, analyze
 from . import protocol as P
 from . import serialize as S
+from .prompts import names_a_file, read_prompts
 from .state import View
 
 STATIC = pathlib.Path(__file__).parent.parent / "static"
@@ -109,14 +111,16 @@ class Widget(anywidget.AnyWidget):
     pair = _trait("pair", None)  # the other prompt, its tokens and prediction at the target
     patches = _trait("patches", [])  # the active patches
     diff_against = _option("diff_against", "other")  # in a pair with interventions: "other" or "clean"
+    prompt_list = _trait("prompt_list", None)  # the prompts to switch between, and the aggregate if any
 
-    def __init__(self, run: Run, *, target: int = -1, threshold: float = 0.04, renormalize: bool = True,
-                 normalize_lens: bool = True, selection: dict | None = None, other: Run | None = None, **kwargs):
+    def __init__(self, run: Run | Aggregate, *, target: int = -1, threshold: float = 0.04, renormalize: bool = True,
+                 normalize_lens: bool = True, selection: dict | None = None, other: Run | None = None,
+                 prompts=None, **kwargs):
         unknown = set(kwargs) - {"layout"}
         if unknown:
             raise TypeError(f"Widget() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
         view = View.of(run, other, target=target, threshold=threshold, renormalize=renormalize,
-                       normalize_lens=normalize_lens, selection=selection)
+                       normalize_lens=normalize_lens, selection=selection, prompts=prompts)
         self._view: View = None  # type: ignore[assignment]  # None only until _show(view) below
         self._pending: View | None = None  # a view an option change from the page or Python made, not shown yet
         self._from_page = False
@@ -133,8 +137,8 @@ class Widget(anywidget.AnyWidget):
         return self._view
 
     @property
-    def run(self) -> Run:
-        """The `Run` being shown."""
+    def run(self) -> Run | Aggregate:
+        """The `Run` being shown (or the `Aggregate`, before one of its prompts is opened)."""
         return self._view.run
 
     @property
@@ -167,9 +171,37 @@ class Widget(anywidget.AnyWidget):
         return self._view.panel(selection)
 
     def analyze(self, prompt: str) -> None:
-        """Analyse a new prompt with the same model and show it; on error nothing changes."""
+        """Analyse a new prompt with the same model, add it to the prompt list and show it; on error
+        nothing changes."""
         with self._working("Analysing the prompt…"):
             self._show(self._view.analyze(prompt))
+
+    @property
+    def prompts(self) -> list[str]:
+        """The prompts the page's selector switches between (an aggregate's come first); setting it
+        to a list (or a text file, one prompt per line) replaces the others."""
+        return list(self._view.prompts.texts)
+
+    @prompts.setter
+    def prompts(self, prompts) -> None:
+        self._show(self._view.with_prompts(prompts))
+
+    def open_prompt(self, index: int) -> None:
+        """Show prompt `index` of `prompts` (analysed now unless it was shown recently)."""
+        with self._working("Analysing the prompt…"):
+            self._show(self._view.open_prompt(index))
+
+    def open_aggregate(self) -> None:
+        """Show the aggregate this widget was made from again."""
+        self._show(self._view.open_aggregate())
+
+    def generate(self, prompt: str | None = None, max_new_tokens: int = 20, chat: bool = False) -> Run:
+        """Continue `prompt` (default: the prompt shown) with the model's own tokens (lw.generate),
+        show the whole text, add it to the prompt list and return its run."""
+        with self._working(f"Generating {max_new_tokens} tokens…"):
+            self._show(self._view.generate(self._view.run.prompt if prompt is None else prompt, max_new_tokens,
+                                           chat))
+        return self.run  # type: ignore[return-value]  # a generated run
 
     def ablate(self, *ablations, mode: str = "zero") -> I.Comparison:
         """Add `ablations` (tuples such as ("head", layer, head), see lmtt_widget.interventions)
@@ -345,6 +377,23 @@ class Widget(anywidget.AnyWidget):
         self.measure_faithfulness(k=request["k"], mode=request["mode"])
         return self.faithfulness
 
+    @command("open_prompt")
+    def _open_prompt(self, request: dict):
+        start = time.perf_counter()
+        self.open_prompt(request["index"])
+        return {"n_tokens": self.run.n_tokens, "seconds": time.perf_counter() - start}
+
+    @command("open_aggregate")
+    def _open_aggregate(self, request: dict):
+        self.open_aggregate()
+
+    @command("generate")
+    def _generate(self, request: dict):
+        start = time.perf_counter()
+        run = self.generate(request["prompt"], request["max_new_tokens"], request["chat"])
+        return {"n_tokens": run.n_tokens, "n_generated": len(run.generated or ()),
+                "seconds": time.perf_counter() - start}
+
 
 def _to_dict(report) -> dict | None:
     return None if report is None else report.to_dict()
@@ -354,12 +403,20 @@ def _error(request_id: str | None, kind: str, message: str) -> dict:
     return {"kind": "lmtt-reply", "id": request_id, "ok": False, "error": {"kind": kind, "message": message}}
 
 
-def show(model=None, prompt: str | None = None, **options) -> Widget:
+def show(model=None, prompt=None, **options) -> Widget:
     """Analyse `prompt` on `model` (default: the offline demo model) and return the widget;
-    `options` go to `Widget` (target, threshold, renormalize, normalize_lens, selection)."""
+    `options` go to `Widget` (target, threshold, renormalize, normalize_lens, selection).
+
+    `prompt` may be a list of prompts, or a text file of them (one per line): the widget shows the
+    first and switches between them. `show(run)` and `show(lw.aggregate(runs))` show what is given."""
+    if isinstance(model, (Run, Aggregate)):
+        return Widget(model, **options)
     if model is None or isinstance(model, str):
         model = load_model(model)
-    return Widget(analyze(model, DEMO_PROMPT if prompt is None else prompt), **options)
+    if prompt is None or (isinstance(prompt, str) and not names_a_file(prompt)):
+        return Widget(analyze(model, DEMO_PROMPT if prompt is None else prompt), **options)
+    prompts = read_prompts(prompt)
+    return Widget(analyze(model, prompts[0]), prompts=prompts, **options)
 
 
 def show_pair(model=None, prompt: str | None = None, other: str | None = None, **options) -> Widget:

@@ -79,6 +79,8 @@ class Info(TypedDict):
     tokens: list[str]
     predictions: Predictions
     selection_kinds: dict[str, SelectionKindInfo]
+    generated: list[int] | None  # [start, stop): the positions the model wrote itself (lw.generate)
+    aggregate: int | None  # the number of prompts, where the routes shown are an aggregate's (lw.aggregate)
 
 
 class PayloadNodes(TypedDict):
@@ -252,6 +254,23 @@ class Pair(TypedDict):
     top: list[TokenValue]
 
 
+class AggregateInfo(TypedDict):
+    """The aggregate a widget came from (lw.aggregate): its prompts are the prompt list's first ones."""
+
+    n_prompts: int
+    positions: list[str]
+    shown: bool  # the aggregate is shown (else one of its prompts, or another prompt)
+
+
+class PromptList(TypedDict):
+    """The prompts a widget switches between (w.prompts); the text box adds to them."""
+
+    prompts: list[str]
+    current: int | None  # the prompt shown (null: the aggregate, or a prompt not in the list)
+    analysed: list[int]  # the prompts whose runs are at hand: switching to them is instant
+    aggregate: AggregateInfo | None
+
+
 class ActivePatch(TypedDict):
     node: Node
     label: str
@@ -300,7 +319,27 @@ class FfnPanel(TypedDict):
     neurons: list[NeuronRow]
 
 
-PanelData = Union[ResidualPanel, AttentionPanel, FfnPanel]
+class PromptRow(TypedDict):
+    """One prompt of an aggregate behind a selection (aggregate.Aggregate.rows)."""
+
+    index: int
+    prompt: str
+    token: str  # its token(s) there: "source → target" for an edge
+    share: float | None  # its own share of what is selected (null for the embedding)
+    in_routes: bool  # whether its own routes hold what is selected
+
+
+class PromptsPanel(TypedDict):
+    """What an aggregate shows for a selection: the prompts behind it, each openable on its own."""
+
+    selection: Selection
+    rows: list[PromptRow]
+    mean: float | None  # the mean of the prompts' shares
+    std: float | None
+    support: float  # the fraction of the prompts whose own routes hold it
+
+
+PanelData = Union[ResidualPanel, AttentionPanel, FfnPanel, PromptsPanel]
 
 # The typed traits: name -> type (None where a trait may be empty).
 TRAITS: dict[str, Any] = {
@@ -325,6 +364,7 @@ TRAITS: dict[str, Any] = {
     "pair": Union[Pair, None],
     "patches": list[ActivePatch],
     "diff_against": Literal["other", "clean"],
+    "prompt_list": Union[PromptList, None],
 }
 
 # -- commands: name -> (request type, result type) -------------------------------------------------
@@ -364,6 +404,18 @@ class FaithfulnessRequest(TypedDict):
     mode: Mode
 
 
+class GenerateRequest(TypedDict):
+    prompt: str  # the text to continue
+    max_new_tokens: int
+    chat: bool  # put it into the tokenizer's chat template first
+
+
+class Generated(TypedDict):
+    n_tokens: int
+    n_generated: int
+    seconds: float
+
+
 COMMANDS: dict[str, tuple[Any, Any]] = {
     "panel": (PanelRequest, PanelData),
     "analyze": (AnalyzeRequest, Analyzed),
@@ -374,6 +426,9 @@ COMMANDS: dict[str, tuple[Any, Any]] = {
     "swap": (NoRequest, None),
     "pair": (AnalyzeRequest, None),
     "faithfulness": (FaithfulnessRequest, Faithfulness),
+    "open_prompt": (IndexRequest, Analyzed),
+    "open_aggregate": (NoRequest, None),
+    "generate": (GenerateRequest, Generated),
 }
 
 ErrorKind = Literal["refused", "failed", "malformed"]

@@ -15,6 +15,8 @@ import networkx as nx
 import numpy as np
 import torch
 
+from ..aggregate import Aggregate
+
 STAGES = ("embed", "mid", "ffn", "post")  # stage codes 0..3 in the payload
 KINDS = ("attention", "residual", "ffn")  # edge kind codes 0..2
 DTYPES = {"float32": np.float32, "int32": np.int32, "uint32": np.uint32, "int16": np.int16,
@@ -48,18 +50,18 @@ def _display_name(run) -> str:
 def run_info(run) -> dict[str, Any]:
     """Facts about the model and the prompt, and every position's top predictions."""
     s = run.shape
-    probs = run.logits.softmax(-1)  # [T, V]
-    top = probs.topk(min(TOP_K, probs.shape[-1]), dim=-1)
+    probs, ids = run.top_predictions(min(TOP_K, s.d_vocab))  # [T, k] each
     return {
         "model": _display_name(run),
         "n_layers": s.n_layers, "n_heads": s.n_heads, "n_kv_heads": s.n_kv_heads, "d_model": s.d_model,
         "d_vocab": s.d_vocab, "n_ctx": s.n_ctx, "parallel": bool(s.parallel),
-        "n_params": int(sum(p.numel() for p in run.hf_model.parameters())),
+        "n_params": int(run.n_params),
         "distance": run.distance,
         "prompt": run.prompt,
         "tokens": list(run.tokens),
-        "predictions": {"tokens": [[run.decode(i) for i in row] for row in top.indices.tolist()],
-                        "probs": array(top.values)},
+        "predictions": {"tokens": [[run.decode(i) for i in row] for row in ids.tolist()], "probs": array(probs)},
+        "generated": None if run.generated is None else [run.generated.start, run.generated.stop],
+        "aggregate": len(run.runs) if isinstance(run, Aggregate) else None,
     }
 
 

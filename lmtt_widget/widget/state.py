@@ -26,15 +26,18 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import interventions as I
+from ..aggregate import Aggregate
 from ..errors import LmttError, check_index
+from ..generation import generate
 from ..models import DEMO_NAME
 from ..run import DEFAULT_FLOOR, Run, analyze
 from . import selections
 from . import serialize as S
+from .prompts import Prompts, prompts_panel
 
 DIFF_ROWS = 12  # the strongest changes of each sort and edge kind that the page lists and marks
 DIFF_AGAINST = ("other", "clean")
-_RUN_INFO: weakref.WeakKeyDictionary[Run, dict] = weakref.WeakKeyDictionary()
+_RUN_INFO: weakref.WeakKeyDictionary[Run | Aggregate, dict] = weakref.WeakKeyDictionary()
 
 
 class Memo:
@@ -63,7 +66,8 @@ def _flag(name: str, value) -> bool:
 class View:
     """One snapshot of what a widget shows (see the module docstring). Build it with `View.of`."""
 
-    run: Run  # the run shown: clean, or intervened (run.clean, run.interventions, run.patches)
+    run: Run | Aggregate  # the run shown: clean, or intervened (run.clean, run.interventions, run.patches); or the
+    # aggregate of several prompts' runs (lw.aggregate), whose routes are read as a run's
     other: Run | None = None  # the other prompt's clean run, in a pair
     target: int = 0  # whose prediction's routes are shown
     threshold: float = 0.04
@@ -73,17 +77,22 @@ class View:
     show_reference: bool = False  # draw the routes the shown ones are compared with, the diff marks staying
     diff_against: str = "other"  # in a pair with interventions: compare with "other" or "clean"
     faithfulness: I.Faithfulness | None = None  # the last measured, for this run, target and threshold
+    prompts: Prompts = field(default_factory=Prompts)  # the prompts to switch between (w.prompts)
     memo: Memo = field(default_factory=Memo, compare=False, repr=False)
 
     @classmethod
-    def of(cls, run: Run, other: Run | None = None, *, target: int = -1, threshold: float = 0.04,
-           renormalize: bool = True, normalize_lens: bool = True, selection: dict | None = None) -> View:
-        if not isinstance(run, Run):
-            raise LmttError(f"a widget shows a Run (lmtt_widget.analyze(model, prompt)), got {type(run).__name__}")
+    def of(cls, run: Run | Aggregate, other: Run | None = None, *, target: int = -1, threshold: float = 0.04,
+           renormalize: bool = True, normalize_lens: bool = True, selection: dict | None = None,
+           prompts=None) -> View:
+        """`prompts`: a list of prompts (or a text file of them, one per line) to switch between."""
+        if not isinstance(run, (Run, Aggregate)):
+            raise LmttError(f"a widget shows a Run (lmtt_widget.analyze(model, prompt)) or an Aggregate "
+                            f"(lmtt_widget.aggregate(runs)), got {type(run).__name__}")
         if other is not None:
             I.check_pair(run, other, "comparing two prompts")
-        return cls(run, other).set(target=target, threshold=threshold, renormalize=renormalize,
-                                   normalize_lens=normalize_lens, selection=selection)
+        return cls(run, other, prompts=Prompts.of(run, prompts)).set(
+            target=target, threshold=threshold, renormalize=renormalize, normalize_lens=normalize_lens,
+            selection=selection)
 
     # -- options ---------------------------------------------------------------------------------
 
@@ -95,7 +104,7 @@ class View:
             "threshold": self._check_threshold,
             "renormalize": lambda v: _flag("renormalize", v),
             "normalize_lens": lambda v: _flag("normalize_lens", v),
-            "selection": lambda v: selections.normalize(self.run, v),
+            "selection": self._check_selection,
             "show_reference": lambda v: _flag("show_reference", v),
             "diff_against": self._check_diff_against,
         }
@@ -109,6 +118,11 @@ class View:
 
     def select(self, selection: dict | None) -> View:
         return self.set(selection=selection)
+
+    def _check_selection(self, selection) -> dict | None:
+        if self.aggregate_shown and isinstance(selection, dict) and selection.get("neuron") is not None:
+            raise LmttError("an aggregate of prompts has no neurons to select: open one of its prompts")
+        return selections.normalize(self.run, selection)
 
     def _check_threshold(self, threshold) -> float:
         for run in (self.run, self.other):
@@ -126,26 +140,80 @@ class View:
 
     @property
     def clean(self) -> Run:
-        return self.run.clean or self.run
+        run = self._needs_run("interventions")
+        return run.clean or run
 
     def analyze(self, prompt: str) -> View:
-        """The same view of a new prompt (analysed as the run shown was); the selection is cleared."""
-        run = self.analyze_like_shown(prompt)
-        if self.other is not None:
-            I.check_pair(run, self.other, "comparing two prompts")
-        return self._showing(run, target=run.n_tokens - 1, selection=None)
+        """The same view of a new prompt (analysed as the run shown was, or at hand from before),
+        added to the prompt list; the selection is cleared."""
+        if not isinstance(prompt, str):
+            raise LmttError(f"prompt must be a string, got {type(prompt).__name__}")
+        run = self.prompts.cache.get(prompt) or self.analyze_like_shown(prompt)
+        return self._switched(run, self.prompts.showing(run))
 
     def analyze_like_shown(self, prompt) -> Run:
         """`prompt` analysed as the run shown was, with a floor that keeps the threshold shown."""
         if not isinstance(prompt, str):
             raise LmttError(f"prompt must be a string, got {type(prompt).__name__}")
-        run = self.run
-        floor = None if self.threshold >= DEFAULT_FLOOR else self.threshold  # None: 0 where everything fits
-        return analyze(run.model, prompt, distance=run.distance, budget_bytes=run.budget_bytes, floor=floor,
-                       progress=False)  # no tqdm in the widget's output
+        like = self._like_shown()
+        return analyze(like.model, prompt, distance=like.distance, budget_bytes=like.budget_bytes,
+                       floor=self._floor_shown(), progress=False)  # no tqdm in the widget's output
+
+    def _like_shown(self) -> Run:
+        """The run whose model and settings new prompts are analysed with (an aggregate: its first prompt's)."""
+        run = self.run if isinstance(self.run, Run) else self.run.runs[0]
+        if not isinstance(run, Run):
+            raise LmttError("this aggregate's runs are compact shares without their model (lw.analyze_compact): "
+                            "new prompts cannot be analysed here")
+        return run
+
+    def _floor_shown(self) -> float | None:
+        return None if self.threshold >= DEFAULT_FLOOR else self.threshold  # None: 0 where everything fits
+
+    def open_prompt(self, index: int) -> View:
+        """Prompt `index` of the list shown (analysed now unless it is at hand); the selection is cleared."""
+        index, run = self.prompts.run_at(index, self.analyze_like_shown)
+        prompts = replace(self.prompts, current=index) if index < self.prompts.n_aggregated else \
+            self.prompts.showing(run)
+        return self._switched(run, prompts)
+
+    def open_aggregate(self) -> View:
+        """The aggregate the widget came from, again."""
+        if self.prompts.aggregate is None:
+            raise LmttError("this widget shows no aggregate: lw.show(lw.aggregate(runs))")
+        return self._switched(self.prompts.aggregate, replace(self.prompts, current=None))
+
+    def generate(self, prompt: str, max_new_tokens: int = 20, chat: bool = False) -> View:
+        """The model's own continuation of `prompt`, analysed as the run shown was, shown and listed."""
+        like = self._like_shown()
+        run = generate(like.model, prompt, max_new_tokens, chat=chat, distance=like.distance,
+                       budget_bytes=like.budget_bytes, floor=self._floor_shown(), progress=False)
+        return self._switched(run, self.prompts.showing(run))
+
+    def with_prompts(self, prompts) -> View:
+        """Another prompt list (w.prompts = [...]); the run shown stays."""
+        return replace(self, prompts=self.prompts.listing(prompts))
+
+    def _switched(self, run: Run | Aggregate, prompts: Prompts) -> View:
+        """This view of another prompt (or the aggregate): routes to its last token, nothing selected."""
+        if self.other is not None:
+            I.check_pair(run, self.other, "comparing two prompts")
+        view = replace(self, prompts=prompts)._showing(run, target=run.n_tokens - 1, selection=None)
+        return view.set(threshold=self.threshold)  # its shares must reach down to the threshold shown
+
+    @property
+    def aggregate_shown(self) -> bool:
+        return isinstance(self.run, Aggregate)
+
+    def _needs_run(self, what: str) -> Run:
+        if isinstance(self.run, Aggregate):
+            raise LmttError(f"the aggregate of {len(self.run.runs)} prompts is shown: open one of its prompts "
+                            f"for {what}")
+        return self.run
 
     def ablate(self, *specs, mode: str = "zero") -> tuple[View, I.Comparison]:
         """Add ablations (tuples such as ("head", layer, head), see lmtt_widget.interventions)."""
+        self._needs_run("ablations")
         if not specs:
             raise LmttError("no ablations given; e.g. ablate(('head', 3, 1))")
         current = list(self.run.interventions)
@@ -165,6 +233,7 @@ class View:
 
     def patch(self, *nodes) -> tuple[View, I.Comparison]:
         """Patch each node's activation from the other prompt (see lmtt_widget.interventions.patch)."""
+        self._needs_run("patching")
         if self.other is None:
             raise LmttError("patching needs a second prompt: w.compare_with(prompt) or lmtt_widget.show_pair(...)")
         if not nodes:
@@ -186,6 +255,7 @@ class View:
     def compare_with(self, other: str | Run) -> View:
         """A pair: `other` (a prompt, analysed like the run shown, or a Run) as long in tokens as the
         prompt shown. Patches from a previous other prompt are dropped, the ablations kept."""
+        self._needs_run("comparing two prompts")
         if isinstance(other, str):
             other = self.analyze_like_shown(other)
         I.check_pair(self.clean, other, "comparing two prompts")
@@ -201,7 +271,8 @@ class View:
         return replace(self._showing(self.other, selection=None), other=self.clean)
 
     def measure_faithfulness(self, k: int = 5, draws: int = 10, mode: str = "zero") -> tuple[View, I.Faithfulness]:
-        report = self.run.faithfulness(token=self.target, threshold=self.threshold, k=k, draws=draws, mode=mode)
+        run = self._needs_run("faithfulness")
+        report = run.faithfulness(token=self.target, threshold=self.threshold, k=k, draws=draws, mode=mode)
         return replace(self, faithfulness=report), report
 
     def _patch_nodes(self) -> list:
@@ -216,7 +287,7 @@ class View:
         comparison = I.compare_logits(clean, clean.logits, run.logits, self.target) if run is not clean else None
         return self._showing(run, selection=self.selection), comparison
 
-    def _showing(self, run: Run, **changes) -> View:
+    def _showing(self, run: Run | Aggregate, **changes) -> View:
         """This view of another run: drawn with its own routes, nothing measured yet."""
         view = replace(self, run=run, show_reference=False, faithfulness=None)
         selection = changes.pop("selection", self.selection)
@@ -257,17 +328,21 @@ class View:
 
     def code(self, model_expr: str | None = None) -> str:
         """Standalone nnsight code that reproduces the interventions shown."""
-        return I.code(self.run, model_expr=model_expr or _model_expr(self.run))
+        run = self._needs_run("code")
+        return I.code(run, model_expr=model_expr or _model_expr(run))
 
     @property
     def options(self) -> dict[str, Any]:
         return {"normalize_lens": self.normalize_lens}
 
     def panel(self, selection: dict) -> dict[str, Any]:
-        """The data of one panel (protocol.PanelData): `selection` is checked and completed first."""
-        sel = selections.normalize(self.run, selection)
+        """The data of one panel (protocol.PanelData): `selection` is checked and completed first.
+        An aggregate's panel lists the prompts behind the selection (protocol.PromptsPanel)."""
+        sel = self._check_selection(selection)
         if sel is None:
             raise LmttError("a panel needs a selection, e.g. {'kind': 'ffn', 'layer': 2, 'token': 5}")
+        if isinstance(self.run, Aggregate):
+            return prompts_panel(self.run, sel, self.target, self.threshold, self.renormalize)
         return selections.KINDS[sel["kind"]].panel(self.run, sel, self.options)
 
     def panel_key(self, selection: dict) -> str:
@@ -277,6 +352,8 @@ class View:
         """The tensors behind the selection (an empty dict when nothing is selected)."""
         if self.selection is None:
             return {}
+        if isinstance(self.run, Aggregate):
+            return self.panel(self.selection)
         return selections.KINDS[self.selection["kind"]].tensors(self.run, self.selection, self.options)
 
     def selection_info(self) -> dict | None:
@@ -284,6 +361,8 @@ class View:
         if sel is None:
             return None
         kind = selections.KINDS[sel["kind"]]
+        if isinstance(self.run, Aggregate):  # nothing to intervene on: the prompts behind it are in its panel
+            return {"key": self.panel_key(sel), "title": kind.title, "ablations": [], "patches": []}
         return {"key": self.panel_key(sel), "title": kind.title, "ablations": kind.ablations(self.run, sel),
                 "patches": kind.patches(self.run, sel)}
 
@@ -308,11 +387,12 @@ class View:
             "patches": [{"node": list(node), "label": node.label(lambda t: selections.at_token(run, t)),
                          "source": prompt} for node, prompt in run.patches],
             "diff_against": self.diff_against,
+            "prompt_list": self.prompts.info(self.aggregate_shown),
         }
         return _plain(values, keep_bytes=True)
 
 
-def run_info(run: Run) -> dict:
+def run_info(run: Run | Aggregate) -> dict:
     """serialize.run_info of `run`, computed once per run."""
     if run not in _RUN_INFO:
         _RUN_INFO[run] = S.run_info(run) | {"selection_kinds": selections.kinds_info()}
@@ -325,7 +405,7 @@ def _pair(other: Run, target: int) -> dict:
             "top": [[other.decode(int(i)), float(p)] for p, i in zip(top.values, top.indices)]}
 
 
-def _active(ab, run: Run) -> dict:
+def _active(ab, run: Run | Aggregate) -> dict:
     return {"kind": ab.kind, "label": ab.label(lambda t: selections.at_token(run, t)), "spec": list(ab.as_tuple()),
             "mode": ab.mode}
 

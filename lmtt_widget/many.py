@@ -1,0 +1,337 @@
+"""Many prompts at once: `analyze_many` runs them in padded batches, one forward pass a batch, and
+gives each prompt the run that `analyze` gives it alone.
+
+Padding changes nothing. The attention mask hides the padding from every token and positions
+count from a prompt's first token (`position_ids`), so rotary and learned positions are those of
+the prompt alone, padded on the right or on the left; and each prompt's shares are computed from
+its own rows of the batch.
+
+Shares are computed for several prompts together: their rows are set one after another into one
+sequence whose attention probabilities are block-diagonal (each prompt reads only itself), so a
+part from another prompt has probability 0 and no share, and each prompt's shares are those of
+its rows alone. Many short prompts then cost about what one sequence of their total length costs;
+a group stays under GROUP_TOKENS tokens, since its work grows with the square of its length.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from . import contributions as C
+from .architectures import Shape, _get, check_attention, family_of, shape_of, text_config, w_o
+from .attention import AttentionProbs
+from .errors import LmttError, check_floor, check_positive
+from .progress import progress_counter
+from .run import TOP_K_KEPT, Kept, LayerShares, Run, analyze_ids, block_shares, floor_for, kept_whole, prompt_ids
+from .tracing import Capture, _first, exclusive
+
+GROUP_TOKENS = 256  # the most tokens whose shares are computed together
+PADDING = ("right", "left")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Prompts padded to one length: row b holds prompt b at positions start..start+length-1."""
+
+    ids: torch.Tensor  # [B, T]
+    mask: torch.Tensor  # [B, T]: 1 on the prompts' tokens, 0 on the padding
+    spans: list[tuple[int, int, int]]  # (row, start, length) of each prompt
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """[B, T]: each token's position in its own prompt (0 on the padding)."""
+        return (self.mask.cumsum(-1) - 1).clamp_min(0)
+
+
+def padded(prompts: list[torch.Tensor], pad_id: int, padding: str) -> Batch:
+    length = max(len(ids) for ids in prompts)
+    ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), length, dtype=torch.long)
+    spans = []
+    for row, prompt in enumerate(prompts):
+        start = 0 if padding == "right" else length - len(prompt)
+        ids[row, start:start + len(prompt)] = prompt
+        mask[row, start:start + len(prompt)] = 1
+        spans.append((row, start, len(prompt)))
+    return Batch(ids, mask, spans)
+
+
+def groups(lengths: list[int], limit: int = GROUP_TOKENS) -> list[list[int]]:
+    """Consecutive prompts in groups of at most `limit` tokens (a longer prompt alone)."""
+    out: list[list[int]] = []
+    total = limit
+    for index, length in enumerate(lengths):
+        if total + length > limit:
+            out.append([])
+            total = 0
+        out[-1].append(index)
+        total += length
+    return out
+
+
+# -- one prompt's or a group's rows of a batch ----------------------------------------------------
+
+def prompt_probs(probs: AttentionProbs | torch.Tensor, row: int, start: int, length: int):
+    """[H, length, length]: one prompt's attention probabilities from the batch's [B, H, T, T]."""
+    window = slice(start, start + length)
+    if not isinstance(probs, AttentionProbs):
+        return probs[row, :, window, window]
+    mask = probs.mask
+    if mask is not None:
+        mask = mask[row if mask.shape[0] > 1 else 0, :, window, window]
+        if mask.dtype != torch.bool:  # additive: 0 where attended, very negative where not
+            mask = mask > torch.finfo(mask.dtype).min / 2
+    return AttentionProbs(probs.query[row, :, window], probs.key[row, :, window], mask, probs.scaling, probs.groups)
+
+
+def group_probs(probs: AttentionProbs | torch.Tensor, spans: list[tuple[int, int, int]]):
+    """[H, N, N]: the probabilities of the prompts in `spans` set one after another (N tokens in
+    all), block-diagonal: each prompt reads only itself."""
+    parts = [prompt_probs(probs, *span) for span in spans]
+    if len(parts) == 1:
+        return parts[0]
+    lengths = [length for _, _, length in spans]
+    n_tokens = sum(lengths)
+    starts = list(itertools.accumulate(lengths, initial=0))
+    if isinstance(probs, AttentionProbs):
+        device = parts[0].query.device
+        mask = torch.zeros(1, n_tokens, n_tokens, dtype=torch.bool, device=device)
+        for part, start, length in zip(parts, starts, lengths):
+            causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+            mask[0, start:start + length, start:start + length] = causal if part.mask is None else part.mask[0]
+        return AttentionProbs(torch.cat([part.query for part in parts], dim=-2),
+                              torch.cat([part.key for part in parts], dim=-2), mask, probs.scaling, probs.groups)
+    dense = parts[0].new_zeros(parts[0].shape[0], n_tokens, n_tokens)
+    for part, start, length in zip(parts, starts, lengths):
+        dense[:, start:start + length, start:start + length] = part
+    return dense
+
+
+def group_rows(tensor: torch.Tensor, spans: list[tuple[int, int, int]]) -> torch.Tensor:
+    """[N, ...]: the rows of the prompts in `spans`, one prompt after another, from [B, T, ...]."""
+    return torch.cat([tensor[row, start:start + length] for row, start, length in spans])
+
+
+class BatchLayer(NamedTuple):
+    """One block's tensors for a batch, read inside a trace (`batch_layer`)."""
+
+    resid_in: torch.Tensor  # [B, T, d]
+    attn_out: torch.Tensor  # [B, T, d]
+    ffn_out: torch.Tensor  # [B, T, d]
+    resid_out: torch.Tensor  # [B, T, d]
+    probs: torch.Tensor | AttentionProbs  # [B, H, T, T]
+    values: torch.Tensor  # [B, T, KV, head_dim]
+    neurons: torch.Tensor | None  # [B, T, d_ff], if asked for
+
+
+def batch_layer(model, family, shape: Shape, layer: int, neurons: bool = False) -> BatchLayer:
+    """Inside a trace of a batch: block `layer`'s tensors, read in the order the forward pass makes them."""
+    modules = family.modules(model, layer)
+    x = _first(modules["block"].input)
+    n_rows, n_tokens = x.shape[:2]
+
+    def rows(tensor):  # [B, T, ...] or [B * T, ...] (OPT's FFN) -> [B, T, -1]
+        return tensor.reshape(n_rows, n_tokens, -1)
+
+    values = family.values(modules["value_proj"].output.reshape(n_rows * n_tokens, -1), shape.n_heads,
+                           shape.n_kv_heads, shape.head_dim).reshape(n_rows, n_tokens, shape.n_kv_heads, -1)
+    attention = modules["attention"].output
+    activations = rows(_first(modules["ffn_out_proj"].input)) if neurons else None
+    ffn = rows(modules["ffn"].output)
+    return BatchLayer(x, rows(attention[0]), ffn, rows(_first(modules["block"].output)), attention[1], values,
+                      activations)
+
+
+@torch.no_grad()
+def group_shares(tensors: BatchLayer, w_o: torch.Tensor, parallel: bool, p: int, budget: int,
+                 spans: list[tuple[int, int, int]], floors: list[float]) -> list[LayerShares]:
+    """Each prompt's shares of one block (run.block_shares), computed together for the prompts in
+    `spans` from the batch's tensors; a prompt keeps the attention edges above its own floor."""
+    x, attn, ffn, post, values = (group_rows(t, spans) for t in (tensors.resid_in, tensors.attn_out, tensors.ffn_out,
+                                                                 tensors.resid_out, tensors.values))
+    shares = block_shares(x, attn, ffn, post, group_probs(tensors.probs, spans), values, w_o, parallel, p, budget,
+                          min(floors))
+    targets, sources = shares.edges[:, 0], shares.edges[:, 1]
+    out, start = [], 0
+    for (_, _, length), floor in zip(spans, floors):
+        own = (targets >= start) & (targets < start + length) & (sources >= start) & (shares.edge_shares > floor)
+        window = slice(start, start + length)
+        out.append(LayerShares(shares.edges[own] - start, shares.heads[own], shares.attn_residual[window].clone(),
+                               shares.ffn[window].clone(), shares.ffn_residual[window].clone()))
+        start += length
+    return out
+
+
+# -- many prompts ----------------------------------------------------------------------------------
+
+def analyze_many(model, prompts: Iterable, *, batch_size: int = 8, progress: bool | None = None,
+                 padding: str = "right", activations: bool = False, distance: str = "l1",
+                 prepend_bos: bool | None = None, budget_bytes: int = C.DEFAULT_BUDGET_BYTES,
+                 floor: float | None = None) -> list[Run]:
+    """`analyze` of every prompt in `prompts` (a list or any iterable, e.g. a generator or a
+    datasets column, of strings or token ids), `batch_size` prompts per forward pass; the runs
+    in order, each equal to what `analyze` gives that prompt alone.
+
+    `padding` "right" or "left" (the results are the same). Runs keep their shares and top
+    predictions; with `activations` also their captured activations (as `analyze`'s runs do),
+    else a readout that needs them traces its prompt again when first asked (so a long stream
+    keeps little: bench/README.md says how little). `progress`: a bar over the prompts (None: once
+    it takes over a second). `distance`, `prepend_bos`, `budget_bytes` and `floor` as for `analyze`.
+    """
+    p = C.distance_order(distance)
+    budget_bytes = check_positive("budget_bytes", budget_bytes)
+    floor = None if floor is None else check_floor(floor)
+    check_padding(padding)
+    check_attention(model._module, family_of(model._module))
+    def analyze_batch(batch):
+        return _analyze_batch(model, batch, padding, activations, p, distance, budget_bytes, floor)
+    return in_batches(model, prompts, batch_size, progress, prepend_bos, analyze_batch)
+
+
+def batchable(hf_model, family) -> bool:
+    """Whether `batch_layer` knows this family's layers: no norm after a sub-block, values not
+    clamped, probabilities from the attention's output and logits straight from the unembedding.
+    Other families are analysed one prompt at a time (the same runs, without the batch's speed)."""
+    config = text_config(hf_model)
+    return (family.attn_post_norm is None and family.ffn_post_norm is None and family.probs_from_inputs is None
+            and family.value_clamp(config) is None and family.logit_softcap(config) is None
+            and family.logit_scale(config) == 1.0 and family.experts is None)
+
+
+def check_padding(padding: str) -> str:
+    if padding not in PADDING:
+        raise LmttError(f"padding must be 'right' or 'left', got {padding!r}")
+    return padding
+
+
+def in_batches(model, prompts: Iterable, batch_size: int, progress: bool | None, prepend_bos: bool | None,
+               analyze_batch: Callable[[list[tuple[torch.Tensor, str]]], list]) -> list:
+    """`analyze_batch` of each `batch_size` prompts in turn ((ids, text) of each), read from
+    `prompts` as they come; what it returns, in order; a progress bar over the prompts."""
+    batch_size = check_positive("batch_size", batch_size)
+    results: list = []
+    bar = progress_counter(enabled=progress, desc="prompts", total=_length(prompts), unit="prompt")
+    try:
+        for chunk in _chunks(checked_prompts(model, prompts, prepend_bos), batch_size):
+            results += analyze_batch(chunk)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    return results
+
+
+def checked_prompts(model, prompts: Iterable, prepend_bos: bool | None) -> Iterator[tuple[torch.Tensor, str]]:
+    """(ids, text) of each prompt, read as it comes; a bad one named by its index."""
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Iterable) or hasattr(prompts, "keys"):
+        raise LmttError(f"prompts must be a list (or another iterable) of prompts, got {type(prompts).__name__}"
+                        + ("; for one prompt use lw.analyze" if isinstance(prompts, str) else ""))
+    for index, prompt in enumerate(prompts):
+        try:
+            yield prompt_ids(model, prompt, prepend_bos)
+        except LmttError as error:
+            raise LmttError(f"prompt {index}: {error}") from None
+
+
+def _chunks(items: Iterator, size: int) -> Iterator[list]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
+def _length(prompts) -> int | None:
+    try:
+        return len(prompts)
+    except TypeError:  # a generator: the bar counts without a total
+        return None
+
+
+def _analyze_batch(model, prompts: list[tuple[torch.Tensor, str]], padding: str, activations: bool, p: int,
+                   distance: str, budget_bytes: int, floor: float | None) -> list[Run]:
+    hf_model = model._module
+    family = family_of(hf_model)
+    if not batchable(hf_model, family):
+        return [analyze_ids(model, ids, prompt=text, distance=distance, budget_bytes=budget_bytes, floor=floor,
+                            progress=False) for ids, text in prompts]
+    shape = shape_of(hf_model, family)
+    batch = padded([ids for ids, _ in prompts], model.tokenizer.pad_token_id or 0, padding)  # any pad: it is hidden
+    spans = batch.spans
+    floors = [floor_for(floor, shape, length, budget_bytes) for _, _, length in spans]
+    layers: list[list[LayerShares]] = [[] for _ in spans]
+    kept = [_Kept(span, kept_whole(hf_model, family, shape, span[2], budget_bytes)) for span in spans]
+    tops: list[tuple[torch.Tensor, torch.Tensor]] = []
+    device = hf_model.device
+    with torch.no_grad(), exclusive(model), model.trace(batch.ids.to(device), attention_mask=batch.mask.to(device),
+                                                        position_ids=batch.positions.to(device)):
+        for layer in range(shape.n_layers):
+            neurons = activations and any(own.keep.neurons for own in kept)
+            tensors = batch_layer(model, family, shape, layer, neurons=neurons)
+            weights = w_o(hf_model, family, shape, layer)
+            for members in groups([length for _, _, length in spans]):
+                found = group_shares(tensors, weights, shape.parallel, p, budget_bytes, [spans[i] for i in members],
+                                     [floors[i] for i in members])
+                for i, shares in zip(members, found):
+                    layers[i].append(shares.cpu())
+            if activations:
+                for own in kept:
+                    own.add(layer, tensors)
+        final_normed = family.get(model, "final_norm").output
+        if activations:
+            for own in kept:
+                own.finish(final_normed.reshape(batch.ids.shape[0], batch.ids.shape[1], -1))
+        tops.extend(top_k(unembedding(model, hf_model).output, spans, TOP_K_KEPT))
+    return [Run(model, text, ids, own.capture if activations else None, layers[i], distance, budget_bytes, floors[i],
+                top=tops[i]) for i, ((ids, text), own) in enumerate(zip(prompts, kept))]
+
+
+def unembedding(model, hf_model):
+    """The envoy of the model's unembedding (its output: the logits)."""
+    name = next(name for name, module in hf_model.named_modules() if module is hf_model.get_output_embeddings())
+    return _get(model, name)
+
+
+@torch.no_grad()
+def top_k(logits: torch.Tensor, spans: list[tuple[int, int, int]], k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each prompt's top-k next tokens at every position (probabilities [T, k], ids [T, k]), from
+    the batch's logits [B, T, V]."""
+    out = []
+    for row, start, length in spans:
+        probs = logits[row, start:start + length].float().softmax(-1)
+        top = probs.topk(min(k, probs.shape[-1]), dim=-1)
+        out.append((top.values.cpu(), top.indices.cpu()))
+    return out
+
+
+class _Kept:
+    """One prompt's own copy of the activations `analyze` keeps (its Capture), taken from a batch."""
+
+    def __init__(self, span: tuple[int, int, int], keep: Kept):
+        self.span, self.keep = span, keep
+        self.capture = Capture([], [], [], {}, [], None, {})
+
+    def add(self, layer: int, tensors: BatchLayer) -> None:
+        row, start, length = self.span
+        window = slice(start, start + length)
+        own = self.capture
+        if layer == 0:
+            own.resid.append(tensors.resid_in[row, window].clone())
+        own.attn_out.append(tensors.attn_out[row, window].clone())
+        own.ffn_out.append(tensors.ffn_out[row, window].clone())
+        own.resid.append(tensors.resid_out[row, window].clone())
+        own.values.append(tensors.values[row, window].clone())
+        probs = prompt_probs(tensors.probs, row, start, length)
+        if self.keep.probs:
+            own.probs[layer] = probs.dense() if isinstance(probs, AttentionProbs) else probs.clone()
+        elif isinstance(probs, AttentionProbs):  # the queries and keys, as analyze keeps them
+            own.probs[layer] = AttentionProbs(probs.query.clone(), probs.key.clone(),
+                                              None if probs.mask is None else probs.mask.clone(), probs.scaling,
+                                              probs.groups)
+        if self.keep.neurons and tensors.neurons is not None:
+            own.neurons[layer] = tensors.neurons[row, window].clone()
+
+    def finish(self, final_normed: torch.Tensor) -> None:
+        row, start, length = self.span
+        self.capture.final_normed = final_normed[row, start:start + length].clone()

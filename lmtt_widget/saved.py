@@ -1,0 +1,167 @@
+"""Runs in one file: safetensors for the tensors, JSON in the safetensors header for the rest.
+
+A file holds a run's shares (routes at any threshold at or above its floor), its top predictions,
+and, unless left out, the activations its readouts read (residuals, block updates, value vectors,
+the final norm's output, the attention probabilities or the queries and keys they come from, the
+FFN activations where the run kept them): nothing is recomputed when it is loaded. Readouts
+through the vocabulary (logit lens, head and neuron logits) and interventions need the model's
+weights, so they need the model: `lw.load_run(path, model=...)`, which refuses another model.
+No pickle anywhere: a file from someone else runs no code.
+
+`Run.to_file` writes and `run.load_run` reads through `write` and `read`; this module knows the
+layout and the model's identity, and nothing of `Run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+from dataclasses import dataclass
+
+import torch
+
+from .architectures import FAMILIES, Family, Shape, family_of, ffn_out_matrix, shape_of
+from .attention import AttentionProbs
+from .errors import LmttError
+from .tracing import Capture
+
+FORMAT = "lmtt-run"
+VERSION = 1
+WEIGHTS_SAMPLE = 16  # leading values of each parameter that the weights' fingerprint reads
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    """What a file says of the model its run came from: enough to show the run without the model."""
+
+    name: str  # as Run.model_name shows it
+    family: Family
+    shape: Shape
+    identity: dict  # `identity(hf_model)` when the run was saved
+    n_params: int
+    tokens: list[str]  # the prompt's tokens, as text
+    vocab: dict[int, str]  # the text of every token id the file's top predictions name
+
+    def decode(self, ids) -> str:
+        missing = [int(i) for i in ids if int(i) not in self.vocab]
+        if missing:
+            raise LmttError(f"token id {missing[0]} is not among the tokens this file kept (those of the top "
+                            f"predictions): load the run with its model to read others")
+        return "".join(self.vocab[int(i)] for i in ids)
+
+
+# -- the model's identity ------------------------------------------------------------------------
+
+def identity(hf_model) -> dict:
+    """What names a model: its hub id or path, its architecture (model type, shape, FFN width) and
+    a fingerprint of its weights (the leading values of every parameter, rounded to bfloat16 so
+    that a float32 model and its bfloat16 copy agree)."""
+    family = family_of(hf_model)
+    shape = shape_of(hf_model, family)
+    architecture = {"model_type": hf_model.config.model_type, **dataclasses.asdict(shape),
+                    "d_ff": ffn_out_matrix(family.modules(hf_model, 0)["ffn_out_proj"]).shape[0]}
+    digest = hashlib.sha256()
+    for name, param in sorted(hf_model.named_parameters()):
+        sample = param.detach().reshape(-1)[:WEIGHTS_SAMPLE].float().cpu().to(torch.bfloat16)
+        digest.update(name.encode() + sample.view(torch.int16).numpy().tobytes())
+    return {"name_or_path": getattr(hf_model.config, "name_or_path", "") or "", "architecture": architecture,
+            "weights": digest.hexdigest()[:16], "dtype": str(next(hf_model.parameters()).dtype)}
+
+
+def check_same_model(saved: dict, hf_model, path, name: str) -> None:
+    """Refuse a model that is not the one the run in `path` (of model `name`) was saved from,
+    saying how it differs."""
+    given = identity(hf_model)
+    differs = [f"{key} {saved['architecture'][key]!r} vs {given['architecture'].get(key)!r}"
+               for key in saved["architecture"] if saved["architecture"][key] != given["architecture"].get(key)]
+    if differs:
+        raise LmttError(f"{path} holds a run of {name}; the model given is another architecture "
+                        f"({', '.join(differs)}, saved vs given): load it with the model it was made with")
+    if saved["weights"] != given["weights"]:
+        dtypes = f" (saved from {saved['dtype']}, given {given['dtype']})" if saved["dtype"] != given["dtype"] else ""
+        raise LmttError(f"{path} holds a run of {name}; the model given has its architecture but other "
+                        f"weights{dtypes}: load it with the model it was made with")
+
+
+# -- activations -----------------------------------------------------------------------------------
+
+def capture_tensors(capture: Capture) -> tuple[dict[str, torch.Tensor], dict]:
+    """The capture's tensors by name, and what the names alone do not say (how each layer's
+    attention probabilities are kept)."""
+    assert capture.final_normed is not None, "a whole forward pass"
+    tensors = {"resid": torch.stack([t.cpu() for t in capture.resid]),
+               "attn_out": torch.stack([t.cpu() for t in capture.attn_out]),
+               "ffn_out": torch.stack([t.cpu() for t in capture.ffn_out]),
+               "values": torch.stack([t.cpu() for t in capture.values]),
+               "final_normed": capture.final_normed}
+    probs: dict[str, dict | None] = {}
+    for layer, p in capture.probs.items():
+        if isinstance(p, AttentionProbs):  # the queries and keys they are computed from: O(T d)
+            tensors |= {f"probs.{layer}.query": p.query, f"probs.{layer}.key": p.key}
+            if p.mask is not None:
+                tensors[f"probs.{layer}.mask"] = p.mask
+            probs[str(layer)] = {"scaling": p.scaling, "groups": p.groups}
+        else:
+            tensors[f"probs.{layer}"] = p
+            probs[str(layer)] = None
+    tensors |= {f"neurons.{layer}": acts for layer, acts in capture.neurons.items()}
+    return tensors, {"probs": probs}
+
+
+def capture_from(tensors: dict[str, torch.Tensor], meta: dict) -> Capture:
+    probs = {}
+    for layer, computed in meta["probs"].items():
+        key = f"probs.{layer}"
+        probs[int(layer)] = tensors[key] if computed is None else AttentionProbs(
+            tensors[f"{key}.query"], tensors[f"{key}.key"], tensors.get(f"{key}.mask"), computed["scaling"],
+            computed["groups"])
+    neurons = {int(name.split(".")[1]): t for name, t in tensors.items() if name.startswith("neurons.")}
+    return Capture(list(tensors["resid"]), list(tensors["attn_out"]), list(tensors["ffn_out"]), probs,
+                   list(tensors["values"]), tensors["final_normed"], neurons)
+
+
+# -- the file --------------------------------------------------------------------------------------
+
+def write(path, tensors: dict[str, torch.Tensor], meta: dict) -> pathlib.Path:
+    """One safetensors file with `meta` (JSON) in its header, written beside `path` and renamed
+    over it, so that a failed write never leaves a broken file."""
+    from safetensors.torch import save_file
+
+    path = pathlib.Path(path)
+    # each tensor its own contiguous copy on the CPU: safetensors refuses tensors that share memory
+    plain = {name: t.detach().cpu().contiguous().clone() for name, t in tensors.items()}
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        save_file(plain, str(partial), metadata={"format": FORMAT, "lmtt": json.dumps({"version": VERSION, **meta})})
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def read(path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, meta) of a file `write` made; a clear LmttError for anything else."""
+    from safetensors import SafetensorError, safe_open
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise LmttError(f"no such file: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            if header.get("format") != FORMAT or "lmtt" not in header:
+                raise LmttError(f"{path} is a safetensors file, but not a run saved by lmtt-widget (run.to_file)")
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except SafetensorError as error:
+        raise LmttError(f"{path} is not a run saved by lmtt-widget (run.to_file): {error}") from None
+    meta = json.loads(header["lmtt"])
+    if meta.get("version") != VERSION:
+        raise LmttError(f"{path} was saved in run format {meta.get('version')}; this lmtt-widget reads {VERSION}")
+    return tensors, meta
+
+
+def family_named(name: str) -> Family:
+    return next(family for family in FAMILIES if family.name == name)

@@ -1,0 +1,148 @@
+"""The prompts a widget switches between: a list of texts (w.prompts), the one shown, and the
+aggregate the widget came from, if any. Runs already analysed stay at hand in a small cache
+shared by the widget's snapshots, so switching back to one is instant; an aggregate holds its
+prompts' runs itself.
+
+    lw.show(model, ["When Mary and John ...", "When Tom and Anna ..."])   # a prompt selector
+    lw.show(model, "prompts.txt")                                          # one prompt per line
+    lw.show(lw.aggregate(runs, positions))                                 # the mean, then each prompt
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from ..aggregate import Aggregate
+from ..errors import LmttError, check_index
+from ..run import Run
+
+CACHED_RUNS = 8  # runs kept at hand besides the one shown (each holds its activations)
+
+
+class RunCache:
+    """The runs of recently shown prompts, least recently used dropped first, by prompt text."""
+
+    def __init__(self, size: int | None = None):
+        self.size = CACHED_RUNS if size is None else size
+        self.runs: OrderedDict[str, Run] = OrderedDict()
+
+    def get(self, text: str) -> Run | None:
+        if text in self.runs:
+            self.runs.move_to_end(text)
+        return self.runs.get(text)
+
+    def put(self, run: Run) -> None:
+        self.runs[run.prompt] = run
+        self.runs.move_to_end(run.prompt)
+        while len(self.runs) > self.size:
+            self.runs.popitem(last=False)
+
+    def __contains__(self, text: str) -> bool:
+        return text in self.runs
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """The prompt list of one widget snapshot (see the module docstring)."""
+
+    texts: tuple[str, ...] = ()
+    current: int | None = None  # the prompt shown; None: the aggregate, or a run not in the list
+    aggregate: Aggregate | None = None  # its runs are the first len(aggregate.runs) prompts
+    cache: RunCache = field(default_factory=RunCache, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, shown: Run | Aggregate, texts=None) -> Prompts:
+        if isinstance(shown, Aggregate):
+            return cls(tuple(_text(run) for run in shown.runs), None, shown)
+        listed = cls(tuple(read_prompts(texts)) if texts is not None else ())
+        return listed.showing(shown)
+
+    def showing(self, run: Run) -> Prompts:
+        """The list once `run` is shown: its prompt added if new, and made the current one."""
+        self.cache.put(run)
+        texts = self.texts if run.prompt in self.texts else (*self.texts, run.prompt)
+        return replace(self, texts=texts, current=texts.index(run.prompt))
+
+    def listing(self, texts) -> Prompts:
+        """Another list of prompts (the aggregate's stay first), the one shown current if listed."""
+        texts = self.texts[:self.n_aggregated] + tuple(read_prompts(texts))
+        shown = None if self.current is None else self.texts[self.current]
+        return replace(self, texts=texts, current=texts.index(shown) if shown in texts else None)
+
+    @property
+    def n_aggregated(self) -> int:
+        return 0 if self.aggregate is None else len(self.aggregate.runs)
+
+    def run_at(self, index: int, analyze: Callable[[str], Run]) -> tuple[int, Run]:
+        """(the index checked, the run of prompt `index`): the aggregate's, a cached one, or analysed now."""
+        if not self.texts:
+            raise LmttError("there are no prompts to open: add some with w.prompts = [...] or the text box")
+        index = check_index("prompt", index, len(self.texts))
+        if index < self.n_aggregated:
+            run = self.aggregate.runs[index]  # type: ignore[union-attr]
+            if not isinstance(run, Run):
+                raise LmttError(f"prompt {index} of this aggregate has only its shares (lw.analyze_compact): it "
+                                "cannot be shown on its own; aggregate runs of lw.analyze or lw.analyze_many")
+            return index, run
+        return index, self.cache.get(self.texts[index]) or analyze(self.texts[index])
+
+    def info(self, aggregate_shown: bool) -> dict:
+        """protocol.PromptList of this list."""
+        agg = self.aggregate
+        return {"prompts": list(self.texts), "current": None if aggregate_shown else self.current,
+                "analysed": [i for i, text in enumerate(self.texts) if i < self.n_aggregated or text in self.cache],
+                "aggregate": None if agg is None else {"n_prompts": len(agg.runs), "positions": list(agg.tokens),
+                                                       "shown": aggregate_shown}}
+
+
+def _text(run) -> str:
+    return getattr(run, "prompt", None) or "".join(run.tokens)
+
+
+def names_a_file(value) -> bool:
+    """Whether `value` is a string naming an existing file (else it is a prompt)."""
+    if not isinstance(value, str) or "\n" in value:
+        return False
+    try:
+        return pathlib.Path(value).is_file()
+    except (OSError, ValueError):  # a name too long for a path, or with a NUL: a prompt
+        return False
+
+
+def read_prompts(source) -> list[str]:
+    """Prompts from a list (or tuple) of strings, or from a text file (a pathlib.Path, or a string
+    naming an existing file): one prompt per line, blank lines skipped."""
+    if isinstance(source, pathlib.Path) or names_a_file(source):
+        path = pathlib.Path(source)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise LmttError(f"cannot read prompts from {path}: {error}") from None
+        prompts = [line for line in lines if line.strip()]
+        if not prompts:
+            raise LmttError(f"{path} has no prompts: write one prompt per line")
+        return prompts
+    if isinstance(source, str) or not isinstance(source, (list, tuple)):
+        raise LmttError(f"prompts are a list of strings or a text file (one prompt per line), got "
+                        f"{type(source).__name__}" + (" (no such file)" if isinstance(source, str) else ""))
+    if not source:
+        raise LmttError("the list of prompts is empty: give at least one")
+    bad = next((i for i, text in enumerate(source) if not isinstance(text, str) or not text.strip()), None)
+    if bad is not None:
+        raise LmttError(f"prompt {bad} must be a non-empty string, got {source[bad]!r:.40}")
+    return list(source)
+
+
+def prompts_panel(agg: Aggregate, selection: dict, target: int, threshold: float, renormalize: bool) -> dict:
+    """protocol.PromptsPanel: the prompts behind `selection` in the aggregate's routes to `target`."""
+    rows = agg.rows(selection, target, threshold, renormalize)
+    shares = torch.tensor([row["share"] for row in rows if row["share"] is not None])
+    return {"selection": selection, "rows": rows,
+            "mean": float(shares.mean()) if len(shares) else None,
+            "std": float(shares.std(correction=0)) if len(shares) else None,
+            "support": sum(row["in_routes"] for row in rows) / len(rows)}

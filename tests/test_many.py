@@ -1,0 +1,378 @@
+"""Many prompts: token ids in, batched analysis equal to one prompt at a time, the model's own
+continuation, routes over a dataset."""
+
+import numpy as np
+import pytest
+import torch
+
+import lmtt_widget as lw
+import tiny
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tiny.load("llama")
+
+
+@pytest.fixture(scope="module")
+def llama_run(llama):
+    return lw.analyze(llama, PROMPT, progress=False)
+
+
+# -- 1. token ids in ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("form", [list, tuple, torch.tensor, np.array, lambda ids: torch.tensor(ids).int()])
+def test_token_ids_in_any_one_dimensional_form_give_the_run_of_the_text(llama, llama_run, form):
+    run = lw.analyze(llama, form(llama_run.input_ids.tolist()), progress=False)
+    assert torch.equal(run.input_ids, llama_run.input_ids)
+    assert run.prompt == PROMPT
+    assert run.tokens == llama_run.tokens
+    torch.testing.assert_close(run.attention_contributions(1)[0], llama_run.attention_contributions(1)[0])
+
+
+@pytest.mark.parametrize("prompt, message", [
+    (torch.tensor([[1, 2, 3]]), r"1-D integers, got a Tensor of shape \(1, 3\) .*ids\[0\]"),
+    (np.array([1.0, 2.0]), r"1-D integers, got a ndarray of shape \(2,\) and dtype float64"),
+    (torch.tensor([True, False]), r"dtype torch.bool"),
+    ([1, 2.5], r"item 1 of the list is float 2.5"),
+    ([[1, 2], [3, 4]], r"item 0 of the list is list .*a batch"),
+    ((1, True), r"item 1 of the tuple is bool True"),
+    ({"input_ids": [1, 2]}, r"got dict \(a tokenizer's output: pass its \['input_ids'\]\)"),
+    (3, r"a string or a 1-D list, tuple, tensor or array of token ids, got int"),
+    ([], r"no token ids"),
+    ([5, 320], r"token id 320 \(at index 1\) is out of the vocabulary: valid ids are 0..319"),
+    ([-1, 400, 2], r"token id -1 \(at index 0\) .* 2 ids are outside"),
+    (list(range(1, 66)), r"65 tokens long; this model reads at most 64"),
+])
+def test_anything_but_text_or_one_prompts_ids_is_refused_saying_what_it_is(llama, prompt, message):
+    with pytest.raises(lw.LmttError, match=message):
+        lw.analyze(llama, prompt)
+
+
+def test_prepend_bos_applies_to_ids_as_to_text(llama, llama_run):
+    ids = llama_run.input_ids.tolist()
+    bos = llama.tokenizer.bos_token_id
+    assert lw.analyze(llama, ids, prepend_bos=True, progress=False).input_ids.tolist() == [bos] + ids
+    with pytest.raises(lw.LmttError, match="only a BOS token"):
+        lw.analyze(llama, [bos], prepend_bos=False)
+
+
+def test_compact_analysis_takes_ids_too(llama, llama_run):
+    compact = lw.analyze_compact(llama, llama_run.input_ids.tolist(), floor=0.0)
+    assert compact.tokens == llama_run.tokens
+    torch.testing.assert_close(compact.attention_contributions(2)[0], llama_run.attention_contributions(2)[0])
+
+
+# -- 2. batches -----------------------------------------------------------------------------------
+
+PROMPTS = [PROMPT, "Hello world", "The capital of France is Paris. The capital of Italy is",
+           "Tokens, spaces and\nnewlines.", "Mary"]
+
+
+def assert_same_run(got, expected, threshold=0.02, atol=1e-5):
+    """The batched run equals the run of the prompt alone: tokens, shares, routes, predictions."""
+    assert got.tokens == expected.tokens and torch.equal(got.input_ids, expected.input_ids)
+    assert got.prompt == expected.prompt and got.floor == expected.floor
+    for mine, theirs in zip(got.layers, expected.layers):
+        torch.testing.assert_close(mine.dense(), theirs.dense(), rtol=0, atol=atol)
+        for name in ("attn_residual", "ffn", "ffn_residual"):
+            torch.testing.assert_close(getattr(mine, name), getattr(theirs, name), rtol=0, atol=atol)
+    g, e = got.graph(threshold=threshold), expected.graph(threshold=threshold)
+    assert set(g.edges(keys=True)) == set(e.edges(keys=True))
+    for u, v, key, data in e.edges(keys=True, data=True):
+        assert g.edges[u, v, key]["weight"] == pytest.approx(data["weight"], abs=atol)
+    (p1, i1), (p2, i2) = got.top_predictions(3), expected.top_predictions(3)
+    assert torch.equal(i1, i2)
+    torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_a_batch_gives_each_prompt_the_run_it_gets_alone(family, padding):
+    model = tiny.load(family)
+    alone = [lw.analyze(model, prompt, progress=False) for prompt in PROMPTS]
+    assert len({run.n_tokens for run in alone}) == len(PROMPTS)  # every length differs: padding everywhere
+    runs = lw.analyze_many(model, PROMPTS, batch_size=3, padding=padding)
+    assert [run.prompt for run in runs] == PROMPTS
+    for run, expected in zip(runs, alone):
+        assert_same_run(run, expected)
+    # readouts: the activations are traced again when first read, and equal those of the prompt alone
+    last = runs[2]
+    assert not last.holds_activations
+    torch.testing.assert_close(last.residual(1, 4, "post"), alone[2].residual(1, 4, "post"))
+    assert last.logit_lens(1, -1, k=3) == alone[2].logit_lens(1, -1, k=3)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "olmoe", "falcon_alibi"])
+def test_families_the_batched_reader_does_not_know_are_analysed_one_prompt_at_a_time(family):
+    """Post-norms, soft-caps, clamped values, experts, probabilities from the attention's inputs:
+    analyze_many and analyze_compact_many give these families' prompts their own runs all the same."""
+    from lmtt_widget.architectures import family_of
+    from lmtt_widget.many import batchable
+
+    model = tiny.load(family)
+    assert not batchable(model._module, family_of(model._module))
+    alone = [lw.analyze(model, prompt, progress=False) for prompt in PROMPTS[:3]]
+    for run, expected in zip(lw.analyze_many(model, PROMPTS[:3], batch_size=2), alone):
+        assert_same_run(run, expected)
+    compact = lw.analyze_compact_many(model, PROMPTS[:2], floor=0.0)
+    for shares, expected in zip(compact, alone):
+        torch.testing.assert_close(shares.layers[0].dense(), expected.layers[0].dense(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt"])
+def test_a_batch_keeps_the_activations_that_analyze_keeps_when_asked(family, monkeypatch):
+    model = tiny.load(family)
+    alone = [lw.analyze(model, prompt, progress=False) for prompt in PROMPTS[:3]]
+    runs = lw.analyze_many(model, PROMPTS[:3], padding="left", activations=True)
+    monkeypatch.setattr(model, "trace", lambda *a, **k: pytest.fail("traced again"))
+    for run, expected in zip(runs, alone):
+        assert run.holds_activations
+        for layer in range(run.shape.n_layers):
+            torch.testing.assert_close(run.attention_pattern(layer), expected.attention_pattern(layer))
+            torch.testing.assert_close(run.neuron_activations(layer), expected.neuron_activations(layer))
+            torch.testing.assert_close(run.residual(layer, -1, "post"), expected.residual(layer, -1, "post"))
+        torch.testing.assert_close(run.logits, expected.logits, rtol=1e-5, atol=1e-5)
+        assert run.head_logits(1, 2, -1, k=3).promoted[0][0] == expected.head_logits(1, 2, -1, k=3).promoted[0][0]
+
+
+def test_prompts_too_long_to_share_one_group_and_a_model_with_eager_attention():
+    hf_model = tiny.hf_model("llama")
+    hf_model.set_attn_implementation("eager")  # probabilities as tensors, not computed from queries and keys
+    model = lw.load_model(hf_model, tokenizer=tiny.tokenizer())
+    long = [PROMPT + " and then " + PROMPT[:n] for n in (20, 30, 40, 50, 55, 57)]  # > 256 tokens together
+    from lmtt_widget.many import groups
+    assert len(groups([len(model.tokenizer(p)["input_ids"]) for p in long])) > 1
+    for run, prompt in zip(lw.analyze_many(model, long, batch_size=6, padding="left"), long):
+        assert_same_run(run, lw.analyze(model, prompt, progress=False))
+
+
+def test_strings_ids_and_generators_mix_and_keep_their_order(llama):
+    ids = llama.tokenizer(PROMPTS[1])["input_ids"]
+    prompts = (p for p in [PROMPTS[0], ids, torch.tensor(ids), PROMPTS[3]])  # a generator: no length
+    runs = lw.analyze_many(llama, prompts, batch_size=2)
+    assert [run.prompt for run in runs] == [PROMPTS[0], PROMPTS[1], PROMPTS[1], PROMPTS[3]]
+    assert_same_run(runs[2], runs[1])
+
+
+def test_a_datasets_column_is_an_iterable_of_prompts(llama):
+    datasets = pytest.importorskip("datasets")
+    column = datasets.Dataset.from_dict({"text": PROMPTS[:3]})["text"]
+    assert [run.prompt for run in lw.analyze_many(llama, column)] == PROMPTS[:3]
+
+
+@pytest.mark.parametrize("prompts, options, message", [
+    (PROMPT, {}, r"prompts must be a list .* got str; for one prompt use lw.analyze"),
+    (3, {}, r"prompts must be a list .* got int"),
+    ({"text": [PROMPT]}, {}, r"got dict"),
+    ([PROMPT, "", "Mary"], {}, r"prompt 1: prompt is empty"),
+    ([PROMPT, [1, 999]], {}, r"prompt 1: token id 999 .* out of the vocabulary"),
+    ([PROMPT], {"batch_size": 0}, r"batch_size must be a positive integer, got 0"),
+    ([PROMPT], {"padding": "middle"}, r"padding must be 'right' or 'left', got 'middle'"),
+    ([PROMPT], {"floor": 2}, r"floor must be a number in \[0, 1\)"),
+])
+def test_bad_prompts_and_options_are_refused_by_name(llama, prompts, options, message):
+    with pytest.raises(lw.LmttError, match=message):
+        lw.analyze_many(llama, prompts, **options)
+
+
+def test_runs_of_a_stream_keep_only_their_shares_and_top_predictions(llama, llama_run):
+    compact = lw.analyze_many(llama, [PROMPT])[0]
+    assert compact._capture is None and compact.holds_activations is False
+    kept = sum(shares.nbytes for shares in compact.layers) + sum(t.numel() * t.element_size() for t in compact._top)
+    capture = llama_run.capture
+    tensors = capture.resid + capture.attn_out + capture.ffn_out + capture.values
+    full = sum(t.numel() * t.element_size() for t in tensors)
+    assert kept < full
+    (token, probability), expected = compact.top_tokens(k=1)[0], llama_run.top_tokens(k=1)[0]
+    assert token == expected[0] and probability == pytest.approx(expected[1], rel=1e-5)
+    assert compact._capture is None  # the kept top predictions answered
+    compact.residual(0, 0)  # a readout that needs activations: traced again, then kept
+    assert compact.holds_activations
+
+
+def test_a_progress_bar_counts_the_prompts(llama, capsys):
+    lw.analyze_many(llama, PROMPTS, batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert "prompts" in err and f"{len(PROMPTS)}/{len(PROMPTS)}" in err
+    lw.analyze_many(llama, PROMPTS[:2], progress=False)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_compact_shares_in_batches_through_the_simulated_remote_path(padding):
+    model = tiny.load("gpt_neox")
+    many = lw.analyze_compact_many(model, PROMPTS, remote="local", batch_size=3, padding=padding, floor=0.01)
+    for shares, prompt in zip(many, PROMPTS):
+        alone = lw.analyze_compact(model, prompt, floor=0.01)
+        assert shares.tokens == alone.tokens and shares.floor == alone.floor
+        for mine, theirs in zip(shares.layers, alone.layers):
+            torch.testing.assert_close(mine.dense(), theirs.dense(), rtol=0, atol=1e-5)
+            torch.testing.assert_close(mine.ffn, theirs.ffn, rtol=0, atol=1e-5)
+        assert [t for t, _ in shares.top_tokens(k=3)] == [t for t, _ in alone.top_tokens(k=3)]
+        assert shares.payload_bytes > 0
+
+
+# -- 4. the model's own continuation --------------------------------------------------------------
+
+def test_the_greedy_continuation_is_transformers_own_and_the_whole_text_is_analysed(llama):
+    prompt = "When Mary and John went to the store"
+    ids = llama.tokenizer(prompt, return_tensors="pt")["input_ids"]
+    expected = llama._module.generate(ids, max_new_tokens=9, do_sample=False, pad_token_id=0)[0]
+    run = lw.generate(llama, prompt, max_new_tokens=9)
+    assert run.input_ids.tolist() == expected.tolist()
+    assert run.generated == range(ids.shape[1], len(expected))
+    assert run.prompt == llama.tokenizer.decode(expected)
+    alone = lw.analyze(llama, expected, progress=False)
+    torch.testing.assert_close(run.attention_contributions(1)[0], alone.attention_contributions(1)[0])
+    for position in run.generated:  # every generated token's routes can be read
+        assert run.graph(token=position, threshold=0.02).number_of_edges() > 0
+
+
+def test_generate_options_go_to_transformers(llama):
+    prompt = "The capital of France is"
+    short = lw.generate(llama, prompt, max_new_tokens=6, min_new_tokens=6, eos_token_id=None)
+    assert len(short.generated) == 6
+    beams = lw.generate(llama, prompt, max_new_tokens=4, num_beams=2)
+    ids = llama.tokenizer(prompt, return_tensors="pt")["input_ids"]
+    expected = llama._module.generate(ids, max_new_tokens=4, num_beams=2, do_sample=False, pad_token_id=0)[0]
+    assert beams.input_ids.tolist() == expected.tolist()
+
+
+def test_generating_leaves_the_users_model_as_it_was(llama):
+    own = llama._module.config._attn_implementation
+    lw.generate(llama, "Hello world", max_new_tokens=3)
+    assert llama._module.config._attn_implementation == own
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: lw.generate(m, "Hello", max_new_tokens=0), r"max_new_tokens must be a positive integer, got 0"),
+    (lambda m: lw.generate(m, "Mary and John " * 20, max_new_tokens=30), r"with 30 new tokens it would pass the 64"),
+    (lambda m: lw.generate(m, "Hello", chat=True), r"no chat template, which chat=True needs"),
+    (lambda m: lw.generate(m, [1, 2], chat=True), r"chat=True takes the user's message as a string, got list"),
+    (lambda m: lw.generate(m, "Hello", num_return_sequences=2, num_beams=2), r"gave 2 continuations"),
+])
+def test_bad_generate_requests_are_refused(llama, call, message):
+    with pytest.raises(lw.LmttError, match=message):
+        call(llama)
+
+
+def test_a_saved_continuation_keeps_its_generated_positions(llama, tmp_path):
+    run = lw.generate(llama, "Hello world", max_new_tokens=4)
+    assert lw.load_run(run.to_file(tmp_path / "g.lmtt")).generated == run.generated
+
+
+@pytest.mark.demo
+def test_the_demo_models_chat_answer_is_its_own_greedy_answer(demo_model):
+    message = "What is the capital of France?"
+    run = lw.generate(demo_model, message, max_new_tokens=10, chat=True)
+    tokenizer = demo_model.tokenizer
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)["input_ids"]
+    expected = demo_model._module.generate(ids, max_new_tokens=10, do_sample=False)[0]
+    assert run.input_ids.tolist() == expected.tolist()
+    assert run.prompt.startswith("<|im_start|>") and message in run.prompt
+    assert " Paris" in [run.tokens[i] for i in run.generated]
+
+
+# -- 3. routes over a dataset ---------------------------------------------------------------------
+
+IOI = [f"When {a} and {b} went to the store, {b} gave a drink to" for a, b in
+       [("Mary", "John"), ("John", "Mary"), ("Mary and Bob", "Tom"), ("Tom", "Alice")]]
+
+
+@pytest.fixture(scope="module")
+def ioi_runs(llama):
+    return lw.analyze_many(llama, IOI)
+
+
+def aligned_dense(run, layer, positions):
+    """[n, n, H]: a run's shares between the given positions (in that order)."""
+    return run.layers[layer].dense()[positions][:, positions]
+
+
+def test_aggregating_from_the_end_averages_the_shares_of_the_last_tokens(ioi_runs):
+    agg = lw.aggregate(ioi_runs)
+    n = min(run.n_tokens for run in ioi_runs)
+    assert agg.n_tokens == n and agg.tokens[-1] == " to"
+    assert any(name.startswith("[-") for name in agg.tokens)  # names differ there from prompt to prompt
+    ends = [list(range(run.n_tokens - n, run.n_tokens)) for run in ioi_runs]
+    for layer in range(agg.shape.n_layers):
+        stack = torch.stack([aligned_dense(run, layer, at) for run, at in zip(ioi_runs, ends)])
+        torch.testing.assert_close(agg.layers[layer].dense(), stack.mean(0))
+        ffn = torch.stack([run.layers[layer].ffn[at] for run, at in zip(ioi_runs, ends)])
+        torch.testing.assert_close(agg.layers[layer].ffn, ffn.mean(0))
+        torch.testing.assert_close(agg.spread[layer].ffn, ffn.std(0, correction=0))
+        edge_std = stack.sum(-1).std(0, correction=0)
+        edges = agg.layers[layer].edges
+        torch.testing.assert_close(agg.spread[layer].edges, edge_std[edges[:, 0], edges[:, 1]], atol=1e-6, rtol=1e-4)
+
+
+def test_named_positions_line_up_roles_and_the_graph_says_how_many_prompts_hold_each_edge(ioi_runs):
+    names = [{"IO": 1, "S1": 3, "S2": -5, "END": -1}, {"IO": 1, "S1": 3, "S2": -5, "END": -1},
+             {"IO": 1, "S1": 5, "S2": -5, "END": -1}, {"IO": 1, "S1": 3, "S2": -5, "END": -1}]
+    agg = lw.aggregate(ioi_runs, names)
+    assert agg.tokens == ["IO", "S1", "S2", "END"]
+    at = [[run.position(p) for p in n.values()] for run, n in zip(ioi_runs, names)]
+    stack = torch.stack([aligned_dense(run, 1, a) for run, a in zip(ioi_runs, at)])
+    torch.testing.assert_close(agg.layers[1].dense(), stack.mean(0))
+    graph = agg.graph(threshold=0.01, renormalize=False)
+    attention = [(u, v, d) for u, v, k, d in graph.edges(keys=True, data=True) if k == "attention"]
+    assert attention
+    for u, v, data in attention:
+        assert data["weight"] == pytest.approx(data["share"])
+        expected = [r for r, (run, a) in enumerate(zip(ioi_runs, at))
+                    if run.graph(a[-1], threshold=0.01, renormalize=False).has_edge(
+                        (u[0], u[1], a[u[2]]), (v[0], v[1], a[v[2]]), "attention")]
+        assert data["prompts"] == expected and data["support"] == len(expected) / len(ioi_runs)
+    table = agg.edges(threshold=0.01, renormalize=False)
+    assert {"share", "std", "support"} <= set(table.columns) and len(table) == graph.number_of_edges()
+
+
+def test_the_aggregate_of_one_run_is_that_runs_routes(llama_run):
+    agg = lw.aggregate([llama_run])
+    got, expected = agg.graph(threshold=0.02), llama_run.graph(threshold=0.02)
+    assert set(got.edges(keys=True)) == set(expected.edges(keys=True))
+    for u, v, key, data in expected.edges(keys=True, data=True):
+        assert got.edges[u, v, key]["weight"] == pytest.approx(data["weight"], abs=1e-6)
+        assert got.edges[u, v, key]["support"] == 1.0 and got.edges[u, v, key]["std"] == pytest.approx(0, abs=1e-6)
+
+
+def test_the_prompts_behind_an_edge_are_listed_with_their_own_shares(ioi_runs):
+    agg = lw.aggregate(ioi_runs)
+    graph = agg.graph(threshold=0.02)
+    u, v, data = next((u, v, d) for u, v, k, d in graph.edges(keys=True, data=True) if k == "attention")
+    selection = {"kind": "attention", "layer": v[1], "source": u[2], "target": v[2]}
+    rows = agg.rows(selection, agg.n_tokens - 1, 0.02, True)
+    assert sorted(row["index"] for row in rows) == list(range(len(ioi_runs)))
+    assert sorted(row["index"] for row in rows if row["in_routes"]) == data["prompts"]
+    for row in rows:
+        run, at = ioi_runs[row["index"]], agg.index[row["index"]]
+        assert row["share"] == pytest.approx(float(run.edge_contributions(v[1], int(at[v[2]]), int(at[u[2]])).sum()))
+        assert row["prompt"] == run.prompt
+    assert sum(row["share"] for row in rows) / len(rows) == pytest.approx(data["share"], abs=1e-6)
+
+
+@pytest.mark.parametrize("positions, message", [
+    ([{"IO": 1}], r"a list of one dict per run \(4\), got a list of 1"),
+    ({"IO": 1}, r"a list of one dict per run \(4\), got dict"),
+    ([{"IO": 1, "S": 3}] * 3 + [{"S": 3, "IO": 1}], r"positions\[3\] must name \['IO', 'S'\] in this order"),
+    ([{"IO": 1, "S": 3}] * 3 + [{"IO": 5, "S": 3}], r"in prompt 3, 'S' \(position 3\) does not come after 'IO'"),
+    ([{"IO": 1, "S": 99}] * 4, r"positions\[0\]\['S'\] 99 is out of range"),
+    ([{}] * 4, r"positions\[0\] must be a dict of names"),
+])
+def test_bad_positions_are_refused_saying_which(ioi_runs, positions, message):
+    with pytest.raises(lw.LmttError, match=message):
+        lw.aggregate(ioi_runs, positions)
+
+
+def test_runs_of_different_models_or_things_that_are_not_runs_are_refused(ioi_runs):
+    other = lw.analyze(tiny.load("gpt2"), PROMPT, progress=False)
+    with pytest.raises(lw.LmttError, match="run 1 is of another model"):
+        lw.aggregate([ioi_runs[0], other])
+    with pytest.raises(lw.LmttError, match="item 1 is str"):
+        lw.aggregate([ioi_runs[0], "text"])
+    with pytest.raises(lw.LmttError, match="at least one run"):
+        lw.aggregate([])

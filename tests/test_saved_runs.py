@@ -1,0 +1,170 @@
+"""Runs saved to one file and loaded back: routes, readouts and the widget as they were, nothing
+recomputed; interventions again with the model it was made with, and no other; edges as a table."""
+
+import json
+
+import pytest
+import torch
+
+import lmtt_widget as lw
+import tiny
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny.load("llama")
+
+
+@pytest.fixture(scope="module")
+def run(model):
+    return lw.analyze(model, PROMPT, progress=False)
+
+
+@pytest.fixture(scope="module")
+def path(run, tmp_path_factory):
+    return run.to_file(tmp_path_factory.mktemp("runs") / "ioi.lmtt")
+
+
+def no_tracing(monkeypatch, model):
+    monkeypatch.setattr(model, "trace", lambda *a, **k: pytest.fail("traced again"))
+
+
+def assert_same_routes(got, expected, **options):
+    g, e = got.graph(**options), expected.graph(**options)
+    assert set(g.edges(keys=True)) == set(e.edges(keys=True))
+    for u, v, key, data in e.edges(keys=True, data=True):
+        assert g.edges[u, v, key]["weight"] == data["weight"]
+        assert g.edges[u, v, key].get("heads") == data.get("heads")
+
+
+def test_a_saved_run_round_trips_exactly_without_its_model(run, path):
+    loaded = lw.load_run(path)
+    assert loaded.model is None
+    assert loaded.tokens == run.tokens and loaded.prompt == run.prompt and torch.equal(loaded.input_ids, run.input_ids)
+    for mine, theirs in zip(loaded.layers, run.layers):
+        for name, tensor in theirs.tensors().items():
+            assert torch.equal(getattr(mine, name), tensor), name
+    for token, threshold in [(-1, 0.04), (5, 0.02), (-1, 0.1)]:
+        assert_same_routes(loaded, run, token=token, threshold=threshold)
+    assert loaded.top_tokens(k=5) == run.top_tokens(k=5)
+    for layer in range(run.shape.n_layers):
+        assert torch.equal(loaded.attention_pattern(layer), run.attention_pattern(layer))
+        assert torch.equal(loaded.neuron_activations(layer), run.neuron_activations(layer))
+        assert torch.equal(loaded.residual(layer, 3, "mid"), run.residual(layer, 3, "mid"))
+    assert loaded.model_name == run.model_name and loaded.n_params == run.n_params
+
+
+def test_readouts_through_the_vocabulary_need_the_model_and_say_so(path):
+    loaded = lw.load_run(path)
+    with pytest.raises(lw.LmttError, match=r"loaded from a file without its model.*load_run\(path, model="):
+        loaded.logit_lens(1, 3)
+    with pytest.raises(lw.LmttError, match="without its model"):
+        loaded.intervene([("head", 1, 2)])
+
+
+def test_with_its_model_readouts_come_from_the_file_and_interventions_work_again(run, path, model, monkeypatch):
+    loaded = lw.load_run(path, model=model)
+    no_tracing(monkeypatch, model)
+    assert loaded.logit_lens(2, 4) == run.logit_lens(2, 4)
+    assert loaded.head_logits(1, 2, -1, 3) == run.head_logits(1, 2, -1, 3)
+    assert loaded.neuron_contributions(1, -1, k=4) == run.neuron_contributions(1, -1, k=4)
+    torch.testing.assert_close(loaded.logits, run.logits, rtol=0, atol=0)
+    monkeypatch.undo()
+    (_, mine), (_, theirs) = loaded.intervene([("head", 1, 2)]), run.intervene([("head", 1, 2)])
+    assert mine.to_dict() == theirs.to_dict()
+    mean_edge = [("edge", 2, 3, 13, 1)]
+    assert loaded.intervene(mean_edge, mode="mean")[1].to_dict() == run.intervene(mean_edge, mode="mean")[1].to_dict()
+
+
+def test_a_file_made_for_another_model_is_refused(path):
+    with pytest.raises(lw.LmttError, match=r"has its architecture but other weights"):
+        lw.load_run(path, model=tiny.load("llama", seed=1))
+    with pytest.raises(lw.LmttError, match=r"another architecture \(model_type 'llama' vs 'gpt2'"):
+        lw.load_run(path, model=tiny.load("gpt2"))
+
+
+def test_the_fingerprint_takes_a_bfloat16_copy_for_the_same_model(path):
+    lw.load_run(path, model=tiny.load("llama", dtype=torch.bfloat16))  # not refused
+
+
+def test_queries_and_keys_kept_instead_of_probabilities_round_trip(model, tmp_path):
+    small = lw.analyze(model, PROMPT, budget_bytes=20_000, progress=False)  # probabilities do not fit: q and k kept
+    assert not any(isinstance(p, torch.Tensor) for p in small.capture.probs.values())
+    loaded = lw.load_run(small.to_file(tmp_path / "qk.lmtt"))
+    for layer in range(small.shape.n_layers):
+        assert torch.equal(loaded.attention_pattern(layer), small.attention_pattern(layer))
+    assert loaded.floor == small.floor > 0
+
+
+def test_without_activations_a_file_keeps_routes_and_predictions_only(run, path, model, tmp_path):
+    light = run.to_file(tmp_path / "light.lmtt", activations=False)
+    assert light.stat().st_size < path.stat().st_size / 3
+    loaded = lw.load_run(light)
+    assert_same_routes(loaded, run, threshold=0.03)
+    assert loaded.top_tokens(k=3) == run.top_tokens(k=3)
+    with pytest.raises(lw.LmttError, match="without its model"):
+        loaded.residual(0, 0)
+    with_model = lw.load_run(light, model=model)  # the activations are traced again when read
+    torch.testing.assert_close(with_model.residual(1, 4), run.residual(1, 4))
+
+
+def test_the_widget_of_a_loaded_run_shows_what_the_original_showed(run, path, model):
+    original, loaded = lw.Widget(run, threshold=0.02), lw.Widget(lw.load_run(path), threshold=0.02)
+    for name in ("info", "payload", "target", "selection"):
+        assert getattr(loaded, name) == getattr(original, name), name
+    attention = {"kind": "attention", "layer": 1, "source": 3, "target": 13, "head": None}
+    loaded.select(**attention)
+    assert loaded.selection == original.select(**attention)
+    with pytest.raises(lw.LmttError, match="without its model"):
+        loaded.panel(attention)
+    assert lw.Widget(lw.load_run(path, model=model)).panel(attention) == original.panel(attention)
+
+
+def test_files_that_are_not_saved_runs_are_refused(run, tmp_path):
+    with pytest.raises(lw.LmttError, match="no such file"):
+        lw.load_run(tmp_path / "missing.lmtt")
+    junk = tmp_path / "junk.lmtt"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(lw.LmttError, match="not a run saved by lmtt-widget"):
+        lw.load_run(junk)
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(lw.LmttError, match="a safetensors file, but not a run"):
+        lw.load_run(tmp_path / "other.safetensors")
+
+
+def test_the_file_is_safetensors_with_json_metadata_and_no_pickle(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["lmtt"])
+    assert meta["prompt"] == PROMPT and meta["model"]["architecture"]["model_type"] == "llama"
+    assert b"pickle" not in path.read_bytes()[:200] and not path.read_bytes().startswith(b"\x80")
+
+
+def test_an_intervened_run_is_not_saved(run, tmp_path):
+    ablated, _ = run.intervene([("head", 1, 2)])
+    with pytest.raises(lw.LmttError, match=r"an intervened run cannot be saved.*run.clean"):
+        ablated.to_file(tmp_path / "x.lmtt")
+    assert not (tmp_path / "x.lmtt").exists()
+
+
+# -- edges as a table ----------------------------------------------------------------------------
+
+def test_edges_are_the_routes_as_a_dataframe(run):
+    table = run.edges(threshold=0.01)
+    graph = run.graph(threshold=0.01)
+    assert len(table) == graph.number_of_edges()
+    assert list(table.columns[:7]) == ["kind", "layer", "source_stage", "source", "target_stage", "target", "weight"]
+    assert list(table.weight) == sorted(table.weight, reverse=True)
+    attention = table[table.kind == "attention"]
+    heads = attention[[f"head_{h}" for h in range(run.shape.n_heads)]]
+    torch.testing.assert_close(torch.tensor(heads.sum(axis=1).values), torch.tensor(attention.weight.values))
+    assert set(table.kind) == {"attention", "residual", "ffn"}
+    row = attention.iloc[0]
+    data = graph.edges[(("embed", -1, row.source) if row.layer == 0 else ("post", row.layer - 1, row.source)),
+                       ("mid", row.layer, row.target), "attention"]
+    assert data["weight"] == row.weight
+    assert table[table.kind != "attention"][[f"head_{h}" for h in range(run.shape.n_heads)]].isna().all().all()
