@@ -47,4 +47,5 @@ def progress_counter(*, enabled: bool | None = None, desc: str | None = None, to
     except ImportError:
         return _Silent()
     # each update is a whole batch: draw every one (tqdm would skip those within 0.1 s of the last)
-    return tqdm(desc=desc, total=total, unit=unit, leave=False, delay=0.0 if enabled else delay, mininterval=0, miniters=1)
+    return tqdm(desc=desc, total=total, unit=unit, leave=False, delay=0.0 if enabled else delay,
+                mininterval=0, miniters=1)
