@@ -23,12 +23,12 @@ from typing import NamedTuple
 import torch
 
 from . import contributions as C
-from .architectures import Shape, _get, check_attention, family_of, shape_of, text_config, w_o
-from .attention import AttentionProbs
+from .architectures import Shape, check_attention, family_of, shape_of, text_config, w_o
+from .attention import AttentionProbs, output_probs
 from .errors import LmttError, check_floor, check_positive
 from .progress import progress_counter
-from .run import TOP_K_KEPT, Kept, LayerShares, Run, analyze_ids, block_shares, floor_for, kept_whole, prompt_ids
-from .tracing import Capture, _first, exclusive
+from .run import TOP_K_KEPT, Kept, LayerShares, Run, block_shares, floor_for, kept_whole, prompt_ids
+from .tracing import Capture, _first, attention_inputs_of, block_update, exclusive
 
 GROUP_TOKENS = 256  # the most tokens whose shares are computed together
 PADDING = ("right", "left")
@@ -81,11 +81,9 @@ def prompt_probs(probs: AttentionProbs | torch.Tensor, row: int, start: int, len
     window = slice(start, start + length)
     if not isinstance(probs, AttentionProbs):
         return probs[row, :, window, window]
-    mask = probs.mask
+    mask = probs.mask  # bool (True: attend) or additive (which may carry ALiBi's biases): kept as it is
     if mask is not None:
         mask = mask[row if mask.shape[0] > 1 else 0, :, window, window]
-        if mask.dtype != torch.bool:  # additive: 0 where attended, very negative where not
-            mask = mask > torch.finfo(mask.dtype).min / 2
     return AttentionProbs(probs.query[row, :, window], probs.key[row, :, window], mask, probs.scaling, probs.groups)
 
 
@@ -99,11 +97,7 @@ def group_probs(probs: AttentionProbs | torch.Tensor, spans: list[tuple[int, int
     n_tokens = sum(lengths)
     starts = list(itertools.accumulate(lengths, initial=0))
     if isinstance(probs, AttentionProbs):
-        device = parts[0].query.device
-        mask = torch.zeros(1, n_tokens, n_tokens, dtype=torch.bool, device=device)
-        for part, start, length in zip(parts, starts, lengths):
-            causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
-            mask[0, start:start + length, start:start + length] = causal if part.mask is None else part.mask[0]
+        mask = _block_diagonal([part.mask for part in parts], lengths, parts[0].query.device)
         return AttentionProbs(torch.cat([part.query for part in parts], dim=-2),
                               torch.cat([part.key for part in parts], dim=-2), mask, probs.scaling, probs.groups)
     dense = parts[0].new_zeros(parts[0].shape[0], n_tokens, n_tokens)
@@ -112,25 +106,49 @@ def group_probs(probs: AttentionProbs | torch.Tensor, spans: list[tuple[int, int
     return dense
 
 
+def _block_diagonal(masks: list, lengths: list[int], device) -> torch.Tensor:
+    """[1, N, N]: each prompt's mask ([1, n, n], or None: causal) on the diagonal, nothing read
+    across prompts; boolean (True: attend), or additive where the masks are (very negative: not)."""
+    additive = next((m.dtype for m in masks if m is not None and m.dtype != torch.bool), None)
+    n_tokens = sum(lengths)
+    if additive is None:
+        out = torch.zeros(1, n_tokens, n_tokens, dtype=torch.bool, device=device)
+    else:
+        out = torch.full((1, n_tokens, n_tokens), torch.finfo(additive).min, dtype=additive, device=device)
+    start = 0
+    for mask, length in zip(masks, lengths):
+        if mask is None:
+            mask = torch.ones(1, length, length, dtype=torch.bool, device=device).tril()
+        if additive is not None and mask.dtype == torch.bool:
+            mask = torch.zeros_like(mask, dtype=additive).masked_fill(~mask, torch.finfo(additive).min)
+        out[:, start:start + length, start:start + length] = mask
+        start += length
+    return out
+
+
 def group_rows(tensor: torch.Tensor, spans: list[tuple[int, int, int]]) -> torch.Tensor:
     """[N, ...]: the rows of the prompts in `spans`, one prompt after another, from [B, T, ...]."""
     return torch.cat([tensor[row, start:start + length] for row, start, length in spans])
 
 
 class BatchLayer(NamedTuple):
-    """One block's tensors for a batch, read inside a trace (`batch_layer`)."""
+    """One block's tensors for a batch, read inside a trace (`batch_layer`), as tracing.trace reads
+    them for one prompt."""
 
     resid_in: torch.Tensor  # [B, T, d]
-    attn_out: torch.Tensor  # [B, T, d]
+    attn_out: torch.Tensor  # [B, T, d]: the attention update as the residual receives it
     ffn_out: torch.Tensor  # [B, T, d]
     resid_out: torch.Tensor  # [B, T, d]
     probs: torch.Tensor | AttentionProbs  # [B, H, T, T]
     values: torch.Tensor  # [B, T, KV, head_dim]
-    neurons: torch.Tensor | None  # [B, T, d_ff], if asked for
+    neurons: torch.Tensor | None  # [B, T, d_ff] of a dense FFN, if asked for
+    attn_scale: torch.Tensor | None  # [B, T]: the frozen scale of a norm after the attention block, if any
+    ffn_scale: torch.Tensor | None  # [B, T]: likewise after the FFN
 
 
-def batch_layer(model, family, shape: Shape, layer: int, neurons: bool = False) -> BatchLayer:
-    """Inside a trace of a batch: block `layer`'s tensors, read in the order the forward pass makes them."""
+def batch_layer(model, family, shape: Shape, layer: int, clamp: float | None, neurons: bool = False) -> BatchLayer:
+    """Inside a trace of a batch: block `layer`'s tensors, read in the order the forward pass makes
+    them, with tracing's helpers (the family's value layout and clamp, its post-norms)."""
     modules = family.modules(model, layer)
     x = _first(modules["block"].input)
     n_rows, n_tokens = x.shape[:2]
@@ -138,13 +156,37 @@ def batch_layer(model, family, shape: Shape, layer: int, neurons: bool = False) 
     def rows(tensor):  # [B, T, ...] or [B * T, ...] (OPT's FFN) -> [B, T, -1]
         return tensor.reshape(n_rows, n_tokens, -1)
 
-    values = family.values(modules["value_proj"].output.reshape(n_rows * n_tokens, -1), shape.n_heads,
-                           shape.n_kv_heads, shape.head_dim).reshape(n_rows, n_tokens, shape.n_kv_heads, -1)
+    def scales(scale):  # [B * T] -> [B, T]
+        return None if scale is None else scale.reshape(n_rows, n_tokens)
+
+    inputs = attention_inputs_of(family, modules)
+    proj = modules["value_proj"].output.reshape(n_rows * n_tokens, -1)
+    values = family.value_vectors(proj, shape, clamp).reshape(n_rows, n_tokens, shape.n_kv_heads, -1)
     attention = modules["attention"].output
-    activations = rows(_first(modules["ffn_out_proj"].input)) if neurons else None
-    ffn = rows(modules["ffn"].output)
-    return BatchLayer(x, rows(attention[0]), ffn, rows(_first(modules["block"].output)), attention[1], values,
-                      activations)
+    probs = batch_probs(family, shape, attention, inputs, proj)
+    attn, attn_scale = block_update(family, modules, "attn", attention)
+    attn = rows(attn).clone()  # a copy: some blocks add to their sub-blocks' outputs in place
+    dense = neurons and modules["ffn_out_proj"] is not None  # a mixture of experts has no layer-wide neurons
+    activations = rows(_first(modules["ffn_out_proj"].input)).clone() if dense else None
+    ffn, ffn_scale = block_update(family, modules, "ffn", modules["ffn"].output)
+    ffn = rows(ffn).clone()
+    return BatchLayer(x, attn, ffn, rows(_first(modules["block"].output)), probs, values, activations,
+                      scales(attn_scale), scales(ffn_scale))
+
+
+def batch_probs(family, shape: Shape, output, inputs: dict | None, proj: torch.Tensor):
+    """[B, H, T, T]: every prompt's probabilities (tracing.block_probs for a batch); where the family
+    computes them from the attention's inputs, batches hold one prompt (`batch_size_for`)."""
+    if inputs is not None and family.probs_from_inputs is not None and output[1] is None:
+        return family.probs_from_inputs(inputs, proj, shape)
+    output_probs(output)  # an LmttError, with the fix, where the attention gives none
+    return output[1]
+
+
+def batch_size_for(family, batch_size: int) -> int:
+    """Falcon computes its probabilities from one prompt's queries and keys (Family.probs_from_inputs):
+    its prompts go one at a time (each run still equals analyze's)."""
+    return 1 if family.probs_from_inputs is not None else batch_size
 
 
 @torch.no_grad()
@@ -154,8 +196,9 @@ def group_shares(tensors: BatchLayer, w_o: torch.Tensor, parallel: bool, p: int,
     `spans` from the batch's tensors; a prompt keeps the attention edges above its own floor."""
     x, attn, ffn, post, values = (group_rows(t, spans) for t in (tensors.resid_in, tensors.attn_out, tensors.ffn_out,
                                                                  tensors.resid_out, tensors.values))
+    scale = None if tensors.attn_scale is None else group_rows(tensors.attn_scale, spans)
     shares = block_shares(x, attn, ffn, post, group_probs(tensors.probs, spans), values, w_o, parallel, p, budget,
-                          min(floors))
+                          min(floors), target_scale=scale)
     targets, sources = shares.edges[:, 0], shares.edges[:, 1]
     out, start = [], 0
     for (_, _, length), floor in zip(spans, floors):
@@ -187,20 +230,13 @@ def analyze_many(model, prompts: Iterable, *, batch_size: int = 8, progress: boo
     budget_bytes = check_positive("budget_bytes", budget_bytes)
     floor = None if floor is None else check_floor(floor)
     check_padding(padding)
-    check_attention(model._module, family_of(model._module))
+    family = family_of(model._module)
+    check_attention(model._module, family)
+
     def analyze_batch(batch):
         return _analyze_batch(model, batch, padding, activations, p, distance, budget_bytes, floor)
-    return in_batches(model, prompts, batch_size, progress, prepend_bos, analyze_batch)
-
-
-def batchable(hf_model, family) -> bool:
-    """Whether `batch_layer` knows this family's layers: no norm after a sub-block, values not
-    clamped, probabilities from the attention's output and logits straight from the unembedding.
-    Other families are analysed one prompt at a time (the same runs, without the batch's speed)."""
-    config = text_config(hf_model)
-    return (family.attn_post_norm is None and family.ffn_post_norm is None and family.probs_from_inputs is None
-            and family.value_clamp(config) is None and family.logit_softcap(config) is None
-            and family.logit_scale(config) == 1.0 and family.experts is None)
+    return in_batches(model, prompts, batch_size_for(family, check_positive("batch_size", batch_size)), progress,
+                      prepend_bos, analyze_batch)
 
 
 def check_padding(padding: str) -> str:
@@ -253,9 +289,6 @@ def _analyze_batch(model, prompts: list[tuple[torch.Tensor, str]], padding: str,
                    distance: str, budget_bytes: int, floor: float | None) -> list[Run]:
     hf_model = model._module
     family = family_of(hf_model)
-    if not batchable(hf_model, family):
-        return [analyze_ids(model, ids, prompt=text, distance=distance, budget_bytes=budget_bytes, floor=floor,
-                            progress=False) for ids, text in prompts]
     shape = shape_of(hf_model, family)
     batch = padded([ids for ids, _ in prompts], model.tokenizer.pad_token_id or 0, padding)  # any pad: it is hidden
     spans = batch.spans
@@ -264,11 +297,12 @@ def _analyze_batch(model, prompts: list[tuple[torch.Tensor, str]], padding: str,
     kept = [_Kept(span, kept_whole(hf_model, family, shape, span[2], budget_bytes)) for span in spans]
     tops: list[tuple[torch.Tensor, torch.Tensor]] = []
     device = hf_model.device
+    clamp = family.value_clamp(text_config(hf_model))
     with torch.no_grad(), exclusive(model), model.trace(batch.ids.to(device), attention_mask=batch.mask.to(device),
                                                         position_ids=batch.positions.to(device)):
         for layer in range(shape.n_layers):
             neurons = activations and any(own.keep.neurons for own in kept)
-            tensors = batch_layer(model, family, shape, layer, neurons=neurons)
+            tensors = batch_layer(model, family, shape, layer, clamp, neurons=neurons)
             weights = w_o(hf_model, family, shape, layer)
             for members in groups([length for _, _, length in spans]):
                 found = group_shares(tensors, weights, shape.parallel, p, budget_bytes, [spans[i] for i in members],
@@ -282,21 +316,15 @@ def _analyze_batch(model, prompts: list[tuple[torch.Tensor, str]], padding: str,
         if activations:
             for own in kept:
                 own.finish(final_normed.reshape(batch.ids.shape[0], batch.ids.shape[1], -1))
-        tops.extend(top_k(unembedding(model, hf_model).output, spans, TOP_K_KEPT))
+        tops.extend(top_k(model.output.logits, spans, TOP_K_KEPT))
     return [Run(model, text, ids, own.capture if activations else None, layers[i], distance, budget_bytes, floors[i],
                 top=tops[i]) for i, ((ids, text), own) in enumerate(zip(prompts, kept))]
-
-
-def unembedding(model, hf_model):
-    """The envoy of the model's unembedding (its output: the logits)."""
-    name = next(name for name, module in hf_model.named_modules() if module is hf_model.get_output_embeddings())
-    return _get(model, name)
 
 
 @torch.no_grad()
 def top_k(logits: torch.Tensor, spans: list[tuple[int, int, int]], k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Each prompt's top-k next tokens at every position (probabilities [T, k], ids [T, k]), from
-    the batch's logits [B, T, V]."""
+    the batch's logits [B, T, V] (the model's own: soft-capped or scaled where the family is)."""
     out = []
     for row, start, length in spans:
         probs = logits[row, start:start + length].float().softmax(-1)
@@ -331,6 +359,10 @@ class _Kept:
                                               probs.groups)
         if self.keep.neurons and tensors.neurons is not None:
             own.neurons[layer] = tensors.neurons[row, window].clone()
+        for name in ("attn_scale", "ffn_scale"):
+            scale = getattr(tensors, name)
+            if scale is not None:
+                getattr(own, name).append(scale[row, window].clone())
 
     def finish(self, final_normed: torch.Tensor) -> None:
         row, start, length = self.span

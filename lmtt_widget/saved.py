@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .architectures import FAMILIES, Family, Shape, family_of, ffn_out_matrix, shape_of
+from .architectures import FAMILIES, Family, Shape, family_of, shape_of
 from .attention import AttentionProbs
 from .errors import LmttError
 from .tracing import Capture
@@ -56,13 +56,12 @@ class SavedModel:
 # -- the model's identity ------------------------------------------------------------------------
 
 def identity(hf_model) -> dict:
-    """What names a model: its hub id or path, its architecture (model type, shape, FFN width) and
-    a fingerprint of its weights (the leading values of every parameter, rounded to bfloat16 so
-    that a float32 model and its bfloat16 copy agree)."""
-    family = family_of(hf_model)
-    shape = shape_of(hf_model, family)
+    """What names a model: its hub id or path, its architecture (model type, shape, number of
+    parameters) and a fingerprint of its weights (the leading values of every parameter, rounded
+    to bfloat16 so that a float32 model and its bfloat16 copy agree)."""
+    shape = shape_of(hf_model, family_of(hf_model))
     architecture = {"model_type": hf_model.config.model_type, **dataclasses.asdict(shape),
-                    "d_ff": ffn_out_matrix(family.modules(hf_model, 0)["ffn_out_proj"]).shape[0]}
+                    "n_params": sum(p.numel() for p in hf_model.parameters())}
     digest = hashlib.sha256()
     for name, param in sorted(hf_model.named_parameters()):
         sample = param.detach().reshape(-1)[:WEIGHTS_SAMPLE].float().cpu().to(torch.bfloat16)
@@ -97,6 +96,9 @@ def capture_tensors(capture: Capture) -> tuple[dict[str, torch.Tensor], dict]:
                "ffn_out": torch.stack([t.cpu() for t in capture.ffn_out]),
                "values": torch.stack([t.cpu() for t in capture.values]),
                "final_normed": capture.final_normed}
+    for name in ("attn_scale", "ffn_scale"):  # the frozen scales of norms after a block, where the family has them
+        if getattr(capture, name):
+            tensors[name] = torch.stack([t.cpu() for t in getattr(capture, name)])
     probs: dict[str, dict | None] = {}
     for layer, p in capture.probs.items():
         if isinstance(p, AttentionProbs):  # the queries and keys they are computed from: O(T d)
@@ -120,7 +122,8 @@ def capture_from(tensors: dict[str, torch.Tensor], meta: dict) -> Capture:
             computed["groups"])
     neurons = {int(name.split(".")[1]): t for name, t in tensors.items() if name.startswith("neurons.")}
     return Capture(list(tensors["resid"]), list(tensors["attn_out"]), list(tensors["ffn_out"]), probs,
-                   list(tensors["values"]), tensors["final_normed"], neurons)
+                   list(tensors["values"]), tensors["final_normed"], neurons,
+                   *(list(tensors[name]) if name in tensors else [] for name in ("attn_scale", "ffn_scale")))
 
 
 # -- the file --------------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def assert_same_run(got, expected, threshold=0.02, atol=1e-5):
     torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", tiny.FAMILIES)
+@pytest.mark.parametrize("family", tiny.FAMILIES + tiny.NEW_FAMILIES)
 @pytest.mark.parametrize("padding", ["right", "left"])
 def test_a_batch_gives_each_prompt_the_run_it_gets_alone(family, padding):
     model = tiny.load(family)
@@ -103,23 +103,6 @@ def test_a_batch_gives_each_prompt_the_run_it_gets_alone(family, padding):
     assert not last.holds_activations
     torch.testing.assert_close(last.residual(1, 4, "post"), alone[2].residual(1, 4, "post"))
     assert last.logit_lens(1, -1, k=3) == alone[2].logit_lens(1, -1, k=3)
-
-
-@pytest.mark.parametrize("family", ["gemma2", "olmoe", "falcon_alibi"])
-def test_families_the_batched_reader_does_not_know_are_analysed_one_prompt_at_a_time(family):
-    """Post-norms, soft-caps, clamped values, experts, probabilities from the attention's inputs:
-    analyze_many and analyze_compact_many give these families' prompts their own runs all the same."""
-    from lmtt_widget.architectures import family_of
-    from lmtt_widget.many import batchable
-
-    model = tiny.load(family)
-    assert not batchable(model._module, family_of(model._module))
-    alone = [lw.analyze(model, prompt, progress=False) for prompt in PROMPTS[:3]]
-    for run, expected in zip(lw.analyze_many(model, PROMPTS[:3], batch_size=2), alone):
-        assert_same_run(run, expected)
-    compact = lw.analyze_compact_many(model, PROMPTS[:2], floor=0.0)
-    for shares, expected in zip(compact, alone):
-        torch.testing.assert_close(shares.layers[0].dense(), expected.layers[0].dense(), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "opt"])
@@ -193,12 +176,23 @@ def test_runs_of_a_stream_keep_only_their_shares_and_top_predictions(llama, llam
     assert compact.holds_activations
 
 
-def test_a_progress_bar_counts_the_prompts(llama, capsys):
+def test_a_progress_bar_counts_the_prompts(llama, monkeypatch):
+    from lmtt_widget import many
+    from lmtt_widget.progress import progress_counter
+
+    bars = []
+
+    def counted(**options):
+        bars.append(progress_counter(**options))
+        return bars[-1]
+    monkeypatch.setattr(many, "progress_counter", counted)
     lw.analyze_many(llama, PROMPTS, batch_size=2, progress=True)
-    err = capsys.readouterr().err
-    assert "prompts" in err and f"{len(PROMPTS)}/{len(PROMPTS)}" in err
+    lw.analyze_many(llama, (p for p in PROMPTS[:3]), progress=True)  # a generator: counted without a total
     lw.analyze_many(llama, PROMPTS[:2], progress=False)
-    assert capsys.readouterr().err == ""
+    (listed, generated, silent) = bars
+    assert "tqdm" in type(listed).__name__ and listed.desc.startswith("prompts")
+    assert (listed.total, listed.n) == (5, 5) and (generated.total, generated.n) == (None, 3)
+    assert not hasattr(silent, "n")  # no bar at all
 
 
 @pytest.mark.parametrize("padding", ["right", "left"])
@@ -376,3 +370,15 @@ def test_runs_of_different_models_or_things_that_are_not_runs_are_refused(ioi_ru
         lw.aggregate([ioi_runs[0], "text"])
     with pytest.raises(lw.LmttError, match="at least one run"):
         lw.aggregate([])
+
+
+@pytest.mark.parametrize("family", ["gemma2", "mixtral", "falcon_new"])
+def test_compact_batches_of_families_with_post_norms_experts_or_their_own_attention(family):
+    model = tiny.load(family)
+    many = lw.analyze_compact_many(model, PROMPTS[:3], remote="local", padding="left", floor=0.0)
+    for shares, prompt in zip(many, PROMPTS):
+        alone = lw.analyze(model, prompt, progress=False)
+        for mine, theirs in zip(shares.layers, alone.layers):
+            torch.testing.assert_close(mine.dense(), theirs.dense(), rtol=0, atol=1e-5)
+            torch.testing.assert_close(mine.ffn, theirs.ffn, rtol=0, atol=1e-5)
+        assert [t for t, _ in shares.top_tokens(k=3)] == [t for t, _ in alone.top_tokens(k=3)]

@@ -168,3 +168,18 @@ def test_edges_are_the_routes_as_a_dataframe(run):
                        ("mid", row.layer, row.target), "attention"]
     assert data["weight"] == row.weight
     assert table[table.kind != "attention"][[f"head_{h}" for h in range(run.shape.n_heads)]].isna().all().all()
+
+
+@pytest.mark.parametrize("family", ["gemma2", "olmoe", "falcon_alibi"])
+def test_families_with_post_norms_experts_or_alibi_round_trip(family, tmp_path):
+    model = tiny.load(family)
+    run = lw.analyze(model, PROMPT, progress=False)
+    loaded = lw.load_run(run.to_file(tmp_path / f"{family}.lmtt"), model=model)
+    assert_same_routes(loaded, run, threshold=0.02)
+    for name in ("attn_scale", "ffn_scale"):
+        assert len(getattr(loaded.capture, name)) == len(getattr(run.capture, name))
+        for mine, theirs in zip(getattr(loaded.capture, name), getattr(run.capture, name)):
+            assert torch.equal(mine, theirs)
+    assert loaded.head_logits(1, 1, -1, 3) == run.head_logits(1, 1, -1, 3)
+    assert loaded.block_logits(1, -1, "ffn") == run.block_logits(1, -1, "ffn")
+    torch.testing.assert_close(loaded.attention_pattern(2), run.attention_pattern(2))
