@@ -123,7 +123,8 @@ def _apply(edits: list[Edit], tensor: torch.Tensor, state: LayerState) -> None:
 
 
 def trace(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=None, *, neurons: bool = False,
-          probs: bool = False, on_layer: Callable[[int, LayerTensors], None] | None = None) -> Capture:
+          probs: bool = False, on_layer: Callable[[int, LayerTensors], None] | None = None,
+          grad: bool = False, on_output: Callable[[torch.Tensor], None] | None = None) -> Capture:
     """Run the model once on `input_ids` [T] and capture residuals, updates, values, with `probs`
     every layer's attention probabilities and with `neurons` every layer's FFN activations.
 
@@ -132,10 +133,14 @@ def trace(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=No
     largest thing a trace could keep). `edits` (a list of `Edit`; None: the plain forward pass)
     change the forward pass where they say, in the same trace; everything captured is what the
     edited pass computed. lmtt_widget.interventions makes them from ablations and patches.
+
+    With `grad`, autograd records the forward pass (lmtt_widget.effects adds zero tensors that
+    require gradients through `edits`) and `on_output(logits)` gets the model's output logits
+    [T, V], still in the graph, inside the trace: where the gradients are taken.
     """
     every = set(range(shape.n_layers))
     return _forward(model, family, shape, input_ids, edits, neurons_of=every if neurons else set(),
-                    probs_of=every if probs else set(), on_layer=on_layer)
+                    probs_of=every if probs else set(), on_layer=on_layer, grad=grad, on_output=on_output)
 
 
 def neuron_activations(model, family: Family, shape: Shape, input_ids: torch.Tensor, layers: Sequence[int],
@@ -155,7 +160,8 @@ def attention_probs(model, family: Family, shape: Shape, input_ids: torch.Tensor
 
 def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=None, *,
              neurons_of: set[int] = frozenset(), probs_of: set[int] = frozenset(), stop_after: int | None = None,
-             on_layer: Callable[[int, LayerTensors], None] | None = None) -> Capture:
+             on_layer: Callable[[int, LayerTensors], None] | None = None, grad: bool = False,
+             on_output: Callable[[torch.Tensor], None] | None = None) -> Capture:
     n_tokens = input_ids.shape[0]
 
     def rows(tensor: torch.Tensor) -> torch.Tensor:  # [1, T, ...] or [T, ...] -> [T, ...]
@@ -164,7 +170,8 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
     def editable(tensor: torch.Tensor) -> torch.Tensor:  # rows() that is surely a view: edits reach the model
         return tensor.view(n_tokens, *tensor.shape[-1:])
 
-    with torch.no_grad(), exclusive(model), model.trace(input_ids[None]) as tracer:
+    autograd = torch.enable_grad() if grad else torch.no_grad()
+    with autograd, exclusive(model), model.trace(input_ids[None]) as tracer:
         resid, attn_out, ffn_out = nnsight.save([]), nnsight.save([]), nnsight.save([])
         probs, values, neurons = nnsight.save({}), nnsight.save([]), nnsight.save({})
         for layer in range(shape.n_layers):
@@ -211,6 +218,8 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
             if on_layer is not None:
                 on_layer(layer, LayerTensors(resid[-2], attn_out[-1], ffn_out[-1], resid[-1], layer_probs, values[-1]))
         final_normed = rows(family.get(model, "final_norm").output).save()
+        if on_output is not None:
+            on_output(rows(model.output.logits))
 
     def plain(tensors):
         return [t.detach() for t in tensors]

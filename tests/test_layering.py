@@ -11,7 +11,7 @@ import networkx as nx
 
 PACKAGE = Path(__file__).resolve().parent.parent / "lmtt_widget"
 CORE = ("architectures", "attention", "contributions", "graph", "models", "run", "tracing", "vocab", "remote",
-        "errors", "progress", "interventions")
+        "errors", "progress", "interventions", "effects", "faithfulness")
 NOT_IN_CORE = ("serialize", "export", "__main__")  # and every widget* module
 NOT_IN_CORE_EXTERNAL = ("anywidget", "ipywidgets", "traitlets")
 
