@@ -25,16 +25,18 @@ lmtt_widget.interventions removes exactly that term), FFN updates, and neurons' 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import graph as G
 from . import interventions as I
 from .architectures import ffn_out_matrix, w_o
 from .errors import LmttError, check_positive, check_threshold
-from .tracing import Edit, trace
+from .tracing import Edit, exclusive, trace
 
 METHODS = ("gradient", "integrated")
 FLOOR = 1e-3  # of |m|: the edges kept when not all of them fit the memory budget (see LayerEffects)
@@ -204,8 +206,9 @@ def _mean_gradients(run, position: int, answer: int, contrast: int, alphas: list
 
 def _gradients(run, position: int, answer: int, contrast: int, alpha: float):
     """One forward and one backward pass, in one trace: zero tensors added to every attention and
-    FFN update take the gradients (torch.autograd.grad, so no parameter's .grad is touched). With
-    alpha < 1 every attention update is b_O + alpha * (its edge terms) first."""
+    FFN update take the gradients (torch.autograd.grad: no parameter's .grad is touched), and the
+    logits are computed at `position` only. With alpha < 1 every attention update is
+    b_O + alpha * (its edge terms) first."""
     shape, hf_model = run.shape, run.hf_model
     device, dtype = hf_model.device, next(hf_model.parameters()).dtype
     n_tokens = run.n_tokens
@@ -219,13 +222,38 @@ def _gradients(run, position: int, answer: int, contrast: int, alpha: float):
         edits.append(Edit("ffn_output", layer, _adding(probes[2 * layer + 1])))
     grads = []
 
-    def backward(logits: torch.Tensor) -> None:  # inside the trace, on the live logits [T, V]
-        metric = logits[position, answer] - logits[position, contrast]
-        grads.extend(torch.autograd.grad(metric, probes, allow_unused=True))
+    def backward(logits: torch.Tensor) -> None:  # inside the trace, on the live logits [T, V] (or [1, V]: position's)
+        row = logits[-1] if logits.shape[0] == 1 else logits[position]
+        grads.extend(torch.autograd.grad(row[answer] - row[contrast], probes, allow_unused=True))
 
-    trace(run.model, run.family, shape, run.input_ids.to(device), edits, grad=True, on_output=backward)
+    with exclusive(run.model), _frozen(hf_model), _saving_no_attention_output(run.edits):
+        trace(run.model, run.family, shape, run.input_ids.to(device), edits, grad=True, on_output=backward,
+              logits_at=position)
     grads = [torch.zeros(n_tokens, shape.d_model) if g is None else g.detach().float().cpu() for g in grads]
     return torch.stack(grads[0::2]), torch.stack(grads[1::2])
+
+
+@contextlib.contextmanager
+def _frozen(hf_model):
+    """The parameters need no gradients (the backward pass then costs about one forward pass, not
+    three); each gets its own requires_grad back afterwards, also on an error."""
+    params = [p for p in hf_model.parameters() if p.requires_grad]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _saving_no_attention_output(edits):
+    """Edits of the heads' outputs (the output projection's input) change, in place, what sdpa's
+    fused kernels keep for the backward pass: where there are any, attention runs the plain math
+    kernel, which keeps its inputs only."""
+    if any(edit.site == "out_proj_input" for edit in edits or ()):
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
 
 
 def _adding(probe: torch.Tensor):

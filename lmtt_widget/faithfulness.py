@@ -37,9 +37,9 @@ from .interventions.running import Readout, readout
 from .tracing import exclusive
 
 RANKINGS = ("share", "effect")
-READING = ("Fraction of the best possible: how much of the drop of {metric} that the best {k} edges found cause "
-           "together the top {k} edges of a ranking cause together; 1 is as good as the best found, random edges "
-           "are a baseline.")
+READING = ("Fraction of the best possible: the drop of {metric} when a ranking's top k edges are removed together, "
+           "over the drop when the best k edges found are removed together (1: as good as the best found; above 1: "
+           "better, as edges removed together can do more than each alone; random edges are a baseline).")
 
 
 class RouteEdge(NamedTuple):
@@ -94,7 +94,7 @@ class FaithfulnessTable:
 
     @property
     def reading(self) -> str:
-        return READING.format(metric=self.metric, k="k")
+        return READING.format(metric=self.metric)
 
     def row(self, by: str, k: int) -> FaithfulnessRow:
         for row in self.rows:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -124,7 +125,8 @@ def _apply(edits: list[Edit], tensor: torch.Tensor, state: LayerState) -> None:
 
 def trace(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=None, *, neurons: bool = False,
           probs: bool = False, on_layer: Callable[[int, LayerTensors], None] | None = None,
-          grad: bool = False, on_output: Callable[[torch.Tensor], None] | None = None) -> Capture:
+          grad: bool = False, on_output: Callable[[torch.Tensor], None] | None = None,
+          logits_at: int | None = None) -> Capture:
     """Run the model once on `input_ids` [T] and capture residuals, updates, values, with `probs`
     every layer's attention probabilities and with `neurons` every layer's FFN activations.
 
@@ -136,11 +138,14 @@ def trace(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=No
 
     With `grad`, autograd records the forward pass (lmtt_widget.effects adds zero tensors that
     require gradients through `edits`) and `on_output(logits)` gets the model's output logits
-    [T, V], still in the graph, inside the trace: where the gradients are taken.
+    [T, V], still in the graph, inside the trace: where the gradients are taken. With `logits_at`
+    the model computes the logits of that position only, where it can (transformers'
+    logits_to_keep): `on_output` then gets [1, V].
     """
     every = set(range(shape.n_layers))
     return _forward(model, family, shape, input_ids, edits, neurons_of=every if neurons else set(),
-                    probs_of=every if probs else set(), on_layer=on_layer, grad=grad, on_output=on_output)
+                    probs_of=every if probs else set(), on_layer=on_layer, grad=grad, on_output=on_output,
+                    logits_at=logits_at)
 
 
 def neuron_activations(model, family: Family, shape: Shape, input_ids: torch.Tensor, layers: Sequence[int],
@@ -161,7 +166,7 @@ def attention_probs(model, family: Family, shape: Shape, input_ids: torch.Tensor
 def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=None, *,
              neurons_of: set[int] = frozenset(), probs_of: set[int] = frozenset(), stop_after: int | None = None,
              on_layer: Callable[[int, LayerTensors], None] | None = None, grad: bool = False,
-             on_output: Callable[[torch.Tensor], None] | None = None) -> Capture:
+             on_output: Callable[[torch.Tensor], None] | None = None, logits_at: int | None = None) -> Capture:
     n_tokens = input_ids.shape[0]
 
     def rows(tensor: torch.Tensor) -> torch.Tensor:  # [1, T, ...] or [T, ...] -> [T, ...]
@@ -171,7 +176,10 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
         return tensor.view(n_tokens, *tensor.shape[-1:])
 
     autograd = torch.enable_grad() if grad else torch.no_grad()
-    with autograd, exclusive(model), model.trace(input_ids[None]) as tracer:
+    kwargs = {}
+    if logits_at is not None and "logits_to_keep" in inspect.signature(model._module.forward).parameters:
+        kwargs["logits_to_keep"] = torch.tensor([logits_at], device=input_ids.device)
+    with autograd, exclusive(model), model.trace(input_ids[None], **kwargs) as tracer:
         resid, attn_out, ffn_out = nnsight.save([]), nnsight.save([]), nnsight.save([])
         probs, values, neurons = nnsight.save({}), nnsight.save([]), nnsight.save({})
         for layer in range(shape.n_layers):
@@ -219,7 +227,7 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
                 on_layer(layer, LayerTensors(resid[-2], attn_out[-1], ffn_out[-1], resid[-1], layer_probs, values[-1]))
         final_normed = rows(family.get(model, "final_norm").output).save()
         if on_output is not None:
-            on_output(rows(model.output.logits))
+            on_output(model.output.logits[0])
 
     def plain(tensors):
         return [t.detach() for t in tensors]
