@@ -12,6 +12,7 @@ export interface Encoded {
 export interface Predictions {
   tokens: string[][];
   probs: Encoded;
+  ids: Encoded;
 }
 
 export interface SelectionKindInfo {
@@ -47,6 +48,7 @@ export interface PayloadEdges {
   target: Encoded;
   kind: Encoded;
   weight: Encoded;
+  effect: Encoded;
   head_row: Encoded;
 }
 
@@ -54,9 +56,11 @@ export interface Payload {
   target: number;
   threshold: number;
   renormalize: boolean;
+  by: "share" | "effect";
   nodes: PayloadNodes;
   edges: PayloadEdges;
   heads: Encoded;
+  head_effects: Encoded;
 }
 
 export interface ResidualSelection {
@@ -132,6 +136,8 @@ export interface Effect {
 export interface AttentionPanel {
   selection: AttentionSelection;
   shares: Encoded;
+  effects: Encoded;
+  metric: string;
   pattern: Encoded;
   importance: Encoded;
   from_source: Effect;
@@ -143,12 +149,15 @@ export interface NeuronRow {
   suppressed: [string, number][];
   index: number;
   share: number;
+  effect: number;
   activation: number;
 }
 
 export interface FfnPanel {
   selection: FfnSelection;
   ffn_share: number;
+  ffn_effect: number;
+  metric: string;
   block: Effect;
   neurons: NeuronRow[];
 }
@@ -215,24 +224,37 @@ export interface RouteEdge {
   layer: number;
   source: number;
   target: number;
-  weight: number | null;
+  score: number | null;
+}
+
+export interface FaithfulnessRow {
+  by: string;
+  k: number;
+  edges: RouteEdge[];
+  drop: Readout;
+  random_edges: RouteEdge[][];
+  random: Readout[];
+  random_mean: Readout;
+  random_sd: Readout;
+  best: number;
+  fraction: number | null;
 }
 
 export interface Faithfulness {
   position: number;
   token: string;
-  against: string;
-  threshold: number;
-  k: number;
+  token_id: number;
+  contrast: string;
+  contrast_id: number;
+  metric: string;
   mode: string;
   clean: Readout;
-  route_edges: RouteEdge[];
-  route: Readout;
-  random_edges: RouteEdge[][];
-  random: Readout[];
+  candidates: number;
+  best_edges: RouteEdge[];
+  rows: FaithfulnessRow[];
   sampling: string;
-  route_drop: Readout;
-  random_drop: Readout;
+  reading: string;
+  notes: string[];
 }
 
 export interface Pair {
@@ -245,6 +267,24 @@ export interface ActivePatch {
   node: (string | number)[];
   label: string;
   source: string;
+}
+
+export interface MissedEdge {
+  source: ["embed" | "mid" | "ffn" | "post", number, number];
+  target: ["embed" | "mid" | "ffn" | "post", number, number];
+  kind: "attention" | "residual" | "ffn";
+  effect: number;
+}
+
+export interface EffectsInfo {
+  metric: string;
+  value: number;
+  answer: string;
+  answer_id: number;
+  contrast: string;
+  contrast_id: number;
+  method: string;
+  missed: MissedEdge[];
 }
 
 export interface PanelRequest {
@@ -327,6 +367,10 @@ export interface Traits {
   pair: Pair | null;
   patches: ActivePatch[];
   diff_against: "other" | "clean";
+  contrast: number | null;
+  rank_by: "share" | "effect";
+  show_missed: boolean;
+  effects: EffectsInfo | null;
 }
 
 export interface Commands {

@@ -131,4 +131,28 @@ export const CSS = `
 .lmtt ul.effect { list-style: none; margin: 0; padding: 0; }
 .lmtt ul.effect li { display: flex; justify-content: space-between; gap: 6px; font-size: 12px; }
 .lmtt .export-note { color: var(--fg-dim); font-size: 12px; margin: 6px 0 0; }
+
+/* ---- effects (issue 10): a separate block, for the move of the CSS into js/widget.css ---- */
+.lmtt-svg .edge.supports { stroke: var(--up); }
+.lmtt-svg .edge.opposes { stroke: var(--down); }
+.lmtt-svg .missed-edge { fill: none; pointer-events: stroke; stroke-dasharray: 6 4; stroke-opacity: 0.85; stroke-linecap: round; }
+.lmtt-svg .missed-edge.supports { stroke: var(--up); }
+.lmtt-svg .missed-edge.opposes { stroke: var(--down); }
+.lmtt-controls .effects-row .metric-line { color: var(--fg-dim); font-family: var(--jp-code-font-family, ui-monospace, monospace); font-size: 12px; }
+.lmtt-controls select.contrast-select { max-width: 180px; }
+.lmtt .heads .head .hbars { display: flex; align-items: flex-end; gap: 1px; height: 100%; width: 100%; justify-content: center; }
+.lmtt .heads .head .hbars .hbar { position: static; width: 45%; }
+.lmtt .heads .head .ebar { display: block; width: 45%; min-height: 1px; border-radius: 1px 1px 0 0; }
+.lmtt .heads .head .ebar.up { background: var(--up); }
+.lmtt .heads .head .ebar.down { background: var(--down); }
+.lmtt .effect-line { margin: 4px 0; font-size: 12px; }
+.lmtt .num.up, .lmtt td.effect.up { color: var(--up); }
+.lmtt .num.down, .lmtt td.effect.down { color: var(--down); }
+.lmtt-intervention-details .faith-lead { display: flex; flex-wrap: wrap; gap: 4px 18px; margin: 4px 0; }
+.lmtt-intervention-details .faith-lead .big { font-size: 20px; font-weight: 600; }
+.lmtt-intervention-details .reading { font-size: 12px; margin: 2px 0 6px; }
+.lmtt-intervention-details .faith-note { font-size: 12px; color: var(--down); margin: 4px 0; }
+.lmtt .faith-chart .fbar.rank-share { fill: var(--attention); }
+.lmtt .faith-chart .fbar.rank-effect { fill: var(--up); }
+.lmtt .faith-chart .fbar.best { fill: var(--fg-dim); }
 `;
