@@ -214,7 +214,7 @@ var me={float32:Float32Array,int32:Int32Array,uint32:Uint32Array,int16:Int16Arra
 .lmtt-intervention-details .faith-lead { display: flex; flex-wrap: wrap; gap: 4px 18px; margin: 4px 0; }
 .lmtt-intervention-details .faith-lead .big { font-size: 20px; font-weight: 600; }
 .lmtt-intervention-details .reading { font-size: 12px; margin: 2px 0 6px; }
-.lmtt-intervention-details .faith-note { font-size: 12px; color: var(--down); margin: 4px 0; }
+.lmtt-intervention-details .faith-note { font-size: 12px; color: var(--fg-dim); margin: 4px 0; }
 .lmtt .faith-chart .fbar.rank-share { fill: var(--attention); }
 .lmtt .faith-chart .fbar.rank-effect { fill: var(--up); }
 .lmtt .faith-chart .fbar.best { fill: var(--fg-dim); }
