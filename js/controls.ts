@@ -1,8 +1,10 @@
 // Controls: threshold, renormalise, normalise before unembedding, the target and its top
-// predictions, a prompt box that re-analyses in Python, model facts, progress and messages.
+// predictions, the effects' contrast and what the routes are kept by, a prompt box that
+// re-analyses in Python, model facts, progress and messages.
 
 import { decode } from "./arrays";
 import { h, visible, fmt } from "./dom";
+import type { EffectsInfo } from "./protocol";
 import type { Info } from "./types";
 
 export interface ControlCallbacks {
@@ -12,6 +14,9 @@ export interface ControlCallbacks {
   target(position: number): void;
   analyze(prompt: string): void;
   fit(): void;
+  contrast(id: number | null): void;
+  rankBy(by: "share" | "effect"): void;
+  showMissed(on: boolean): void;
 }
 
 export class Controls {
@@ -26,6 +31,10 @@ export class Controls {
   private predictions: HTMLDivElement;
   private prompt: HTMLTextAreaElement;
   private analyzeButton: HTMLButtonElement;
+  private contrastSelect: HTMLSelectElement;
+  private rankBy: HTMLSelectElement;
+  private missed: HTMLInputElement;
+  private metric: HTMLSpanElement;
   private busyTimer: number | undefined;
   private info: Info | null = null;
 
@@ -56,6 +65,21 @@ export class Controls {
         input.title = "Needs a live kernel";
       }
     }
+    this.contrastSelect = h("select", { class: "contrast-select", "aria-label": "contrast token" });
+    this.contrastSelect.addEventListener("change", () =>
+      cb.contrast(this.contrastSelect.value === "" ? null : Number(this.contrastSelect.value)));
+    this.rankBy = h("select", { class: "rank-by", "aria-label": "keep edges by" },
+      h("option", { value: "share" }, "share"), h("option", { value: "effect" }, "effect"));
+    this.rankBy.addEventListener("change", () => cb.rankBy(this.rankBy.value as "share" | "effect"));
+    this.missed = h("input", { type: "checkbox", class: "show-missed" });
+    this.missed.addEventListener("change", () => cb.showMissed(this.missed.checked));
+    this.metric = h("span", { class: "metric-line" });
+    if (!live) {
+      for (const input of [this.contrastSelect, this.rankBy, this.missed]) {
+        input.disabled = true;
+        input.title = "Needs a live kernel";
+      }
+    }
     const fit = h("button", { class: "fit", title: "Fit the whole graph (key 0)" }, "Fit");
     fit.addEventListener("click", () => cb.fit());
 
@@ -68,6 +92,13 @@ export class Controls {
         h("label", { title: "Apply the final norm before the unembedding in the logit lens" }, this.normLens, " normalise before unembedding"),
         h("label", {}, "target ", this.targetSelect), fit),
       h("div", { class: "row" }, this.predictions),
+      h("div", { class: "row effects-row" },
+        h("label", { title: "Effects measure logit(prediction) − logit(contrast) at the target; the contrast defaults to the runner-up" },
+          "contrast ", this.contrastSelect),
+        h("label", { title: "share: edges whose proximity share is above the threshold; effect: edges whose removal moves the metric by more than threshold × |metric|, supporting or opposing" },
+          "rank by ", this.rankBy),
+        h("label", { title: "Draw, dashed, the edges with a large effect that the share routes leave out" }, this.missed, " show missed"),
+        this.metric),
       h("div", { class: "row prompt-row" }, this.prompt, this.analyzeButton),
     );
   }
@@ -115,6 +146,27 @@ export class Controls {
       ...info.predictions.tokens[target].map((tok, i) =>
         h("span", { class: "pred", title: JSON.stringify(tok) }, h("span", { class: "tok" }, visible(tok)), ` ${fmt(probs[target * k + i])}`)),
     );
+  }
+
+  /** The effects' metric: the contrast picker (the runner-up, or another of the top predictions at
+   * the target), what the routes are kept by, and the metric's value. */
+  setEffects(target: number, contrast: number | null, rankBy: "share" | "effect", showMissed: boolean,
+    effects: EffectsInfo | null): void {
+    this.rankBy.value = rankBy;
+    this.missed.checked = showMissed;
+    const info = this.info;
+    if (!info || !info.predictions.tokens[target]) return;
+    const ids = decode<Int32Array>(info.predictions.ids);
+    const k = info.predictions.tokens[target].length;
+    const options = [h("option", { value: "" }, `runner-up${k > 1 ? `: ${visible(info.predictions.tokens[target][1])}` : ""}`)];
+    for (let i = 2; i < k; i++) options.push(h("option", { value: ids[target * k + i] }, visible(info.predictions.tokens[target][i])));
+    if (contrast !== null && !options.some((o) => o.value === String(contrast))) {
+      options.push(h("option", { value: contrast }, visible(effects?.contrast ?? String(contrast))));
+    }
+    this.contrastSelect.replaceChildren(...options);
+    this.contrastSelect.value = contrast === null ? "" : String(contrast);
+    this.metric.textContent = effects ? `${effects.metric} = ${fmt(effects.value, 3)}` : "";
+    this.metric.title = "what the effects measure: the change of this metric when a part is removed (positive: it supports the prediction)";
   }
 
   /** Progress: what is under way and for how long, instead of a frozen widget. */

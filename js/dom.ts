@@ -38,3 +38,8 @@ export function visible(token: string): string {
 export function fmt(x: number, digits = 3): string {
   return Number.isFinite(x) ? x.toFixed(digits) : "–";
 }
+
+/** A change or an effect with its sign: "+0.123" or "−0.123". */
+export function signed(x: number, digits = 3): string {
+  return `${x >= 0 ? "+" : "−"}${fmt(Math.abs(x), digits)}`;
+}

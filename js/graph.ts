@@ -1,9 +1,13 @@
 // The routes graph: tokens along x, layers along y (embeddings at the bottom), one target per
 // token above the top layer. SVG in one transformed group, so zoom and pan are one attribute.
+// Edges with an effect are coloured by its sign (supports / opposes the prediction over the
+// contrast); routes kept by effect are drawn with widths by |effect|; the edges with a large
+// effect that the share routes miss can be drawn dashed over them.
 
 import { decode } from "./arrays";
 import { s, visible, fmt } from "./dom";
-import { KINDS, STAGES, type Info, type Payload, type Selection } from "./types";
+import type { MissedEdge } from "./protocol";
+import { KINDS, STAGES, type Info, type Payload, type Selection, type Stage } from "./types";
 
 // Spacing adapts to the view: px per token column and per level (embed 0, mid(l) 2l+1,
 // post(l) 2l+2), so that short prompts and deep models both open readable.
@@ -20,7 +24,14 @@ export interface GraphCallbacks {
 
 interface Decoded {
   stage: Uint8Array; layer: Int16Array; token: Int32Array;
-  source: Uint32Array; target: Uint32Array; kind: Uint8Array; weight: Float32Array; headRow: Int32Array;
+  source: Uint32Array; target: Uint32Array; kind: Uint8Array; weight: Float32Array; effect: Float32Array;
+  headRow: Int32Array;
+  strength: Float32Array; // what an edge's width shows, 0..1: its share, or (routes by effect) |effect| / the largest
+}
+
+/** "supports" / "opposes" for an edge's effect (positive: removing it lowers the metric). */
+function sign(effect: number): string {
+  return Number.isNaN(effect) ? "" : effect >= 0 ? " supports" : " opposes";
 }
 
 export class GraphView {
@@ -30,6 +41,8 @@ export class GraphView {
   private highlight: SVGGElement;
   /** Marks that other views draw over the graph in its coordinates (js/interventions.ts). */
   readonly overlay: SVGGElement = s("g", { class: "overlay" });
+  /** The edges with a large effect that the share routes miss, dashed (setMissed). */
+  private missedLayer: SVGGElement = s("g", { class: "missed" });
   private axis: SVGGElement; // layer labels, pinned to the left edge whatever the pan
   private cursorMark: SVGCircleElement;
   private tooltip: HTMLDivElement;
@@ -86,10 +99,17 @@ export class GraphView {
     this.info = info;
     this.payload = payload;
     const e = payload.edges, n = payload.nodes;
+    const weight = decode<Float32Array>(e.weight), effect = decode<Float32Array>(e.effect);
+    let strength = weight;
+    if (payload.by === "effect") {
+      let max = 1e-12;
+      for (const v of effect) if (Math.abs(v) > max) max = Math.abs(v);
+      strength = effect.map((v) => (Number.isNaN(v) ? 0.3 : Math.abs(v) / max)); // residual edges: no effect
+    }
     this.data = {
       stage: decode<Uint8Array>(n.stage), layer: decode<Int16Array>(n.layer), token: decode<Int32Array>(n.token),
       source: decode<Uint32Array>(e.source), target: decode<Uint32Array>(e.target), kind: decode<Uint8Array>(e.kind),
-      weight: decode<Float32Array>(e.weight), headRow: decode<Int32Array>(e.head_row),
+      weight, effect, headRow: decode<Int32Array>(e.head_row), strength,
     };
     if (newRun) {
       this.layout();
@@ -147,7 +167,7 @@ export class GraphView {
     const order = Array.from(d.weight.keys()).filter((i) => {
       const ta = d.token[d.source[i]], tb = d.token[d.target[i]];
       return Math.max(ta, tb) >= c0 && Math.min(ta, tb) <= c1;
-    }).sort((a, b) => d.weight[a] - d.weight[b]);
+    }).sort((a, b) => d.strength[a] - d.strength[b]);
     for (const i of order) edges.append(this.edgePath(i));
     frag.append(edges);
     const nodes = s("g", { class: "nodes" });
@@ -160,7 +180,7 @@ export class GraphView {
       });
       nodes.append(c);
     }
-    frag.append(nodes, this.drawTargets(info, near), this.overlay, this.highlight, this.cursorMark);
+    frag.append(nodes, this.drawTargets(info, near), this.missedLayer, this.overlay, this.highlight, this.cursorMark);
     this.drawAxis();
     this.root.dataset.edges = String(d.weight.length);
     this.root.dataset.edgesDrawn = String(order.length);
@@ -213,21 +233,28 @@ export class GraphView {
     const xa = this.x(d.token[a], d.stage[a]), ya = this.y(this.level(d.stage[a], d.layer[a]));
     const xb = this.x(d.token[b], d.stage[b]), yb = this.y(this.level(d.stage[b], d.layer[b]));
     const kind = KINDS[d.kind[i]];
-    const w = d.weight[i];
-    let path: string;
-    if (kind === "attention" && xa !== xb) {
-      const ym = (ya + yb) / 2;
-      path = `M${xa},${ya}C${xa},${ym} ${xb},${ym} ${xb},${yb}`;
-    } else if (kind === "attention") {
-      // a token attending to itself: a small arc beside the residual edge
-      path = `M${xa},${ya}Q${xa - 14},${(ya + yb) / 2} ${xb},${yb}`;
-    } else {
-      path = `M${xa},${ya}L${xb},${yb}`;
-    }
+    const w = d.strength[i];
     return s("path", {
-      class: `edge ${kind}`, d: path, "data-edge": i,
+      class: `edge ${kind}${sign(d.effect[i])}`, d: edgeCurve(kind, xa, ya, xb, yb), "data-edge": i,
       "stroke-width": fmt(0.8 + 4 * w, 2), "stroke-opacity": fmt(0.3 + 0.7 * w, 2),
     });
+  }
+
+  /** Draw `missed` dashed over the graph (an empty list clears them). */
+  setMissed(missed: MissedEdge[]): void {
+    let max = 1e-12;
+    for (const m of missed) max = Math.max(max, Math.abs(m.effect));
+    this.missedLayer.replaceChildren(...missed.map((m) => {
+      const [xa, ya] = this.point(STAGES.indexOf(m.source[0] as Stage), m.source[1], m.source[2]);
+      const [xb, yb] = this.point(STAGES.indexOf(m.target[0] as Stage), m.target[1], m.target[2]);
+      const path = s("path", {
+        class: `missed-edge ${m.kind}${sign(m.effect)}`, d: edgeCurve(m.kind, xa, ya, xb, yb),
+        "stroke-width": fmt(1.2 + 3 * Math.abs(m.effect) / max, 2),
+      });
+      path.append(s("title", {}, `missed by the share routes: ${m.kind} edge, layer ${m.target[1]}, effect ${fmt(m.effect, 3)}`));
+      return path;
+    }));
+    this.root.dataset.missed = String(missed.length);
   }
 
   /** A node's position in graph coordinates: stage code (types.STAGES), layer, token. */
@@ -252,9 +279,7 @@ export class GraphView {
       const xa = this.x(sel.source), ya = this.y(sel.layer === 0 ? 0 : 2 * sel.layer);
       const parallel = this.info.parallel;
       const xb = this.x(sel.target), yb = this.y(parallel ? 2 * sel.layer + 2 : 2 * sel.layer + 1);
-      const ym = (ya + yb) / 2;
-      const d = xa === xb ? `M${xa},${ya}Q${xa - 14},${ym} ${xb},${yb}` : `M${xa},${ya}C${xa},${ym} ${xb},${ym} ${xb},${yb}`;
-      g.append(s("path", { class: "sel-edge", d }));
+      g.append(s("path", { class: "sel-edge", d: edgeCurve("attention", xa, ya, xb, yb) }));
       g.append(s("circle", { class: "sel-ring", cx: xb, cy: yb, r: 8 }));
     } else {
       const stage = sel.kind === "ffn" ? 2 : STAGES.indexOf(sel.stage);
@@ -409,7 +434,8 @@ export class GraphView {
       const i = Number(edge), a = d.source[i], b = d.target[i];
       const kind = KINDS[d.kind[i]];
       const where = kind === "attention" ? `${tok(d.token[a])} → ${tok(d.token[b])}` : tok(d.token[b]);
-      return `${kind} edge, layer ${d.layer[b]}: ${where}, weight ${fmt(d.weight[i])}`;
+      const effect = Number.isNaN(d.effect[i]) ? "" : `, effect ${d.effect[i] >= 0 ? "+" : "−"}${fmt(Math.abs(d.effect[i]), 3)}`;
+      return `${kind} edge, layer ${d.layer[b]}: ${where}, share ${fmt(d.weight[i])}${effect}`;
     }
     const node = el.getAttribute("data-node");
     if (node !== null) {
@@ -456,6 +482,15 @@ export class GraphView {
     const tx = this.x(this.payload!.target);
     this.setView(k, Math.min(0, w - 40 - tx * k), (hgt - this.height * k) / 2);
   }
+}
+
+/** The path of an edge: attention between tokens a curve, to itself a small arc beside the
+ * residual edge, the others straight. */
+export function edgeCurve(kind: string, xa: number, ya: number, xb: number, yb: number): string {
+  const ym = (ya + yb) / 2;
+  if (kind === "attention" && xa !== xb) return `M${xa},${ya}C${xa},${ym} ${xb},${ym} ${xb},${yb}`;
+  if (kind === "attention") return `M${xa},${ya}Q${xa - 14},${ym} ${xb},${yb}`;
+  return `M${xa},${ya}L${xb},${yb}`;
 }
 
 function clip(text: string, n = 8): string {

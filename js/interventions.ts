@@ -5,15 +5,14 @@
 // this view reads its traits and sends {type: "ablate" | "undo" | "faithfulness"} messages.
 
 import type { AnyModel } from "@anywidget/types";
-import { h, s, visible, fmt } from "./dom";
-import type { GraphView } from "./graph";
-import type { Comparison, EdgeChange, Faithfulness, GraphDiff, Invoke, Offer, Readout } from "./protocol";
+import { h, s, visible, fmt, signed } from "./dom";
+import { edgeCurve, type GraphView } from "./graph";
+import type { Comparison, EdgeChange, Faithfulness, GraphDiff, Invoke, Offer } from "./protocol";
 import { STAGES, type Info, type Selection, type Stage, type State } from "./types";
 
 type Sort = "appeared" | "vanished" | "changed";
 type EdgeKind = "attention" | "residual" | "ffn";
 
-const signed = (x: number, digits = 3) => `${x >= 0 ? "+" : "−"}${fmt(Math.abs(x), digits)}`;
 
 export class InterventionsView {
   /** The ablate action, before/after and the active ablations: above the graph. */
@@ -215,9 +214,7 @@ export class InterventionsView {
       for (const c of listed(d, sort, this.diffKind.value)) {
         const [xa, ya] = this.graph.point(STAGES.indexOf(c.source[0] as Stage), c.source[1], c.source[2]);
         const [xb, yb] = this.graph.point(STAGES.indexOf(c.target[0] as Stage), c.target[1], c.target[2]);
-        const ym = (ya + yb) / 2;
-        const path = c.kind === "attention" && xa !== xb ? `M${xa},${ya}C${xa},${ym} ${xb},${ym} ${xb},${yb}`
-          : c.kind === "attention" ? `M${xa},${ya}Q${xa - 14},${ym} ${xb},${yb}` : `M${xa},${ya}L${xb},${yb}`;
+        const path = edgeCurve(c.kind, xa, ya, xb, yb);
         const change = Math.abs((c.weight_b ?? 0) - (c.weight_a ?? 0));
         marks.push(s("path", { class: `diff-mark ${sort}`, d: path, "stroke-width": fmt(1.5 + 3.5 * Math.min(1, change), 2) }));
       }
@@ -230,8 +227,8 @@ export class InterventionsView {
   private showFaithfulness(): void {
     const f = this.get("faithfulness");
     const info = this.model.get("info");
-    const head = [h("h3", {}, "Faithfulness of the routes"),
-      h("p", { class: "hint" }, "Ablate the k strongest attention edges of the routes shown, and for comparison k random edges into the same targets (10 draws)."),
+    const head = [h("h3", {}, "Faithfulness: share and effect against the best possible"),
+      h("p", { class: "hint" }, "Remove the top k attention edges into the target by share, and by effect, and compare the drop of the metric with the best k edges found (each candidate removed alone); k random edges into the same target (10 draws) as a baseline."),
       h("div", { class: "row" }, h("label", {}, "k ", this.kInput), this.faithButton)];
     if (!f) { this.faithCard.replaceChildren(...head); return; }
     this.faithCard.replaceChildren(...head, ...faithfulnessView(f, info));
@@ -295,43 +292,47 @@ function comparisonView(c: Comparison, info: Info): HTMLElement[] {
   ];
 }
 
-const CHART = { w: 220, h: 120, pad: 26 };
+const CHART = { w: 360, pad: 26, bar: 16, labels: 110, values: 48 };
 
-/** Route vs random drops as bars, one chart per measure, and the numbers in a table. */
+/** The faithfulness card: the fraction of the best possible first, one sentence on how to read
+ * it, the drops (each ranking's top k, the best k, random edges) as bars and in a table, and what
+ * needs words (negative drops). */
 function faithfulnessView(f: Faithfulness, info: Info): HTMLElement[] {
-  const drop = (r: Readout, key: keyof Readout) => f.clean[key] - r[key];
-  const chart = (key: keyof Readout, title: string) => {
-    const route = f.route_drop[key], mean = f.random_drop[key];
-    const draws = f.random.map((r) => drop(r, key));
-    const values = [route, mean, ...draws];
-    const top = Math.max(0, ...values), bottom = Math.min(0, ...values); // the axis spans zero
-    const { w, h: height, pad } = CHART;
-    const scale = (height - 28) / Math.max(1e-9, top - bottom), zero = 14 + top * scale;
-    const svg = s("svg", { class: "faith-chart", width: w, height: height + pad, role: "img", "aria-label": `${title}: route ${fmt(route)}, random ${fmt(mean)}` });
-    svg.append(s("line", { class: "zero", x1: 0, x2: w, y1: zero, y2: zero }));
-    const bar = (i: number, v: number, cls: string, label: string) => {
-      const x = 30 + i * 100, y = v >= 0 ? zero - v * scale : zero;
-      svg.append(s("rect", { class: `fbar ${cls}`, x, y: fmt(y, 1), width: 60, height: fmt(Math.max(1, Math.abs(v) * scale), 1) }));
-      svg.append(s("text", { class: "value", x: x + 30, y: fmt(v >= 0 ? y - 3 : y + Math.abs(v) * scale + 11, 1), "text-anchor": "middle" }, fmt(v)));
-      svg.append(s("text", { class: "name", x: x + 30, y: height + 14, "text-anchor": "middle" }, label));
-    };
-    bar(0, route, "route", `route: ${f.route_edges.length} edges`);
-    bar(1, mean, "random", `random: ${draws.length} draws`);
-    // each draw a dot beside the random bar, so that its value label stays readable
-    draws.forEach((v, i) => svg.append(s("circle", { class: "draw", cx: fmt(196 + 18 * (i + 0.5) / draws.length, 1), cy: fmt(zero - v * scale, 1), r: 2.5 })));
-    return h("figure", { class: "faith-figure", "data-measure": key }, svg, h("figcaption", {}, title));
-  };
-  const row = (name: string, key: keyof Readout) => h("tr", { "data-measure": key }, h("td", {}, name),
-    h("td", { class: "num" }, fmt(f.clean[key])), h("td", { class: "num route" }, fmt(f.route[key])),
-    h("td", { class: "num route" }, fmt(f.route_drop[key])), h("td", { class: "num random" }, fmt(f.random_drop[key])));
+  const lead = h("div", { class: "faith-lead" }, ...f.rows.map((r) =>
+    h("div", { class: "fraction", "data-by": r.by, "data-k": r.k },
+      h("span", { class: "big num" }, r.fraction === null ? "–" : fmt(r.fraction, 2)),
+      h("span", { class: "label" }, ` of the best possible, top ${r.k} edges by ${r.by}`))));
+  const reading = h("p", { class: "reading" }, f.reading);
+  const rows = f.rows;
+  const bars: [string, number, string][] = [...rows.map((r): [string, number, string] => [`top ${r.k} by ${r.by}`, r.drop.logit_diff, `rank ${r.by}`]),
+    ...[...new Set(rows.map((r) => r.k))].map((k): [string, number, string] => [`best ${k}`, rows.find((r) => r.k === k)!.best, "best"]),
+    ...rows.map((r): [string, number, string] => [`random (${r.by}, ${r.k})`, r.random_mean.logit_diff, "random"])];
+  const top = Math.max(0, ...bars.map((b) => b[1])), bottom = Math.min(0, ...bars.map((b) => b[1]));
+  const { w, pad, bar: bh, labels, values } = CHART;
+  const height = bars.length * (bh + 4) + 8;
+  const scale = (w - pad - labels - values) / Math.max(1e-9, top - bottom), zero = labels + pad - bottom * scale;
+  const svg = s("svg", { class: "faith-chart", width: w, height, role: "img", "aria-label": `drop of ${f.metric}` });
+  svg.append(s("line", { class: "zero", x1: zero, x2: zero, y1: 0, y2: height }));
+  bars.forEach(([label, v, cls], i) => {
+    const y = 4 + i * (bh + 4), x = v >= 0 ? zero : zero + v * scale;
+    svg.append(s("rect", { class: `fbar ${cls.replace(" ", "-")}`, x: fmt(x, 1), y, width: fmt(Math.max(1, Math.abs(v) * scale), 1), height: bh }));
+    svg.append(s("text", { class: "name", x: 2, y: y + bh - 4 }, label));
+    svg.append(s("text", { class: "value", x: fmt(v >= 0 ? zero + v * scale + 3 : zero + 3, 1), y: y + bh - 4 }, fmt(v)));
+  });
+  const table = h("table", { class: "faith-table" },
+    h("thead", {}, h("tr", {}, h("th", {}, "by"), h("th", {}, "k"), h("th", {}, "of best"), h("th", {}, "drop of the metric"),
+      h("th", {}, "best k"), h("th", {}, `drop of p(${visible(f.token)})`), h("th", {}, "random drop (mean ± sd)"))),
+    h("tbody", {}, ...rows.map((r) => h("tr", { "data-by": r.by, "data-k": r.k },
+      h("td", {}, r.by), h("td", { class: "num" }, String(r.k)), h("td", { class: "num" }, r.fraction === null ? "–" : fmt(r.fraction, 2)),
+      h("td", { class: "num" }, fmt(r.drop.logit_diff)), h("td", { class: "num" }, fmt(r.best)),
+      h("td", { class: "num" }, fmt(r.drop.probability)),
+      h("td", { class: "num" }, `${fmt(r.random_mean.logit_diff)} ± ${fmt(r.random_sd.logit_diff)}`)))));
   return [
-    h("p", { class: "where" }, `target ${f.position} `, tokenSpan(info.tokens[f.position] ?? ""), " → ", tokenSpan(f.token),
-      `, threshold ${fmt(f.threshold)}, ${f.mode} ablation of ${f.route_edges.length} route edges`),
-    h("div", { class: "charts" },
-      chart("probability", `drop of p(${visible(f.token)})`),
-      chart("logit_diff", `drop of logit(${visible(f.token)}) − logit(${visible(f.against)})`)),
-    h("table", { class: "faith-table" },
-      h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", { title: "the run shown, no edge ablated" }, "before"), h("th", {}, "route ablated"), h("th", {}, "route drop"), h("th", {}, "random drop (mean)"))),
-      h("tbody", {}, row("probability", "probability"), row("logit", "logit"), row(`logit diff vs ${visible(f.against)}`, "logit_diff"))),
+    lead, reading,
+    h("p", { class: "where" }, `edges into token ${f.position} `, tokenSpan(info.tokens[f.position] ?? ""), `: ${f.metric} = ${fmt(f.clean.logit_diff)}, `,
+      `p(${visible(f.token)}) = ${fmt(f.clean.probability)}; ${f.mode} ablation; best of ${f.candidates} candidates removed alone`),
+    h("figure", { class: "faith-figure", "data-measure": "logit_diff" }, svg, h("figcaption", {}, `drop of ${f.metric} when the edges are removed together`)),
+    table,
+    ...f.notes.map((note) => h("p", { class: "faith-note" }, note)),
   ];
 }

@@ -1,9 +1,10 @@
 // The drill-down panels: residual node (logit lens + block update), attention edge (per-head
-// shares, pattern and importance heatmaps, the head's promoted/suppressed tokens), FFN block
-// (top neurons and what each writes). Their data is asked of Python lazily.
+// shares and effects, pattern and importance heatmaps, the head's promoted/suppressed tokens),
+// FFN block (top neurons, their shares and effects, and what each writes). Their data is asked
+// of Python lazily.
 
 import { decode } from "./arrays";
-import { h, visible, fmt } from "./dom";
+import { h, visible, fmt, signed } from "./dom";
 import type { AttentionPanel, FfnPanel, PromptsPanel, ResidualPanel } from "./protocol";
 import type { AttentionSelection, Effect, FfnSelection, Info, PanelData, ResidualSelection, Selection } from "./types";
 
@@ -53,23 +54,36 @@ const RENDERERS: Renderers = {
   },
   attention: {
     render(info, sel, data, cb) {
+      // effects are absent where the run has none (an aggregate, a family with post-norms)
       const shares = decode<Float32Array>(data.shares);
-      const max = Math.max(...shares, 1e-9);
+      const effects = data.effects === undefined ? null : decode<Float32Array>(data.effects);
+      const max = Math.max(...shares, 1e-9), maxEffect = effects ? Math.max(...effects.map(Math.abs), 1e-9) : 1;
       const heads = h("div", { class: "heads", role: "listbox", "aria-label": "heads" });
       shares.forEach((v, head) => {
+        const e = effects ? effects[head] : null;
         const button = h("button", {
-          class: head === sel.head ? "head active" : "head", title: `head ${head}: share ${fmt(v)}`,
+          class: head === sel.head ? "head active" : "head",
+          title: `head ${head}: share ${fmt(v)}${e === null ? "" : `, effect ${signed(e)}`}`,
           "aria-selected": head === sel.head ? "true" : "false", "data-head": head,
-        }, h("span", { class: "hbar", style: `height:${fmt((100 * v) / max, 1)}%` }), h("span", { class: "hlabel" }, String(head)));
+        }, h("span", { class: "hbars" },
+          h("span", { class: "hbar", style: `height:${fmt((100 * v) / max, 1)}%` }),
+          e === null ? null : h("span", { class: `ebar ${e >= 0 ? "up" : "down"}`, "data-effect": e,
+            style: `height:${fmt((100 * Math.abs(e)) / maxEffect, 1)}%` })),
+        h("span", { class: "hlabel" }, String(head)));
         button.addEventListener("click", () => cb.select({ ...sel, head }));
         heads.append(button);
       });
+      const total = effects ? effects.reduce((a, b) => a + b, 0) : 0;
       const pattern = heatmap(decode<Float32Array>(data.pattern), info, sel, "attention pattern");
       const importance = heatmap(decode<Float32Array>(data.importance), info, sel, "importance (share)");
       return [
         h("h3", {}, `Attention edge, layer ${sel.layer}`),
         h("p", { class: "where" }, `from ${sel.source} `, tokenSpan(info.tokens[sel.source]), ` to ${sel.target} `, tokenSpan(info.tokens[sel.target])),
-        h("h4", {}, "Share of each head in this edge"), heads,
+        h("h4", {}, effects ? "Each head in this edge: share (left) and effect (right; green supports, red opposes)"
+          : "Each head's share of this edge"), heads,
+        ...(effects ? [h("p", { class: "effect-line" }, `Removing the edge (all heads) changes ${data.metric} by about `,
+          h("span", { class: `num ${total >= 0 ? "up" : "down"}` }, signed(-total)),
+          ` (effect ${signed(total)}${sel.head === null ? "" : `; head ${sel.head}: ${signed(effects[sel.head])}`})`)] : []),
         h("h4", {}, `Head ${sel.head}: target × source`),
         h("div", { class: "maps" }, pattern, importance),
         h("h4", {}, `Head ${sel.head} at the target, from this source: direct logit effect`), effect(data.from_source),
@@ -81,13 +95,18 @@ const RENDERERS: Renderers = {
     covers: (sel, data) => sel.neuron == null || data.neurons.some((n) => n.index === sel.neuron),
     render(info, sel, data, cb) {
       const table = h("table", { class: "neurons" }, h("thead", {}, h("tr", {},
-        h("th", {}, "neuron"), h("th", {}, "share"), h("th", {}, "activation"), h("th", {}, "promotes"), h("th", {}, "suppresses"))));
+        h("th", {}, "neuron"), h("th", {}, "share"),
+        data.metric === undefined ? null : h("th", { title: `effect on ${data.metric}` }, "effect"), h("th", {}, "activation"),
+        h("th", {}, "promotes"), h("th", {}, "suppresses"))));
       const tbody = h("tbody");
       const maxShare = Math.max(...data.neurons.map((n) => n.share), 1e-9);
       for (const n of data.neurons) {
         const row = h("tr", { class: n.index === sel.neuron ? "active" : "", tabindex: 0, "data-neuron": n.index,
-          title: `neuron ${n.index}: share ${fmt(n.share, 4)}, activation ${fmt(n.activation)}` },
-          h("td", {}, String(n.index)), h("td", {}, bar(n.share, maxShare, fmt(n.share, 3))), h("td", {}, fmt(n.activation, 2)),
+          title: `neuron ${n.index}: share ${fmt(n.share, 4)}${n.effect === undefined ? "" : `, effect ${signed(n.effect)}`}, `
+            + `activation ${fmt(n.activation)}` },
+          h("td", {}, String(n.index)), h("td", {}, bar(n.share, maxShare, fmt(n.share, 3))),
+          n.effect === undefined ? null : h("td", { class: `num effect ${n.effect >= 0 ? "up" : "down"}` }, signed(n.effect)),
+          h("td", {}, fmt(n.activation, 2)),
           h("td", { class: "toks up" }, n.promoted.map(([t]) => visible(t)).join(" · ")),
           h("td", { class: "toks down" }, n.suppressed.map(([t]) => visible(t)).join(" · ")));
         const choose = () => cb.select({ ...sel, neuron: n.index });
@@ -99,6 +118,8 @@ const RENDERERS: Renderers = {
       return [
         h("h3", {}, `FFN block, layer ${sel.layer}`),
         h("p", { class: "where" }, `token ${sel.token} `, tokenSpan(info.tokens[sel.token]), `; share of the update in the block's output: ${fmt(data.ffn_share)}`),
+        ...(data.ffn_effect === undefined ? [] : [h("p", { class: "effect-line" }, `Effect of the update on ${data.metric}: `,
+          h("span", { class: `num ${data.ffn_effect >= 0 ? "up" : "down"}` }, signed(data.ffn_effect)))]),
         h("h4", {}, "Top neurons by share (their tokens scaled by the activation)"), table,
         h("h4", {}, "The FFN update: direct logit effect"), effect(data.block),
       ];

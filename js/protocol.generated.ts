@@ -12,6 +12,7 @@ export interface Encoded {
 export interface Predictions {
   tokens: string[][];
   probs: Encoded;
+  ids: Encoded;
 }
 
 export interface SelectionKindInfo {
@@ -49,6 +50,7 @@ export interface PayloadEdges {
   target: Encoded;
   kind: Encoded;
   weight: Encoded;
+  effect: Encoded;
   head_row: Encoded;
 }
 
@@ -56,9 +58,11 @@ export interface Payload {
   target: number;
   threshold: number;
   renormalize: boolean;
+  by: "share" | "effect";
   nodes: PayloadNodes;
   edges: PayloadEdges;
   heads: Encoded;
+  head_effects: Encoded;
 }
 
 export interface ResidualSelection {
@@ -134,6 +138,8 @@ export interface Effect {
 export interface AttentionPanel {
   selection: AttentionSelection;
   shares: Encoded;
+  effects?: Encoded;
+  metric?: string;
   pattern: Encoded;
   importance: Encoded;
   from_source: Effect;
@@ -145,12 +151,15 @@ export interface NeuronRow {
   suppressed: [string, number][];
   index: number;
   share: number;
+  effect?: number;
   activation: number;
 }
 
 export interface FfnPanel {
   selection: FfnSelection;
   ffn_share: number;
+  ffn_effect?: number;
+  metric?: string;
   block: Effect;
   neurons: NeuronRow[];
 }
@@ -233,24 +242,37 @@ export interface RouteEdge {
   layer: number;
   source: number;
   target: number;
-  weight: number | null;
+  score: number | null;
+}
+
+export interface FaithfulnessRow {
+  by: string;
+  k: number;
+  edges: RouteEdge[];
+  drop: Readout;
+  random_edges: RouteEdge[][];
+  random: Readout[];
+  random_mean: Readout;
+  random_sd: Readout;
+  best: number;
+  fraction: number | null;
 }
 
 export interface Faithfulness {
   position: number;
   token: string;
-  against: string;
-  threshold: number;
-  k: number;
+  token_id: number;
+  contrast: string;
+  contrast_id: number;
+  metric: string;
   mode: string;
   clean: Readout;
-  route_edges: RouteEdge[];
-  route: Readout;
-  random_edges: RouteEdge[][];
-  random: Readout[];
+  candidates: number;
+  best_edges: RouteEdge[];
+  rows: FaithfulnessRow[];
   sampling: string;
-  route_drop: Readout;
-  random_drop: Readout;
+  reading: string;
+  notes: string[];
 }
 
 export interface Pair {
@@ -276,6 +298,24 @@ export interface PromptList {
   current: number | null;
   analysed: number[];
   aggregate: AggregateInfo | null;
+}
+
+export interface MissedEdge {
+  source: ["embed" | "mid" | "ffn" | "post", number, number];
+  target: ["embed" | "mid" | "ffn" | "post", number, number];
+  kind: "attention" | "residual" | "ffn";
+  effect: number;
+}
+
+export interface EffectsInfo {
+  metric: string;
+  value: number;
+  answer: string;
+  answer_id: number;
+  contrast: string;
+  contrast_id: number;
+  method: string;
+  missed: MissedEdge[];
 }
 
 export interface PanelRequest {
@@ -371,6 +411,10 @@ export interface Traits {
   patches: ActivePatch[];
   diff_against: "other" | "clean";
   prompt_list: PromptList | null;
+  contrast: number | null;
+  rank_by: "share" | "effect";
+  show_missed: boolean;
+  effects: EffectsInfo | null;
 }
 
 export interface Commands {

@@ -33,9 +33,10 @@ export function failureText(name: CommandName, error: Failure): string {
 }
 
 /** The key of a selection's panel, built from the fields Python names for its kind (info.selection_kinds). */
-export function panelKey(sel: Selection, state: Pick<State, "info" | "normalize_lens">): string {
+export function panelKey(sel: Selection, state: Pick<State, "info" | "normalize_lens" | "target" | "contrast">): string {
   const fields = state.info.selection_kinds[sel.kind]?.key ?? [];
-  const options: Record<string, unknown> = { normalize_lens: state.normalize_lens };
+  // the view options a panel may depend on, as Python names them (View.options)
+  const options: Record<string, unknown> = { normalize_lens: state.normalize_lens, metric_at: state.target, contrast: state.contrast };
   const values = sel as unknown as Record<string, unknown>;
   return [sel.kind, ...fields.map((f) => keyPart(f in values ? values[f] : options[f]))].join("/");
 }
@@ -101,6 +102,9 @@ function render({ model, el }: RenderProps<State>) {
       if (outcome.ok) say({ level: "info", text: `Analysed ${outcome.result.n_tokens} tokens in ${outcome.result.seconds.toFixed(1)} s` });
     },
     fit: () => graph.fit(),
+    contrast: (id) => { model.set("contrast", id); model.save_changes(); },
+    rankBy: (by) => { model.set("rank_by", by); model.save_changes(); },
+    showMissed: (on) => { model.set("show_missed", on); model.save_changes(); },
   }, live);
   const prompts = new PromptsView(model, invoke, live, () => controls.promptText(), say);
   const setTarget = (t: number) => {
@@ -131,7 +135,7 @@ function render({ model, el }: RenderProps<State>) {
     graph.setSelection(sel);
     const info = model.get("info");
     if (sel === null) { shown = ""; panels.empty(); return; }
-    const key = panelKey(sel, { info, normalize_lens: model.get("normalize_lens") });
+    const key = panelKey(sel, { info, normalize_lens: model.get("normalize_lens"), target: model.get("target"), contrast: model.get("contrast") });
     if (key === shown && !cache.has(key)) return; // its panel is on its way (or has failed: select again)
     shown = key;
     const title = info.selection_kinds[sel.kind]?.title ?? sel.kind;
@@ -157,11 +161,15 @@ function render({ model, el }: RenderProps<State>) {
   // -- traits -> views -----------------------------------------------------------------------
   // the controls show the target, threshold and options: after a new graph and after new info (whose
   // target list is rebuilt), whichever of the two arrives last
-  const showView = () =>
+  const showView = () => {
     controls.setView(model.get("target"), model.get("threshold"), model.get("renormalize"), model.get("normalize_lens"));
+    controls.setEffects(model.get("target"), model.get("contrast"), model.get("rank_by"), model.get("show_missed"), model.get("effects"));
+  };
+  const showEffects = () => { showView(); graph.setMissed(model.get("effects")?.missed ?? []); };
   const drawGraph = () => {
     const t0 = performance.now();
     graph.setData(model.get("info"), model.get("payload"));
+    graph.setMissed(model.get("effects")?.missed ?? []);
     root.dataset.renderMs = (performance.now() - t0).toFixed(1);
     // time to the first frame painted with the graph in it
     requestAnimationFrame(() => setTimeout(() => { root.dataset.paintMs = (performance.now() - t0).toFixed(1); }, 0));
@@ -180,6 +188,8 @@ function render({ model, el }: RenderProps<State>) {
     ["change:payload", drawGraph], ["change:busy", onBusy],
     ["change:notice", () => { local = null; showMessage(); }], ["change:selection", () => void onSelection()],
     ["change:normalize_lens", () => { showView(); void onSelection(); }],
+    ["change:effects", () => { showEffects(); void onSelection(); }], // another metric: the panels' effects change
+    ["change:rank_by", showView], ["change:show_missed", showView], ["change:contrast", showView],
   ];
   for (const [event, fn] of handlers) model.on(event, fn);
   const resize = new ResizeObserver(() => graph.refitIfUntouched());

@@ -71,12 +71,17 @@ class Aggregate(Shares):
     def n_params(self) -> int:
         return getattr(self.runs[0], "n_params", 0)
 
-    def graph(self, token: int = -1, threshold: float = 0.04, renormalize: bool = True):
+    def graph(self, token: int = -1, threshold: float = 0.04, renormalize: bool = True, *, by: str = "share",
+              effects=None, heads: str = "sum"):
         """The routes of the mean shares to `token`: a networkx.MultiDiGraph as a run's (see
         lmtt_widget.graph), each edge with `weight` (its mean share, renormalised as a run's),
         `share` (the mean share before renormalising), `std` (of the share over the prompts),
         `support` (the fraction of prompts whose own routes to that position hold the edge) and
-        `prompts` (their indices)."""
+        `prompts` (their indices). An aggregate has no effects: `by`, `effects` and `heads` take
+        their defaults only (the signature is a run's)."""
+        if by != "share" or effects is not None or heads != "sum":
+            raise LmttError("an aggregate's routes are by the mean share, heads summed: it has no effects, and "
+                            "heads='each' applies to one run's shares (open one of its prompts)")
         g = super().graph(token, threshold, renormalize)
         token, threshold = self.position(token), self.valid_threshold(threshold)
         behind = self.prompts_behind(token, threshold, renormalize)

@@ -12,7 +12,9 @@ from typing import NamedTuple
 import torch
 
 from . import contributions as C
+from . import effects as E
 from . import experts as X
+from . import faithfulness as F
 from . import graph as G
 from . import interventions as I
 from . import saved as S
@@ -374,10 +376,31 @@ class Shares:
         shares = self.layers[self.layer(layer)]
         return shares.ffn, shares.ffn_residual
 
-    def graph(self, token: int = -1, threshold: float = 0.04, renormalize: bool = True):
-        """The routes to the prediction at `token`: a networkx.MultiDiGraph keyed by edge kind
-        (see lmtt_widget.graph)."""
-        return G.routes(self, self.position(token), self.valid_threshold(threshold), renormalize)
+    def graph(self, token: int = -1, threshold: float = 0.04, renormalize: bool = True, *, by: str = "share",
+              effects=None, heads: str = "sum"):
+        """The routes to the prediction at `token`: a networkx.MultiDiGraph keyed by edge kind (see
+        lmtt_widget.graph). Every edge has `weight` (its share) and `effect` (None without `effects`).
+
+        `by="share"` keeps the edges whose share is above `threshold` (the method of the papers);
+        `heads="sum"` (default) adds the heads' shares of an edge and thresholds the sum, `"each"`
+        thresholds and renormalises each head's share and then adds them, as the LM Transparency
+        Tool does (a subset of the edges of "sum": an edge fed by several heads each under the
+        threshold is dropped). `effects` (from `run.effects(...)`, for the same token) are put on
+        the edges. `by="effect"` keeps the attention edges and FFN updates whose |effect| is above
+        `threshold` times |m| (the effects' metric), supporting and opposing (graph.effect_routes)."""
+        token = self.position(token)
+        if effects is not None and effects.position != token:
+            raise LmttError(f"these effects are of the prediction after token {effects.position}, not {token}: "
+                            f"give token={effects.position}, or compute run.effects(token={token})")
+        if by == "effect":
+            if effects is None:
+                raise LmttError("routes by effect need effects: run.graph(by='effect', effects=run.effects())")
+            if heads != "sum" or not renormalize:
+                raise LmttError("routes by effect keep edges by |effect|: heads and renormalize apply to shares only")
+            return G.effect_routes(self, effects, threshold)
+        if by != "share":
+            raise LmttError(f"by must be 'share' or 'effect', got {by!r}")
+        return G.routes(self, token, self.valid_threshold(threshold), renormalize, heads, effects)
 
     def edges(self, token: int = -1, threshold: float = 0.04, renormalize: bool = True):
         """The routes' edges (`graph(token, threshold, renormalize)`) as a pandas DataFrame, one row
@@ -385,9 +408,9 @@ class Shares:
         of attention edges (head_0 ... ; empty for the other kinds)."""
         return G.edge_table(self.graph(token, threshold, renormalize), self.shape.n_heads)
 
-    def full_graph(self, threshold: float = 0.04, renormalize: bool = True):
-        """Every edge above `threshold`, for all tokens."""
-        return G.full_graph(self, self.valid_threshold(threshold), renormalize)
+    def full_graph(self, threshold: float = 0.04, renormalize: bool = True, *, heads: str = "sum"):
+        """Every edge above `threshold`, for all tokens (`heads` as in `graph`)."""
+        return G.full_graph(self, self.valid_threshold(threshold), renormalize, heads)
 
     def valid_threshold(self, threshold: float) -> float:
         """`threshold` if routes can be drawn at it from these shares; else an LmttError that says why."""
@@ -789,6 +812,16 @@ class Run(Shares):
         kv = head // (self.shape.n_heads // self.shape.n_kv_heads)
         return self.capture.values[layer][:, kv:kv + 1]
 
+    # -- effects (lmtt_widget.effects) ----------------------------------------------------
+
+    def effects(self, answer=None, contrast=None, *, token: int = -1, method: str = "gradient", steps: int = 8):
+        """What removing each attention edge, FFN update or neuron does to logit(answer) -
+        logit(contrast) at position `token` (default: the top prediction against the runner-up);
+        see lmtt_widget.effects. "gradient" costs one forward and one backward pass; "integrated"
+        averages the gradients over `steps` points of a path from every edge removed to clean
+        (EAP-IG), about `steps` times that."""
+        return E.effects(self, answer, contrast, token=token, method=method, steps=steps)
+
     # -- interventions (lmtt_widget.interventions) ----------------------------------------
 
     def intervene(self, ablations, mode: str = "zero", *, position: int = -1, against=None):
@@ -797,12 +830,15 @@ class Run(Shares):
         lmtt_widget.interventions.intervene."""
         return I.intervene(self, ablations, mode=mode, position=position, against=against)
 
-    def faithfulness(self, token: int = -1, threshold: float = 0.04, k: int = 5, draws: int = 10, seed: int = 0,
-                     *, against=None, mode: str = "zero"):
-        """Ablate the route's k strongest attention edges vs k random edges; see
-        lmtt_widget.interventions.faithfulness."""
-        return I.faithfulness(self, token=token, threshold=threshold, k=k, draws=draws, seed=seed,
-                              against=against, mode=mode)
+    def faithfulness(self, k=(5, 10, 20), by=("share", "effect"), *, token: int = -1, answer=None, contrast=None,
+                     effects=None, draws: int = 10, seed: int = 0, mode: str = "zero", candidates: int = 50,
+                     scores: dict | None = None):
+        """Remove the top k attention edges into `token` by each ranking (share, effect) and
+        report the drop of logit(answer) - logit(contrast) as a fraction of the best k edges'
+        drop, with matched random edges as a baseline: a FaithfulnessTable (see
+        lmtt_widget.faithfulness)."""
+        return F.faithfulness(self, k, by, token=token, answer=answer, contrast=contrast, effects=effects,
+                              draws=draws, seed=seed, mode=mode, candidates=candidates, scores=scores)
 
     def reanalyze(self, edits) -> Run:
         """This prompt analysed again as this run was (distance, memory budget, floor), with

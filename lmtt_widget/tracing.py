@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -139,7 +140,9 @@ def _apply(edits: list[Edit], tensor: torch.Tensor, state: LayerState) -> None:
 
 
 def trace(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=None, *, neurons: bool = False,
-          probs: bool = False, on_layer: Callable[[int, LayerTensors], None] | None = None) -> Capture:
+          probs: bool = False, on_layer: Callable[[int, LayerTensors], None] | None = None,
+          grad: bool = False, on_output: Callable[[torch.Tensor], None] | None = None,
+          logits_at: int | None = None) -> Capture:
     """Run the model once on `input_ids` [T] and capture residuals, updates, values, with `probs`
     every layer's attention probabilities and with `neurons` every dense FFN's activations.
 
@@ -148,12 +151,19 @@ def trace(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=No
     largest thing a trace could keep). `edits` (a list of `Edit`; None: the plain forward pass)
     change the forward pass where they say, in the same trace; everything captured is what the
     edited pass computed. lmtt_widget.interventions makes them from ablations and patches.
+
+    With `grad`, autograd records the forward pass (lmtt_widget.effects adds zero tensors that
+    require gradients through `edits`) and `on_output(logits)` gets the model's output logits
+    [T, V], still in the graph, inside the trace: where the gradients are taken. With `logits_at`
+    the model computes the logits of that position only, where it can (transformers'
+    logits_to_keep): `on_output` then gets [1, V].
     """
     every = set(range(shape.n_layers))
     blocks = family.get(model._module, "blocks")
     dense_ffns = {layer for layer in every if not family.is_moe(blocks[layer])}
     return _forward(model, family, shape, input_ids, edits, neurons_of=dense_ffns if neurons else set(),
-                    probs_of=every if probs else set(), on_layer=on_layer)
+                    probs_of=every if probs else set(), on_layer=on_layer, grad=grad, on_output=on_output,
+                    logits_at=logits_at)
 
 
 def neuron_activations(model, family: Family, shape: Shape, input_ids: torch.Tensor, layers: Sequence[int],
@@ -175,7 +185,8 @@ def attention_probs(model, family: Family, shape: Shape, input_ids: torch.Tensor
 def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits=None, *,
              neurons_of: AbstractSet[int] = frozenset(), probs_of: AbstractSet[int] = frozenset(),
              stop_after: int | None = None,
-             on_layer: Callable[[int, LayerTensors], None] | None = None) -> Capture:
+             on_layer: Callable[[int, LayerTensors], None] | None = None, grad: bool = False,
+             on_output: Callable[[torch.Tensor], None] | None = None, logits_at: int | None = None) -> Capture:
     n_tokens = input_ids.shape[0]
     clamp = family.value_clamp(text_config(model._module))
 
@@ -185,7 +196,11 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
     def editable(tensor: torch.Tensor) -> torch.Tensor:  # rows() that is surely a view: edits reach the model
         return tensor.view(n_tokens, *tensor.shape[-1:])
 
-    with torch.no_grad(), exclusive(model), model.trace(input_ids[None]) as tracer:
+    autograd = torch.enable_grad() if grad else torch.no_grad()
+    kwargs = {}
+    if logits_at is not None and "logits_to_keep" in inspect.signature(model._module.forward).parameters:
+        kwargs["logits_to_keep"] = torch.tensor([logits_at], device=input_ids.device)
+    with autograd, exclusive(model), model.trace(input_ids[None], **kwargs) as tracer:
         resid, attn_out, ffn_out = nnsight.save([]), nnsight.save([]), nnsight.save([])
         probs, values, neurons = nnsight.save({}), nnsight.save([]), nnsight.save({})
         attn_scale, ffn_scale = nnsight.save([]), nnsight.save([])
@@ -245,6 +260,8 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
                 on_layer(layer, LayerTensors(resid[-2], attn_out[-1], ffn_out[-1], resid[-1], layer_probs, values[-1],
                                              state.attn_scale))
         final_normed = rows(family.get(model, "final_norm").output).save()  # type: ignore[attr-defined]  # nnsight's
+        if on_output is not None:
+            on_output(model.output.logits[0])
 
     def plain(tensors):
         return [t.detach() for t in tensors]

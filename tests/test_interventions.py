@@ -1,5 +1,6 @@
 """Interventions: every ablation equals the same change made with plain PyTorch hooks; an edge
-ablation removes exactly its term; weights never change; code export runs; faithfulness numbers."""
+ablation removes exactly its term; weights never change; code export runs; faithfulness numbers
+(lmtt_widget.faithfulness) are those of the same ablations."""
 
 import itertools
 import json
@@ -17,6 +18,7 @@ import tiny
 from lmtt_widget import LmttError
 from lmtt_widget import interventions as I
 from lmtt_widget.architectures import out_proj_per_head
+from lmtt_widget.faithfulness import faithfulness
 from lmtt_widget.tracing import exclusive
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -171,7 +173,7 @@ def test_interventions_never_change_the_weights(run):
         run.intervene([("head", 0, 1), ("neuron", 1, 3), ("attention", 1, 5), ("ffn", 0), ("edge", 1, 2, 8)], mode)
     other = lw.analyze(run.model, SWAPPED)
     I.patch(other, run, [("post", 0, 3), ("head", 1, 0, 5), ("embed", -1, 2), ("ffn", 1, 4)])
-    run.faithfulness(threshold=0.01, k=2, draws=1)
+    run.faithfulness(k=2, draws=1, candidates=4)  # with the effects: a backward pass, no gradient kept
     after = run.hf_model.state_dict()
     assert all(torch.equal(before[name], after[name]) for name in before)
     torch.testing.assert_close(lw.analyze(run.model, PROMPT).logits, run.logits, atol=0, rtol=0)
@@ -323,21 +325,36 @@ def test_compare_lists_the_edge_an_ablation_removes(run):
 
 
 def test_faithfulness_numbers_are_those_of_the_same_ablations(run):
-    result = run.faithfulness(threshold=0.001, k=3, draws=2, seed=1)
-    assert 0 < len(result.route_edges) <= 3
-    weights = [e.weight for e in result.route_edges]
-    assert weights == sorted(weights, reverse=True)
-    for edges, readout in [(result.route_edges, result.route)] + list(zip(result.random_edges, result.random)):
-        _, comparison = run.intervene([("edge", e.layer, e.source, e.target) for e in edges])
-        assert readout.probability == pytest.approx(comparison.after.probability, abs=1e-6)
-        assert readout.logit_diff == pytest.approx(comparison.after.logit_diff, abs=1e-5)
-    route = {(e.layer, e.source, e.target) for e in result.route_edges}
-    for draw in result.random_edges:  # matched to the route's layers and targets, never a route edge
-        assert draw
-        assert not Counter((e.layer, e.target) for e in draw) - Counter((e.layer, e.target) for e in result.route_edges)
-        assert not route & {(e.layer, e.source, e.target) for e in draw}
-    assert run.faithfulness(threshold=0.001, k=3, draws=2, seed=1).to_dict() == result.to_dict()
-    assert json.loads(json.dumps(result.to_dict()))["route_drop"]["probability"] == result.route_drop.probability
+    """The table's drops (one-position reruns from the clean keys and values) are those of the same
+    edges ablated with run.intervene (the whole prompt rerun)."""
+    result = run.faithfulness(k=(2, 3), draws=2, seed=1, candidates=6)
+    last = run.n_tokens - 1
+    assert [(row.by, row.k) for row in result.rows] == [("share", 2), ("share", 3), ("effect", 2), ("effect", 3)]
+    for row in result.rows:
+        scores = [e.score for e in row.edges]
+        assert len(row.edges) == row.k and scores == sorted(scores, reverse=True)
+        for edges, drop in [(row.edges, row.drop)] + list(zip(*_draws(row))):
+            _, comparison = run.intervene([("edge", e.layer, e.source, e.target) for e in edges],
+                                          against=result.contrast_id)
+            assert result.clean.probability - drop.probability == pytest.approx(comparison.after.probability, abs=1e-6)
+            assert result.clean.logit_diff - drop.logit_diff == pytest.approx(comparison.after.logit_diff, abs=1e-5)
+        ranked = {(e.layer, e.source) for e in row.edges}
+        for draw in _draws(row)[0]:  # matched to the ranking's layers, into the same token, never its edges
+            assert Counter(e.layer for e in draw) == Counter(e.layer for e in row.edges)
+            assert {e.target for e in draw} == {last} and not ranked & {(e.layer, e.source) for e in draw}
+        best = [(e.layer, e.source, e.target) for e in result.best_edges[:row.k]]
+        _, comparison = run.intervene([("edge", *e) for e in best], against=result.contrast_id)
+        assert result.clean.logit_diff - row.best == pytest.approx(comparison.after.logit_diff, abs=1e-5)
+        assert row.fraction == pytest.approx(row.drop.logit_diff / row.best)
+    alone = [e.score for e in result.best_edges]
+    assert alone == sorted(alone, reverse=True)
+    assert run.faithfulness(k=(2, 3), draws=2, seed=1, candidates=6).to_dict() == result.to_dict()
+    assert json.loads(json.dumps(result.to_dict()))["rows"][0]["drop"]["probability"] == result.rows[0].drop.probability
+
+
+def _draws(row):
+    """(each draw's random edges, each draw's drops)."""
+    return row.random_edges, row.random
 
 
 # -- the demo model --------------------------------------------------------------------------
@@ -370,13 +387,16 @@ def test_demo_faithfulness_equals_the_same_ablations_by_hand(ioi_run):
     result = ioi_run.faithfulness(k=5, draws=3, seed=0)
     assert result.token == " Mary" and result.clean.probability == pytest.approx(0.92, abs=0.01)
     mary, other = ioi_run.logits[-1].topk(2).indices.tolist()
-    for edges, readout in [(result.route_edges, result.route)] + list(zip(result.random_edges, result.random)):
-        logits = hooked_logits(ioi_run, edge_hooks(ioi_run, [(e.layer, e.source, e.target) for e in edges]))[-1]
-        assert readout.probability == pytest.approx(float(logits.softmax(-1)[mary]), abs=1e-5)
-        assert readout.logit == pytest.approx(float(logits[mary]), abs=1e-4)
-        assert readout.logit_diff == pytest.approx(float(logits[mary] - logits[other]), abs=1e-4)
-    # what the method claims, measured: the route's edges matter more than random ones
-    assert result.route_drop.probability > result.random_drop.probability
+    for row in result.rows:
+        for edges, drop in [(row.edges, row.drop)] + list(zip(*_draws(row))):
+            logits = hooked_logits(ioi_run, edge_hooks(ioi_run, [(e.layer, e.source, e.target) for e in edges]))[-1]
+            assert result.clean.probability - drop.probability == pytest.approx(float(logits.softmax(-1)[mary]),
+                                                                                abs=1e-5)
+            assert result.clean.logit - drop.logit == pytest.approx(float(logits[mary]), abs=1e-4)
+            assert result.clean.logit_diff - drop.logit_diff == pytest.approx(float(logits[mary] - logits[other]),
+                                                                              abs=1e-4)
+        # what the rankings claim, measured: their edges matter more than random ones
+        assert row.drop.logit_diff > row.random_mean.logit_diff
 
 
 @pytest.mark.demo
@@ -507,7 +527,7 @@ def test_a_run_argument_that_is_not_a_run_is_named():
              (lambda: I.patch(None, run, ("post", 0, 1)), "run_from"),
              (lambda: I.compare(run, 3), "run_b"), (lambda: I.compare([run], run), "run_a"),
              (lambda: I.check_pair(run, "other", "comparing two prompts"), "run_b"),
-             (lambda: I.intervene("x", ("head", 0, 1)), "run"), (lambda: I.faithfulness(object()), "run"),
+             (lambda: I.intervene("x", ("head", 0, 1)), "run"), (lambda: faithfulness(object()), "run"),
              (lambda: I.code(42), "run")]
     for call, name in calls:
         with pytest.raises(LmttError, match=rf"\b{name} must be a Run \(from lmtt_widget.analyze\), got "):
@@ -606,6 +626,7 @@ def test_faithfulness_of_an_intervened_run_never_ablates_its_ablated_edges_again
     last = run.n_tokens - 1  # every edge into the last token ablated, but from the first token and itself
     ablated, _ = run.intervene([("edge", layer, source, last) for layer in range(run.shape.n_layers)
                                 for source in range(1, last)])
-    result = ablated.faithfulness(threshold=0.001, k=4, draws=5, seed=0)
-    into_last = [e for draw in [result.route_edges] + result.random_edges for e in draw if e.target == last]
+    result = ablated.faithfulness(k=4, draws=5, seed=0, candidates=5)
+    into_last = [e for row in result.rows for draw in [row.edges] + row.random_edges for e in draw]
+    into_last += result.best_edges
     assert into_last and {e.source for e in into_last} <= {0, last}

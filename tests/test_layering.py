@@ -11,7 +11,8 @@ import networkx as nx
 
 PACKAGE = Path(__file__).resolve().parent.parent / "lmtt_widget"
 CORE = ("architectures", "attention", "contributions", "graph", "models", "run", "tracing", "vocab", "remote",
-        "errors", "progress", "interventions", "saved", "many", "generation", "aggregate")
+        "errors", "progress", "interventions", "saved", "many", "generation", "aggregate", "effects",
+        "faithfulness")
 NOT_IN_CORE = ("serialize", "export", "__main__")  # and every widget* module
 NOT_IN_CORE_EXTERNAL = ("anywidget", "ipywidgets", "traitlets")
 

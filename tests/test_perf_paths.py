@@ -133,7 +133,8 @@ def keep_plain(edges: G.LayerEdges, threshold: float, active: torch.Tensor | Non
 
 
 def naive_graph(run, token, threshold, renormalize=True):
-    """The plain walk: every layer's edges as whole [T, T] and [T, T, H] tensors, then masks."""
+    """The plain walk: every layer's edges as whole [T, T] and [T, T, H] tensors, then masks (no
+    effects given: every edge's effect is None)."""
     g = G._new_graph(run)
     active = None
     if token is not None:
@@ -149,15 +150,16 @@ def naive_graph(run, token, threshold, renormalize=True):
         ffn_from = before if run.shape.parallel else mid
         for i, j in keep["attention"].nonzero().tolist():
             g.add_edge(before(j), attn_into(i), "attention", kind="attention", weight=float(e.attention[i, j]),
-                       heads=e.heads[i, j].tolist(), source=j, target=i)
+                       heads=e.heads[i, j].tolist(), source=j, target=i, effect=None, head_effects=None)
         for i in keep["attn_residual"].nonzero()[:, 0].tolist():
-            g.add_edge(before(i), attn_into(i), "residual", kind="residual", weight=float(e.attn_residual[i]))
+            g.add_edge(before(i), attn_into(i), "residual", kind="residual", weight=float(e.attn_residual[i]),
+                       effect=None)
         for i in keep["ffn"].nonzero()[:, 0].tolist():
-            g.add_edge(ffn_from(i), ffn(i), "ffn", kind="ffn", weight=float(e.ffn[i]))
-            g.add_edge(ffn(i), post(i), "ffn", kind="ffn", weight=float(e.ffn[i]))
+            g.add_edge(ffn_from(i), ffn(i), "ffn", kind="ffn", weight=float(e.ffn[i]), effect=None)
+            g.add_edge(ffn(i), post(i), "ffn", kind="ffn", weight=float(e.ffn[i]), effect=None)
         if not run.shape.parallel:
             for i in keep["ffn_residual"].nonzero()[:, 0].tolist():
-                g.add_edge(mid(i), post(i), "residual", kind="residual", weight=float(e.ffn_residual[i]))
+                g.add_edge(mid(i), post(i), "residual", kind="residual", weight=float(e.ffn_residual[i]), effect=None)
     return g
 
 

@@ -8,6 +8,7 @@ import torch
 
 import lmtt_widget as lw
 import tiny
+from lmtt_widget.widget import serialize as S
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -112,8 +113,11 @@ def test_without_activations_a_file_keeps_routes_and_predictions_only(run, path,
 
 def test_the_widget_of_a_loaded_run_shows_what_the_original_showed(run, path, model):
     original, loaded = lw.Widget(run, threshold=0.02), lw.Widget(lw.load_run(path), threshold=0.02)
-    for name in ("info", "payload", "target", "selection"):
+    for name in ("info", "target", "selection"):
         assert getattr(loaded, name) == getattr(original, name), name
+    # without the model there are no effects: the same routes, drawn without them
+    assert loaded.effects is None and original.effects is not None
+    assert loaded.payload == S.graph_payload(run.graph(threshold=0.02), run.shape.n_heads)
     attention = {"kind": "attention", "layer": 1, "source": 3, "target": 13, "head": None}
     loaded.select(**attention)
     assert loaded.selection == original.select(**attention)

@@ -52,7 +52,8 @@ def test_traits_of_a_view_hold_their_declared_types(run):
     traits = view.traits()
     for name, value in traits.items():
         P.check(value, P.TRAITS[name], name)
-    assert traits["selection_info"]["key"] == "ffn/2/3"
+    # an FFN panel shows effects on the metric at the view's target (22) for its contrast (None: the runner-up)
+    assert traits["selection_info"]["key"] == "ffn/2/3/22/null"
     assert [o["spec"] for o in traits["selection_info"]["ablations"]] == [["neuron", 2, 5], ["ffn", 2]]
     assert traits["interventions"] == [{"kind": "neuron", "label": f"neuron L2.5 at 3 {_visible(run.tokens[3])} (mean)",
                                         "spec": ["neuron", 2, 5, [3]], "mode": "mean"}]
@@ -76,11 +77,15 @@ def test_bad_options_raise_and_leave_the_view_as_it_was(run):
     assert view == View.of(run, threshold=0.01)
 
 
-def test_moving_the_routes_clears_a_measured_faithfulness(run):
+def test_another_target_or_contrast_clears_a_measured_faithfulness(run):
+    """Faithfulness measures the edges into the target for the effects' metric: the threshold
+    drawn does not change it; the target and the contrast do."""
     view, report = View.of(run, threshold=0.01).measure_faithfulness(k=2, draws=1)
-    assert view.faithfulness is report and view.traits()["faithfulness"]["k"] == 2
+    assert view.faithfulness is report and [row["k"] for row in view.traits()["faithfulness"]["rows"]] == [2, 2]
     assert view.set(selection={"kind": "ffn", "layer": 0, "token": 1}).faithfulness is report
-    assert view.set(threshold=0.02).faithfulness is None and view.set(target=3).faithfulness is None
+    assert view.set(threshold=0.02).faithfulness is report
+    third = int(run.logits[view.target].topk(3).indices[2])
+    assert view.set(target=3).faithfulness is None and view.set(contrast=third).faithfulness is None
 
 
 def test_a_pair_patches_and_swaps_without_a_widget(model, run):

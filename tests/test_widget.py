@@ -265,8 +265,10 @@ def test_panel_request_is_answered_with_binary_maps(widget):
     assert reply["kind"] == "lmtt-reply" and reply["id"] == "v-1" and reply["ok"] is True
     assert reply["result"]["selection"] == selection
     paths = reply["buffer_paths"]
-    assert len(paths) == len(buffers) == 3  # shares, pattern, importance
+    assert len(paths) == len(buffers) == 4  # shares, effects, pattern, importance
     json.dumps(reply)  # every array crossed as a buffer: what is left is plain JSON
+    effects = np.frombuffer(bytes(buffers[paths.index(["result", "effects", "data"])]), dtype="<f4")
+    np.testing.assert_allclose(effects, widget.view.effects.edge(1, 5, 2).numpy(), rtol=1e-6)
     pattern = np.frombuffer(bytes(buffers[paths.index(["result", "pattern", "data"])]), dtype="<f4")
     pattern = pattern.reshape(run.n_tokens, -1)
     np.testing.assert_allclose(pattern, run.attention_pattern(1)[3].float().numpy(), rtol=1e-6)
@@ -340,7 +342,7 @@ def test_save_html_is_self_contained_and_carries_panels(widget, tmp_path):
     state = re.search(r'<script type="application/json" id="lmtt-state">(.*?)</script>', text, re.S).group(1)
     state = json.loads(state)
     keys = set(state["preloaded"])
-    assert widget.view.panel_key(widget.selection) == f"attention/2/1/5/{widget.selection['head']}"
+    assert widget.view.panel_key(widget.selection) == f"attention/2/1/5/{widget.selection['head']}/{widget.target}/null"
     assert widget.view.panel_key(widget.selection) in keys
     assert f"residual/post/2/{widget.target}/1" in keys and f"residual/embed/-1/{widget.target}/1" in keys
     assert state["payload"]["edges"]["weight"]["data"]["__b64__"]

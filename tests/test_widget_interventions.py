@@ -125,18 +125,22 @@ def test_a_new_target_recomputes_the_comparison_and_the_difference_there(widget,
                       for c in diff.vanished if c.kind == "attention"][:12]
 
 
-def test_faithfulness_is_the_run_shown_at_the_target_and_threshold_and_cleared_by_a_new_view(widget, clean):
+def test_faithfulness_is_the_run_shown_at_the_target_and_contrast_and_cleared_by_a_new_one(widget, clean):
     report = widget.measure_faithfulness(k=3)
-    expected = clean.faithfulness(token=widget.target, threshold=0.01, k=3)
+    expected = clean.faithfulness(token=widget.target, k=3, by=("share", "effect"))
     assert report.to_dict() == expected.to_dict()
     assert widget.faithfulness == json.loads(json.dumps(expected.to_dict()))
-    assert widget.faithfulness["route_drop"]["probability"] == pytest.approx(
-        expected.clean.probability - expected.route.probability)
-    widget.threshold = 0.02
+    row = widget.faithfulness["rows"][1]
+    assert (row["by"], row["k"]) == ("effect", 3)
+    assert row["fraction"] == pytest.approx(row["drop"]["logit_diff"] / row["best"])
+    widget.threshold = 0.02  # the edges into the target do not depend on the routes' threshold
+    assert widget.faithfulness is not None
+    third = clean.decode(int(clean.logits[widget.target].topk(3).indices[2]))
+    widget.contrast = third
     assert widget.faithfulness is None
     reply = invoke(widget, "faithfulness", {"k": 2, "mode": "zero"})  # from the button
     assert reply["ok"] is True and reply["result"] == widget.faithfulness
-    assert widget.faithfulness["k"] == 2 and widget.faithfulness["threshold"] == pytest.approx(0.02)
+    assert [r["k"] for r in widget.faithfulness["rows"]] == [2, 2] and widget.faithfulness["contrast"] == third
     assert widget.notice is None and widget.busy == ""
 
 

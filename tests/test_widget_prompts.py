@@ -73,10 +73,11 @@ def test_switching_back_to_an_analysed_prompt_is_instant(widget, model, monkeypa
     calls = traced(monkeypatch, model)
     reply = invoke(widget, "open_prompt", {"index": 1})
     assert reply["ok"] and reply["result"]["n_tokens"] == widget.run.n_tokens
-    assert widget.run.prompt == PROMPTS[1] and len(calls) == 1
+    traces = len(calls)  # the analysis, and the effects' forward and backward pass
+    assert widget.run.prompt == PROMPTS[1] and traces == 2
     first_run = widget.view.prompts.cache.get(PROMPTS[0])
     invoke(widget, "open_prompt", {"index": 0})
-    assert widget.run is first_run and len(calls) == 1  # nothing traced again
+    assert widget.run is first_run and len(calls) == traces  # nothing traced again
     assert widget.prompt_list["current"] == 0 and widget.prompt_list["analysed"] == [0, 1]
     assert widget.target == widget.run.n_tokens - 1 and widget.selection is None
 
@@ -167,7 +168,9 @@ def test_a_click_on_an_edge_lists_the_prompts_behind_it_and_each_opens(agg, mode
     index = panel["rows"][0]["index"]
     assert invoke(w, "open_prompt", {"index": index})["ok"]
     assert w.run is agg.runs[index] and w.prompt_list["current"] == index
-    assert w.prompt_list["aggregate"]["shown"] is False and calls == []  # the aggregate held its run
+    # the aggregate held its run: nothing analysed again, only the effects traced (the compact run's
+    # logits for the answer, then the forward and backward pass)
+    assert w.prompt_list["aggregate"]["shown"] is False and len(calls) == 2
     assert invoke(w, "ablate", {"spec": ["head", 1, 0], "mode": "zero"})["ok"]  # a run of its own now
     assert invoke(w, "open_aggregate", {})["ok"]
     assert w.run is agg and w.info["aggregate"] == 3

@@ -1,5 +1,6 @@
 """Interventions on the forward pass, with nnsight: ablate heads, neurons, blocks and single
-attention edges; test a route's faithfulness; compare and patch two prompts; export the code.
+attention edges; compare and patch two prompts; export the code (a ranking's faithfulness, measured
+with these ablations, is lmtt_widget.faithfulness).
 
 Ablations are tuples (or `Ablation`s); positions are optional and default to every position:
 
@@ -24,7 +25,6 @@ routes show no attention edge through it. The model's weights are never changed.
 
     intervene(run, ablations, mode)        -> (Run, Comparison)   also run.intervene(...)
     ablated_logits(run, ablations, mode)   -> [T, V] logits only, for sweeps
-    faithfulness(run, token, threshold, k) -> Faithfulness        also run.faithfulness(...)
     compare(run_a, run_b)                  -> GraphDiff           edges that appear, vanish, change
     patch(run_from, run_into, node)        -> (Run, Comparison)   a node's activation from another prompt
     code(run, ablations, mode)             -> str                 standalone nnsight code
@@ -50,7 +50,6 @@ from __future__ import annotations
 
 from .codegen import code
 from .diff import EdgeChange, GraphDiff, compare
-from .faithful import Faithfulness, RouteEdge, faithfulness, random_edges, strongest_edges
 from .kinds import (
     ABLATIONS,
     MODES,

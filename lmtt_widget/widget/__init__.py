@@ -6,6 +6,7 @@
     w.on_select(print)   # called with the selection dict on every change
     w.graph              # the networkx graph being shown
     w.ablate(("head", 23, 5)), w.undo(), w.patch(...), w.measure_faithfulness(k=5), w.code()
+    w.contrast = " John"; w.rank_by = "effect"; w.show_missed = True   # effects (lmtt_widget.effects)
 
 The state lives in one immutable `View` (state.py); the widget copies each new snapshot into its
 typed traits (protocol.TRAITS) and answers the page's commands (protocol.COMMANDS), each with one
@@ -26,6 +27,7 @@ import traitlets
 from .. import interventions as I
 from ..aggregate import Aggregate
 from ..errors import LmttError
+from ..faithfulness import FaithfulnessTable
 from ..models import DEMO_PROMPT, load_model
 from ..run import Run, analyze
 from . import protocol as P
@@ -35,7 +37,8 @@ from .state import View
 
 STATIC = pathlib.Path(__file__).parent.parent / "static"
 # the traits the page may set; each goes through View.set
-OPTIONS = ("target", "threshold", "renormalize", "normalize_lens", "selection", "show_reference", "diff_against")
+OPTIONS = ("target", "threshold", "renormalize", "normalize_lens", "selection", "show_reference", "diff_against",
+           "contrast", "rank_by", "show_missed")
 
 
 class Typed(traitlets.TraitType):
@@ -112,15 +115,20 @@ class Widget(anywidget.AnyWidget):
     patches = _trait("patches", [])  # the active patches
     diff_against = _option("diff_against", "other")  # in a pair with interventions: "other" or "clean"
     prompt_list = _trait("prompt_list", None)  # the prompts to switch between, and the aggregate if any
+    contrast = _option("contrast", None)  # the effects' contrast token id at the target (None: the runner-up)
+    rank_by = _option("rank_by", "share")  # the routes drawn: kept by "share" or by "effect"
+    show_missed = _option("show_missed", False)  # mark, dashed, large-|effect| edges off the share routes
+    effects = _trait("effects", None)  # the effects' metric and the missed edges (lmtt_widget.effects)
 
     def __init__(self, run: Run | Aggregate, *, target: int = -1, threshold: float = 0.04, renormalize: bool = True,
                  normalize_lens: bool = True, selection: dict | None = None, other: Run | None = None,
-                 prompts=None, **kwargs):
+                 prompts=None, contrast=None, rank_by: str = "share", **kwargs):
         unknown = set(kwargs) - {"layout"}
         if unknown:
             raise TypeError(f"Widget() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
         view = View.of(run, other, target=target, threshold=threshold, renormalize=renormalize,
-                       normalize_lens=normalize_lens, selection=selection, prompts=prompts)
+                       normalize_lens=normalize_lens, selection=selection, prompts=prompts, contrast=contrast,
+                       rank_by=rank_by)
         self._view: View = None  # type: ignore[assignment]  # None only until _show(view) below
         self._pending: View | None = None  # a view an option change from the page or Python made, not shown yet
         self._from_page = False
@@ -153,7 +161,8 @@ class Widget(anywidget.AnyWidget):
 
     @property
     def selected(self) -> dict[str, Any]:
-        """The tensors behind the selection (an empty dict when nothing is selected)."""
+        """The tensors behind the selection (an empty dict when nothing is selected), with their
+        effects on the metric of `w.effects` ("effects", "ffn_effect", "neuron_effects", "metric")."""
         return self._view.selected()
 
     def on_select(self, callback: Callable[[dict], Any]) -> Callable[[dict], Any]:
@@ -236,8 +245,10 @@ class Widget(anywidget.AnyWidget):
         """Show the other prompt's clean run, and compare it with the prompt shown until now."""
         self._show(self._view.swap())
 
-    def measure_faithfulness(self, k: int = 5, draws: int = 10, mode: str = "zero") -> I.Faithfulness:
-        """`run.faithfulness` at the target and threshold shown; also shown as a chart."""
+    def measure_faithfulness(self, k: int = 5, draws: int = 10, mode: str = "zero") -> FaithfulnessTable:
+        """`run.faithfulness(k, by=("share", "effect"))` at the target, for the contrast shown:
+        each ranking's top k edges into the target removed, as a fraction of the best k; also
+        shown in the faithfulness card."""
         return self._act("Measuring faithfulness…", lambda: self._view.measure_faithfulness(k, draws, mode))
 
     def code(self, model_expr: str | None = None) -> str:
@@ -405,7 +416,8 @@ def _error(request_id: str | None, kind: str, message: str) -> dict:
 
 def show(model=None, prompt=None, **options) -> Widget:
     """Analyse `prompt` on `model` (default: the offline demo model) and return the widget;
-    `options` go to `Widget` (target, threshold, renormalize, normalize_lens, selection).
+    `options` go to `Widget` (target, threshold, renormalize, normalize_lens, selection, contrast,
+    rank_by).
 
     `prompt` may be a list of prompts, or a text file of them (one per line): the widget shows the
     first and switches between them. `show(run)` and `show(lw.aggregate(runs))` show what is given."""

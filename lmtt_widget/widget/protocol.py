@@ -55,6 +55,7 @@ class Effect(TypedDict):
 class Predictions(TypedDict):
     tokens: list[list[str]]  # [T][k]
     probs: Encoded  # [T, k]
+    ids: Encoded  # [T, k] int32: the token ids (what the contrast picker sets)
 
 
 class SelectionKindInfo(TypedDict):
@@ -93,7 +94,8 @@ class PayloadEdges(TypedDict):
     source: Encoded
     target: Encoded
     kind: Encoded
-    weight: Encoded
+    weight: Encoded  # the share
+    effect: Encoded  # float32: the change of the metric when the part is removed; NaN where none (residual edges)
     head_row: Encoded
 
 
@@ -103,9 +105,11 @@ class Payload(TypedDict):
     target: int
     threshold: float
     renormalize: bool
+    by: Literal["share", "effect"]  # what the edges were kept by
     nodes: PayloadNodes
     edges: PayloadEdges
-    heads: Encoded
+    heads: Encoded  # [E_attention, H]: per-head shares
+    head_effects: Encoded  # [E_attention, H]: per-head effects (NaN without effects)
 
 
 class ResidualSelection(TypedDict):
@@ -226,24 +230,64 @@ class RouteEdge(TypedDict):
     layer: int
     source: int
     target: int
-    weight: float | None
+    score: float | None
+
+
+class FaithfulnessRow(TypedDict):
+    """One ranking ("share" or "effect") at one k: its top k edges removed together."""
+
+    by: str
+    k: int
+    edges: list[RouteEdge]
+    drop: Readout  # clean minus ablated
+    random_edges: list[list[RouteEdge]]
+    random: list[Readout]
+    random_mean: Readout
+    random_sd: Readout
+    best: float  # the drop of the metric when the best k edges found are removed together
+    fraction: float | None  # drop.logit_diff / best: the headline
 
 
 class Faithfulness(TypedDict):
+    """lmtt_widget.faithfulness.FaithfulnessTable.to_dict()."""
+
     position: int
     token: str
-    against: str
-    threshold: float
-    k: int
+    token_id: int
+    contrast: str
+    contrast_id: int
+    metric: str
     mode: str
     clean: Readout
-    route_edges: list[RouteEdge]
-    route: Readout
-    random_edges: list[list[RouteEdge]]
-    random: list[Readout]
+    candidates: int
+    best_edges: list[RouteEdge]
+    rows: list[FaithfulnessRow]
     sampling: str
-    route_drop: Readout
-    random_drop: Readout
+    reading: str
+    notes: list[str]
+
+
+class MissedEdge(TypedDict):
+    """An edge of the routes by effect that the routes by share leave out."""
+
+    source: GraphNode
+    target: GraphNode
+    kind: EdgeKind
+    effect: float
+
+
+class EffectsInfo(TypedDict):
+    """The effects of the run shown (lmtt_widget.effects) at the target: the metric they measure,
+    and the edges with a large |effect| that the share routes miss (drawn dashed)."""
+
+    metric: str
+    value: float  # the metric in the run shown
+    answer: str
+    answer_id: int
+    contrast: str
+    contrast_id: int
+    method: str
+    missed: list[MissedEdge]
 
 
 class Pair(TypedDict):
@@ -300,6 +344,8 @@ class ResidualPanel(TypedDict):
 class AttentionPanel(TypedDict):
     selection: AttentionSelection
     shares: Encoded  # [H]
+    effects: NotRequired[Encoded]  # [H]: each head's effect on the metric through this edge
+    metric: NotRequired[str]  # what the effects change: "logit(' Mary') - logit(' John') after token 13 ' to'"
     pattern: Encoded  # [T, T]
     importance: Encoded  # [T, T]
     from_source: Effect
@@ -309,12 +355,15 @@ class AttentionPanel(TypedDict):
 class NeuronRow(Effect):
     index: int
     share: float
+    effect: NotRequired[float]  # on the metric, when the neuron's write is removed
     activation: float
 
 
 class FfnPanel(TypedDict):
     selection: FfnSelection
     ffn_share: float
+    ffn_effect: NotRequired[float]  # on the metric, when the FFN update is removed
+    metric: NotRequired[str]
     block: Effect
     neurons: list[NeuronRow]
 
@@ -365,6 +414,11 @@ TRAITS: dict[str, Any] = {
     "patches": list[ActivePatch],
     "diff_against": Literal["other", "clean"],
     "prompt_list": Union[PromptList, None],
+
+    "contrast": Union[int, None],  # the metric's contrast token id; None: the runner-up
+    "rank_by": Literal["share", "effect"],  # the routes drawn: kept by share, or by |effect|
+    "show_missed": bool,  # draw, dashed, the edges with a large |effect| that the share routes miss
+    "effects": Union[EffectsInfo, None],
 }
 
 # -- commands: name -> (request type, result type) -------------------------------------------------

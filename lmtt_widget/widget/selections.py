@@ -85,7 +85,7 @@ def at_token(run, position: int) -> str:
 class SelectionKind:
     kind: ClassVar[str]
     title: ClassVar[str]
-    key: ClassVar[tuple[str, ...]]  # selection fields, then view options (normalize_lens)
+    key: ClassVar[tuple[str, ...]]  # selection fields, then view options (normalize_lens, metric_at, contrast)
 
     def normalize(self, run, sel: dict) -> dict:
         raise NotImplementedError
@@ -158,7 +158,8 @@ class Residual(SelectionKind):
 
 @register
 class Attention(SelectionKind):
-    kind, title, key = "attention", "Attention edge", ("layer", "source", "target", "head")
+    # the effects depend on the view's target and contrast
+    kind, title, key = "attention", "Attention edge", ("layer", "source", "target", "head", "metric_at", "contrast")
 
     def normalize(self, run, sel: dict) -> dict:
         layer = check_index("layer", sel["layer"], run.shape.n_layers)
@@ -173,20 +174,29 @@ class Attention(SelectionKind):
     def tensors(self, run, sel, options):
         layer, head, source, target = sel["layer"], sel["head"], sel["source"], sel["target"]
         probs = run.attention_pattern(layer)[head].float().cpu()  # [T, T]
-        return {"kind": self.kind, "head_output": run.head_output(layer, head, target, source),
-                "head_output_total": run.head_output(layer, head, target),
-                "attention_row": probs[target], "attention_pattern": probs,
-                "importance": run.head_contributions(layer, head),
-                "shares": run.edge_contributions(layer, target, source)}
+        effects = options["effects"]
+        out = {"kind": self.kind, "head_output": run.head_output(layer, head, target, source),
+               "head_output_total": run.head_output(layer, head, target),
+               "attention_row": probs[target], "attention_pattern": probs,
+               "importance": run.head_contributions(layer, head),
+               "shares": run.edge_contributions(layer, target, source)}
+        if effects is not None:
+            out |= {"effects": effects.edge(layer, target, source), "effect_map": effects.attention(layer)[..., head],
+                    "metric": effects.metric}
+        return out
 
     def panel(self, run, sel, options):
         layer, head, source, target = sel["layer"], sel["head"], sel["source"], sel["target"]
-        return {"selection": sel,
-                "shares": S.array(run.edge_contributions(layer, target, source)),
-                "pattern": S.array(run.attention_pattern(layer)[head]),
-                "importance": S.array(run.head_contributions(layer, head)),
-                "from_source": S.effect(run.head_logits(layer, head, target, source, k=LOGITS_K)),
-                "total": S.effect(run.head_logits(layer, head, target, k=LOGITS_K))}
+        effects = options["effects"]
+        out = {"selection": sel,
+               "shares": S.array(run.edge_contributions(layer, target, source)),
+               "pattern": S.array(run.attention_pattern(layer)[head]),
+               "importance": S.array(run.head_contributions(layer, head)),
+               "from_source": S.effect(run.head_logits(layer, head, target, source, k=LOGITS_K)),
+               "total": S.effect(run.head_logits(layer, head, target, k=LOGITS_K))}
+        if effects is not None:
+            out |= {"effects": S.array(effects.edge(layer, target, source)), "metric": effects.metric}
+        return out
 
     def ablations(self, run, sel):
         layer, source, target, head = sel["layer"], sel["source"], sel["target"], sel["head"]
@@ -207,7 +217,8 @@ class Attention(SelectionKind):
 
 @register
 class Ffn(SelectionKind):
-    kind, title, key = "ffn", "FFN block", ("layer", "token")  # a neuron is a row of the same panel
+    # a neuron is a row of the same panel; the effects depend on the view's target and contrast
+    kind, title, key = "ffn", "FFN block", ("layer", "token", "metric_at", "contrast")
 
     def normalize(self, run, sel: dict) -> dict:
         layer = check_index("layer", sel["layer"], run.shape.n_layers)
@@ -219,9 +230,13 @@ class Ffn(SelectionKind):
     def tensors(self, run, sel, options):
         layer, token = sel["layer"], sel["token"]
         neuron_shares, residual_share = run.neuron_shares(layer, token)
+        effects = options["effects"]
         out = {"kind": self.kind, "ffn_output": run.capture.ffn_out[layer][token],
                "activations": run.neuron_activations(layer)[token],
                "neuron_shares": neuron_shares, "residual_share": residual_share}
+        if effects is not None:
+            out |= {"ffn_effect": effects.ffn(layer)[token], "neuron_effects": effects.neuron_effects(layer, token),
+                    "metric": effects.metric}
         if sel.get("neuron") is not None:
             out["neuron_activation"] = out["activations"][sel["neuron"]]
             out["neuron_output"] = run.neuron_writes(layer, token)[sel["neuron"]]
@@ -238,11 +253,17 @@ class Ffn(SelectionKind):
         # every listed neuron's write through the vocabulary in one product: [k, d] -> [k, V]
         writes = run.neuron_writes(layer, token)[[n.index for n in neurons]]
         logits = run.direct_logits(writes, token)
-        return {"selection": sel, "ffn_share": float(ffn_share[token]),
-                "block": S.effect(run.block_logits(layer, token, "ffn", k=LOGITS_K)),
-                "neurons": [{"index": n.index, "share": n.share, "activation": n.activation,
-                             **S.effect(V.top_bottom(row, NEURON_LOGITS_K, run.decode))}
-                            for n, row in zip(neurons, logits)]}
+        effects = options["effects"]  # None where the run has none (then the panel has no effect fields)
+        neuron_effects = None if effects is None else effects.neuron_effects(layer, token)
+        out = {"selection": sel, "ffn_share": float(ffn_share[token]),
+               "block": S.effect(run.block_logits(layer, token, "ffn", k=LOGITS_K)),
+               "neurons": [{"index": n.index, "share": n.share, "activation": n.activation,
+                            **({} if neuron_effects is None else {"effect": float(neuron_effects[n.index])}),
+                            **S.effect(V.top_bottom(row, NEURON_LOGITS_K, run.decode))}
+                           for n, row in zip(neurons, logits)]}
+        if effects is not None:
+            out |= {"ffn_effect": float(effects.ffn(layer)[token]), "metric": effects.metric}
+        return out
 
     def ablations(self, run, sel):
         layer, token, neuron = sel["layer"], sel["token"], sel["neuron"]

@@ -59,7 +59,8 @@ def run_info(run) -> dict[str, Any]:
         "distance": run.distance,
         "prompt": run.prompt,
         "tokens": list(run.tokens),
-        "predictions": {"tokens": [[run.decode(i) for i in row] for row in ids.tolist()], "probs": array(probs)},
+        "predictions": {"tokens": [[run.decode(i) for i in row] for row in ids.tolist()], "probs": array(probs),
+                        "ids": array(ids, "int32")},
         "generated": None if run.generated is None else [run.generated.start, run.generated.stop],
         "aggregate": len(run.runs) if isinstance(run, Aggregate) else None,
     }
@@ -67,17 +68,21 @@ def run_info(run) -> dict[str, Any]:
 
 def graph_payload(graph: nx.MultiDiGraph, n_heads: int) -> dict[str, Any]:
     """The routes graph as flat arrays: nodes (stage, layer, token), edges (source and target
-    node indices, kind, weight) and the per-head shares of attention edges [E_attention, H]."""
+    node indices, kind, weight, effect: NaN where None) and the per-head shares and effects of
+    attention edges [E_attention, H]."""
     nodes = list(graph.nodes)
     index = {node: i for i, node in enumerate(nodes)}
     edges = list(graph.edges(keys=True, data=True))
     heads = [d["heads"] for _, _, _, d in edges if d["kind"] == "attention"]
+    nan = [float("nan")] * n_heads
+    head_effects = [d.get("head_effects") or nan for _, _, _, d in edges if d["kind"] == "attention"]
     head_row = np.full(len(edges), -1, dtype=np.int32)
     head_row[[i for i, e in enumerate(edges) if e[3]["kind"] == "attention"]] = np.arange(len(heads), dtype=np.int32)
     return {
         "target": int(graph.graph["target"]),
         "threshold": float(graph.graph["threshold"]),
         "renormalize": bool(graph.graph["renormalize"]),
+        "by": graph.graph.get("by", "share"),
         "nodes": {
             "stage": array([STAGES.index(n[0]) for n in nodes], "uint8"),
             "layer": array([n[1] for n in nodes], "int16"),
@@ -88,10 +93,16 @@ def graph_payload(graph: nx.MultiDiGraph, n_heads: int) -> dict[str, Any]:
             "target": array([index[v] for _, v, _, _ in edges], "uint32"),
             "kind": array([KINDS.index(d["kind"]) for _, _, _, d in edges], "uint8"),
             "weight": array([d["weight"] for _, _, _, d in edges], "float32"),
+            "effect": array([_number(d.get("effect")) for _, _, _, d in edges], "float32"),
             "head_row": array(head_row, "int32"),
         },
         "heads": array(np.asarray(heads, dtype=np.float32).reshape(len(heads), n_heads)),
+        "head_effects": array(np.asarray(head_effects, dtype=np.float32).reshape(len(heads), n_heads)),
     }
+
+
+def _number(value) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def payload_graph(payload: dict[str, Any]) -> nx.MultiDiGraph:
@@ -99,13 +110,15 @@ def payload_graph(payload: dict[str, Any]) -> nx.MultiDiGraph:
     stage, layer, token = (to_numpy(payload["nodes"][k]) for k in ("stage", "layer", "token"))
     nodes = [(STAGES[s], int(n), int(t)) for s, n, t in zip(stage, layer, token)]
     e = {k: to_numpy(v) for k, v in payload["edges"].items()}
-    heads = to_numpy(payload["heads"])
-    g = nx.MultiDiGraph(target=payload["target"], threshold=payload["threshold"], renormalize=payload["renormalize"])
+    heads, head_effects = to_numpy(payload["heads"]), to_numpy(payload["head_effects"])
+    g = nx.MultiDiGraph(target=payload["target"], threshold=payload["threshold"], renormalize=payload["renormalize"],
+                        by=payload["by"])
     g.add_nodes_from(nodes)
-    for s, t, k, w, h in zip(e["source"], e["target"], e["kind"], e["weight"], e["head_row"]):
-        attrs = {"kind": KINDS[k], "weight": float(w)}
+    for s, t, k, w, f, h in zip(e["source"], e["target"], e["kind"], e["weight"], e["effect"], e["head_row"]):
+        attrs = {"kind": KINDS[k], "weight": float(w), "effect": None if np.isnan(f) else float(f)}
         if h >= 0:
-            attrs.update(heads=heads[h].tolist(), source=nodes[s][2], target=nodes[t][2])
+            per_head = None if np.isnan(head_effects[h]).all() else head_effects[h].tolist()
+            attrs.update(heads=heads[h].tolist(), source=nodes[s][2], target=nodes[t][2], head_effects=per_head)
         g.add_edge(nodes[s], nodes[t], KINDS[k], **attrs)
     return g
 

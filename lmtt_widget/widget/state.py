@@ -27,7 +27,9 @@ from typing import Any
 
 from .. import interventions as I
 from ..aggregate import Aggregate
+from ..effects import Effects
 from ..errors import LmttError, check_index
+from ..faithfulness import FaithfulnessTable
 from ..generation import generate
 from ..models import DEMO_NAME
 from ..run import DEFAULT_FLOOR, Run, analyze
@@ -37,6 +39,7 @@ from .prompts import Prompts, prompts_panel
 
 DIFF_ROWS = 12  # the strongest changes of each sort and edge kind that the page lists and marks
 DIFF_AGAINST = ("other", "clean")
+MISSED_ROWS = 40  # the missed edges (large |effect|, not on the share routes) that the page marks
 _RUN_INFO: weakref.WeakKeyDictionary[Run | Aggregate, dict] = weakref.WeakKeyDictionary()
 
 
@@ -76,14 +79,17 @@ class View:
     selection: dict | None = None  # normalised (selections.normalize); never changed in place
     show_reference: bool = False  # draw the routes the shown ones are compared with, the diff marks staying
     diff_against: str = "other"  # in a pair with interventions: compare with "other" or "clean"
-    faithfulness: I.Faithfulness | None = None  # the last measured, for this run, target and threshold
+    contrast: int | None = None  # the effects' contrast token id at the target (None: the clean runner-up)
+    rank_by: str = "share"  # the routes drawn: kept by share, or by |effect| (graph.effect_routes)
+    show_missed: bool = False  # mark the edges with a large |effect| that the share routes leave out
+    faithfulness: FaithfulnessTable | None = None  # the last measured, for this run, target and contrast
     prompts: Prompts = field(default_factory=Prompts)  # the prompts to switch between (w.prompts)
     memo: Memo = field(default_factory=Memo, compare=False, repr=False)
 
     @classmethod
     def of(cls, run: Run | Aggregate, other: Run | None = None, *, target: int = -1, threshold: float = 0.04,
            renormalize: bool = True, normalize_lens: bool = True, selection: dict | None = None,
-           prompts=None) -> View:
+           prompts=None, contrast=None, rank_by: str = "share") -> View:
         """`prompts`: a list of prompts (or a text file of them, one per line) to switch between."""
         if not isinstance(run, (Run, Aggregate)):
             raise LmttError(f"a widget shows a Run (lmtt_widget.analyze(model, prompt)) or an Aggregate "
@@ -92,13 +98,14 @@ class View:
             I.check_pair(run, other, "comparing two prompts")
         return cls(run, other, prompts=Prompts.of(run, prompts)).set(
             target=target, threshold=threshold, renormalize=renormalize, normalize_lens=normalize_lens,
-            selection=selection)
+            selection=selection, contrast=contrast, rank_by=rank_by)
 
     # -- options ---------------------------------------------------------------------------------
 
     def set(self, **options) -> View:
         """A snapshot with options changed, each checked: target, threshold, renormalize,
-        normalize_lens, selection, show_reference, diff_against."""
+        normalize_lens, selection, show_reference, diff_against, contrast, rank_by, show_missed.
+        Another target resets the contrast to the runner-up (unless one is given with it)."""
         checks = {
             "target": lambda v: self.run.position(v),
             "threshold": self._check_threshold,
@@ -107,14 +114,26 @@ class View:
             "selection": self._check_selection,
             "show_reference": lambda v: _flag("show_reference", v),
             "diff_against": self._check_diff_against,
+            "contrast": lambda v: v,  # checked below, at the target the view will have
+            "rank_by": self._check_rank_by,
+            "show_missed": lambda v: _flag("show_missed", v),
         }
         unknown = set(options) - set(checks)
         if unknown:
             raise LmttError(f"unknown view option(s) {', '.join(sorted(unknown))}; options are {', '.join(checks)}")
         changes = {name: checks[name](value) for name, value in options.items()}
-        routes_moved = any(changes[k] != getattr(self, k)
-                           for k in ("target", "threshold", "renormalize") if k in changes)
-        return replace(self, **changes, **({"faithfulness": None} if routes_moved else {}))  # type: ignore[arg-type]
+        if "target" in changes and changes["target"] != self.target:
+            changes.setdefault("contrast", None)
+        if changes.get("contrast") is not None:
+            changes["contrast"] = self._check_contrast(changes["contrast"], changes.get("target", self.target))
+        measured_moved = any(changes[k] != getattr(self, k) for k in ("target", "contrast") if k in changes)
+        view = replace(self, **changes, **({"faithfulness": None} if measured_moved else {}))  # type: ignore[arg-type]
+        if view.rank_by == "effect" and view.effects is None:
+            if "rank_by" in changes:
+                raise LmttError(f"routes by effect need effects, and {view.no_effects_reason()}: "
+                                "rank by share")
+            view = replace(view, rank_by="share")  # another run shown without effects: drawn by share
+        return view
 
     def select(self, selection: dict | None) -> View:
         return self.set(selection=selection)
@@ -129,6 +148,21 @@ class View:
             if run is not None:
                 threshold = run.valid_threshold(threshold)  # also within the floor its shares were kept above
         return threshold
+
+    def _check_contrast(self, contrast, target: int) -> int:
+        """A token id (from an id or a one-token string) other than the clean prediction at `target`."""
+        self._needs_run("a contrast")
+        contrast = I.token_id(self.clean, contrast)
+        if contrast == self.answer_at(target):
+            raise LmttError(f"the contrast {self.clean.decode(contrast)!r} is the prediction itself at token {target}: "
+                            "pick another token to compare it with")
+        return contrast
+
+    @staticmethod
+    def _check_rank_by(value) -> str:
+        if value not in ("share", "effect"):
+            raise LmttError(f"rank_by must be 'share' or 'effect', got {value!r}")
+        return value
 
     @staticmethod
     def _check_diff_against(value) -> str:
@@ -145,7 +179,7 @@ class View:
 
     def analyze(self, prompt: str) -> View:
         """The same view of a new prompt (analysed as the run shown was, or at hand from before),
-        added to the prompt list; the selection is cleared."""
+        added to the prompt list; the selection is cleared and the contrast reset to the runner-up."""
         if not isinstance(prompt, str):
             raise LmttError(f"prompt must be a string, got {type(prompt).__name__}")
         run = self.prompts.cache.get(prompt) or self.analyze_like_shown(prompt)
@@ -198,7 +232,8 @@ class View:
         """This view of another prompt (or the aggregate): routes to its last token, nothing selected."""
         if self.other is not None:
             I.check_pair(run, self.other, "comparing two prompts")
-        view = replace(self, prompts=prompts)._showing(run, target=run.n_tokens - 1, selection=None)
+        view = replace(self, prompts=prompts)._showing(run, target=run.n_tokens - 1, selection=None,
+                                                              contrast=None)
         return view.set(threshold=self.threshold)  # its shares must reach down to the threshold shown
 
     @property
@@ -268,11 +303,18 @@ class View:
         ablations and patches are dropped)."""
         if self.other is None:
             raise LmttError("there is no other prompt to show: w.compare_with(prompt)")
-        return replace(self._showing(self.other, selection=None), other=self.clean)
+        return replace(self._showing(self.other, selection=None, contrast=None), other=self.clean)
 
-    def measure_faithfulness(self, k: int = 5, draws: int = 10, mode: str = "zero") -> tuple[View, I.Faithfulness]:
+    def measure_faithfulness(self, k: int = 5, draws: int = 10, mode: str = "zero") -> tuple[View, FaithfulnessTable]:
+        """The top k edges into the target by share and by effect removed, as a fraction of the
+        best k (lmtt_widget.faithfulness), for the effects' metric."""
         run = self._needs_run("faithfulness")
-        report = run.faithfulness(token=self.target, threshold=self.threshold, k=k, draws=draws, mode=mode)
+        effects = self.effects
+        if effects is None:
+            raise LmttError(f"faithfulness compares the routes by share with those by effect, and "
+                            f"{self.no_effects_reason()}")
+        report = run.faithfulness(k=k, by=("share", "effect"), token=self.target, effects=effects, draws=draws,
+                                  mode=mode)
         return replace(self, faithfulness=report), report
 
     def _patch_nodes(self) -> list:
@@ -284,7 +326,8 @@ class View:
         run = clean.intervene(ablations, position=self.target)[0] if ablations else clean
         if patches:
             run, _ = I.patch(self.other, run, patches, position=self.target)
-        comparison = I.compare_logits(clean, clean.logits, run.logits, self.target) if run is not clean else None
+        comparison = None if run is clean else \
+            I.compare_logits(clean, clean.logits, run.logits, self.target, self.contrast)
         return self._showing(run, selection=self.selection), comparison
 
     def _showing(self, run: Run | Aggregate, **changes) -> View:
@@ -302,14 +345,82 @@ class View:
             return self.other, "other"
         return self.run.clean, "clean"
 
+    def answer_at(self, target: int) -> int:
+        """The effects' answer at `target`: the clean run's prediction (so that interventions keep the metric)."""
+        return int(self.clean.logits[target].argmax())
+
+    def effects_of(self, run: Run | Aggregate) -> Effects | None:
+        """`run`'s effects on the view's metric: logit(the clean prediction) - logit(the contrast) at
+        the target; None where there are none (an aggregate, a family with post-norms: see
+        `no_effects_reason`)."""
+        if isinstance(run, Aggregate) or run.model is None:
+            return None  # an aggregate has none; a run loaded without its model cannot compute them
+        answer = self.answer_at(self.target)
+
+        def compute() -> Effects | None:
+            try:
+                return run.effects(answer, self.contrast, token=self.target)
+            except LmttError:
+                return None  # the reason is no_effects_reason's
+        return self.memo.get(("effects", run, self.target, answer, self.contrast), compute)
+
+    @property
+    def effects(self) -> Effects | None:
+        """The effects of the run shown (lmtt_widget.effects), or None where there are none."""
+        return self.effects_of(self.run)
+
+    def no_effects_reason(self) -> str:
+        """Why the run shown has no effects (an LmttError's message), for refusals that need them."""
+        if isinstance(self.run, Aggregate):
+            return f"the aggregate of {len(self.run.runs)} prompts has none (open one of its prompts)"
+        try:
+            self.run.effects(self.answer_at(self.target), self.contrast, token=self.target)
+        except LmttError as error:
+            return str(error)
+        return "they are available"
+
     @property
     def graph(self):
-        """The routes graph drawn: the run's, or with `show_reference` its reference's."""
+        """The routes graph drawn: the run's, or with `show_reference` its reference's; kept by
+        share or by effect (`rank_by`), every edge with its effect."""
         reference = self.reference[0] if self.show_reference else None
         drawn = reference or self.run
-        return self.memo.get(("graph", drawn, self.target, self.threshold, self.renormalize),
-                             lambda: drawn.graph(token=self.target, threshold=self.threshold,
-                                                 renormalize=self.renormalize))
+        effects = self.effects_of(drawn)
+        by_share = self.rank_by == "share" or effects is None
+
+        def compute():
+            if isinstance(drawn, Aggregate):
+                return drawn.graph(token=self.target, threshold=self.threshold, renormalize=self.renormalize)
+            return drawn.graph(token=self.target, threshold=self.threshold,
+                               renormalize=self.renormalize or not by_share,
+                               by="share" if by_share else "effect", effects=effects)
+        return self.memo.get(("graph", drawn, self.target, self.threshold, self.renormalize, by_share,
+                              self.contrast), compute)
+
+    def missed(self, rows: int = MISSED_ROWS) -> list[dict]:
+        """The attention and FFN edges of the routes by effect that the routes by share leave out,
+        largest |effect| first (at most `rows`)."""
+        run, effects = self.run, self.effects
+        if effects is None or isinstance(run, Aggregate):
+            return []
+
+        def compute():
+            shares = run.graph(token=self.target, threshold=self.threshold, renormalize=self.renormalize)
+            by_effect = run.graph(token=self.target, threshold=self.threshold, by="effect", effects=effects)
+            out = [{"source": list(u), "target": list(v), "kind": key, "effect": d["effect"]}
+                   for u, v, key, d in by_effect.edges(keys=True, data=True)
+                   if key != "residual" and not shares.has_edge(u, v, key)]
+            return sorted(out, key=lambda e: -abs(e["effect"]))[:rows]
+        return self.memo.get(("missed", run, self.target, self.threshold, self.renormalize, self.contrast, rows),
+                             compute)
+
+    def effects_info(self) -> dict | None:
+        effects, run = self.effects, self.run
+        if effects is None:
+            return None
+        return {"metric": effects.metric, "value": effects.value, "answer": run.decode(effects.answer),
+                "answer_id": effects.answer, "contrast": run.decode(effects.contrast), "contrast_id": effects.contrast,
+                "method": effects.method, "missed": self.missed() if self.show_missed else []}
 
     def graph_diff(self) -> dict | None:
         reference, against = self.reference
@@ -324,7 +435,7 @@ class View:
         if self.run.clean is None:
             return None
         clean = self.run.clean
-        return _plain(I.compare_logits(clean, clean.logits, self.run.logits, self.target).to_dict())
+        return _plain(I.compare_logits(clean, clean.logits, self.run.logits, self.target, self.contrast).to_dict())
 
     def code(self, model_expr: str | None = None) -> str:
         """Standalone nnsight code that reproduces the interventions shown."""
@@ -333,7 +444,10 @@ class View:
 
     @property
     def options(self) -> dict[str, Any]:
-        return {"normalize_lens": self.normalize_lens}
+        """What panels and `selected` read beside the selection: view options (the panel keys
+        name those they depend on) and the effects."""
+        return {"normalize_lens": self.normalize_lens, "metric_at": self.target, "contrast": self.contrast,
+                "effects": self.effects}
 
     def panel(self, selection: dict) -> dict[str, Any]:
         """The data of one panel (protocol.PanelData): `selection` is checked and completed first.
@@ -388,6 +502,8 @@ class View:
                          "source": prompt} for node, prompt in run.patches],
             "diff_against": self.diff_against,
             "prompt_list": self.prompts.info(self.aggregate_shown),
+            "contrast": self.contrast, "rank_by": self.rank_by, "show_missed": self.show_missed,
+            "effects": self.effects_info(),
         }
         return _plain(values, keep_bytes=True)
 

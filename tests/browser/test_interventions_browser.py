@@ -1,6 +1,6 @@
 """The interventions view in a real browser, bridged to the Python widget: the ablate action
 round-trips, the before/after shows the numbers Python computed, undo restores the clean run,
-the faithfulness chart and the code box show Python's results, and bad input is refused visibly."""
+the faithfulness card and the code box show Python's results, and bad input is refused visibly."""
 
 from __future__ import annotations
 
@@ -154,14 +154,16 @@ def test_faithfulness_chart_and_code_box_show_what_python_computed(model, page, 
     page.click("button.faithfulness-run")
     page.wait_for_selector("svg.faith-chart")
     f = w.faithfulness
-    assert f["k"] == 3 and f["threshold"] == pytest.approx(0.01) and f["position"] == w.target
-    assert page.locator("figure.faith-figure").count() == 2  # probability and logit-difference views
-    values = page.locator("figure[data-measure='probability'] text.value").all_text_contents()
-    assert values == [fmt(f["route_drop"]["probability"]), fmt(f["random_drop"]["probability"])]
-    assert page.locator("figure[data-measure='probability'] circle.draw").count() == len(f["random"])
-    row = page.locator("table.faith-table tr[data-measure='logit_diff'] td").all_text_contents()
-    assert row[1:] == [fmt(f["clean"]["logit_diff"]), fmt(f["route"]["logit_diff"]),
-                       fmt(f["route_drop"]["logit_diff"]), fmt(f["random_drop"]["logit_diff"])]
+    assert [(r["by"], r["k"]) for r in f["rows"]] == [("share", 3), ("effect", 3)] and f["position"] == w.target
+    # the card leads with the fraction of the best possible, and says how to read it
+    lead = page.locator(".faith-lead .fraction .big").all_text_contents()
+    assert lead == ["–" if r["fraction"] is None else fmt(r["fraction"], 2) for r in f["rows"]]
+    assert page.locator("p.reading").text_content() == f["reading"]
+    for r in f["rows"]:
+        cells = page.locator(f"table.faith-table tr[data-by='{r['by']}'] td").all_text_contents()
+        assert cells[3:] == [fmt(r["drop"]["logit_diff"]), fmt(r["best"]), fmt(r["drop"]["probability"]),
+                             f"{fmt(r['random_mean']['logit_diff'])} ± {fmt(r['random_sd']['logit_diff'])}"]
+    assert page.locator("svg.faith-chart rect.fbar").count() == 2 + 1 + 2  # each ranking, the best, random
     # the code: the same text as w.code(), selectable, and a copy button that answers
     code = page.locator("textarea.code-text")
     assert code.input_value() == w.code() and "heads_in[:, 8:16] = 0" in code.input_value()

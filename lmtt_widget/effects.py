@@ -1,0 +1,329 @@
+"""Effects: a causal measure beside the proximity shares (design.md §6).
+
+A share says how much a part *looks like* the whole it feeds; an effect says what removing the
+part does to the prediction. The metric is
+
+    m = logit(answer) - logit(contrast)   at one position (default: the top prediction against the runner-up)
+
+and the effect of a part is m(clean) - m(without the part): positive when the part supports the
+answer over the contrast, negative when it opposes it. Parts are those of the analysis: the
+attention edge terms z^h_{i<-j} = A^h[i,j] v^h_j W_O^h (the edge ablation ("edge", l, j, i, h) of
+lmtt_widget.interventions removes exactly that term), FFN updates, and neurons' writes a_n W_out[n].
+
+- method "gradient" (attribution patching): one forward and one backward pass give g_{l,i}, the
+  gradient of m with respect to layer l's attention update at position i (and likewise for the
+  FFN update); the effect of an edge is the first-order change, g_{l,i} . z^h_{i<-j}
+  = A^h[i,j] <W_O^h g_{l,i}, v^h_j>: one [T, T, H] contraction per layer, made a chunk of targets
+  at a time within the run's memory budget.
+- method "integrated" (EAP-IG): the same contraction with g averaged over `steps` points
+  alpha = (k - 1/2) / steps on a path that scales every attention block's edge terms by alpha
+  (alpha -> 0: all removed; 1: clean; the output projection's bias stays). It costs `steps`
+  forward and backward passes, and follows the model where it is not linear in the parts.
+
+`Effects.exact` measures any set of ablations exactly, by rerunning the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from . import graph as G
+from . import interventions as I
+from .architectures import ffn_out_matrix, w_o
+from .errors import LmttError, check_positive, check_threshold
+from .tracing import Edit, exclusive, trace
+
+METHODS = ("gradient", "integrated")
+FLOOR = 1e-3  # of |m|: the edges kept when not all of them fit the memory budget (see LayerEffects)
+
+
+class NeuronEffect(NamedTuple):
+    index: int  # type: ignore[assignment]  # shadows tuple.index
+    effect: float
+    activation: float
+
+
+@dataclass
+class LayerEffects:
+    """One layer's attention edge effects, float32 on the CPU, kept sparse like run.LayerShares:
+    every causal edge when they fit the run's memory budget, else the edges whose per-head effects
+    add up in absolute value to more than `FLOOR` |m| (so an edge left out moves m by less)."""
+
+    edges: torch.Tensor  # [n, 2] long: (target, source), sorted by target, then source
+    heads: torch.Tensor  # [n, H]: the effect of each head's term of each kept edge
+    ffn: torch.Tensor  # [T]: the effect of each position's FFN update
+
+    def dense(self) -> torch.Tensor:
+        """[T_target, T_source, H] (0 where not kept, and on future tokens)."""
+        n_tokens = self.ffn.shape[0]
+        out = self.heads.new_zeros(n_tokens, n_tokens, self.heads.shape[1])
+        out[self.edges[:, 0], self.edges[:, 1]] = self.heads
+        return out
+
+    def at(self, targets: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        """[k, H]: the per-head effects of the edges sources[k] -> targets[k] (0 where not kept)."""
+        return G.lookup(self.edges, self.heads, targets, sources, self.ffn.shape[0])
+
+    def into(self, target: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sources [n], per-head effects [n, H]) of the kept edges into `target`."""
+        rows = (self.edges[:, 0] == target).nonzero()[:, 0]
+        return self.edges[rows, 1], self.heads[rows]
+
+
+class Effects:
+    """Effects of every part of `run` on the metric m = logit(answer) - logit(contrast) at
+    `position` (see the module docstring). Made by `run.effects(...)`."""
+
+    def __init__(self, run, position: int, answer: int, contrast: int, method: str, steps: int, value: float,
+                 layers: list[LayerEffects], ffn_grads: torch.Tensor):
+        self.run = run
+        self.position = position
+        self.answer = answer  # token ids
+        self.contrast = contrast
+        self.method = method
+        self.steps = steps
+        self.value = value  # m in the clean run
+        self.layers = layers
+        self._ffn_grads = ffn_grads  # [L, T, d] float32: dm/d(each FFN update), for the neurons
+
+    @property
+    def metric(self) -> str:
+        run = self.run
+        return (f"logit({run.decode(self.answer)!r}) - logit({run.decode(self.contrast)!r}) after token "
+                f"{self.position} {run.tokens[self.position]!r}")
+
+    def __repr__(self) -> str:
+        steps = "" if self.method == "gradient" else f", {self.steps} steps"
+        return f"Effects({self.method}{steps}: {self.metric} = {self.value:.3f})"
+
+    def attention(self, layer: int) -> torch.Tensor:
+        """[T_target, T_source, H] float32: the effect of removing each head's term of each edge
+        (exactly 0 on future tokens)."""
+        return self.layers[self.run.layer(layer)].dense()
+
+    def edge(self, layer: int, target: int, source: int) -> torch.Tensor:
+        """[H]: each head's effect on the edge source -> target of `layer`."""
+        return self.attention(layer)[self.run.position(target), self.run.position(source)]
+
+    def ffn(self, layer: int) -> torch.Tensor:
+        """[T]: the effect of removing each position's FFN update of `layer`."""
+        return self.layers[self.run.layer(layer)].ffn
+
+    def neurons(self, layer: int, position: int, k: int = 20) -> list[NeuronEffect]:
+        """The k neurons of `layer` at `position` whose writes a_n W_out[n] have the largest |effect|."""
+        k = check_positive("k", k)
+        writes = self.neuron_effects(layer, position)
+        acts = self.run.neuron_activations(layer)[self.run.position(position)]
+        ids = writes.abs().topk(min(k, writes.numel())).indices
+        return [NeuronEffect(int(i), float(writes[i]), float(acts[i])) for i in ids]
+
+    @torch.no_grad()
+    def neuron_effects(self, layer: int, position: int) -> torch.Tensor:
+        """[d_ff]: the effect of every neuron's write at (`layer`, `position`)."""
+        run = self.run
+        layer, position = run.layer(layer), run.position(position)
+        acts = run.neuron_activations(layer)[position].float().cpu()
+        w_out = ffn_out_matrix(run.family.modules(run.hf_model, layer)["ffn_out_proj"]).float().cpu()
+        return acts * (w_out @ self._ffn_grads[layer, position])
+
+    def exact(self, ablations, mode: str = "zero") -> float:
+        """m(clean) - m(with `ablations`), rerunning the model: any set of edges, heads, neurons and
+        blocks at once, as lmtt_widget.interventions writes them (e.g. [("edge", 5, 2, 9),
+        ("head", 7, 1)])."""
+        logits = I.ablated_logits(self.run, ablations, mode)
+        return self.value - self._metric(logits)
+
+    def _metric(self, logits: torch.Tensor) -> float:
+        row = logits[self.position]
+        return float(row[self.answer] - row[self.contrast])
+
+    def graph(self, threshold: float = 0.04):
+        """The routes by effect (lmtt_widget.graph.effect_routes): edges whose |effect| exceeds
+        `threshold` |m|, supporting and opposing."""
+        return G.effect_routes(self.run, self, check_threshold(threshold))
+
+    def scale(self) -> float:
+        """|m|, at least 1e-3: what thresholds on effects are relative to."""
+        return max(abs(self.value), 1e-3)
+
+
+# -- computing them --------------------------------------------------------------------------------
+
+def effects(run, answer=None, contrast=None, *, token: int = -1, method: str = "gradient", steps: int = 8) -> Effects:
+    """The effects of every attention edge, FFN update and neuron on logit(answer) - logit(contrast)
+    at position `token` (see Effects and the module docstring). `answer`: the top prediction by
+    default; `contrast`: the runner-up (the best token other than the answer). Each is a one-token
+    string (" Mary") or a token id. `method` "gradient" costs one forward and one backward pass;
+    "integrated" `steps` of each (about `steps` times the cost)."""
+    I.check_run(run, "run", "effects")
+    check_no_post_norms(run)
+    position = run.position(token)
+    answer, contrast = metric_tokens(run, position, answer, contrast)
+    if method not in METHODS:
+        raise LmttError(f"method must be one of {METHODS}, got {method!r}")
+    steps = check_positive("steps", steps) if method == "integrated" else 1
+    alphas = [1.0] if method == "gradient" else [(k + 0.5) / steps for k in range(steps)]
+    attn_grads, ffn_grads = _mean_gradients(run, position, answer, contrast, alphas)
+    value = float(run.logits[position, answer] - run.logits[position, contrast])
+    floor = 0.0 if _all_fit(run) else FLOOR * max(abs(value), 1e-3)
+    layers = [_layer_effects(run, layer, attn_grads[layer], ffn_grads[layer], floor)
+              for layer in range(run.shape.n_layers)]
+    return Effects(run, position, answer, contrast, method, steps, value, layers, ffn_grads)
+
+
+def check_no_post_norms(run) -> None:
+    """Effects remove an edge term from the update a block adds; with a norm between the update and
+    the residual (Gemma 2/3, OLMo 2/3) the edge terms do not add up to what the residual receives, so
+    the gradient of the metric with respect to them is not the effect of removing one: refuse."""
+    family = run.family
+    if family.attn_post_norm is not None or family.ffn_post_norm is not None:
+        raise LmttError(f"effects are not available for {family.name} models: their blocks normalise each "
+                        "update before adding it to the residual (post-norms), so an edge's term is not what "
+                        "the residual receives; routes by share, interventions and faithfulness by share work")
+
+
+def metric_tokens(run, position: int, answer, contrast) -> tuple[int, int]:
+    """(answer, contrast) token ids, checked: defaults the top prediction at `position` and the
+    best other token."""
+    ranked = run.logits[position].topk(2).indices.tolist()
+    answer = ranked[0] if answer is None else I.token_id(run, answer)
+    if contrast is None:
+        contrast = ranked[1] if ranked[0] == answer else ranked[0]
+    else:
+        contrast = I.token_id(run, contrast)
+    if answer == contrast:
+        raise LmttError(f"the answer and the contrast are the same token ({run.decode(answer)!r}): the metric "
+                        "logit(answer) - logit(contrast) would be 0; give two different tokens")
+    return answer, contrast
+
+
+def _all_fit(run) -> bool:
+    """Whether every causal edge's effects fit the run's memory budget (as the shares do, see run._floor)."""
+    shape, n = run.shape, run.n_tokens
+    return shape.n_layers * n * (n + 1) // 2 * (shape.n_heads * 4 + 16) <= run.budget_bytes
+
+
+def _mean_gradients(run, position: int, answer: int, contrast: int, alphas: list[float]):
+    """([L, T, d], [L, T, d]) float32 on the CPU: dm/d(attention update) and dm/d(FFN update) of
+    every layer, averaged over the points `alphas` of the path that scales the edge terms."""
+    attn, ffn = None, None
+    for alpha in alphas:
+        a, f = _gradients(run, position, answer, contrast, alpha)
+        attn, ffn = (a, f) if attn is None or ffn is None else (attn + a, ffn + f)
+    assert attn is not None and ffn is not None  # alphas is never empty
+    return attn / len(alphas), ffn / len(alphas)
+
+
+def _gradients(run, position: int, answer: int, contrast: int, alpha: float):
+    """One forward and one backward pass, in one trace: zero tensors added to every attention and
+    FFN update take the gradients (torch.autograd.grad: no parameter's .grad is touched), and the
+    logits are computed at `position` only. With alpha < 1 every attention update is
+    b_O + alpha * (its edge terms) first."""
+    shape, hf_model = run.shape, run.hf_model
+    device, dtype = hf_model.device, next(hf_model.parameters()).dtype
+    n_tokens = run.n_tokens
+    probes = [torch.zeros(n_tokens, shape.d_model, device=device, dtype=dtype, requires_grad=True)
+              for _ in range(2 * shape.n_layers)]  # attention, FFN of layer 0, then of layer 1, ...
+    edits = list(run.edits or ())
+    for layer in range(shape.n_layers):
+        if alpha != 1.0:
+            edits.append(Edit("attention_output", layer, _scaling(run, layer, alpha)))
+        edits.append(Edit("attention_output", layer, _adding(probes[2 * layer])))
+        edits.append(Edit("ffn_output", layer, _adding(probes[2 * layer + 1])))
+    grads: list[torch.Tensor] = []
+
+    def backward(logits: torch.Tensor) -> None:  # inside the trace, on the live logits [T, V] (or [1, V]: position's)
+        row = logits[-1] if logits.shape[0] == 1 else logits[position]
+        grads.extend(torch.autograd.grad(row[answer] - row[contrast], probes, allow_unused=True))
+
+    with exclusive(run.model), _frozen(hf_model), _saving_no_attention_output(run.edits):
+        trace(run.model, run.family, shape, run.input_ids.to(device), edits, grad=True, on_output=backward,
+              logits_at=position)
+    grads = [torch.zeros(n_tokens, shape.d_model) if g is None else g.detach().float().cpu() for g in grads]
+    return torch.stack(grads[0::2]), torch.stack(grads[1::2])
+
+
+@contextlib.contextmanager
+def _frozen(hf_model):
+    """The parameters need no gradients (the backward pass then costs about one forward pass, not
+    three); each gets its own requires_grad back afterwards, also on an error."""
+    params = [p for p in hf_model.parameters() if p.requires_grad]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _saving_no_attention_output(edits):
+    """Edits of the heads' outputs (the output projection's input) change, in place, what sdpa's
+    fused kernels keep for the backward pass: where there are any, attention runs the plain math
+    kernel, which keeps its inputs only."""
+    if any(edit.site == "out_proj_input" for edit in edits or ()):
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
+
+
+def _adding(probe: torch.Tensor):
+    def add(x: torch.Tensor, state) -> None:
+        x.add_(probe)
+    return add
+
+
+def _scaling(run, layer: int, alpha: float):
+    bias = run.family.modules(run.hf_model, layer)["out_proj"].bias
+
+    def scale(x: torch.Tensor, state) -> None:  # x = b + alpha (x - b): the edge terms scaled, the bias kept
+        if bias is None:
+            x.mul_(alpha)
+        else:
+            x.sub_(bias.detach()).mul_(alpha).add_(bias.detach())
+    return scale
+
+
+@torch.no_grad()
+def _layer_effects(run, layer: int, attn_grad: torch.Tensor, ffn_grad: torch.Tensor, floor: float) -> LayerEffects:
+    edges, heads = [], []
+    for start, stop, block in edge_effect_chunks(attn_grad, run._probs(layer), run.capture.values[layer],
+                                                 w_o(run.hf_model, run.family, run.shape, layer), run.budget_bytes):
+        kept = block.abs().sum(-1) > floor if floor > 0 else _causal(start, stop).to(block.device)
+        index = kept.nonzero()
+        heads.append(block[kept].cpu())
+        index[:, 0] += start
+        edges.append(index.cpu())
+    ffn = (ffn_grad * run.capture.ffn_out[layer].float().cpu()).sum(-1)
+    return LayerEffects(torch.cat(edges), torch.cat(heads), ffn)
+
+
+def _causal(start: int, stop: int) -> torch.Tensor:
+    return torch.arange(stop)[None, :] <= torch.arange(start, stop)[:, None]
+
+
+def edge_effect_chunks(grad: torch.Tensor, probs, values: torch.Tensor, w_o: torch.Tensor,
+                       budget_bytes: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """g_i . z^h_{i<-j} = A^h[i,j] <W_O^h g_i, v^h_j> for targets start..stop-1 and sources
+    0..stop-1, a chunk of targets at a time: (start, stop, [stop - start, stop, H]), 0 on future
+    sources. grad [T, d], probs [H, T, T] (a tensor or an AttentionProbs), values [T, KV, hd],
+    W_O [H, hd, d]; temporaries stay under about `budget_bytes`."""
+    values = values.float()
+    device = values.device
+    n_heads, n_kv, n_tokens = w_o.shape[0], values.shape[1], values.shape[0]
+    query = torch.einsum("hkd,td->htk", w_o.float().to(device), grad.float().to(device))  # [H, T, hd]
+    values_t = values.permute(1, 2, 0)  # [KV, hd, T]
+    group = n_heads // n_kv
+    chunk = max(1, budget_bytes // (4 * n_tokens * n_heads * 4))
+    for start in range(0, n_tokens, chunk):
+        stop = min(start + chunk, n_tokens)
+        q = query[:, start:stop].reshape(n_kv, group * (stop - start), -1)  # the query heads of a KV head side by side
+        dot = torch.bmm(q, values_t[:, :, :stop]).reshape(n_heads, stop - start, stop)
+        block = probs[:, start:stop, :stop].float().to(device) * dot
+        future = ~_causal(start, stop).to(device)
+        yield start, stop, block.masked_fill_(future, 0).permute(1, 2, 0)
