@@ -81,6 +81,13 @@ export interface FfnSelection {
   neuron?: number | null;
 }
 
+export interface NeuronSelection {
+  kind: "neuron";
+  layer: number;
+  token: number;
+  neuron: number;
+}
+
 export interface Offer {
   label: string;
   spec: (string | number | number[])[];
@@ -104,6 +111,11 @@ export interface Notice {
   text: string;
 }
 
+export interface Intervened {
+  how: "ablated" | "patched";
+  label: string;
+}
+
 export interface LensToken {
   token: string;
   probability: number;
@@ -119,6 +131,7 @@ export interface BlockEffect {
 
 export interface ResidualPanel {
   selection: ResidualSelection;
+  intervened: Intervened | null;
   lens: LensToken[];
   normalized: boolean;
   blocks: BlockEffect[];
@@ -131,9 +144,15 @@ export interface Effect {
 
 export interface AttentionPanel {
   selection: AttentionSelection;
+  intervened: Intervened | null;
   shares: Encoded;
+  positions: Encoded;
+  focus: number[];
   pattern: Encoded;
   importance: Encoded;
+  row_pattern: Encoded;
+  row_importance: Encoded;
+  heads_row: Encoded;
   from_source: Effect;
   total: Effect;
 }
@@ -148,9 +167,20 @@ export interface NeuronRow {
 
 export interface FfnPanel {
   selection: FfnSelection;
+  intervened: Intervened | null;
   ffn_share: number;
   block: Effect;
   neurons: NeuronRow[];
+}
+
+export interface NeuronPanel {
+  selection: NeuronSelection;
+  intervened: Intervened | null;
+  activation: number;
+  share: number;
+  activations: Encoded;
+  strongest: [number, number][];
+  effect: Effect;
 }
 
 export interface ActiveIntervention {
@@ -247,8 +277,15 @@ export interface ActivePatch {
   source: string;
 }
 
+export interface PanelOptions {
+  tokens?: number;
+  logits?: number;
+  neurons?: number;
+}
+
 export interface PanelRequest {
   selection: Selection;
+  options?: PanelOptions;
 }
 
 export interface AnalyzeRequest {
@@ -302,8 +339,8 @@ export interface Reply {
   error?: CommandError;
 }
 
-export type Selection = ResidualSelection | AttentionSelection | FfnSelection;
-export type PanelData = ResidualPanel | AttentionPanel | FfnPanel;
+export type Selection = ResidualSelection | AttentionSelection | FfnSelection | NeuronSelection;
+export type PanelData = ResidualPanel | AttentionPanel | FfnPanel | NeuronPanel;
 
 export interface Traits {
   protocol: number;
@@ -313,7 +350,7 @@ export interface Traits {
   threshold: number;
   renormalize: boolean;
   normalize_lens: boolean;
-  selection: ResidualSelection | AttentionSelection | FfnSelection | null;
+  selection: ResidualSelection | AttentionSelection | FfnSelection | NeuronSelection | null;
   selection_info: SelectionInfo | null;
   notice: Notice | null;
   busy: string;

@@ -265,7 +265,8 @@ def test_panel_request_is_answered_with_binary_maps(widget):
     assert reply["kind"] == "lmtt-reply" and reply["id"] == "v-1" and reply["ok"] is True
     assert reply["result"]["selection"] == selection
     paths = reply["buffer_paths"]
-    assert len(paths) == len(buffers) == 3  # shares, pattern, importance
+    # shares, positions, pattern, importance, the target's rows, every head's row
+    assert len(paths) == len(buffers) == 7
     json.dumps(reply)  # every array crossed as a buffer: what is left is plain JSON
     pattern = np.frombuffer(bytes(buffers[paths.index(["result", "pattern", "data"])]), dtype="<f4")
     pattern = pattern.reshape(run.n_tokens, -1)
