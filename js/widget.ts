@@ -41,6 +41,9 @@ function keyPart(value: unknown): string {
   return typeof value === "boolean" ? (value ? "1" : "0") : String(value ?? null);
 }
 
+/** What the panels' "more" asks for: LM-TT's amounts. */
+const MORE = { tokens: 30, logits: 15, neurons: 20 };
+
 function render({ model, el }: RenderProps<State>) {
   const live = !(model as AnyModel<State> & { standalone?: boolean }).standalone;
   const client = new Client(model, live);
@@ -79,7 +82,7 @@ function render({ model, el }: RenderProps<State>) {
     select,
     target: (t) => setTarget(t),
   });
-  const panels = new Panels({ select });
+  const panels = new Panels({ select, more: () => { shown = ""; void onSelection(); } });
   const interventions = new InterventionsView(model, graph, select, invoke, live);
   const pair = new PairView(model, invoke, live);
   const controls = new Controls({
@@ -123,7 +126,8 @@ function render({ model, el }: RenderProps<State>) {
     graph.setSelection(sel);
     const info = model.get("info");
     if (sel === null) { shown = ""; panels.empty(); return; }
-    const key = panelKey(sel, { info, normalize_lens: model.get("normalize_lens") });
+    const options = panels.more ? MORE : undefined;
+    const key = panelKey(sel, { info, normalize_lens: model.get("normalize_lens") }) + (options ? "+more" : "");
     if (key === shown && !cache.has(key)) return; // its panel is on its way (or has failed: select again)
     shown = key;
     const title = info.selection_kinds[sel.kind]?.title ?? sel.kind;
@@ -133,7 +137,7 @@ function render({ model, el }: RenderProps<State>) {
       if (!live) { panels.unavailable(title, "This panel needs a live kernel: it was not saved with this page."); return; }
       panels.loading(title);
       const t0 = performance.now();
-      const outcome = await client.invoke("panel", { selection: sel });
+      const outcome = await client.invoke("panel", options ? { selection: sel, options } : { selection: sel });
       root.dataset.panelMs = (performance.now() - t0).toFixed(1);
       if (shown !== key) return; // a newer selection took over
       if (!outcome.ok) { panels.unavailable(title, `Could not load: ${outcome.error.message}`); return; }
