@@ -18,7 +18,7 @@ from .architectures import Shape, family_of, ffn_out_matrix, shape_of, w_o
 from .attention import AttentionProbs, check_gives_probs, dense
 from .contributions import head_outputs
 from .errors import LmttError, check_floor, check_index, check_positive, check_threshold
-from .progress import progress_bar
+from .progress import progress_steps
 from .tracing import Capture, attention_probs, neuron_activations, trace
 
 
@@ -126,19 +126,16 @@ def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, di
     neurons = n_tokens * _d_ff(hf_model, family) * shape.n_layers * 4 <= budget_bytes
     probs = shape.n_layers * shape.n_heads * n_tokens ** 2 * 4 <= budget_bytes  # kept as float32
     layers: list[LayerShares] = []
-    bar = progress_bar(range(shape.n_layers), enabled=progress, desc="importances", unit="layer")
-    steps = iter(bar)
+    with progress_steps(shape.n_layers, enabled=progress, desc="importances", unit="layer") as advance:
 
-    def on_layer(layer: int, t) -> None:  # inside the trace: each layer's probabilities are used as they come
-        next(steps)
-        layers.append(block_shares(t.resid_in, t.attn_out, t.ffn_out, t.resid_out, t.probs, t.values,
-                                   w_o(hf_model, family, shape, layer), shape.parallel, p, budget_bytes, floor).cpu())
+        def on_layer(layer: int, t) -> None:  # inside the trace: each layer's probabilities are used as they come
+            layers.append(block_shares(t.resid_in, t.attn_out, t.ffn_out, t.resid_out, t.probs, t.values,
+                                       w_o(hf_model, family, shape, layer), shape.parallel, p, budget_bytes,
+                                       floor).cpu())
+            advance()
 
-    try:
         capture = trace(model, family, shape, input_ids.to(hf_model.device), edits, neurons=neurons, probs=probs,
                         on_layer=on_layer)
-    finally:
-        getattr(bar, "close", lambda: None)()
     text = prompt if prompt is not None else model.tokenizer.decode(input_ids)
     return Run(model, text, input_ids, capture, layers, distance, budget_bytes, floor, edits=edits)
 
