@@ -5,6 +5,7 @@ import { Controls } from "./controls";
 import { h } from "./dom";
 import { GraphView } from "./graph";
 import { InterventionsView } from "./interventions";
+import { legend } from "./legend";
 import { PairView } from "./pair";
 import { Panels } from "./panels";
 import { Client, PROTOCOL_VERSION, type CommandName, type Failure, type Notice, type Outcome } from "./protocol";
@@ -107,7 +108,8 @@ function render({ model, el }: RenderProps<State>) {
   const root = h("div", { class: "lmtt" },
     h("div", { class: "lmtt-header" }, controls.facts, controls.status),
     controls.root, pair.bar, interventions.bar, messageBar,
-    h("div", { class: "lmtt-main" }, graph.root, panels.root), interventions.details);
+    h("div", { class: "lmtt-main" }, h("div", { class: "lmtt-graph-box" }, graph.root, legend()), panels.root), interventions.details);
+  controls.addToMainRow(pair.compare);
   if (!live) root.append(h("p", { class: "hint export-note" },
     "Saved page: the graph and the panels saved with it work here; other panels and analysing a new prompt need a live kernel."));
   el.append(root);
