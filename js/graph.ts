@@ -1,21 +1,31 @@
-// The routes graph: tokens along x, layers along y (embeddings at the bottom), one target per
-// token above the top layer. SVG in one transformed group, so zoom and pan are one attribute.
+// The routes graph: tokens along x, layers along y (embeddings at the bottom). The view opens
+// with every token column the routes pass through in the box: columns they do not touch collapse
+// into marked gaps (click one to show its tokens). Zoom is semantic: it spaces columns and
+// layers, never scales text, so labels keep their size at every zoom. Fixed bands around the
+// plot: the targets above (click: whose prediction's routes), the token labels below, the layer
+// axis on the left, and an overview strip of the whole prompt at the bottom (where the routes
+// are, where the view is; click or drag it to move there).
 // Edges with an effect are coloured by its sign (supports / opposes the prediction over the
 // contrast); routes kept by effect are drawn with widths by |effect|; the edges with a large
 // effect that the share routes miss can be drawn dashed over them.
 
 import { decode } from "./arrays";
 import { s, visible, fmt } from "./dom";
+import { Columns, HORIZONTAL_MIN, LABEL_PITCH, clip, labelRows, placeRotated, planSlots } from "./layout";
 import type { MissedEdge } from "./protocol";
 import { KINDS, STAGES, type Info, type Payload, type Selection, type Stage } from "./types";
 
-// Spacing adapts to the view: px per token column and per level (embed 0, mid(l) 2l+1,
-// post(l) 2l+2), so that short prompts and deep models both open readable.
-const COL_RANGE = [44, 120];
-const LEVEL_RANGE = [9, 30];
-const LEFT = 44;
-const TOP = 64; // room for the target row
-const BOTTOM = 40; // room for the token labels
+const AXIS_W = 40; // the layer axis
+const TARGET_H = 22; // the target row
+const OVERVIEW_H = 16;
+const OVERVIEW_GAP = 4;
+const ROW_LEN = 44; // a row of rotated token labels: 6 characters at 10 px
+const LABEL_CHARS = 6;
+const CHAR_W = 6.1; // 10 px monospace
+const LEVEL_MAX = 60;
+const COMFORTABLE = 16; // px per column below which untouched columns collapse into gaps
+const Y_PAD = 4;
+const LABEL_SPACING = 13; // px between layer labels
 
 export interface GraphCallbacks {
   select(sel: Selection): void;
@@ -34,30 +44,50 @@ function sign(effect: number): string {
   return Number.isNaN(effect) ? "" : effect >= 0 ? " supports" : " opposes";
 }
 
+type Region = { x: number; y: number; w: number; h: number };
+
 export class GraphView {
   readonly root: HTMLDivElement;
   private svg: SVGSVGElement;
-  private world: SVGGElement;
+  private plot: SVGSVGElement; // clips the world to the plot area
+  private world: SVGGElement; // panned by one translate
   private highlight: SVGGElement;
-  /** Marks that other views draw over the graph in its coordinates (js/interventions.ts). */
+  /** Marks that other views draw over the graph in its coordinates (js/interventions.ts); they
+   * redraw them from `point` when the layout changes (`onLayout`). */
   readonly overlay: SVGGElement = s("g", { class: "overlay" });
   /** The edges with a large effect that the share routes miss, dashed (setMissed). */
   private missedLayer: SVGGElement = s("g", { class: "missed" });
+  private missed: MissedEdge[] = [];
+  private targetsBand: SVGSVGElement;
+  private targetsLayer: SVGGElement;
+  private tokensBand: SVGSVGElement;
+  private tokensLayer: SVGGElement;
+  private axisBand: SVGSVGElement;
   private axis: SVGGElement; // layer labels, pinned to the left edge whatever the pan
+  private overview: SVGGElement;
   private cursorMark: SVGCircleElement;
   private tooltip: HTMLDivElement;
   private info: Info | null = null;
   private data: Decoded | null = null;
   private payload: Payload | null = null;
-  private view = { k: 1, x: 0, y: 0 };
+  private byWeight: number[] = []; // edge indices, weakest first (strong edges drawn on top)
+  private routeWeight = new Float32Array(0); // per token: the weight of the route edges touching it
+  private columns: Columns | null = null;
+  private expanded = new Set<number>(); // tokens shown from gaps the user opened
+  private pinned = new Map<string, number[]>(); // tokens other views need shown (the selection, marks)
+  private view = { x: 0, y: 0 };
+  private lev = 20; // px per level (embed 0, mid(l) 2l+1, post(l) 2l+2)
+  private levFit = 20;
+  private rows = 1; // rows of rotated token labels the band has room for
+  private region: Region = { x: AXIS_W, y: TARGET_H, w: 600, h: 400 };
+  private showOverview = false;
   private cursor = { token: 0, level: 0 };
   private selection: Selection | null = null;
-  private col = 56;
-  private lev = 26;
-  private drag: { x: number; y: number; vx: number; vy: number; moved: boolean } | null = null;
-  private drawn: [number, number] = [0, -1]; // the token columns drawn
+  private drag: { x: number; y: number; vx: number; vy: number; moved: boolean; overview: boolean } | null = null;
+  private drawn: [number, number] = [0, -1]; // the slots drawn
   private redrawPending = false;
   private touched = false; // the user zoomed or panned: resizes keep their view
+  private layoutListeners: (() => void)[] = [];
 
   constructor(private cb: GraphCallbacks) {
     this.root = document.createElement("div");
@@ -68,31 +98,59 @@ export class GraphView {
     this.svg = s("svg", { class: "lmtt-svg", width: "100%", height: "100%" });
     this.world = s("g", { class: "world" });
     this.highlight = s("g", { class: "highlight" });
-    this.cursorMark = s("circle", { class: "cursor", r: 9, visibility: "hidden" });
+    this.cursorMark = s("circle", { class: "cursor", r: 7, visibility: "hidden" });
+    this.plot = s("svg", { class: "plot" });
+    this.plot.append(s("rect", { class: "bg", width: "100%", height: "100%" }), this.world);
+    this.targetsLayer = s("g", { class: "targets" });
+    this.targetsBand = s("svg", { class: "targets-band" });
+    this.targetsBand.append(this.targetsLayer);
+    this.tokensLayer = s("g", { class: "tokens" });
+    this.tokensBand = s("svg", { class: "tokens-band" });
+    this.tokensBand.append(this.tokensLayer);
     this.axis = s("g", { class: "axis" });
-    this.svg.append(s("rect", { class: "bg", width: "100%", height: "100%" }), this.world, this.axis);
+    this.axisBand = s("svg", { class: "axis-band" });
+    this.axisBand.append(this.axis);
+    this.overview = s("g", { class: "overview" });
+    this.svg.append(this.plot, this.targetsBand, this.tokensBand, this.axisBand, this.overview);
     this.tooltip = document.createElement("div");
     this.tooltip.className = "lmtt-tooltip";
     this.root.append(this.svg, this.tooltip);
     this.listen();
   }
 
+  /** Call `fn` after each change of the layout (zoom, fit, gaps opened): overlays redraw. */
+  onLayout(fn: () => void): void { this.layoutListeners.push(fn); }
+
+  /** Tokens that `owner` needs shown as columns (the selection, the marks of a difference). */
+  pin(owner: string, tokens: number[]): void {
+    this.pinned.set(owner, tokens);
+    const c = this.columns;
+    if (c && tokens.some((t) => t >= 0 && t < c.nTokens && !c.shown(t))) this.replan(true);
+  }
+
   // -- geometry ---------------------------------------------------------------------------
 
-  private get nLayers(): number { return this.info ? this.info.n_layers : 0; }
-  private get maxLevel(): number { return 2 * this.nLayers; }
+  private get nTokens(): number { return this.info ? this.info.tokens.length : 0; }
+  private get maxLevel(): number { return this.info ? 2 * this.info.n_layers : 0; }
   private level(stage: number, layer: number): number {
     if (stage === 0) return 0;
     if (stage === 1) return 2 * layer + 1;
     if (stage === 2) return 2 * layer + 1.5;
     return 2 * layer + 2;
   }
-  private x(token: number, stage = 0): number { return LEFT + token * this.col + this.col / 2 + (stage === 2 ? this.col * 0.32 : 0); }
-  private y(level: number): number { return TOP + (this.maxLevel - level) * this.lev; }
-  private get width(): number { return LEFT + (this.info ? this.info.tokens.length : 0) * this.col + 10; }
-  private get height(): number { return TOP + this.maxLevel * this.lev + BOTTOM; }
+  private get col(): number { return this.columns ? this.columns.col : 20; }
+  private x(token: number, stage = 0): number { return this.columns!.x(token) + (stage === 2 ? this.col * 0.32 : 0); }
+  private y(level: number): number { return Y_PAD + (this.maxLevel - level + 0.5) * this.lev; }
+  private get contentW(): number { return this.columns ? this.columns.total() : 0; }
+  private get contentH(): number { return 2 * Y_PAD + (this.maxLevel + 1) * this.lev; }
+  private get labelMode(): "horizontal" | "rotated" { return this.col >= HORIZONTAL_MIN ? "horizontal" : "rotated"; }
 
-  // -- drawing ----------------------------------------------------------------------------
+  /** A node's position in graph coordinates: stage code (types.STAGES), layer, token. */
+  point(stage: number, layer: number, token: number): [number, number] {
+    return [this.x(token, stage), this.y(this.level(stage, layer))];
+  }
+
+  // -- data ---------------------------------------------------------------------------------
 
   setData(info: Info, payload: Payload): void {
     const newRun = this.info !== info;
@@ -106,125 +164,282 @@ export class GraphView {
       for (const v of effect) if (Math.abs(v) > max) max = Math.abs(v);
       strength = effect.map((v) => (Number.isNaN(v) ? 0.3 : Math.abs(v) / max)); // residual edges: no effect
     }
-    this.data = {
+    const d: Decoded = this.data = {
       stage: decode<Uint8Array>(n.stage), layer: decode<Int16Array>(n.layer), token: decode<Int32Array>(n.token),
       source: decode<Uint32Array>(e.source), target: decode<Uint32Array>(e.target), kind: decode<Uint8Array>(e.kind),
       weight, effect, headRow: decode<Int32Array>(e.head_row), strength,
     };
-    if (newRun) {
-      this.layout();
-      this.cursor = { token: info.tokens.length - 1, level: this.maxLevel };
-      this.initialView();
+    this.byWeight = Array.from(d.weight.keys()).sort((a, b) => d.strength[a] - d.strength[b]);
+    const routes = new Float32Array(info.tokens.length);
+    for (let i = 0; i < d.weight.length; i++) {
+      routes[d.token[d.source[i]]] += d.weight[i];
+      routes[d.token[d.target[i]]] += d.weight[i];
     }
-    this.draw();
+    for (let i = 0; i < d.token.length; i++) routes[d.token[i]] = Math.max(routes[d.token[i]], 1e-6); // a node alone
+    const sameColumns = !newRun && this.routeWeight.length === routes.length
+      && routes.every((w, t) => (w > 0) === (this.routeWeight[t] > 0));
+    this.routeWeight = routes;
+    if (newRun) {
+      this.expanded.clear();
+      this.cursor = { token: info.tokens.length - 1, level: this.maxLevel };
+    }
+    if (newRun || !sameColumns || !this.columns) this.replan(true);
+    else this.draw();
   }
 
-  /** Token columns in view, widened by `margin` view widths on each side. */
-  private columnsInView(margin: number): [number, number] {
-    const w = this.svg.clientWidth || 900, k = this.view.k;
-    const x0 = (-this.view.x - margin * w) / k, x1 = (w - this.view.x + margin * w) / k;
-    return [Math.floor((x0 - LEFT) / this.col) - 1, Math.ceil((x1 - LEFT) / this.col) + 1];
+  /** The tokens shown as columns: the routes', the target, what other views pinned, gaps opened. */
+  private keep(): (t: number) => boolean {
+    const keep = new Uint8Array(this.nTokens);
+    this.routeWeight.forEach((w, t) => { if (w > 0) keep[t] = 1; });
+    if (this.payload) keep[this.payload.target] = 1;
+    for (const t of this.expanded) keep[t] = 1;
+    for (const tokens of this.pinned.values()) for (const t of tokens) if (t >= 0 && t < keep.length) keep[t] = 1;
+    return (t) => keep[t] === 1;
   }
 
-  /** Redraw when the view leaves the columns drawn (long prompts draw only what is near the view). */
+  /** Plan the columns again; `fit`: fit the view to them, else keep the column width. */
+  private replan(fit: boolean): void {
+    if (!this.info) return;
+    const width = this.measure().w;
+    const col = this.columns?.col;
+    this.columns = new Columns(planSlots(this.nTokens, this.keep(), width, COMFORTABLE), this.nTokens);
+    if (fit || col === undefined) this.fit(); else { this.columns.col = col; this.bands(); this.redraw(); }
+  }
+
+  /** The svg's size, and the regions of the bands and the plot for it. */
+  private measure(): Region {
+    const w = this.svg.clientWidth || 900, h = this.svg.clientHeight || 560;
+    return { x: AXIS_W, y: TARGET_H, w: Math.max(50, w - AXIS_W - 6), h };
+  }
+
+  /** Size the bands for the column width shown: token label rows, the plot between. */
+  private bands(): void {
+    const m = this.measure();
+    this.rows = labelRows(this.col);
+    const tokensH = this.labelMode === "horizontal" ? 20 : this.rows * ROW_LEN + 4;
+    this.showOverview = this.columns !== null && (this.columns.nGaps > 0 || this.nTokens > 40);
+    const overviewH = this.showOverview ? OVERVIEW_H + OVERVIEW_GAP : 0;
+    this.region = { x: AXIS_W, y: TARGET_H, w: m.w, h: Math.max(40, m.h - TARGET_H - tokensH - overviewH) };
+    const r = this.region;
+    const set = (el: SVGSVGElement, x: number, y: number, w: number, h: number) => {
+      el.setAttribute("x", String(x)); el.setAttribute("y", String(y));
+      el.setAttribute("width", String(Math.max(0, w))); el.setAttribute("height", String(Math.max(0, h)));
+    };
+    set(this.plot, r.x, r.y, r.w, r.h);
+    set(this.targetsBand, r.x, 0, r.w, TARGET_H);
+    set(this.tokensBand, r.x, r.y + r.h, r.w, tokensH);
+    set(this.axisBand, 0, r.y, AXIS_W, r.h);
+    this.overview.setAttribute("transform", `translate(${r.x},${m.h - OVERVIEW_H})`);
+    this.levFit = (r.h - 2 * Y_PAD) / (this.maxLevel + 1);
+  }
+
+  // -- drawing ----------------------------------------------------------------------------
+
+  /** The slots in view, widened by `margin` view widths on each side. */
+  private slotsInView(margin: number): [number, number] {
+    const c = this.columns!, w = this.region.w;
+    return [c.slotAt(-this.view.x - margin * w), c.slotAt(-this.view.x + (1 + margin) * w)];
+  }
+
+  /** Redraw when the view leaves the slots drawn (long prompts draw only what is near the view). */
   private scheduleRedraw(): void {
-    if (this.redrawPending || !this.data) return;
-    const [a, b] = this.columnsInView(0), [c0, c1] = this.drawn;
-    if (a >= c0 && b <= c1) return;
+    if (this.redrawPending || !this.data || !this.columns) return;
+    const [a, b] = this.slotsInView(0), [c0, c1] = this.drawn;
+    if (a >= c0 && b <= c1) { this.drawOverview(); return; }
+    this.redraw();
+  }
+
+  private redraw(): void {
+    if (this.redrawPending) return;
     this.redrawPending = true;
     requestAnimationFrame(() => { this.redrawPending = false; this.draw(); });
   }
 
-  /** Layer labels at the left edge of the view, at their layers' heights. */
-  private drawAxis(): void {
-    if (!this.info) return;
-    const { k, y: vy } = this.view;
-    const labels: SVGElement[] = [s("rect", { class: "axis-bg", x: 0, y: 0, width: 34, height: "100%" })];
-    const every = Math.max(1, Math.ceil(14 / (2 * this.lev * k))); // keep labels ~14 px apart
-    for (let l = 0; l < this.info.n_layers; l += every) {
-      labels.push(s("text", { class: "layer-label", x: 30, y: fmt(this.y(2 * l + 2) * k + vy + 4, 1), "text-anchor": "end" }, `L${l}`));
-    }
-    labels.push(s("text", { class: "layer-label", x: 30, y: fmt(this.y(0) * k + vy + 4, 1), "text-anchor": "end" }, "emb"));
-    this.axis.replaceChildren(...labels);
-  }
-
-  private layout(): void {
-    const w = this.svg.clientWidth || 900, hgt = this.svg.clientHeight || 560;
-    const clamp = (v: number, [lo, hi]: number[]) => Math.max(lo, Math.min(hi, v));
-    this.col = clamp((w - LEFT - 10) / this.info!.tokens.length, COL_RANGE);
-    this.lev = clamp((hgt - TOP - BOTTOM) / Math.max(1, this.maxLevel), LEVEL_RANGE);
-  }
-
   private draw(): void {
-    const info = this.info!, d = this.data!;
-    const [c0, c1] = this.columnsInView(1);
-    this.drawn = [c0, c1];
-    const near = (t: number) => t >= c0 && t <= c1;
+    if (!this.info || !this.data || !this.columns) return;
+    const d = this.data, c = this.columns;
+    const [s0, s1] = this.slotsInView(1);
+    this.drawn = [s0, s1];
+    const x0 = c.left(s0), x1 = c.left(s1) + c.width(s1);
+    const near = (t: number) => { const i = c.slotOf[t]; return i >= s0 && i <= s1; };
     const frag = document.createDocumentFragment();
-    frag.append(this.drawGrid(info, near));
+    frag.append(this.drawGaps(s0, s1), this.drawGrid());
     const edges = s("g", { class: "edges" });
-    // lighter edges first, so that strong ones are drawn on top; only those reaching the columns drawn
-    const order = Array.from(d.weight.keys()).filter((i) => {
-      const ta = d.token[d.source[i]], tb = d.token[d.target[i]];
-      return Math.max(ta, tb) >= c0 && Math.min(ta, tb) <= c1;
-    }).sort((a, b) => d.strength[a] - d.strength[b]);
-    for (const i of order) edges.append(this.edgePath(i));
+    let drawnEdges = 0;
+    for (const i of this.byWeight) {
+      const xa = c.x(d.token[d.source[i]]), xb = c.x(d.token[d.target[i]]);
+      if (Math.max(xa, xb) < x0 || Math.min(xa, xb) > x1) continue;
+      edges.append(this.edgePath(i));
+      drawnEdges++;
+    }
     frag.append(edges);
     const nodes = s("g", { class: "nodes" });
+    const r = this.nodeRadius();
     for (let i = 0; i < d.stage.length; i++) {
       if (!near(d.token[i])) continue;
       const st = d.stage[i];
-      const c = s("circle", {
-        class: `node ${STAGES[st]}`, cx: this.x(d.token[i], st), cy: this.y(this.level(st, d.layer[i])),
-        r: fmt(Math.min(st === 2 ? 4.5 : 5.5, this.lev * 0.38), 1), "data-node": i,
-      });
-      nodes.append(c);
+      nodes.append(s("circle", {
+        class: `node ${STAGES[st]}`, cx: fmt(this.x(d.token[i], st), 1), cy: fmt(this.y(this.level(st, d.layer[i])), 1),
+        r: fmt(st === 2 ? r * 0.85 : r, 1), "data-node": i,
+      }));
     }
-    frag.append(nodes, this.drawTargets(info, near), this.missedLayer, this.overlay, this.highlight, this.cursorMark);
-    this.drawAxis();
-    this.root.dataset.edges = String(d.weight.length);
-    this.root.dataset.edgesDrawn = String(order.length);
-    this.world.replaceChildren(frag);
-    this.drawHighlight();
-  }
-
-  private drawGrid(info: Info, near: (t: number) => boolean): SVGGElement {
-    const g = s("g", { class: "grid" });
-    const x0 = LEFT, x1 = this.width - 10;
-    for (let l = 0; l < info.n_layers; l++) {
-      const y = this.y(2 * l + 2);
-      g.append(s("line", { class: "layer-line", x1: x0, x2: x1, y1: y, y2: y }));
-    }
-    const yb = this.y(0) + 22;
-    const [genStart, genStop] = info.generated ?? [0, 0];
-    info.tokens.forEach((tok, t) => {
-      if (!near(t)) return;
-      const generated = t >= genStart && t < genStop;
-      const label = s("g", { class: generated ? "token generated" : "token" });
-      label.append(s("title", {}, `${t}: ${JSON.stringify(tok)}${generated ? " (generated by the model)" : ""}`));
-      label.append(s("text", { class: "token-label", x: this.x(t), y: yb, "text-anchor": "middle" }, clip(visible(tok))));
-      g.append(label);
-    });
-    return g;
-  }
-
-  private drawTargets(info: Info, near: (t: number) => boolean): SVGGElement {
-    const g = s("g", { class: "targets" });
-    const y = TOP - 44;
     const target = this.payload!.target;
-    info.tokens.forEach((tok, t) => {
-      if (!near(t)) return;
-      const cls = t === target ? "target-cell active" : "target-cell";
-      const cell = s("g", { class: cls, "data-target": t });
-      cell.append(s("rect", { x: this.x(t) - this.col / 2 + 3, y, width: this.col - 6, height: 22, rx: 4 }));
-      cell.append(s("text", { x: this.x(t), y: y + 15, "text-anchor": "middle" }, clip(visible(info.predictions.tokens[t][0] ?? ""))));
-      const title = info.predictions.tokens[t].map((p) => JSON.stringify(p)).join(", ");
-      cell.append(s("title", {}, `Routes to the prediction after token ${t} ${JSON.stringify(tok)}; top: ${title}`));
-      g.append(cell);
-    });
-    const top = this.y(this.maxLevel);
-    g.append(s("line", { class: "target-link", x1: this.x(target), x2: this.x(target), y1: y + 22, y2: top - 6 }));
+    const link = s("line", { class: "target-link", x1: this.x(target), x2: this.x(target), y1: 0, y2: this.y(this.maxLevel) - r - 2 });
+    frag.append(link, nodes, this.missedLayer, this.overlay, this.highlight, this.cursorMark);
+    this.world.replaceChildren(frag);
+    this.drawMissed();
+    this.drawTargets(s0, s1);
+    this.drawTokens(s0, s1);
+    this.drawAxis();
+    this.drawOverview();
+    this.drawHighlight();
+    this.placeCursor();
+    this.applyView();
+    this.root.dataset.edges = String(d.weight.length);
+    this.root.dataset.edgesDrawn = String(drawnEdges);
+    this.root.dataset.columns = String(c.nCols);
+    this.root.dataset.gaps = String(c.nGaps);
+    for (const fn of this.layoutListeners) fn();
+  }
+
+  private nodeRadius(): number {
+    return Math.max(1.8, Math.min(5.5, this.lev * 0.38, this.col * 0.34));
+  }
+
+  /** Collapsed runs of tokens: a hatched band each, labelled with its count; a click opens it. */
+  private drawGaps(s0: number, s1: number): SVGGElement {
+    const c = this.columns!, g = s("g", { class: "gaps" });
+    for (let i = s0; i <= s1; i++) {
+      const slot = c.slots[i];
+      if (!slot.gap) continue;
+      const n = slot.last - slot.first + 1, x = c.left(i), w = c.width(i);
+      const gap = s("g", { class: "gap", "data-gap": i });
+      gap.append(s("title", {}, `${n} tokens (${slot.first}–${slot.last}) that the routes do not pass through: click to show them`));
+      gap.append(s("rect", { x: fmt(x + 1, 1), y: 0, width: fmt(w - 2, 1), height: fmt(this.contentH, 1) }));
+      if (w >= 11) {
+        const cy = Math.max(50, Math.min(this.contentH - 50, this.region.h / 2 - this.view.y)); // mid-view
+        gap.append(s("text", {
+          class: "gap-label", transform: `translate(${fmt(x + w / 2, 1)},${fmt(cy, 1)}) rotate(-90)`,
+          "text-anchor": "middle", dy: "0.35em",
+        }, `… ${n} tokens …`));
+      }
+      g.append(gap);
+    }
     return g;
+  }
+
+  private drawGrid(): SVGGElement {
+    const g = s("g", { class: "grid" });
+    const x1 = fmt(this.contentW, 1);
+    for (let l = 0; l < this.info!.n_layers; l++) {
+      const y = fmt(this.y(2 * l + 2), 1);
+      g.append(s("line", { class: "layer-line", x1: 0, x2: x1, y1: y, y2: y }));
+    }
+    return g;
+  }
+
+  /** The target row: one cell per column (its top prediction when there is room); a click shows
+   * the routes to that prediction. */
+  private drawTargets(s0: number, s1: number): void {
+    const info = this.info!, c = this.columns!, target = this.payload!.target;
+    const cells: SVGElement[] = [];
+    const chars = Math.floor((c.col - 6) / CHAR_W);
+    for (let i = s0; i <= s1; i++) {
+      const slot = c.slots[i];
+      if (slot.gap) continue;
+      const t = slot.first;
+      const cell = s("g", { class: t === target ? "target-cell active" : "target-cell", "data-target": t });
+      const top = info.predictions.tokens[t];
+      cell.append(s("title", {}, `Routes to the prediction after token ${t} ${JSON.stringify(info.tokens[t])}; top: ${top.map((p) => JSON.stringify(p)).join(", ")}`));
+      const w = Math.max(1, c.col - 2);
+      cell.append(s("rect", { x: fmt(c.left(i) + (c.col - w) / 2, 1), y: 3, width: fmt(w, 1), height: 16, rx: Math.min(4, w / 2) }));
+      if (c.col >= 36 && chars >= 2) {
+        cell.append(s("text", { class: "target-label", x: fmt(c.x(t), 1), y: 15, "text-anchor": "middle" }, clip(visible(top[0] ?? ""), chars)));
+      }
+      cells.push(cell);
+    }
+    this.targetsLayer.replaceChildren(...cells);
+  }
+
+  /** Token labels under their columns: horizontal when they fit, else rotated in staggered rows;
+   * where even those cannot all fit, the heaviest columns' labels are kept. Full text on hover. */
+  private drawTokens(s0: number, s1: number): void {
+    const info = this.info!, c = this.columns!, target = this.payload!.target;
+    const shown: number[] = [];
+    for (let i = s0; i <= s1; i++) if (!c.slots[i].gap) shown.push(c.slots[i].first);
+    const labels: SVGElement[] = [];
+    const [genStart, genStop] = info.generated ?? [0, 0];
+    const label = (t: number, text: SVGTextElement) => { // the full text on hover
+      const generated = t >= genStart && t < genStop;
+      const g = s("g", { class: generated ? "token generated" : "token", "data-token": t });
+      g.append(s("title", {}, `${t}: ${JSON.stringify(info.tokens[t])}${generated ? " (generated by the model)" : ""}`), text);
+      labels.push(g);
+    };
+    if (this.labelMode === "horizontal") {
+      const chars = Math.floor((c.col - 4) / CHAR_W);
+      for (const t of shown) {
+        label(t, s("text", { class: "token-label", x: fmt(c.x(t), 1), y: 14, "text-anchor": "middle" }, clip(visible(info.tokens[t]), chars)));
+      }
+    } else {
+      const rows = placeRotated(shown.map((t) => ({ x: c.x(t), priority: t === target ? Infinity : this.routeWeight[t] })), LABEL_PITCH, this.rows);
+      shown.forEach((t, i) => {
+        if (rows[i] < 0) return;
+        label(t, s("text", {
+          class: "token-label", transform: `translate(${fmt(c.x(t), 1)},${3 + rows[i] * ROW_LEN}) rotate(-90)`,
+          "text-anchor": "end", dy: "0.35em",
+        }, clip(visible(info.tokens[t]), LABEL_CHARS)));
+      });
+    }
+    this.tokensLayer.replaceChildren(...labels);
+  }
+
+  /** Layer labels at the left edge of the view, at their layers' heights, at least 13 px apart
+   * (counted from the top: the last layer keeps its label), and the embedding's at the bottom. */
+  private drawAxis(): void {
+    if (!this.info) return;
+    const yEmb = this.y(0);
+    const label = (y: number, text: string) =>
+      s("text", { class: "layer-label", x: AXIS_W - 4, y: fmt(y, 1), dy: "0.35em", "text-anchor": "end" }, text);
+    const every = Math.max(1, Math.ceil(LABEL_SPACING / (2 * this.lev)));
+    const layers: SVGElement[] = [];
+    for (let l = this.info.n_layers - 1; l >= 0; l -= every) {
+      const y = this.y(2 * l + 2);
+      if (Math.abs(y - yEmb) >= LABEL_SPACING) layers.unshift(label(y, `L${l}`));
+    }
+    this.axis.replaceChildren(s("rect", { class: "axis-bg", x: 0, y: -1e5, width: AXIS_W, height: 2e5 }), ...layers, label(yEmb, "emb"));
+  }
+
+  /** The whole prompt in one strip: route columns as ticks, gaps shaded, the target, the view. */
+  private drawOverview(): void {
+    const c = this.columns;
+    if (!c || !this.showOverview || !this.info) { this.overview.replaceChildren(); return; }
+    const T = this.nTokens, w = this.region.w;
+    const ox = (t: number) => (t / T) * w;
+    const parts: SVGElement[] = [s("rect", { class: "ov-bg", x: 0, y: 0, width: w, height: OVERVIEW_H })];
+    let hidden = "";
+    for (const slot of c.slots) if (slot.gap) hidden += `M${fmt(ox(slot.first), 1)},0h${fmt(Math.max(0.5, ox(slot.last + 1) - ox(slot.first)), 1)}v${OVERVIEW_H}h${fmt(-Math.max(0.5, ox(slot.last + 1) - ox(slot.first)), 1)}z`;
+    parts.push(s("path", { class: "ov-gaps", d: hidden }));
+    let ticks = "";
+    this.routeWeight.forEach((rw, t) => { if (rw > 0) ticks += `M${fmt(ox(t + 0.5), 1)},2v${OVERVIEW_H - 4}`; });
+    parts.push(s("path", { class: "ov-routes", d: ticks }));
+    const target = this.payload!.target;
+    parts.push(s("rect", { class: "ov-target", x: fmt(ox(target + 0.5) - 1.5, 1), y: 0, width: 3, height: OVERVIEW_H }));
+    const [a, b] = this.slotsInView(0);
+    const first = this.firstVisibleToken(a), last = this.lastVisibleToken(b);
+    const x = ox(first), vw = Math.max(3, ox(last + 1) - x);
+    parts.push(s("rect", { class: "ov-window", x: fmt(x, 1), y: 0.5, width: fmt(vw, 1), height: OVERVIEW_H - 1, "data-first": first, "data-last": last }));
+    const title = s("title", {}, `The whole prompt (${T} tokens): ticks where the routes pass, shaded where tokens are collapsed; the box is the view. Click or drag to move.`);
+    this.overview.replaceChildren(title, ...parts);
+  }
+
+  private firstVisibleToken(slot: number): number {
+    const c = this.columns!;
+    const s0 = c.slots[slot];
+    return c.left(slot) + c.width(slot) < -this.view.x + 0.5 && slot + 1 < c.slots.length ? c.slots[slot + 1].first : s0.first;
+  }
+
+  private lastVisibleToken(slot: number): number {
+    return this.columns!.slots[slot].last;
   }
 
   private edgePath(i: number): SVGPathElement {
@@ -235,38 +450,60 @@ export class GraphView {
     const kind = KINDS[d.kind[i]];
     const w = d.strength[i];
     return s("path", {
-      class: `edge ${kind}${sign(d.effect[i])}`, d: edgeCurve(kind, xa, ya, xb, yb), "data-edge": i,
-      "stroke-width": fmt(0.8 + 4 * w, 2), "stroke-opacity": fmt(0.3 + 0.7 * w, 2),
+      class: `edge ${kind}${sign(d.effect[i])}`, d: this.curve(kind, xa, ya, xb, yb), "data-edge": i,
+      "stroke-width": fmt(Math.min(1.2 + 3.3 * w, Math.max(0.8, this.col * 0.45)), 2), "stroke-opacity": fmt(0.3 + 0.7 * w, 2),
     });
   }
 
-  /** Draw `missed` dashed over the graph (an empty list clears them). */
+  /** An edge's path: attention between tokens as a curve, to itself as a small arc beside the
+   * residual edge, residual and FFN edges straight. */
+  private curve(kind: string, xa: number, ya: number, xb: number, yb: number): string {
+    const p = (v: number) => fmt(v, 1);
+    if (kind === "attention" && xa !== xb) {
+      const ym = (ya + yb) / 2;
+      return `M${p(xa)},${p(ya)}C${p(xa)},${p(ym)} ${p(xb)},${p(ym)} ${p(xb)},${p(yb)}`;
+    }
+    if (kind === "attention") return `M${p(xa)},${p(ya)}Q${p(xa - Math.min(14, this.col * 0.4))},${p((ya + yb) / 2)} ${p(xb)},${p(yb)}`;
+    return `M${p(xa)},${p(ya)}L${p(xb)},${p(yb)}`;
+  }
+
+  /** An edge's path between two nodes given by (stage code, layer, token): for overlays. */
+  edgeBetween(kind: string, a: [number, number, number], b: [number, number, number]): string {
+    const [xa, ya] = this.point(...a), [xb, yb] = this.point(...b);
+    return this.curve(kind, xa, ya, xb, yb);
+  }
+
+  /** Draw `missed` dashed over the graph (an empty list clears them); their tokens are shown as
+   * columns, and they are drawn again with each layout. */
   setMissed(missed: MissedEdge[]): void {
+    this.missed = missed;
+    this.pin("missed", missed.flatMap((m) => [m.source[2], m.target[2]]));
+    if (this.info && this.columns) this.drawMissed();
+    this.root.dataset.missed = String(missed.length);
+  }
+
+  private drawMissed(): void {
     let max = 1e-12;
-    for (const m of missed) max = Math.max(max, Math.abs(m.effect));
-    this.missedLayer.replaceChildren(...missed.map((m) => {
-      const [xa, ya] = this.point(STAGES.indexOf(m.source[0] as Stage), m.source[1], m.source[2]);
-      const [xb, yb] = this.point(STAGES.indexOf(m.target[0] as Stage), m.target[1], m.target[2]);
+    for (const m of this.missed) max = Math.max(max, Math.abs(m.effect));
+    this.missedLayer.replaceChildren(...this.missed.map((m) => {
+      const a: [number, number, number] = [STAGES.indexOf(m.source[0] as Stage), m.source[1], m.source[2]];
+      const b: [number, number, number] = [STAGES.indexOf(m.target[0] as Stage), m.target[1], m.target[2]];
       const path = s("path", {
-        class: `missed-edge ${m.kind}${sign(m.effect)}`, d: edgeCurve(m.kind, xa, ya, xb, yb),
+        class: `missed-edge ${m.kind}${sign(m.effect)}`, d: this.edgeBetween(m.kind, a, b),
         "stroke-width": fmt(1.2 + 3 * Math.abs(m.effect) / max, 2),
       });
       path.append(s("title", {}, `missed by the share routes: ${m.kind} edge, layer ${m.target[1]}, effect ${fmt(m.effect, 3)}`));
       return path;
     }));
-    this.root.dataset.missed = String(missed.length);
-  }
-
-  /** A node's position in graph coordinates: stage code (types.STAGES), layer, token. */
-  point(stage: number, layer: number, token: number): [number, number] {
-    return [this.x(token, stage), this.y(this.level(stage, layer))];
   }
 
   // -- selection ----------------------------------------------------------------------------
 
   setSelection(sel: Selection | null): void {
     this.selection = sel;
-    if (this.info) this.drawHighlight();
+    const tokens = sel === null ? [] : sel.kind === "attention" ? [sel.source, sel.target] : [sel.token];
+    this.pin("selection", tokens);
+    if (this.info && this.columns) this.drawHighlight();
   }
 
   /** Outline the selection, whether or not it is an edge or node of the routes shown. */
@@ -274,17 +511,18 @@ export class GraphView {
     const sel = this.selection;
     const g = this.highlight;
     g.replaceChildren();
-    if (sel === null || !this.info) return;
+    if (sel === null || !this.info || !this.columns) return;
+    const ring = Math.max(5, this.nodeRadius() + 3);
     if (sel.kind === "attention") {
-      const xa = this.x(sel.source), ya = this.y(sel.layer === 0 ? 0 : 2 * sel.layer);
-      const parallel = this.info.parallel;
-      const xb = this.x(sel.target), yb = this.y(parallel ? 2 * sel.layer + 2 : 2 * sel.layer + 1);
-      g.append(s("path", { class: "sel-edge", d: edgeCurve("attention", xa, ya, xb, yb) }));
-      g.append(s("circle", { class: "sel-ring", cx: xb, cy: yb, r: 8 }));
+      const from: [number, number, number] = sel.layer === 0 ? [0, -1, sel.source] : [3, sel.layer - 1, sel.source];
+      const to: [number, number, number] = [this.info.parallel ? 3 : 1, sel.layer, sel.target];
+      g.append(s("path", { class: "sel-edge", d: this.edgeBetween("attention", from, to) }));
+      const [xb, yb] = this.point(...to);
+      g.append(s("circle", { class: "sel-ring", cx: xb, cy: yb, r: ring }));
     } else {
-      const stage = sel.kind === "ffn" ? 2 : STAGES.indexOf(sel.stage);
-      const layer = sel.kind === "ffn" ? sel.layer : sel.layer;
-      g.append(s("circle", { class: "sel-ring", cx: this.x(sel.token, stage), cy: this.y(this.level(stage, layer)), r: 9 }));
+      const stage = sel.kind === "residual" ? STAGES.indexOf(sel.stage) : 2;
+      const [cx, cy] = this.point(stage, sel.layer, sel.token);
+      g.append(s("circle", { class: "sel-ring", cx, cy, r: ring }));
     }
   }
 
@@ -321,12 +559,59 @@ export class GraphView {
     return { kind: "residual", stage: "post", layer: Math.ceil(level / 2) - 1, token };
   }
 
-  // -- interaction --------------------------------------------------------------------------
+  // -- hit testing --------------------------------------------------------------------------
 
-  private worldPoint(ev: MouseEvent): [number, number] {
-    const r = this.svg.getBoundingClientRect();
-    return [(ev.clientX - r.left - this.view.x) / this.view.k, (ev.clientY - r.top - this.view.y) / this.view.k];
+  /** The pointer in graph coordinates, or null outside the plot. */
+  private worldPoint(ev: MouseEvent): [number, number] | null {
+    const r = this.svg.getBoundingClientRect(), reg = this.region;
+    const px = ev.clientX - r.left - reg.x, py = ev.clientY - r.top - reg.y;
+    if (px < 0 || py < 0 || px > reg.w || py > reg.h) return null;
+    return [px - this.view.x, py - this.view.y];
   }
+
+  /** What a click on the plot's background means: the nearest node or edge within a few px of the
+   * pointer, else the residual node at a grid point within reach; nothing when none is close. */
+  private nearest(wx: number, wy: number): Selection | null {
+    const d = this.data!, c = this.columns!;
+    const [s0, s1] = this.drawn;
+    const reach = this.nodeRadius() + 3;
+    let best = -1, bestD = reach;
+    for (let i = 0; i < d.stage.length; i++) {
+      const slot = c.slotOf[d.token[i]];
+      if (slot < s0 || slot > s1) continue;
+      const [x, y] = this.point(d.stage[i], d.layer[i], d.token[i]);
+      const dist = Math.hypot(x - wx, y - wy);
+      if (dist < bestD) { bestD = dist; best = i; }
+    }
+    if (best >= 0) return this.selectionOfNode(best);
+    const edge = this.nearestEdge(wx, wy, 5);
+    if (edge >= 0) return this.selectionOfEdge(edge);
+    const slot = c.slotAt(wx);
+    if (c.slots[slot].gap) return null;
+    const token = c.slots[slot].first;
+    const level = Math.round(this.maxLevel + 0.5 - (wy - Y_PAD) / this.lev);
+    if (level < 0 || level > this.maxLevel) return null;
+    const [gx, gy] = [this.x(token), this.y(level)];
+    return Math.hypot(gx - wx, gy - wy) <= Math.max(reach, Math.min(this.col, this.lev) * 0.45) ? this.selectionAtLevel(token, level) : null;
+  }
+
+  /** The drawn edge closest to a point, within `reach` px (-1: none), sampled along its path. */
+  private nearestEdge(wx: number, wy: number, reach: number): number {
+    const d = this.data!;
+    let best = -1, bestD = reach;
+    for (let k = this.byWeight.length - 1; k >= 0; k--) {
+      const i = this.byWeight[k];
+      const a = d.source[i], b = d.target[i];
+      const [xa, ya] = this.point(d.stage[a], d.layer[a], d.token[a]);
+      const [xb, yb] = this.point(d.stage[b], d.layer[b], d.token[b]);
+      if (wx < Math.min(xa, xb) - 16 || wx > Math.max(xa, xb) + 16 || wy < Math.min(ya, yb) - reach || wy > Math.max(ya, yb) + reach) continue;
+      const dist = distanceToCurve(KINDS[d.kind[i]], xa, ya, xb, yb, wx, wy, Math.min(14, this.col * 0.4));
+      if (dist < bestD) { bestD = dist; best = i; }
+    }
+    return best;
+  }
+
+  // -- interaction --------------------------------------------------------------------------
 
   private listen(): void {
     const svg = this.svg;
@@ -336,62 +621,97 @@ export class GraphView {
       this.zoomAt(Math.exp(-ev.deltaY * 0.0015), ev.clientX - r.left, ev.clientY - r.top);
     }, { passive: false });
     svg.addEventListener("pointerdown", (ev) => {
-      this.drag = { x: ev.clientX, y: ev.clientY, vx: this.view.x, vy: this.view.y, moved: false };
+      const overview = (ev.target as Element).closest(".overview") !== null;
+      this.drag = { x: ev.clientX, y: ev.clientY, vx: this.view.x, vy: this.view.y, moved: false, overview };
+      if (overview) { svg.setPointerCapture(ev.pointerId); this.overviewTo(ev); }
     });
     svg.addEventListener("pointermove", (ev) => {
       const dr = this.drag;
       if (dr && (ev.buttons & 1)) {
+        if (dr.overview) { dr.moved = true; this.overviewTo(ev); return; }
         if (Math.abs(ev.clientX - dr.x) + Math.abs(ev.clientY - dr.y) > 4) {
           if (!dr.moved) svg.setPointerCapture(ev.pointerId);
           dr.moved = true;
         }
-        if (dr.moved) this.touched = true;
-        if (dr.moved) this.setView(this.view.k, dr.vx + ev.clientX - dr.x, dr.vy + ev.clientY - dr.y);
+        if (dr.moved) {
+          this.touched = true;
+          this.setView(dr.vx + ev.clientX - dr.x, dr.vy + ev.clientY - dr.y);
+        }
       } else {
         this.hover(ev);
       }
     });
     svg.addEventListener("pointerup", () => { setTimeout(() => { this.drag = null; }, 0); });
     svg.addEventListener("pointerleave", () => { this.tooltip.style.display = "none"; });
-    svg.addEventListener("click", (ev) => {
-      if (this.drag?.moved || !this.info) return;
-      const el = ev.target as Element;
-      const edge = el.getAttribute("data-edge"), node = el.getAttribute("data-node");
-      const cell = el.closest("[data-target]");
-      if (edge !== null) this.cb.select(this.selectionOfEdge(Number(edge)));
-      else if (node !== null) this.cb.select(this.selectionOfNode(Number(node)));
-      else if (cell) this.cb.target(Number(cell.getAttribute("data-target")));
-      else {
-        const [wx, wy] = this.worldPoint(ev);
-        const token = Math.round((wx - LEFT - this.col / 2) / this.col);
-        const level = Math.round(this.maxLevel - (wy - TOP) / this.lev);
-        if (token >= 0 && token < this.info.tokens.length && level >= 0 && level <= this.maxLevel) {
-          this.cb.select(this.selectionAtLevel(token, level));
-        }
-      }
-    });
+    svg.addEventListener("click", (ev) => this.click(ev));
     this.root.addEventListener("keydown", (ev) => this.key(ev));
   }
 
+  private click(ev: MouseEvent): void {
+    if (this.drag?.moved || this.drag?.overview || !this.info || !this.columns) return;
+    const el = ev.target as Element;
+    const edge = el.getAttribute("data-edge"), node = el.getAttribute("data-node");
+    const cell = el.closest("[data-target]"), gap = el.closest("[data-gap]");
+    if (edge !== null) this.cb.select(this.selectionOfEdge(Number(edge)));
+    else if (node !== null) this.cb.select(this.selectionOfNode(Number(node)));
+    else if (cell) this.cb.target(Number(cell.getAttribute("data-target")));
+    else if (gap) this.expand(Number(gap.getAttribute("data-gap")));
+    else {
+      const p = this.worldPoint(ev);
+      const sel = p && this.nearest(p[0], p[1]);
+      if (sel) this.cb.select(sel);
+    }
+  }
+
+  /** Show the tokens of a gap as columns, the view kept where it was. */
+  private expand(slot: number): void {
+    const c = this.columns!, gap = c.slots[slot];
+    if (!gap || !gap.gap) return;
+    const before = c.left(slot) + this.view.x;
+    for (let t = gap.first; t <= gap.last; t++) this.expanded.add(t);
+    this.touched = true;
+    this.replan(false);
+    this.setView(before - this.columns!.left(this.columns!.slotOf[gap.first]), this.view.y);
+  }
+
+  /** Centre the view on the token under the pointer in the overview (opening its gap if hidden). */
+  private overviewTo(ev: MouseEvent): void {
+    const r = this.svg.getBoundingClientRect();
+    const T = this.nTokens;
+    const t = Math.max(0, Math.min(T - 1, Math.floor(((ev.clientX - r.left - this.region.x) / this.region.w) * T)));
+    let c = this.columns!;
+    if (!c.shown(t)) {
+      const gap = c.slots[c.slotOf[t]];
+      for (let u = gap.first; u <= gap.last; u++) this.expanded.add(u);
+      this.replan(false);
+      c = this.columns!;
+    }
+    this.touched = true;
+    this.setView(this.region.w / 2 - c.x(t), this.view.y);
+  }
+
   private key(ev: KeyboardEvent): void {
-    if (!this.info) return;
-    const c = this.cursor, T = this.info.tokens.length;
-    const moves: Record<string, [number, number]> = {
-      ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, 1], ArrowDown: [0, -1],
-    };
-    if (ev.key in moves) {
-      const [dt, dl] = moves[ev.key];
-      c.token = Math.min(T - 1, Math.max(0, c.token + dt));
-      const step = this.info.parallel && c.level > 0 ? 2 : 1;
-      c.level = Math.min(this.maxLevel, Math.max(0, c.level + dl * (this.info.parallel && dl < 0 && c.level === 2 ? 2 : step)));
-      if (this.info.parallel && c.level % 2 === 1) c.level += 1;
+    if (!this.info || !this.columns) return;
+    const c = this.cursor, cols = this.columns;
+    if (ev.key === "ArrowLeft" || ev.key === "ArrowRight") {
+      const step = ev.key === "ArrowLeft" ? -1 : 1;
+      let slot = cols.slotOf[c.token] + step;
+      while (slot >= 0 && slot < cols.slots.length && cols.slots[slot].gap) slot += step; // over gaps
+      if (slot >= 0 && slot < cols.slots.length) c.token = cols.slots[slot].first;
+      this.showCursor();
+    } else if (ev.key === "ArrowUp" || ev.key === "ArrowDown") {
+      const dl = ev.key === "ArrowUp" ? 1 : -1;
+      const parallel = this.info.parallel;
+      const step = parallel && c.level > 0 ? 2 : 1;
+      c.level = Math.min(this.maxLevel, Math.max(0, c.level + dl * (parallel && dl < 0 && c.level === 2 ? 2 : step)));
+      if (parallel && c.level % 2 === 1) c.level += 1;
       this.showCursor();
     } else if (ev.key === "Enter" || ev.key === " ") {
       this.cb.select(this.selectionAtLevel(c.token, c.level));
     } else if (ev.key === "+" || ev.key === "=") {
-      this.zoomAt(1.25, this.svg.clientWidth / 2, this.svg.clientHeight / 2);
+      this.zoomAt(1.25, this.region.x + this.region.w / 2, this.region.y + this.region.h / 2);
     } else if (ev.key === "-") {
-      this.zoomAt(0.8, this.svg.clientWidth / 2, this.svg.clientHeight / 2);
+      this.zoomAt(0.8, this.region.x + this.region.w / 2, this.region.y + this.region.h / 2);
     } else if (ev.key === "0") {
       this.fit();
     } else if (ev.key === "t") {
@@ -400,15 +720,18 @@ export class GraphView {
     ev.preventDefault();
   }
 
+  private placeCursor(): void {
+    if (!this.columns || this.cursorMark.getAttribute("visibility") !== "visible") return;
+    this.cursorMark.setAttribute("cx", fmt(this.x(this.cursor.token), 1));
+    this.cursorMark.setAttribute("cy", fmt(this.y(this.cursor.level), 1));
+  }
+
   private showCursor(): void {
-    const cx = this.x(this.cursor.token), cy = this.y(this.cursor.level);
-    this.cursorMark.setAttribute("cx", String(cx));
-    this.cursorMark.setAttribute("cy", String(cy));
     this.cursorMark.setAttribute("visibility", "visible");
-    // keep the cursor in view
-    const px = cx * this.view.k + this.view.x, py = cy * this.view.k + this.view.y;
-    const w = this.svg.clientWidth, hgt = this.svg.clientHeight;
-    if (px < 20 || px > w - 20 || py < 20 || py > hgt - 20) this.setView(this.view.k, w / 2 - cx * this.view.k, hgt / 2 - cy * this.view.k);
+    this.placeCursor();
+    const cx = this.x(this.cursor.token), cy = this.y(this.cursor.level);
+    const px = cx + this.view.x, py = cy + this.view.y, w = this.region.w, hgt = this.region.h;
+    if (px < 20 || px > w - 20 || py < 10 || py > hgt - 10) this.setView(w / 2 - cx, hgt / 2 - cy);
   }
 
   private hover(ev: PointerEvent): void {
@@ -443,56 +766,97 @@ export class GraphView {
       const names = { embed: "embedding", mid: "residual after attention", ffn: "FFN block", post: "residual after the block" };
       return `${names[st]}${st === "embed" ? "" : `, layer ${d.layer[i]}`}, token ${tok(d.token[i])}`;
     }
+    const token = el.closest("[data-token]")?.getAttribute("data-token");
+    if (token != null) return `token ${tok(Number(token))}`;
+    const target = el.closest("[data-target]")?.getAttribute("data-target");
+    if (target != null) {
+      const t = Number(target);
+      return `after ${tok(t)}: ${info.predictions.tokens[t].map((p) => JSON.stringify(p)).join(", ")} (click: routes to it)`;
+    }
+    const gap = el.closest("[data-gap]")?.getAttribute("data-gap");
+    if (gap != null && this.columns) {
+      const slot = this.columns.slots[Number(gap)];
+      return `${slot.last - slot.first + 1} tokens (${slot.first}–${slot.last}) off the routes: click to show them`;
+    }
     return "";
   }
 
   // -- zoom and pan ---------------------------------------------------------------------------
 
-  private setView(k: number, x: number, y: number): void {
-    this.view = { k, x, y };
-    this.world.setAttribute("transform", `translate(${fmt(x, 1)},${fmt(y, 1)}) scale(${fmt(k, 4)})`);
-    this.drawAxis();
+  /** Pan: one translate per layer, nothing rebuilt unless the view leaves what is drawn. */
+  private setView(x: number, y: number): void {
+    const r = this.region, w = this.contentW, hgt = this.contentH;
+    const clampAxis = (v: number, content: number, size: number) =>
+      content <= size ? (size - content) / 2 : Math.max(size - content - 20, Math.min(20, v));
+    this.view = { x: clampAxis(x, w, r.w), y: clampAxis(y, hgt, r.h) };
+    this.applyView();
     this.scheduleRedraw();
   }
 
-  zoomAt(factor: number, px: number, py: number): void {
-    this.touched = true;
-    const k = Math.min(4, Math.max(0.02, this.view.k * factor));
-    const f = k / this.view.k;
-    this.setView(k, px - (px - this.view.x) * f, py - (py - this.view.y) * f);
+  private applyView(): void {
+    const { x, y } = this.view;
+    this.world.setAttribute("transform", `translate(${fmt(x, 1)},${fmt(y, 1)})`);
+    this.targetsLayer.setAttribute("transform", `translate(${fmt(x, 1)},0)`);
+    this.tokensLayer.setAttribute("transform", `translate(${fmt(x, 1)},0)`);
+    this.axis.setAttribute("transform", `translate(0,${fmt(y, 1)})`);
   }
 
-  /** The whole graph in view. */
+  /** Zoom by `factor` about (px, py) in the svg: columns and layers spread, text keeps its size. */
+  zoomAt(factor: number, px: number, py: number): void {
+    if (!this.columns) return;
+    this.touched = true;
+    const c = this.columns, r = this.region;
+    const ax = px - r.x - this.view.x, ay = py - r.y - this.view.y;
+    const slotCoord = c.toSlotCoord(ax), level = (ay - Y_PAD) / this.lev;
+    c.col = c.clampCol(c.col * factor);
+    this.bands(); // the label rows follow the column width
+    this.lev = Math.max(this.levFit, Math.min(Math.max(LEVEL_MAX, this.levFit), this.lev * factor));
+    this.view = { x: px - r.x - c.fromSlotCoord(slotCoord), y: py - r.y - (Y_PAD + level * this.lev) };
+    this.setView(this.view.x, this.view.y);
+    this.redraw();
+  }
+
+  /** Every column planned in view, the layers filling the height; gaps opened are closed again. */
   fit(): void {
-    const w = this.svg.clientWidth || 800, hgt = this.svg.clientHeight || 560;
-    const k = Math.min(w / this.width, hgt / this.height);
-    this.setView(k, (w - this.width * k) / 2, (hgt - this.height * k) / 2);
+    if (!this.info) return;
+    if (this.expanded.size > 0) {
+      this.expanded.clear();
+      this.columns = new Columns(planSlots(this.nTokens, this.keep(), this.measure().w, COMFORTABLE), this.nTokens);
+    }
+    const c = this.columns!;
+    c.col = c.fitWidth(this.measure().w);
+    this.bands();
+    this.lev = this.levFit;
+    this.view = { x: 0, y: 0 };
+    this.setView(0, 0);
+    this.redraw();
   }
 
   refitIfUntouched(): void {
-    if (this.info && !this.touched) this.initialView();
-  }
-
-  /** Short prompts fit; long ones open at readable size with the target in view. */
-  private initialView(): void {
-    const w = this.svg.clientWidth || 800, hgt = this.svg.clientHeight || 560;
-    const fitAll = Math.min(w / this.width, hgt / this.height);
-    if (this.info!.tokens.length <= 40 || fitAll > 0.3) { this.fit(); return; }
-    const k = Math.max(fitAll, hgt / this.height);
-    const tx = this.x(this.payload!.target);
-    this.setView(k, Math.min(0, w - 40 - tx * k), (hgt - this.height * k) / 2);
+    if (!this.info) return;
+    if (!this.touched) this.replan(true);
+    else { this.bands(); this.setView(this.view.x, this.view.y); this.redraw(); }
   }
 }
 
-/** The path of an edge: attention between tokens a curve, to itself a small arc beside the
- * residual edge, the others straight. */
-export function edgeCurve(kind: string, xa: number, ya: number, xb: number, yb: number): string {
-  const ym = (ya + yb) / 2;
-  if (kind === "attention" && xa !== xb) return `M${xa},${ya}C${xa},${ym} ${xb},${ym} ${xb},${yb}`;
-  if (kind === "attention") return `M${xa},${ya}Q${xa - 14},${ym} ${xb},${yb}`;
-  return `M${xa},${ya}L${xb},${yb}`;
-}
-
-function clip(text: string, n = 8): string {
-  return text.length > n ? text.slice(0, n - 1) + "…" : text;
+/** Distance from (x, y) to an edge's path (as `curve` draws it), sampled at 24 points. */
+function distanceToCurve(kind: string, xa: number, ya: number, xb: number, yb: number, x: number, y: number, arc: number): number {
+  let best = Infinity;
+  for (let k = 0; k <= 24; k++) {
+    const t = k / 24, u = 1 - t;
+    let px: number, py: number;
+    if (kind === "attention" && xa !== xb) { // cubic: (xa,ya) (xa,ym) (xb,ym) (xb,yb)
+      const ym = (ya + yb) / 2;
+      px = u * u * u * xa + 3 * u * u * t * xa + 3 * u * t * t * xb + t * t * t * xb;
+      py = u * u * u * ya + 3 * u * u * t * ym + 3 * u * t * t * ym + t * t * t * yb;
+    } else if (kind === "attention") { // quadratic arc
+      px = u * u * xa + 2 * u * t * (xa - arc) + t * t * xb;
+      py = u * u * ya + 2 * u * t * ((ya + yb) / 2) + t * t * yb;
+    } else {
+      px = xa + t * (xb - xa);
+      py = ya + t * (yb - ya);
+    }
+    best = Math.min(best, Math.hypot(px - x, py - y));
+  }
+  return best;
 }

@@ -6,7 +6,7 @@
 
 import type { AnyModel } from "@anywidget/types";
 import { h, s, visible, fmt, signed } from "./dom";
-import { edgeCurve, type GraphView } from "./graph";
+import type { GraphView } from "./graph";
 import type { Comparison, EdgeChange, Faithfulness, GraphDiff, Invoke, Offer } from "./protocol";
 import { STAGES, type Info, type Selection, type Stage, type State } from "./types";
 
@@ -78,6 +78,7 @@ export class InterventionsView {
       ["change:payload", () => queueMicrotask(() => this.drawMarks())], // after the graph's own redraw
     ];
     for (const [event, fn] of this.handlers) this.model.on(event, fn);
+    graph.onLayout(() => this.drawMarks()); // zooming moves the nodes the marks join
     this.showChoices();
     this.showState();
     this.showFaithfulness();
@@ -203,21 +204,30 @@ export class InterventionsView {
     this.referenceLabel.replaceChildren(this.showReference, ` draw ${reference} routes instead (the difference marks stay; the panels read the run shown)`);
   }
 
-  /** The listed changes drawn over the graph: vanished dashed, appeared and changed solid. */
+  /** The listed changes drawn over the graph: vanished dashed, appeared and changed solid. A
+   * vanished edge's nodes are not in the routes drawn, so its ends are drawn with it; the graph
+   * shows the columns of every mark. */
   private drawMarks(): void {
     const overlay = this.graph.overlay;
     const diff = this.get("graph_diff");
-    if (!diff || !this.markDiff.checked) { overlay.replaceChildren(); return; }
-    const d = diff;
-    const marks: SVGPathElement[] = [];
+    if (!diff || !this.markDiff.checked) { overlay.replaceChildren(); this.graph.pin("diff", []); return; }
+    const marks: SVGElement[] = [];
+    const ends = new Map<string, [number, number, number]>();
+    const tokens: number[] = [];
     for (const sort of ["changed", "appeared", "vanished"] as Sort[]) {
-      for (const c of listed(d, sort, this.diffKind.value)) {
-        const [xa, ya] = this.graph.point(STAGES.indexOf(c.source[0] as Stage), c.source[1], c.source[2]);
-        const [xb, yb] = this.graph.point(STAGES.indexOf(c.target[0] as Stage), c.target[1], c.target[2]);
-        const path = edgeCurve(c.kind, xa, ya, xb, yb);
+      for (const c of listed(diff, sort, this.diffKind.value)) {
+        const a: [number, number, number] = [STAGES.indexOf(c.source[0] as Stage), c.source[1], c.source[2]];
+        const b: [number, number, number] = [STAGES.indexOf(c.target[0] as Stage), c.target[1], c.target[2]];
+        tokens.push(a[2], b[2]);
         const change = Math.abs((c.weight_b ?? 0) - (c.weight_a ?? 0));
-        marks.push(s("path", { class: `diff-mark ${sort}`, d: path, "stroke-width": fmt(1.5 + 3.5 * Math.min(1, change), 2) }));
+        marks.push(s("path", { class: `diff-mark ${sort}`, d: this.graph.edgeBetween(c.kind, a, b), "stroke-width": fmt(1.5 + 3.5 * Math.min(1, change), 2) }));
+        if (sort === "vanished") for (const end of [a, b]) ends.set(end.join("/"), end);
       }
+    }
+    this.graph.pin("diff", tokens);
+    for (const end of ends.values()) {
+      const [x, y] = this.graph.point(...end);
+      marks.push(s("circle", { class: "diff-node vanished", cx: fmt(x, 1), cy: fmt(y, 1), r: 3.5 }));
     }
     overlay.replaceChildren(...marks);
   }

@@ -46,6 +46,45 @@ def model():
     return tiny.load("llama")
 
 
+@pytest.fixture(scope="module")
+def long_model():
+    """A tiny random Llama that reads 4096 positions, its attention made sharp and strong (queries,
+    keys and the output projection scaled up) so that its routes reach distant tokens: the layout
+    of long prompts is tested on routes that spread, as a trained model's do."""
+    import tiny
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import lmtt_widget as lw
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=tiny.VOCAB, max_position_embeddings=4096, hidden_size=32, intermediate_size=48,
+                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2)
+    hf = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for block in hf.model.layers:
+            block.self_attn.o_proj.weight.mul_(8)
+            block.self_attn.q_proj.weight.mul_(4)
+            block.self_attn.k_proj.weight.mul_(4)
+    return lw.load_model(hf, tokenizer=tiny.tokenizer())
+
+
+@pytest.fixture(scope="module")
+def long_run(long_model):
+    """run(n_tokens, offset=0): `long_model` on exactly `n_tokens` tokens of tests/tiny.py's
+    corpus, repeated, from token `offset` on."""
+    import tiny
+    import torch
+
+    from lmtt_widget.run import analyze_ids
+
+    def run(n_tokens: int, offset: int = 0):
+        text = " ".join(tiny.CORPUS) * ((n_tokens + offset) // 20 + 2)
+        ids = long_model.tokenizer(text)["input_ids"][offset:offset + n_tokens]
+        return analyze_ids(long_model, torch.tensor(ids), progress=False)
+    return run
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
