@@ -87,6 +87,13 @@ export interface FfnSelection {
   neuron?: number | null;
 }
 
+export interface NeuronSelection {
+  kind: "neuron";
+  layer: number;
+  token: number;
+  neuron: number;
+}
+
 export interface Offer {
   label: string;
   spec: (string | number | number[])[];
@@ -110,6 +117,11 @@ export interface Notice {
   text: string;
 }
 
+export interface Intervened {
+  how: "ablated" | "patched";
+  label: string;
+}
+
 export interface LensToken {
   token: string;
   probability: number;
@@ -125,6 +137,7 @@ export interface BlockEffect {
 
 export interface ResidualPanel {
   selection: ResidualSelection;
+  intervened: Intervened | null;
   lens: LensToken[];
   normalized: boolean;
   blocks: BlockEffect[];
@@ -137,11 +150,17 @@ export interface Effect {
 
 export interface AttentionPanel {
   selection: AttentionSelection;
+  intervened: Intervened | null;
   shares: Encoded;
   effects?: Encoded;
   metric?: string;
+  positions: Encoded;
+  focus: number[];
   pattern: Encoded;
   importance: Encoded;
+  row_pattern: Encoded;
+  row_importance: Encoded;
+  heads_row: Encoded;
   from_source: Effect;
   total: Effect;
 }
@@ -157,11 +176,22 @@ export interface NeuronRow {
 
 export interface FfnPanel {
   selection: FfnSelection;
+  intervened: Intervened | null;
   ffn_share: number;
   ffn_effect?: number;
   metric?: string;
   block: Effect;
   neurons: NeuronRow[];
+}
+
+export interface NeuronPanel {
+  selection: NeuronSelection;
+  intervened: Intervened | null;
+  activation: number;
+  share: number;
+  activations: Encoded;
+  strongest: [number, number][];
+  effect: Effect;
 }
 
 export interface PromptRow {
@@ -318,8 +348,15 @@ export interface EffectsInfo {
   missed: MissedEdge[];
 }
 
+export interface PanelOptions {
+  tokens?: number;
+  logits?: number;
+  neurons?: number;
+}
+
 export interface PanelRequest {
   selection: Selection;
+  options?: PanelOptions;
 }
 
 export interface AnalyzeRequest {
@@ -385,8 +422,8 @@ export interface Reply {
   error?: CommandError;
 }
 
-export type Selection = ResidualSelection | AttentionSelection | FfnSelection;
-export type PanelData = ResidualPanel | AttentionPanel | FfnPanel | PromptsPanel;
+export type Selection = ResidualSelection | AttentionSelection | FfnSelection | NeuronSelection;
+export type PanelData = ResidualPanel | AttentionPanel | FfnPanel | NeuronPanel | PromptsPanel;
 
 export interface Traits {
   protocol: number;
@@ -396,7 +433,7 @@ export interface Traits {
   threshold: number;
   renormalize: boolean;
   normalize_lens: boolean;
-  selection: ResidualSelection | AttentionSelection | FfnSelection | null;
+  selection: ResidualSelection | AttentionSelection | FfnSelection | NeuronSelection | null;
   selection_info: SelectionInfo | null;
   notice: Notice | null;
   busy: string;

@@ -366,6 +366,19 @@ class Shares:
         without the other heads."""
         return self.layers[self.layer(layer)].head(self.head(head))
 
+    def head_contribution_rows(self, layer: int, head: int, targets) -> torch.Tensor:
+        """[len(targets), T_source]: `head_contributions(layer, head)[targets]`, read from the kept
+        edges without forming the whole [T, T] map (long prompts)."""
+        shares, head = self.layers[self.layer(layer)], self.head(head)
+        rows = torch.tensor([self.position(t) for t in targets], dtype=torch.long)
+        row_of = torch.full((self.n_tokens,), -1, dtype=torch.long)
+        row_of[rows] = torch.arange(len(rows))
+        kept = row_of[shares.edges[:, 0]]  # [n]: each edge's row, -1 where its target is not asked for
+        out = shares.heads.new_zeros(len(rows), self.n_tokens)
+        at = kept >= 0
+        out[kept[at], shares.edges[at, 1]] = shares.heads[at, head]
+        return out
+
     def edge_contributions(self, layer: int, target: int, source: int) -> torch.Tensor:
         """[H]: every head's share of one edge, `attention_contributions(layer)[0][target, source]`."""
         return self.layers[self.layer(layer)].edge(self.position(target), self.position(source))
@@ -548,6 +561,20 @@ class Run(Shares):
         them traces the model once more, up to this layer; the layers most recently asked for
         stay cached, as many as fit the budget (the last one always)."""
         return dense(self._probs(layer))
+
+    def attention_rows(self, layer: int, targets) -> torch.Tensor:
+        """[H, len(targets), T_source] float32 on the CPU: `attention_pattern(layer)[:, targets]`,
+        computing only those rows where the run kept queries and keys (long prompts)."""
+        probs = self._probs(layer)
+        positions = [self.position(t) for t in targets]
+        runs: list[list[int]] = []  # consecutive positions, read as one slice of rows
+        for p in positions:
+            if runs and p == runs[-1][-1] + 1:
+                runs[-1].append(p)
+            else:
+                runs.append([p])
+        blocks = [probs[:, r[0]:r[-1] + 1].float().cpu() for r in runs]  # each [H, len(r), T_source]
+        return torch.cat(blocks, 1) if blocks else torch.zeros(self.shape.n_heads, 0, self.n_tokens)
 
     def _probs(self, layer: int) -> torch.Tensor | AttentionProbs:
         """A layer's probabilities as kept (indexing an AttentionProbs computes only the rows read)."""

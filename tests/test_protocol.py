@@ -44,7 +44,8 @@ def test_every_declared_command_has_one_handler_and_the_page_names_each_one():
     ({"probability": 1, "logit": 2.0, "logit_diff": 0, "extra": 1}, P.Readout, "unknown 'extra'"),
     ({"kind": "ffn", "layer": "2", "token": 1}, P.Selection, "value.layer: expected an integer, got '2'"),
     ({"kind": "ffn", "token": 1}, P.Selection, "value: missing 'layer'"),
-    ({"kind": "neuron", "layer": 2}, P.Selection, "is none of ResidualSelection | AttentionSelection | FfnSelection"),
+    ({"kind": "head", "layer": 2}, P.Selection,
+     "is none of ResidualSelection | AttentionSelection | FfnSelection | NeuronSelection"),
     ({"spec": ["head", 1, 2], "mode": "half"}, P.AblateRequest, "expected 'zero' | 'mean', got 'half'"),
     ({"prompt": None}, P.AnalyzeRequest, "value.prompt: expected a string, got None"),
 ])

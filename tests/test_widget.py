@@ -265,7 +265,8 @@ def test_panel_request_is_answered_with_binary_maps(widget):
     assert reply["kind"] == "lmtt-reply" and reply["id"] == "v-1" and reply["ok"] is True
     assert reply["result"]["selection"] == selection
     paths = reply["buffer_paths"]
-    assert len(paths) == len(buffers) == 4  # shares, effects, pattern, importance
+    # shares, effects, positions, pattern, importance, the target's rows, every head's row
+    assert len(paths) == len(buffers) == 8
     json.dumps(reply)  # every array crossed as a buffer: what is left is plain JSON
     effects = np.frombuffer(bytes(buffers[paths.index(["result", "effects", "data"])]), dtype="<f4")
     np.testing.assert_allclose(effects, widget.view.effects.edge(1, 5, 2).numpy(), rtol=1e-6)

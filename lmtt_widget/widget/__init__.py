@@ -175,9 +175,10 @@ class Widget(anywidget.AnyWidget):
         self._show(self._view.select(None if kind is None else {"kind": kind, **fields}))
         return self.selection or {}
 
-    def panel(self, selection: dict) -> dict[str, Any]:
-        """The data of one panel (what the page shows for `selection`)."""
-        return self._view.panel(selection)
+    def panel(self, selection: dict, options: dict | None = None) -> dict[str, Any]:
+        """The data of one panel (what the page shows for `selection`); `options` say how much it
+        lists: {"tokens": 30, "logits": 15, "neurons": 20} (protocol.PanelOptions)."""
+        return self._view.panel(selection, options)
 
     def analyze(self, prompt: str) -> None:
         """Analyse a new prompt with the same model, add it to the prompt list and show it; on error
@@ -351,7 +352,7 @@ class Widget(anywidget.AnyWidget):
 
     @command("panel")
     def _panel(self, request: dict):
-        return self.panel(request["selection"])
+        return self.panel(request["selection"], request.get("options"))
 
     @command("analyze")
     def _analyze(self, request: dict):

@@ -134,8 +134,15 @@ class FfnSelection(TypedDict):
     neuron: NotRequired[int | None]
 
 
+class NeuronSelection(TypedDict):
+    kind: Literal["neuron"]
+    layer: int
+    token: int
+    neuron: int
+
+
 # What is selected: one typed dict per registered selection kind (lmtt_widget.widget.selections).
-Selection = Union[ResidualSelection, AttentionSelection, FfnSelection]
+Selection = Union[ResidualSelection, AttentionSelection, FfnSelection, NeuronSelection]
 
 
 class Offer(TypedDict):
@@ -334,20 +341,39 @@ class BlockEffect(Effect):
     block: str
 
 
+class Intervened(TypedDict):
+    """The selected component is ablated or patched in the run shown: the panel shows its values
+    in the clean run instead (in the run shown they are zeros, or the other prompt's)."""
+
+    how: Literal["ablated", "patched"]
+    label: str  # the ablation or patch, as the page lists it
+
+
 class ResidualPanel(TypedDict):
     selection: ResidualSelection
+    intervened: Intervened | None
     lens: list[LensToken]
     normalized: bool
     blocks: list[BlockEffect]
 
 
 class AttentionPanel(TypedDict):
+    """The head's maps over `positions` (rows: targets, columns: sources; every position up to
+    selections.MAP_FULL tokens, else the tokens that matter), the target's whole rows, and every
+    head's attention at the target (the all-heads view)."""
+
     selection: AttentionSelection
+    intervened: Intervened | None
     shares: Encoded  # [H]
     effects: NotRequired[Encoded]  # [H]: each head's effect on the metric through this edge
     metric: NotRequired[str]  # what the effects change: "logit(' Mary') - logit(' John') after token 13 ' to'"
-    pattern: Encoded  # [T, T]
-    importance: Encoded  # [T, T]
+    positions: Encoded  # [n] int32, ascending: the maps' rows and columns
+    focus: list[int]  # the tokens that matter (the routes', the edge's neighbourhood): the maps' default crop
+    pattern: Encoded  # [n, n]
+    importance: Encoded  # [n, n]
+    row_pattern: Encoded  # [T]: the target's row
+    row_importance: Encoded  # [T]
+    heads_row: Encoded  # [H, T]: each head's attention from the target
     from_source: Effect
     total: Effect
 
@@ -361,6 +387,7 @@ class NeuronRow(Effect):
 
 class FfnPanel(TypedDict):
     selection: FfnSelection
+    intervened: Intervened | None
     ffn_share: float
     ffn_effect: NotRequired[float]  # on the metric, when the FFN update is removed
     metric: NotRequired[str]
@@ -388,7 +415,24 @@ class PromptsPanel(TypedDict):
     support: float  # the fraction of the prompts whose own routes hold it
 
 
-PanelData = Union[ResidualPanel, AttentionPanel, FfnPanel, PromptsPanel]
+PositionValue = tuple[int, float]
+
+
+class NeuronPanel(TypedDict):
+    """One FFN neuron: its activation here and at every position, the positions where it fires
+    most (by size), and the tokens its write promotes and suppresses (the write is the activation
+    times its output row, so a negative activation flips them)."""
+
+    selection: NeuronSelection
+    intervened: Intervened | None
+    activation: float
+    share: float  # of its write in the block's output at the token
+    activations: Encoded  # [T]
+    strongest: list[PositionValue]
+    effect: Effect
+
+
+PanelData = Union[ResidualPanel, AttentionPanel, FfnPanel, NeuronPanel, PromptsPanel]
 
 # The typed traits: name -> type (None where a trait may be empty).
 TRAITS: dict[str, Any] = {
@@ -423,8 +467,17 @@ TRAITS: dict[str, Any] = {
 
 # -- commands: name -> (request type, result type) -------------------------------------------------
 
+class PanelOptions(TypedDict):
+    """How much a panel lists; each within 1..selections.OPTION_MAX (absent: the defaults)."""
+
+    tokens: NotRequired[int]  # logit lens rows (default 10)
+    logits: NotRequired[int]  # promoted and suppressed tokens, each (default 8)
+    neurons: NotRequired[int]  # an FFN panel's neurons (default 10)
+
+
 class PanelRequest(TypedDict):
     selection: Selection
+    options: NotRequired[PanelOptions]
 
 
 class AnalyzeRequest(TypedDict):

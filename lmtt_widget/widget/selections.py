@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
+
 from .. import vocab as V
 from ..errors import LmttError, check_index
 from . import serialize as S
@@ -21,6 +23,11 @@ LENS_K = 10
 LOGITS_K = 8
 NEURONS_K = 10
 NEURON_LOGITS_K = 5
+AMOUNTS = {"tokens": LENS_K, "logits": LOGITS_K, "neurons": NEURONS_K}  # protocol.PanelOptions' defaults
+OPTION_MAX = 200
+MAP_FULL = 256  # attention maps up to this many tokens carry every position; longer ones the tokens that matter
+FOCUS_MAX = 48  # the tokens that matter, at most: the maps' default crop
+STRONGEST = 10  # positions where a neuron fires most
 
 KINDS: dict[str, SelectionKind] = {}
 
@@ -67,6 +74,18 @@ def _key_part(value) -> str:
     return "null" if value is None else str(value)
 
 
+def amounts(options: dict | None) -> dict[str, int]:
+    """How much a panel lists (protocol.PanelOptions), each checked, the defaults filled in."""
+    out = dict(AMOUNTS)
+    for name, value in (options or {}).items():
+        if name not in AMOUNTS:
+            raise LmttError(f"unknown panel option {name!r}; options are {', '.join(AMOUNTS)}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= OPTION_MAX:
+            raise LmttError(f"panel option {name} must be an integer in 1..{OPTION_MAX}, got {value!r}")
+        out[name] = value
+    return out
+
+
 def kinds_info() -> dict[str, dict]:
     return {name: {"key": list(k.key), "title": k.title} for name, k in KINDS.items()}
 
@@ -104,6 +123,29 @@ class SelectionKind:
         """Offers: {label, node} of nodes that can be patched from another prompt."""
         return []
 
+    def intervened(self, run, sel: dict) -> dict | None:
+        """protocol.Intervened when the run shown ablates or patches the selected component (its
+        panel then shows the clean run's values), else None."""
+        return None
+
+
+def _intervention(run, ablated, patched) -> dict | None:
+    """The first of the run's ablations for which `ablated(ablation)` holds, else of its patches
+    for which `patched(node)` does, as protocol.Intervened."""
+    def token(t):
+        return at_token(run, t)
+    for ab in run.interventions:
+        if ablated(ab):
+            return {"how": "ablated", "label": ab.label(token)}
+    for node, _ in run.patches:
+        if patched(node):
+            return {"how": "patched", "label": node.label(token)}
+    return None
+
+
+def _covers(positions, token: int) -> bool:
+    return positions is None or token in positions
+
 
 def _block_offers(run, layer: int, token: int, blocks: list[str]) -> list[dict]:
     names = {"attention": "attention block", "ffn": "FFN block"}
@@ -130,10 +172,15 @@ class Residual(SelectionKind):
 
     def panel(self, run, sel, options):
         layer, token, stage = sel["layer"], sel["token"], sel["stage"]
-        lens = run.logit_lens(layer, token, stage, k=LENS_K, normalize=options["normalize_lens"])
+        lens = run.logit_lens(layer, token, stage, k=options["tokens"], normalize=options["normalize_lens"])
         return {"selection": sel, "lens": S.lens(lens), "normalized": options["normalize_lens"],
-                "blocks": [{"block": b, **S.effect(run.block_logits(layer, token, b, k=LOGITS_K))}
+                "blocks": [{"block": b, **S.effect(run.block_logits(layer, token, b, k=options["logits"]))}
                            for b in self._blocks(run, stage)]}
+
+    def intervened(self, run, sel):
+        stage, layer, token = sel["stage"], sel["layer"], sel["token"]
+        return _intervention(run, lambda ab: False, lambda node: node.kind == stage and node.position == token
+                             and (stage == "embed" or node.layer == layer))
 
     @staticmethod
     def _blocks(run, stage: str) -> list[str]:
@@ -187,16 +234,34 @@ class Attention(SelectionKind):
 
     def panel(self, run, sel, options):
         layer, head, source, target = sel["layer"], sel["head"], sel["source"], sel["target"]
+        heads_row = run.attention_rows(layer, [target])[:, 0]  # [H, T]
+        focus = _focus(run, source, target, options["routes"])
+        positions = list(range(run.n_tokens)) if run.n_tokens <= MAP_FULL else _widened(focus, heads_row[head])
+        cols = torch.tensor(positions)
         effects = options["effects"]
         out = {"selection": sel,
                "shares": S.array(run.edge_contributions(layer, target, source)),
-               "pattern": S.array(run.attention_pattern(layer)[head]),
-               "importance": S.array(run.head_contributions(layer, head)),
-               "from_source": S.effect(run.head_logits(layer, head, target, source, k=LOGITS_K)),
-               "total": S.effect(run.head_logits(layer, head, target, k=LOGITS_K))}
+               "positions": S.array(positions, "int32"), "focus": focus,
+               "pattern": S.array(run.attention_rows(layer, positions)[head][:, cols]),
+               "importance": S.array(run.head_contribution_rows(layer, head, positions)[:, cols]),
+               "row_pattern": S.array(heads_row[head]),
+               "row_importance": S.array(run.head_contribution_rows(layer, head, [target])[0]),
+               "heads_row": S.array(heads_row),
+               "from_source": S.effect(run.head_logits(layer, head, target, source, k=options["logits"])),
+               "total": S.effect(run.head_logits(layer, head, target, k=options["logits"]))}
         if effects is not None:
             out |= {"effects": S.array(effects.edge(layer, target, source)), "metric": effects.metric}
         return out
+
+    def intervened(self, run, sel):
+        layer, head, source, target = sel["layer"], sel["head"], sel["source"], sel["target"]
+
+        def ablated(ab):
+            if ab.kind == "edge":
+                return (ab.layer, ab.source, ab.target) == (layer, source, target) and ab.head in (None, head)
+            return ab.replaces_head(layer, head, target)
+        return _intervention(run, ablated, lambda node: node.kind == "head"
+                             and (node.layer, node.head, node.position) == (layer, head, target))
 
     def ablations(self, run, sel):
         layer, source, target, head = sel["layer"], sel["source"], sel["target"], sel["head"]
@@ -245,7 +310,7 @@ class Ffn(SelectionKind):
     def panel(self, run, sel, options):
         layer, token = sel["layer"], sel["token"]
         ffn_share, _ = run.ffn_contributions(layer)
-        neurons = run.neuron_contributions(layer, token, k=NEURONS_K)
+        neurons = run.neuron_contributions(layer, token, k=options["neurons"])
         if sel["neuron"] is not None and sel["neuron"] not in [n.index for n in neurons]:
             shares, _ = run.neuron_shares(layer, token)
             n = sel["neuron"]
@@ -256,7 +321,7 @@ class Ffn(SelectionKind):
         effects = options["effects"]  # None where the run has none (then the panel has no effect fields)
         neuron_effects = None if effects is None else effects.neuron_effects(layer, token)
         out = {"selection": sel, "ffn_share": float(ffn_share[token]),
-               "block": S.effect(run.block_logits(layer, token, "ffn", k=LOGITS_K)),
+               "block": S.effect(run.block_logits(layer, token, "ffn", k=options["logits"])),
                "neurons": [{"index": n.index, "share": n.share, "activation": n.activation,
                             **({} if neuron_effects is None else {"effect": float(neuron_effects[n.index])}),
                             **S.effect(V.top_bottom(row, NEURON_LOGITS_K, run.decode))}
@@ -275,3 +340,64 @@ class Ffn(SelectionKind):
         layer, token = sel["layer"], sel["token"]
         return [{"label": f"FFN L{layer} update at {at_token(run, token)}", "node": ["ffn", layer, token]},
                 {"label": f"residual post L{layer} at {at_token(run, token)}", "node": ["post", layer, token]}]
+
+    def intervened(self, run, sel):
+        layer, token = sel["layer"], sel["token"]
+        return _intervention(run, lambda ab: ab.kind == "ffn" and ab.layer == layer and _covers(ab.positions, token),
+                             lambda node: node.kind == "ffn" and (node.layer, node.position) == (layer, token))
+
+
+@register
+class Neuron(SelectionKind):
+    kind, title, key = "neuron", "FFN neuron", ("layer", "token", "neuron")
+
+    def normalize(self, run, sel: dict) -> dict:
+        layer = check_index("layer", sel["layer"], run.shape.n_layers)
+        neuron = check_index("neuron", sel["neuron"], run.neuron_activations(layer).shape[1])
+        return {"kind": self.kind, "layer": layer, "token": run.position(sel["token"]), "neuron": neuron}
+
+    def tensors(self, run, sel, options):
+        layer, token, neuron = sel["layer"], sel["token"], sel["neuron"]
+        activations = run.neuron_activations(layer)[:, neuron]
+        return {"kind": self.kind, "activation": activations[token], "activations": activations,
+                "output": run.neuron_writes(layer, token)[neuron]}
+
+    def panel(self, run, sel, options):
+        layer, token, neuron = sel["layer"], sel["token"], sel["neuron"]
+        activations = run.neuron_activations(layer)[:, neuron].float().cpu()  # [T]
+        strongest = activations.abs().topk(min(STRONGEST, run.n_tokens)).indices.tolist()
+        shares, _ = run.neuron_shares(layer, token)
+        return {"selection": sel, "activation": float(activations[token]), "share": float(shares[neuron]),
+                "activations": S.array(activations), "strongest": [[p, float(activations[p])] for p in strongest],
+                "effect": S.effect(run.neuron_logits(layer, neuron, token, k=options["logits"]))}
+
+    def ablations(self, run, sel):
+        layer, token, neuron = sel["layer"], sel["token"], sel["neuron"]
+        return [{"label": f"neuron {neuron} of layer {layer}", "spec": ["neuron", layer, neuron], "at": token},
+                *_block_offers(run, layer, token, ["ffn"])]
+
+    def patches(self, run, sel):
+        return KINDS["ffn"].patches(run, sel)
+
+    def intervened(self, run, sel):
+        layer, token, neuron = sel["layer"], sel["token"], sel["neuron"]
+
+        def ablated(ab):
+            if ab.layer != layer or not _covers(ab.positions, token):
+                return False
+            return ab.kind == "ffn" or (ab.kind == "neuron" and ab.neuron == neuron)
+        return _intervention(run, ablated, lambda node: node.kind == "ffn" and (node.layer, node.position) == (layer, token))
+
+
+def _focus(run, source: int, target: int, routes: list[int]) -> list[int]:
+    """The tokens that matter for an edge's maps: its two ends and their neighbours, the first
+    token, then the routes' tokens nearest the target, FOCUS_MAX at most, ascending."""
+    near = {p for t in (source, target) for p in range(t - 2, t + 3) if 0 <= p < run.n_tokens} | {0}
+    rest = sorted(set(routes) - near, key=lambda t: abs(t - target))
+    return sorted(near | set(rest[:max(0, FOCUS_MAX - len(near))]))
+
+
+def _widened(focus: list[int], row) -> list[int]:
+    """`focus` and the sources the target attends to most, MAP_FULL at most, ascending."""
+    extra = [int(p) for p in row.topk(min(MAP_FULL, row.numel())).indices if int(p) not in focus]
+    return sorted(set(focus) | set(extra[:MAP_FULL - len(focus)]))

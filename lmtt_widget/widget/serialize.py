@@ -144,9 +144,10 @@ def split_buffers(message: dict) -> tuple[dict, list[list], list[bytes]]:
 
 
 def effect(logit_effect) -> dict[str, list]:
-    """A LogitEffect as JSON-ready lists of [token, value]."""
-    return {"promoted": [[t, float(v)] for t, v in logit_effect.promoted],
-            "suppressed": [[t, float(v)] for t, v in logit_effect.suppressed]}
+    """A LogitEffect as JSON-ready lists of [token, value], without the tokens whose value is 0
+    (an update that is all zeros, e.g. ablated, promotes and suppresses nothing)."""
+    return {"promoted": [[t, float(v)] for t, v in logit_effect.promoted if v != 0],
+            "suppressed": [[t, float(v)] for t, v in logit_effect.suppressed if v != 0]}
 
 
 def lens(tokens) -> list[dict[str, Any]]:

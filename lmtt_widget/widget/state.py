@@ -449,15 +449,27 @@ class View:
         return {"normalize_lens": self.normalize_lens, "metric_at": self.target, "contrast": self.contrast,
                 "effects": self.effects}
 
-    def panel(self, selection: dict) -> dict[str, Any]:
-        """The data of one panel (protocol.PanelData): `selection` is checked and completed first.
+    def panel(self, selection: dict, options: dict | None = None) -> dict[str, Any]:
+        """The data of one panel (protocol.PanelData): `selection` is checked and completed first;
+        `options` (protocol.PanelOptions) say how much it lists. A component that the run shown
+        ablates or patches is shown with its clean values and effects (and says so: `intervened`).
         An aggregate's panel lists the prompts behind the selection (protocol.PromptsPanel)."""
         sel = self._check_selection(selection)
         if sel is None:
             raise LmttError("a panel needs a selection, e.g. {'kind': 'ffn', 'layer': 2, 'token': 5}")
         if isinstance(self.run, Aggregate):
             return prompts_panel(self.run, sel, self.target, self.threshold, self.renormalize)
-        return selections.KINDS[sel["kind"]].panel(self.run, sel, self.options)
+        kind = selections.KINDS[sel["kind"]]
+        settings = self.options | selections.amounts(options) | {"routes": self.route_tokens()}
+        intervened = kind.intervened(self.run, sel)
+        if intervened:
+            settings |= {"effects": self.effects_of(self.clean)}
+        return kind.panel(self.clean if intervened else self.run, sel, settings) | {"intervened": intervened}
+
+    def route_tokens(self) -> list[int]:
+        """The positions the routes drawn pass through, ascending."""
+        graph = self.graph
+        return self.memo.get(("route tokens", id(graph)), lambda: sorted({node[2] for node in graph.nodes}))
 
     def panel_key(self, selection: dict) -> str:
         return selections.key(selection, self.options)
