@@ -1,29 +1,35 @@
 // The drill-down panels: residual node (logit lens + block update), attention edge (per-head
-// shares and effects, pattern and importance heatmaps, the head's promoted/suppressed tokens),
-// FFN block (top neurons, their shares and effects, and what each writes). Their data is asked
-// of Python lazily.
+// shares and effects, pattern and importance heatmaps, every head at the target, the head's
+// promoted/suppressed tokens), FFN block (top neurons, their shares and effects, and what each
+// writes), neuron (its activation at every position, what it writes), and an aggregate's prompts
+// behind a selection. Their data is asked of Python lazily. A component that the run shown
+// ablates or patches comes with its clean values, and the panel says so.
 
 import { decode } from "./arrays";
 import { h, visible, fmt, signed } from "./dom";
-import type { AttentionPanel, FfnPanel, PromptsPanel, ResidualPanel } from "./protocol";
+import { heatmap, palette, type Palette } from "./heatmap";
+import type { AttentionPanel, FfnPanel, NeuronPanel, NeuronSelection, PromptsPanel, ResidualPanel } from "./protocol";
 import type { AttentionSelection, Effect, FfnSelection, Info, PanelData, ResidualSelection, Selection } from "./types";
 
 export interface PanelCallbacks {
   select(sel: Selection): void;
   openPrompt(index: number): void;
+  /** Ask for the panels' longer lists (30 lens tokens, 15 promoted and suppressed, 20 neurons), or the shorter. */
+  more(on: boolean): void;
 }
 
 /** One renderer per selection kind (Python's selections.py registers the kinds). */
 interface Renderer<S extends Selection, D extends PanelData> {
   /** Whether `data` has what `sel` shows (a neuron outside an FFN panel's top rows does not). */
   covers?(sel: S, data: D): boolean;
-  render(info: Info, sel: S, data: D, cb: PanelCallbacks): (HTMLElement | string)[];
+  render(info: Info, sel: S, data: D, cb: PanelCallbacks, colours: Palette): (HTMLElement | string)[];
 }
 
 type Renderers = {
   residual: Renderer<ResidualSelection, ResidualPanel>;
   attention: Renderer<AttentionSelection, AttentionPanel>;
   ffn: Renderer<FfnSelection, FfnPanel>;
+  neuron: Renderer<NeuronSelection, NeuronPanel>;
 };
 
 const STAGE_NAMES = { embed: "Embedding", mid: "Residual after attention", post: "Residual after the block" };
@@ -37,7 +43,7 @@ const RENDERERS: Renderers = {
       for (const t of data.lens) {
         const rc = t.rank_change;
         const change = rc === null ? "" : rc > 0 ? `▲${rc}` : rc < 0 ? `▼${-rc}` : "–";
-        tbody.append(h("tr", {}, h("td", { class: "tok" }, visible(t.token)),
+        tbody.append(h("tr", {}, h("td", { class: "tok", title: JSON.stringify(t.token) }, visible(t.token)),
           h("td", {}, bar(t.probability, 1, fmt(t.probability))),
           h("td", { class: rc !== null && rc > 0 ? "up" : rc !== null && rc < 0 ? "down" : "" }, change)));
       }
@@ -53,7 +59,7 @@ const RENDERERS: Renderers = {
     },
   },
   attention: {
-    render(info, sel, data, cb) {
+    render(info, sel, data, cb, colours) {
       // effects are absent where the run has none (an aggregate, a family with post-norms)
       const shares = decode<Float32Array>(data.shares);
       const effects = data.effects === undefined ? null : decode<Float32Array>(data.effects);
@@ -74,8 +80,6 @@ const RENDERERS: Renderers = {
         heads.append(button);
       });
       const total = effects ? effects.reduce((a, b) => a + b, 0) : 0;
-      const pattern = heatmap(decode<Float32Array>(data.pattern), info, sel, "attention pattern");
-      const importance = heatmap(decode<Float32Array>(data.importance), info, sel, "importance (share)");
       return [
         h("h3", {}, `Attention edge, layer ${sel.layer}`),
         h("p", { class: "where" }, `from ${sel.source} `, tokenSpan(info.tokens[sel.source]), ` to ${sel.target} `, tokenSpan(info.tokens[sel.target])),
@@ -85,7 +89,9 @@ const RENDERERS: Renderers = {
           h("span", { class: `num ${total >= 0 ? "up" : "down"}` }, signed(-total)),
           ` (effect ${signed(total)}${sel.head === null ? "" : `; head ${sel.head}: ${signed(effects[sel.head])}`})`)] : []),
         h("h4", {}, `Head ${sel.head}: target × source`),
-        h("div", { class: "maps" }, pattern, importance),
+        h("div", { class: "maps" }, ...attentionMaps(info, sel, data, colours)),
+        h("h4", {}, `Every head of layer ${sel.layer} at the target: attention to each source (click a head)`),
+        h("div", { class: "maps" }, allHeads(info, sel, data, cb, colours)),
         h("h4", {}, `Head ${sel.head} at the target, from this source: direct logit effect`), effect(data.from_source),
         h("h4", {}, `Head ${sel.head} at the target, from all sources`), effect(data.total),
       ];
@@ -94,22 +100,26 @@ const RENDERERS: Renderers = {
   ffn: {
     covers: (sel, data) => sel.neuron == null || data.neurons.some((n) => n.index === sel.neuron),
     render(info, sel, data, cb) {
-      const table = h("table", { class: "neurons" }, h("thead", {}, h("tr", {},
-        h("th", {}, "neuron"), h("th", {}, "share"),
-        data.metric === undefined ? null : h("th", { title: `effect on ${data.metric}` }, "effect"), h("th", {}, "activation"),
-        h("th", {}, "promotes"), h("th", {}, "suppresses"))));
+      const effects = data.metric !== undefined;
+      const table = h("table", { class: "neurons" },
+        h("colgroup", {}, ...["neuron", "share", ...(effects ? ["effect"] : []), "act", "toks", "toks"].map((c) => h("col", { class: c }))),
+        h("thead", {}, h("tr", {},
+          h("th", {}, "neuron"), h("th", {}, "share"),
+          effects ? h("th", { title: `effect on ${data.metric}` }, "effect") : null,
+          h("th", { title: "activation" }, "act."), h("th", {}, "promotes"), h("th", {}, "suppresses"))));
       const tbody = h("tbody");
       const maxShare = Math.max(...data.neurons.map((n) => n.share), 1e-9);
       for (const n of data.neurons) {
+        const promotes = n.promoted.map(([t]) => visible(t)).join(" · "), suppresses = n.suppressed.map(([t]) => visible(t)).join(" · ");
         const row = h("tr", { class: n.index === sel.neuron ? "active" : "", tabindex: 0, "data-neuron": n.index,
           title: `neuron ${n.index}: share ${fmt(n.share, 4)}${n.effect === undefined ? "" : `, effect ${signed(n.effect)}`}, `
-            + `activation ${fmt(n.activation)}` },
+            + `activation ${fmt(n.activation)}; click: this neuron's panel` },
           h("td", {}, String(n.index)), h("td", {}, bar(n.share, maxShare, fmt(n.share, 3))),
           n.effect === undefined ? null : h("td", { class: `num effect ${n.effect >= 0 ? "up" : "down"}` }, signed(n.effect)),
           h("td", {}, fmt(n.activation, 2)),
-          h("td", { class: "toks up" }, n.promoted.map(([t]) => visible(t)).join(" · ")),
-          h("td", { class: "toks down" }, n.suppressed.map(([t]) => visible(t)).join(" · ")));
-        const choose = () => cb.select({ ...sel, neuron: n.index });
+          h("td", { class: "toks up", title: promotes }, promotes || "–"),
+          h("td", { class: "toks down", title: suppresses }, suppresses || "–"));
+        const choose = () => cb.select({ kind: "neuron", layer: sel.layer, token: sel.token, neuron: n.index });
         row.addEventListener("click", choose);
         row.addEventListener("keydown", (ev) => { if (ev.key === "Enter") choose(); });
         tbody.append(row);
@@ -125,6 +135,31 @@ const RENDERERS: Renderers = {
       ];
     },
   },
+  neuron: {
+    render(info, sel, data, cb, colours) {
+      const back = h("button", { class: "link", title: "The FFN block's panel" }, `FFN block of layer ${sel.layer}`);
+      back.addEventListener("click", () => cb.select({ kind: "ffn", layer: sel.layer, token: sel.token, neuron: sel.neuron }));
+      const acts = decode<Float32Array>(data.activations);
+      const strongest = h("ol", { class: "strongest" }, ...data.strongest.map(([position, value]) => {
+        const item = h("li", { tabindex: 0, title: `select neuron ${sel.neuron} at token ${position}`, "data-position": position },
+          h("span", { class: "num" }, String(position)), " ", tokenSpan(info.tokens[position]), " ",
+          h("span", { class: `num ${value >= 0 ? "up" : "down"}` }, fmt(value, 3)));
+        const choose = () => cb.select({ ...sel, token: position });
+        item.addEventListener("click", choose);
+        item.addEventListener("keydown", (ev) => { if (ev.key === "Enter") choose(); });
+        return item;
+      }));
+      const flipped = data.activation < 0 ? " (negative: what its output row promotes, it suppresses here)" : "";
+      return [
+        h("h3", {}, `Neuron ${sel.neuron} of layer ${sel.layer}`),
+        h("p", { class: "where" }, `token ${sel.token} `, tokenSpan(info.tokens[sel.token]),
+          `: activation ${fmt(data.activation, 3)}${flipped}; share of its write in the block's output ${fmt(data.share, 4)}; `, back),
+        h("h4", {}, "Activation at every position"), activationStrip(acts, info, sel.token, colours),
+        h("h4", {}, "Where it fires most"), strongest,
+        h("h4", {}, "Its write here (activation × output row): direct logit effect"), effect(data.effect),
+      ];
+    },
+  },
 };
 
 /** The renderer of `sel`'s kind, typed for it (the panel data Python sent for that kind). */
@@ -135,10 +170,19 @@ function rendererOf(sel: Selection): Renderer<Selection, PanelData> {
 export class Panels {
   readonly root: HTMLDivElement;
   private body: HTMLDivElement;
+  private moreButton = h("button", { class: "more", "aria-pressed": "false" }, "more");
+  more = false;
 
   constructor(private cb: PanelCallbacks) {
     this.body = h("div", { class: "lmtt-panel-body" });
-    this.root = h("div", { class: "lmtt-panel", "aria-live": "polite" }, this.body);
+    this.moreButton.title = "List more: 30 lens tokens, 15 promoted and 15 suppressed, 20 neurons";
+    this.moreButton.addEventListener("click", () => {
+      this.more = !this.more;
+      this.moreButton.setAttribute("aria-pressed", String(this.more));
+      this.moreButton.textContent = this.more ? "fewer" : "more";
+      this.cb.more(this.more);
+    });
+    this.root = h("div", { class: "lmtt-panel", "aria-live": "polite" }, this.moreButton, this.body);
     this.empty();
   }
 
@@ -163,12 +207,16 @@ export class Panels {
   }
 
   show(info: Info, sel: Selection, data: PanelData): void {
-    const parts = "rows" in data ? promptsPanel(info, sel, data, this.cb) : rendererOf(sel).render(info, sel, data, this.cb);
-    this.body.replaceChildren(...parts);
+    if ("rows" in data) { this.body.replaceChildren(...promptsPanel(info, sel, data, this.cb)); return; }
+    const [title, ...rest] = rendererOf(sel).render(info, sel, data, this.cb, palette(this.root));
+    const note = data.intervened ? [h("p", { class: "intervened", role: "note" },
+      `${data.intervened.how === "ablated" ? "Ablated" : "Patched from the other prompt"} in the run shown (${data.intervened.label}): `
+      + `these are its values in the clean run.`)] : [];
+    this.body.replaceChildren(title, ...note, ...rest);
   }
 }
 
-const WHAT = { residual: "Residual node", attention: "Attention edge", ffn: "FFN block" };
+const WHAT = { residual: "Residual node", attention: "Attention edge", ffn: "FFN block", neuron: "FFN neuron" };
 
 /** An aggregate's panel: the prompts behind the selection, each with its own share, those whose
  * own routes hold it first; each opens on its own (its full panels there). */
@@ -211,7 +259,8 @@ function bar(value: number, max: number, label: string): HTMLSpanElement {
 function effect(e: Effect): HTMLDivElement {
   const list = (items: [string, number][], cls: string) => {
     const ul = h("ul", { class: `effect ${cls}` });
-    for (const [t, v] of items) ul.append(h("li", {}, h("span", { class: "tok" }, visible(t)), h("span", { class: "num" }, fmt(v, 2))));
+    for (const [t, v] of items) ul.append(h("li", {}, h("span", { class: "tok", title: JSON.stringify(t) }, visible(t)), h("span", { class: "num" }, fmt(v, 2))));
+    if (items.length === 0) ul.append(h("li", { class: "none" }, "none (all zero)"));
     return ul;
   };
   return h("div", { class: "effects" },
@@ -219,53 +268,81 @@ function effect(e: Effect): HTMLDivElement {
     h("div", {}, h("div", { class: "col-title down" }, "suppressed"), list(e.suppressed, "down")));
 }
 
-const MAP_PX = 180;
-
-/** A T×T map (rows: target, columns: source) on a canvas, the selected cell marked, and the
- * target's row below it as a strip; hovering names the cell. */
-function heatmap(values: Float32Array, info: Info, sel: Extract<Selection, { kind: "attention" }>, title: string): HTMLElement {
-  const T = info.tokens.length;
-  let max = 0;
-  for (const v of values) if (v > max) max = v;
-  const canvas = paint(values, T, T, max);
-  canvas.setAttribute("aria-label", `${title}: ${T} targets × ${T} sources`);
-  canvas.style.width = canvas.style.height = `${MAP_PX}px`;
-  const cell = MAP_PX / T;
-  const markSize = fmt(Math.max(cell, 3), 1);
-  const mark = h("span", { class: "cell-mark", style: `left:${fmt(sel.source * cell, 1)}px;top:${fmt(sel.target * cell, 1)}px;width:${markSize}px;height:${markSize}px` });
-  const row = paint(values.subarray(sel.target * T, sel.target * T + T), T, 1, max);
-  row.classList.add("row-strip");
-  row.style.width = `${MAP_PX}px`;
-  const rowMark = h("span", { class: "cell-mark", style: `left:${fmt(sel.source * cell, 1)}px;top:0;width:${markSize}px;height:12px` });
+/** The head's pattern and importance over the maps' positions (cropped at first to the tokens that
+ * matter), each with the target's whole row below it. */
+function attentionMaps(info: Info, sel: AttentionSelection, data: AttentionPanel, colours: Palette): HTMLElement[] {
+  const positions = Array.from(decode<Int32Array>(data.positions));
+  const all = info.tokens.map((_, t) => t);
   const name = (t: number) => `${t} ${JSON.stringify(info.tokens[t])}`;
-  const hover = (ev: MouseEvent, el: HTMLCanvasElement, target: number | null) => {
-    const r = el.getBoundingClientRect();
-    const j = Math.min(T - 1, Math.floor(((ev.clientX - r.left) / r.width) * T));
-    const i = target ?? Math.min(T - 1, Math.floor(((ev.clientY - r.top) / r.height) * T));
-    el.title = `target ${name(i)} ← source ${name(j)}: ${fmt(values[i * T + j])}`;
-  };
-  canvas.addEventListener("mousemove", (ev) => hover(ev, canvas, null));
-  row.addEventListener("mousemove", (ev) => hover(ev, row, sel.target));
-  const value = values[sel.target * T + sel.source];
-  return h("figure", { class: "map" },
-    h("div", { class: "map-box" }, canvas, mark),
-    h("div", { class: "strip-box" }, row, rowMark),
-    h("figcaption", {}, `${title} (max ${fmt(max)}); this edge ${fmt(value)}; below: the target's row`));
+  const short = (t: number) => `${t} ${visible(info.tokens[t])}`.slice(0, 9);
+  const focus = { rows: data.focus, cols: data.focus };
+  const square = (values: Float32Array, title: string) => heatmap({
+    values, rows: positions, cols: positions, title, mark: [sel.target, sel.source], crop: focus,
+    rowLabel: short, colLabel: short, rowName: (t) => `target ${name(t)}`, colName: (t) => `source ${name(t)}`,
+  }, colours);
+  const row = (values: Float32Array, title: string) => heatmap({
+    values, rows: [sel.target], cols: all, title, mark: [sel.target, sel.source], crop: { rows: [sel.target], cols: data.focus },
+    rowLabel: short, colLabel: short, rowName: (t) => `target ${name(t)}`, colName: (t) => `source ${name(t)}`, height: 14,
+  }, colours);
+  return [
+    square(decode<Float32Array>(data.pattern), "attention pattern"),
+    square(decode<Float32Array>(data.importance), "importance (share)"),
+    row(decode<Float32Array>(data.row_pattern), `the target's row of the pattern, all ${all.length} sources`),
+    row(decode<Float32Array>(data.row_importance), "the target's row of the importance"),
+  ];
 }
 
-function paint(values: Float32Array, width: number, height: number, max: number): HTMLCanvasElement {
-  const canvas = h("canvas", { class: "heatmap", width, height, role: "img" });
+/** Every head of the layer at the target (rows: heads, columns: sources); a click chooses the head. */
+function allHeads(info: Info, sel: AttentionSelection, data: AttentionPanel, cb: PanelCallbacks, colours: Palette): HTMLElement {
+  const heads = Array.from({ length: data.heads_row.shape[0] }, (_, i) => i);
+  const all = info.tokens.map((_, t) => t);
+  const name = (t: number) => `${t} ${JSON.stringify(info.tokens[t])}`;
+  const figure = heatmap({
+    values: decode<Float32Array>(data.heads_row), rows: heads, cols: all, title: `attention at target ${sel.target}, head × source`,
+    mark: [sel.head ?? 0, sel.source], crop: { rows: heads, cols: data.focus },
+    rowLabel: (hd) => `h${hd}`, colLabel: (t) => `${t} ${visible(info.tokens[t])}`.slice(0, 9),
+    rowName: (hd) => `head ${hd}`, colName: (t) => `source ${name(t)}`, onRow: (head) => cb.select({ ...sel, head }),
+    height: Math.min(240, 16 * heads.length),
+  }, colours);
+  figure.classList.add("all-heads");
+  return figure;
+}
+
+const STRIP = { w: 340, h: 44 };
+
+/** A neuron's activation at every position as bars (up: positive, down: negative), the token
+ * selected marked; each pixel column shows its tokens' largest activation; hovering reads it out. */
+function activationStrip(acts: Float32Array, info: Info, selected: number, colours: Palette): HTMLElement {
+  const T = acts.length, dpr = window.devicePixelRatio || 1;
+  const canvas = h("canvas", { class: "activation-strip", width: Math.round(STRIP.w * dpr), height: Math.round(STRIP.h * dpr), role: "img",
+    "aria-label": `activation at each of ${T} positions` });
+  canvas.style.width = `${STRIP.w}px`;
+  canvas.style.height = `${STRIP.h}px`;
+  const readout = h("div", { class: "map-readout" });
+  let max = 1e-9;
+  for (const v of acts) max = Math.max(max, Math.abs(v));
+  const columns = Math.min(T, STRIP.w), per = T / columns, mid = STRIP.h / 2;
   const ctx = canvas.getContext("2d");
   if (ctx) {
-    const img = ctx.createImageData(width, height);
-    for (let i = 0; i < width * height; i++) {
-      const v = max > 0 ? Math.sqrt(Math.max(0, values[i]) / max) : 0; // sqrt: small weights stay visible
-      img.data[4 * i] = Math.round(255 - 230 * v);
-      img.data[4 * i + 1] = Math.round(255 - 170 * v);
-      img.data[4 * i + 2] = Math.round(255 - 50 * v);
-      img.data[4 * i + 3] = 255;
+    ctx.scale(dpr, dpr);
+    ctx.fillStyle = colours.fg;
+    ctx.fillRect(0, mid, STRIP.w, 0.5);
+    for (let c = 0; c < columns; c++) {
+      let v = 0;
+      for (let t = Math.floor(c * per); t < Math.floor((c + 1) * per) || t === Math.floor(c * per); t++) if (Math.abs(acts[t]) > Math.abs(v)) v = acts[t];
+      ctx.fillStyle = v >= 0 ? colours.up : colours.down;
+      const hgt = (Math.abs(v) / max) * (mid - 2);
+      ctx.fillRect((c * STRIP.w) / columns, v >= 0 ? mid - hgt : mid, Math.max(1, STRIP.w / columns - (columns < 80 ? 1 : 0)), Math.max(0.5, hgt));
     }
-    ctx.putImageData(img, 0, 0);
+    ctx.strokeStyle = colours.select;
+    ctx.lineWidth = 1.5;
+    const x = ((selected + 0.5) / T) * STRIP.w;
+    ctx.strokeRect(x - Math.max(2, STRIP.w / columns / 2), 0.75, Math.max(4, STRIP.w / columns), STRIP.h - 1.5);
   }
-  return canvas;
+  canvas.addEventListener("mousemove", (ev) => {
+    const r = canvas.getBoundingClientRect();
+    const t = Math.max(0, Math.min(T - 1, Math.floor(((ev.clientX - r.left) / r.width) * T)));
+    readout.textContent = `token ${t} ${JSON.stringify(info.tokens[t])}: activation ${fmt(acts[t], 4)}`;
+  });
+  return h("figure", { class: "strip" }, canvas, readout);
 }

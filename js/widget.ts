@@ -46,6 +46,9 @@ function keyPart(value: unknown): string {
   return typeof value === "boolean" ? (value ? "1" : "0") : String(value ?? null);
 }
 
+/** What the panels' "more" asks for: LM-TT's amounts. */
+const MORE = { tokens: 30, logits: 15, neurons: 20 };
+
 function render({ model, el }: RenderProps<State>) {
   const live = !(model as AnyModel<State> & { standalone?: boolean }).standalone;
   const client = new Client(model, live);
@@ -87,6 +90,7 @@ function render({ model, el }: RenderProps<State>) {
   const panels = new Panels({
     select,
     openPrompt: (index) => { if (live) void invoke("open_prompt", { index }); },
+    more: () => { shown = ""; void onSelection(); },
   });
   const interventions = new InterventionsView(model, graph, select, invoke, live);
   const pair = new PairView(model, invoke, live);
@@ -135,7 +139,9 @@ function render({ model, el }: RenderProps<State>) {
     graph.setSelection(sel);
     const info = model.get("info");
     if (sel === null) { shown = ""; panels.empty(); return; }
-    const key = panelKey(sel, { info, normalize_lens: model.get("normalize_lens"), target: model.get("target"), contrast: model.get("contrast") });
+    const options = panels.more ? MORE : undefined;
+    const key = panelKey(sel, { info, normalize_lens: model.get("normalize_lens"), target: model.get("target"), contrast: model.get("contrast") })
+      + (options ? "+more" : "");
     if (key === shown && !cache.has(key)) return; // its panel is on its way (or has failed: select again)
     shown = key;
     const title = info.selection_kinds[sel.kind]?.title ?? sel.kind;
@@ -145,7 +151,7 @@ function render({ model, el }: RenderProps<State>) {
       if (!live) { panels.unavailable(title, "This panel needs a live kernel: it was not saved with this page."); return; }
       panels.loading(title);
       const t0 = performance.now();
-      const outcome = await client.invoke("panel", { selection: sel });
+      const outcome = await client.invoke("panel", options ? { selection: sel, options } : { selection: sel });
       root.dataset.panelMs = (performance.now() - t0).toFixed(1);
       if (shown !== key) return; // a newer selection took over
       if (!outcome.ok) { panels.unavailable(title, `Could not load: ${outcome.error.message}`); return; }

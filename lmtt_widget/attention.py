@@ -73,6 +73,28 @@ class AttentionProbs:
             scores += self.mask[..., start:stop, :].float()
         return scores.softmax(-1)
 
+    def at(self, targets: torch.Tensor) -> torch.Tensor:
+        """[..., H, len(targets), S]: the probabilities of the target rows `targets` (positions
+        among the targets, any order), in one product whatever their spread."""
+        n_targets, n_sources = self.query.shape[-2], self.key.shape[-2]
+        targets = targets.to(self.query.device)
+        keys = self.key.float().transpose(-1, -2)  # [..., KV, hd, S]
+        query = self.query[..., targets, :].float() * self.scaling  # [..., H, n, hd]
+        if self.groups == 1:
+            scores = query @ keys
+        else:
+            *lead, n_heads, n_rows, head_dim = query.shape
+            grouped = query.reshape(*lead, n_heads // self.groups, self.groups * n_rows, head_dim)
+            scores = (grouped @ keys).reshape(*lead, n_heads, n_rows, n_sources)
+        if self.mask is None:  # causal
+            position = targets[:, None] + (n_sources - n_targets)
+            scores.masked_fill_(torch.arange(n_sources, device=scores.device) > position, float("-inf"))
+        elif self.mask.dtype == torch.bool:
+            scores.masked_fill_(~self.mask[..., targets, :], float("-inf"))
+        else:
+            scores += self.mask[..., targets, :].float()
+        return scores.softmax(-1)
+
     def dense(self) -> torch.Tensor:
         return self.rows(0, self.query.shape[-2])
 

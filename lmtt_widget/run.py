@@ -368,15 +368,15 @@ class Shares:
 
     def head_contribution_rows(self, layer: int, head: int, targets) -> torch.Tensor:
         """[len(targets), T_source]: `head_contributions(layer, head)[targets]`, read from the kept
-        edges without forming the whole [T, T] map (long prompts)."""
+        edges of those targets alone (they are sorted by target) without forming the [T, T] map."""
         shares, head = self.layers[self.layer(layer)], self.head(head)
         rows = torch.tensor([self.position(t) for t in targets], dtype=torch.long)
-        row_of = torch.full((self.n_tokens,), -1, dtype=torch.long)
-        row_of[rows] = torch.arange(len(rows))
-        kept = row_of[shares.edges[:, 0]]  # [n]: each edge's row, -1 where its target is not asked for
+        edge_targets = shares.edges[:, 0].contiguous()
+        starts = torch.searchsorted(edge_targets, rows).tolist()
+        stops = torch.searchsorted(edge_targets, rows, right=True).tolist()
         out = shares.heads.new_zeros(len(rows), self.n_tokens)
-        at = kept >= 0
-        out[kept[at], shares.edges[at, 1]] = shares.heads[at, head]
+        for i, (start, stop) in enumerate(zip(starts, stops)):
+            out[i, shares.edges[start:stop, 1]] = shares.heads[start:stop, head]
         return out
 
     def edge_contributions(self, layer: int, target: int, source: int) -> torch.Tensor:
@@ -562,19 +562,17 @@ class Run(Shares):
         stay cached, as many as fit the budget (the last one always)."""
         return dense(self._probs(layer))
 
-    def attention_rows(self, layer: int, targets) -> torch.Tensor:
-        """[H, len(targets), T_source] float32 on the CPU: `attention_pattern(layer)[:, targets]`,
-        computing only those rows where the run kept queries and keys (long prompts)."""
+    def attention_rows(self, layer: int, targets, head: int | None = None) -> torch.Tensor:
+        """`attention_pattern(layer)[:, targets]` ([H, len(targets), T_source]), or of one head
+        ([len(targets), T_source]), float32 on the CPU, computing only those rows (and that head)
+        where the run kept queries and keys (long prompts)."""
         probs = self._probs(layer)
-        positions = [self.position(t) for t in targets]
-        runs: list[list[int]] = []  # consecutive positions, read as one slice of rows
-        for p in positions:
-            if runs and p == runs[-1][-1] + 1:
-                runs[-1].append(p)
-            else:
-                runs.append([p])
-        blocks = [probs[:, r[0]:r[-1] + 1].float().cpu() for r in runs]  # each [H, len(r), T_source]
-        return torch.cat(blocks, 1) if blocks else torch.zeros(self.shape.n_heads, 0, self.n_tokens)
+        if head is not None:
+            probs = probs[self.head(head)]
+        rows = torch.tensor([self.position(t) for t in targets], dtype=torch.long)
+        if isinstance(probs, AttentionProbs):
+            return probs.at(rows).float().cpu()
+        return probs[..., rows.to(probs.device), :].float().cpu()
 
     def _probs(self, layer: int) -> torch.Tensor | AttentionProbs:
         """A layer's probabilities as kept (indexing an AttentionProbs computes only the rows read)."""

@@ -160,4 +160,5 @@ def test_attention_rows_equal_the_pattern_whether_or_not_the_probabilities_were_
     targets = [0, 3, 4, 5, 11, 16]
     for run in (kept, lazy):
         torch.testing.assert_close(run.attention_rows(1, targets), kept.attention_pattern(1)[:, targets].float())
+        torch.testing.assert_close(run.attention_rows(1, targets, head=2), kept.attention_pattern(1)[2, targets].float())
         torch.testing.assert_close(run.head_contribution_rows(1, 2, targets), run.head_contributions(1, 2)[targets])

@@ -242,7 +242,7 @@ class Attention(SelectionKind):
         out = {"selection": sel,
                "shares": S.array(run.edge_contributions(layer, target, source)),
                "positions": S.array(positions, "int32"), "focus": focus,
-               "pattern": S.array(run.attention_rows(layer, positions)[head][:, cols]),
+               "pattern": S.array(run.attention_rows(layer, positions, head)[:, cols]),
                "importance": S.array(run.head_contribution_rows(layer, head, positions)[:, cols]),
                "row_pattern": S.array(heads_row[head]),
                "row_importance": S.array(run.head_contribution_rows(layer, head, [target])[0]),

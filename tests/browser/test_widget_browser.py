@@ -85,10 +85,18 @@ def test_clicking_an_ffn_node_lists_neurons_and_a_neuron_selects_it(model, page,
     expected = w.run.neuron_contributions(w.selection["layer"], w.selection["token"], k=10)
     rows = page.locator("table.neurons tbody tr")
     assert [int(r) for r in rows.evaluate_all("rs => rs.map(r => r.dataset.neuron)")] == [n.index for n in expected]
-    rows.nth(1).click()
-    page.wait_for_selector("table.neurons tr.active")
-    assert w.selection["neuron"] == expected[1].index
     page.screenshot(path=str(artifacts / "browser-ffn-panel.png"))
+    rows.nth(1).click()  # a neuron is a selection of its own
+    page.wait_for_selector("canvas.activation-strip")
+    layer, token = w.selection["layer"], w.selection["token"]
+    assert w.selection == {"kind": "neuron", "layer": layer, "token": token, "neuron": expected[1].index}
+    acts = w.run.neuron_activations(layer)[:, expected[1].index]
+    strongest = page.locator("ol.strongest li").evaluate_all("ls => ls.map(l => Number(l.dataset.position))")
+    assert strongest == acts.abs().argsort(descending=True)[:len(strongest)].tolist()
+    page.screenshot(path=str(artifacts / "browser-neuron-panel.png"))
+    page.locator("button.link").click()  # back to its FFN block, the neuron's row marked
+    page.wait_for_selector("table.neurons tr.active")
+    assert w.selection["kind"] == "ffn" and w.selection["neuron"] == expected[1].index
 
 
 def test_selection_set_in_python_is_highlighted(model, page, harness):
