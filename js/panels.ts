@@ -256,10 +256,15 @@ function bar(value: number, max: number, label: string): HTMLSpanElement {
   return h("span", { class: "bar" }, h("span", { class: "fill", style: `width:${fmt(pct, 1)}%` }), h("span", { class: "num" }, label));
 }
 
+/** A direct logit effect: two decimals, or two significant digits when smaller (never "0.00" for a nonzero one). */
+function logit(v: number): string {
+  return Math.abs(v) >= 0.01 ? fmt(v, 2) : v.toPrecision(2);
+}
+
 function effect(e: Effect): HTMLDivElement {
   const list = (items: [string, number][], cls: string) => {
     const ul = h("ul", { class: `effect ${cls}` });
-    for (const [t, v] of items) ul.append(h("li", {}, h("span", { class: "tok", title: JSON.stringify(t) }, visible(t)), h("span", { class: "num" }, fmt(v, 2))));
+    for (const [t, v] of items) ul.append(h("li", {}, h("span", { class: "tok", title: JSON.stringify(t) }, visible(t)), h("span", { class: "num" }, logit(v))));
     if (items.length === 0) ul.append(h("li", { class: "none" }, "none (all zero)"));
     return ul;
   };

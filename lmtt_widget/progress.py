@@ -1,29 +1,40 @@
 """Progress bars for steps that may take a while: tqdm.auto (a widget in Jupyter, text in a
-terminal), shown only once a step has run for `delay` seconds, so quick analyses stay silent."""
+terminal), shown only once a step has run for `delay` seconds, so quick analyses stay silent.
+A bar ends complete and goes away; one that an error stopped stays where it stopped (in Jupyter:
+red), so that a finished analysis never leaves a red, one-step-short bar behind."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TypeVar
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
 
-T = TypeVar("T")
 DELAY_S = 1.0
 
 
-def progress_bar(iterable: Iterable[T], *, enabled: bool | None = None, desc: str | None = None,
-                 total: int | None = None, delay: float = DELAY_S, unit: str = "it") -> Iterable[T]:
-    """`iterable`, wrapped in a tqdm.auto bar.
-
-    `enabled`: None (the default) shows the bar only if iterating takes longer than `delay`
-    seconds; True shows it at once; False never (and tqdm is not even imported).
-    """
+def _bar(enabled: bool | None, delay: float, **options: Any):
+    """A tqdm.auto bar, or None: `enabled` None shows it only once the work takes longer than
+    `delay` seconds, True at once, False never (and tqdm is not even imported)."""
     if enabled is False:
-        return iterable
+        return None
     try:
         from tqdm.auto import tqdm
     except ImportError:  # tqdm is a dependency, but never fail an analysis for a progress bar
-        return iterable
-    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, delay=0.0 if enabled else delay)
+        return None
+    return tqdm(leave=False, delay=0.0 if enabled else delay, **options)
+
+
+@contextlib.contextmanager
+def progress_steps(total: int, *, enabled: bool | None = None, desc: str | None = None, unit: str = "it",
+                   delay: float = DELAY_S) -> Iterator[Callable[[], None]]:
+    """A bar of `total` steps: yields `advance()`, to call once each step is done; `enabled` as
+    for `_bar`."""
+    bar = _bar(enabled, delay, total=total, desc=desc, unit=unit)
+    try:
+        yield (lambda: None) if bar is None else (lambda: bar.update(1))
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 class _Silent:
@@ -39,13 +50,7 @@ class _Silent:
 def progress_counter(*, enabled: bool | None = None, desc: str | None = None, total: int | None = None,
                      delay: float = DELAY_S, unit: str = "it"):
     """A bar advanced by hand (`.update(n)`, `.close()`), for work done in batches of items;
-    `enabled` as for `progress_bar`."""
-    if enabled is False:
-        return _Silent()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _Silent()
+    `enabled` as for `_bar`."""
     # each update is a whole batch: draw every one (tqdm would skip those within 0.1 s of the last)
-    return tqdm(desc=desc, total=total, unit=unit, leave=False, delay=0.0 if enabled else delay,
-                mininterval=0, miniters=1)
+    bar = _bar(enabled, delay, desc=desc, total=total, unit=unit, mininterval=0, miniters=1)
+    return _Silent() if bar is None else bar

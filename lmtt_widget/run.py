@@ -23,7 +23,7 @@ from .architectures import Shape, check_attention, family_of, ffn_out_matrix, po
 from .attention import AttentionProbs, dense
 from .contributions import head_outputs
 from .errors import LmttError, _integer, check_floor, check_index, check_positive, check_threshold
-from .progress import progress_bar
+from .progress import progress_steps
 from .saved import SavedModel
 from .tracing import Capture, attention_probs, neuron_activations, trace
 
@@ -137,21 +137,17 @@ def analyze_ids(model, input_ids: torch.Tensor, *, prompt: str | None = None, di
     n_tokens = len(input_ids)
     floor = floor_for(floor, shape, n_tokens, budget_bytes)
     layers: list[LayerShares] = []
-    bar = progress_bar(range(shape.n_layers), enabled=progress, desc="importances", unit="layer")
-    steps = iter(bar)
+    with progress_steps(shape.n_layers, enabled=progress, desc="importances", unit="layer") as advance:
 
-    def on_layer(layer: int, t) -> None:  # inside the trace: each layer's probabilities are used as they come
-        next(steps)
-        layers.append(block_shares(t.resid_in, t.attn_out, t.ffn_out, t.resid_out, t.probs, t.values,
-                                   w_o(hf_model, family, shape, layer), shape.parallel, p, budget_bytes, floor,
-                                   target_scale=t.attn_scale).cpu())
+        def on_layer(layer: int, t) -> None:  # inside the trace: each layer's probabilities are used as they come
+            layers.append(block_shares(t.resid_in, t.attn_out, t.ffn_out, t.resid_out, t.probs, t.values,
+                                       w_o(hf_model, family, shape, layer), shape.parallel, p, budget_bytes, floor,
+                                       target_scale=t.attn_scale).cpu())
+            advance()
 
-    try:
         keep = kept_whole(hf_model, family, shape, n_tokens, budget_bytes)
         capture = trace(model, family, shape, input_ids.to(hf_model.device), edits, neurons=keep.neurons,
                         probs=keep.probs, on_layer=on_layer)
-    finally:
-        getattr(bar, "close", lambda: None)()
     text = prompt if prompt is not None else model.tokenizer.decode(input_ids)
     return Run(model, text, input_ids, capture, layers, distance, budget_bytes, floor, edits=edits)
 

@@ -48,12 +48,3 @@ def test_head_source_proximity_stays_within_a_tiny_budget():
     for p in (1, 2):
         big = C.head_source_proximity(whole, probs, head_out, p, 2**30)
         torch.testing.assert_close(C.head_source_proximity(whole, probs, head_out, p, 1), big)
-
-
-def test_progress_bar_off_is_the_iterable_itself_and_on_iterates_the_same():
-    from lmtt_widget.progress import progress_bar
-
-    items = range(3)
-    assert progress_bar(items, enabled=False) is items
-    assert list(progress_bar(items, enabled=True, desc="x")) == [0, 1, 2]
-    assert list(progress_bar(items)) == [0, 1, 2]
