@@ -1,6 +1,7 @@
-// Controls: threshold, renormalise, normalise before unembedding, the target and its top
-// predictions, the effects' contrast and what the routes are kept by, a prompt box that
-// re-analyses in Python, model facts, progress and messages.
+// Controls, in compact rows: the prompt box (re-analyses in Python), the target, the threshold
+// (a log scale: 0.0001 to 0.5), Fit, what other views add (the other prompt of a pair) and the
+// options folded; then the target's top predictions; then the effects' contrast, what the routes
+// are kept by and the missed edges. Also the model facts and progress.
 
 import { decode } from "./arrays";
 import { h, visible, fmt } from "./dom";
@@ -30,19 +31,23 @@ export class Controls {
   private targetSelect: HTMLSelectElement;
   private predictions: HTMLDivElement;
   private prompt: HTMLTextAreaElement;
+  private promptNote: HTMLDivElement;
   private analyzeButton: HTMLButtonElement;
   private contrastSelect: HTMLSelectElement;
   private rankBy: HTMLSelectElement;
   private missed: HTMLInputElement;
   private metric: HTMLSpanElement;
+  private mainRow: HTMLDivElement;
   private busyTimer: number | undefined;
   private info: Info | null = null;
+  private analysed = ""; // the prompt of the run shown, to tell the user's edits from it
 
   constructor(cb: ControlCallbacks, private live: boolean) {
-    this.thresholdInput = h("input", { type: "range", min: 0.005, max: 0.5, step: 0.005, "aria-label": "threshold" });
-    this.thresholdValue = h("output", { class: "num" });
-    this.thresholdInput.addEventListener("input", () => { this.thresholdValue.textContent = fmt(Number(this.thresholdInput.value)); });
-    this.thresholdInput.addEventListener("change", () => cb.threshold(Number(this.thresholdInput.value)));
+    this.thresholdInput = h("input", { type: "range", min: THRESHOLD_LOG[0], max: THRESHOLD_LOG[1], step: 0.01, "aria-label": "threshold (log scale)" });
+    this.thresholdValue = h("output", { class: "num threshold-value" });
+    const chosen = () => Number(Math.pow(10, Number(this.thresholdInput.value)).toPrecision(2));
+    this.thresholdInput.addEventListener("input", () => { this.thresholdValue.textContent = thresholdText(chosen()); });
+    this.thresholdInput.addEventListener("change", () => cb.threshold(chosen()));
     this.renorm = h("input", { type: "checkbox" });
     this.renorm.addEventListener("change", () => cb.renormalize(this.renorm.checked));
     this.normLens = h("input", { type: "checkbox" });
@@ -50,7 +55,9 @@ export class Controls {
     this.targetSelect = h("select", { class: "target-select", "aria-label": "target token" });
     this.targetSelect.addEventListener("change", () => cb.target(Number(this.targetSelect.value)));
     this.predictions = h("div", { class: "predictions" });
-    this.prompt = h("textarea", { rows: 2, class: "prompt", "aria-label": "prompt", placeholder: "A prompt to analyse" });
+    this.prompt = h("textarea", { rows: 1, class: "prompt", "aria-label": "prompt", placeholder: "A prompt to analyse" });
+    this.promptNote = h("div", { class: "prompt-note hint", role: "status" });
+    this.prompt.addEventListener("input", () => this.showEdited());
     this.analyzeButton = h("button", { class: "analyze", title: live ? "Analyse this prompt in the kernel" : "Needs a live kernel" }, "Analyse");
     this.analyzeButton.disabled = !live;
     this.prompt.disabled = !live;
@@ -80,17 +87,22 @@ export class Controls {
         input.title = "Needs a live kernel";
       }
     }
-    const fit = h("button", { class: "fit", title: "Fit the whole graph (key 0)" }, "Fit");
+    const fit = h("button", { class: "fit", title: "Fit the whole graph (key 0); closes the gaps opened" }, "Fit");
     fit.addEventListener("click", () => cb.fit());
 
     this.facts = h("div", { class: "facts" });
     this.status = h("div", { class: "status", role: "status", "aria-live": "polite" });
+    const options = h("details", { class: "options" }, h("summary", {}, "Options"),
+      h("label", { title: "Within each block, renormalise the parts above the threshold to sum to 1" }, this.renorm, " renormalise"),
+      h("label", { title: "Apply the final norm before the unembedding in the logit lens" }, this.normLens, " normalise before unembedding"));
+    this.mainRow = h("div", { class: "row" },
+      h("label", {}, "target ", this.targetSelect),
+      h("label", { title: "Edges whose importance is not above the threshold are dropped (log scale)" }, "threshold ", this.thresholdInput, this.thresholdValue),
+      fit, options);
     this.root = h("div", { class: "lmtt-controls" },
-      h("div", { class: "row" },
-        h("label", { title: "Edges whose importance is not above the threshold are dropped" }, "threshold ", this.thresholdInput, this.thresholdValue),
-        h("label", { title: "Within each block, renormalise the parts above the threshold to sum to 1" }, this.renorm, " renormalise"),
-        h("label", { title: "Apply the final norm before the unembedding in the logit lens" }, this.normLens, " normalise before unembedding"),
-        h("label", {}, "target ", this.targetSelect), fit),
+      h("div", { class: "row prompt-row" }, this.prompt, this.analyzeButton),
+      this.promptNote,
+      this.mainRow,
       h("div", { class: "row" }, this.predictions),
       h("div", { class: "row effects-row" },
         h("label", { title: "Effects measure logit(prediction) − logit(contrast) at the target; the contrast defaults to the runner-up" },
@@ -99,7 +111,6 @@ export class Controls {
           "rank by ", this.rankBy),
         h("label", { title: "Draw, dashed, the edges with a large effect that the share routes leave out" }, this.missed, " show missed"),
         this.metric),
-      h("div", { class: "row prompt-row" }, this.prompt, this.analyzeButton),
     );
   }
 
@@ -108,9 +119,29 @@ export class Controls {
     return this.prompt.value;
   }
 
+  /** Put another view's control in the main row, before the options (the other prompt of a pair). */
+  addToMainRow(el: HTMLElement): void {
+    this.mainRow.insertBefore(el, this.mainRow.lastElementChild);
+  }
+
+  /** The prompt box keeps what the user typed (also after a refused analysis) and says when that
+   * is not the prompt shown, with a way back to it. */
+  private showEdited(): void {
+    const edited = this.prompt.value !== this.analysed;
+    this.prompt.classList.toggle("edited", edited);
+    if (!edited) { this.promptNote.replaceChildren(); return; }
+    const restore = h("button", { class: "restore", title: "Put back the prompt shown" }, "↺ restore");
+    restore.addEventListener("click", () => { this.prompt.value = this.analysed; this.showEdited(); });
+    this.promptNote.replaceChildren("Not analysed yet: the graph shows the prompt analysed before. ", restore);
+  }
+
   setInfo(info: Info): void {
     this.info = info;
-    this.prompt.value = info.prompt;
+    if (info.prompt !== this.analysed) { // a new prompt shown (not an intervened run of the same one)
+      this.analysed = info.prompt;
+      this.prompt.value = info.prompt;
+    }
+    this.showEdited();
     const options = info.tokens.map((tok, t) => {
       const top = info.predictions.tokens[t][0] ?? "";
       return h("option", { value: t }, `${t}: ${visible(tok)} → ${visible(top)}`);
@@ -131,8 +162,9 @@ export class Controls {
   }
 
   setView(target: number, threshold: number, renormalize: boolean, normalizeLens: boolean): void {
-    this.thresholdInput.value = String(threshold);
-    this.thresholdValue.textContent = fmt(threshold);
+    this.thresholdInput.value = String(Math.log10(Math.max(threshold, 1e-12)));
+    this.thresholdValue.textContent = thresholdText(threshold);
+    this.thresholdValue.title = String(threshold);
     this.renorm.checked = renormalize;
     this.normLens.checked = normalizeLens;
     this.targetSelect.value = String(target);
@@ -184,4 +216,12 @@ export class Controls {
     tick();
     this.busyTimer = window.setInterval(tick, 100);
   }
+}
+
+/** The threshold slider's range, as log10: 0.0001 to 0.5. */
+const THRESHOLD_LOG = [-4, Math.log10(0.5)];
+
+/** A threshold as the user would write it: 0.04, 0.005, 0.0001 (three significant digits at most). */
+export function thresholdText(threshold: number): string {
+  return Number.isFinite(threshold) ? String(Number(threshold.toPrecision(3))) : "–";
 }

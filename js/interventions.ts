@@ -26,7 +26,7 @@ export class InterventionsView {
   private only = h("input", { type: "checkbox", class: "ablate-only" });
   private onlyLabel = h("label", { class: "ablate-only-label" });
   private ablateButton = h("button", { class: "ablate" }, "Ablate");
-  private hint = h("span", { class: "hint" });
+  private ablateRow: HTMLDivElement;
   private beforeAfter = h("div", { class: "before-after" });
   private active = h("div", { class: "active-list" });
   private diffCard = h("section", { class: "card diff" });
@@ -63,11 +63,9 @@ export class InterventionsView {
     this.showReference.addEventListener("change", () => { this.model.set("show_reference", this.showReference.checked); this.model.save_changes(); });
     this.against.addEventListener("change", () => { this.model.set("diff_against", this.against.value as "other" | "clean"); this.model.save_changes(); });
     this.what.addEventListener("change", () => this.updateOnly());
-    this.bar = h("div", { class: "lmtt-interventions" },
-      h("div", { class: "row ablate-row" },
-        h("span", { class: "label" }, "Intervene:"), this.what, h("label", {}, "mode ", this.mode),
-        this.onlyLabel, this.ablateButton, this.hint),
-      this.beforeAfter, this.active, this.referenceLabel);
+    this.ablateRow = h("div", { class: "row ablate-row" },
+      h("span", { class: "label" }, "Intervene:"), this.what, h("label", {}, "mode ", this.mode), this.onlyLabel, this.ablateButton);
+    this.bar = h("div", { class: "lmtt-interventions" }, this.ablateRow, this.beforeAfter, this.active, this.referenceLabel);
     this.details = h("div", { class: "lmtt-intervention-details" }, this.diffCard, this.faithCard, this.codeCard);
     this.handlers = [
       ["change:selection_info", () => this.showChoices()], ["change:info", () => { this.showChoices(); this.showState(); }],
@@ -104,8 +102,9 @@ export class InterventionsView {
     const none = this.offered.length === 0;
     this.what.disabled = none || !this.live;
     this.ablateButton.disabled = none || !this.live || this.model.get("busy") !== "";
-    this.hint.textContent = none ? "Select an attention edge, an FFN block or neuron, or a residual node to ablate it." : "";
+    this.ablateRow.style.display = none ? "none" : ""; // shown with a selection that offers something: no empty list
     this.updateOnly();
+    this.showBar();
   }
 
   private updateOnly(): void {
@@ -152,6 +151,13 @@ export class InterventionsView {
     }
     this.showDiff();
     this.showBusy();
+    this.showBar();
+  }
+
+  /** The bar only when it has something to show: no empty rows above the graph. */
+  private showBar(): void {
+    const shown = (el: HTMLElement) => el.style.display !== "none" && el.childNodes.length > 0;
+    this.bar.style.display = [this.ablateRow, this.beforeAfter, this.active, this.referenceLabel].some(shown) ? "" : "none";
   }
 
   private showDiff(): void {
@@ -197,11 +203,12 @@ export class InterventionsView {
     const on = this.get("show_reference") === true;
     this.showReference.checked = on;
     this.showReference.disabled = !this.live;
-    if (!diff) { this.referenceLabel.style.display = "none"; return; }
+    if (!diff) { this.referenceLabel.style.display = "none"; this.showBar(); return; }
     const reference = diff.against === "other" ? "the other prompt's" : "the clean run's";
     this.referenceLabel.style.display = "";
     this.referenceLabel.classList.toggle("on", on);
     this.referenceLabel.replaceChildren(this.showReference, ` draw ${reference} routes instead (the difference marks stay; the panels read the run shown)`);
+    this.showBar();
   }
 
   /** The listed changes drawn over the graph: vanished dashed, appeared and changed solid. A

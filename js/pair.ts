@@ -11,6 +11,9 @@ import type { State } from "./types";
 
 export class PairView {
   readonly bar: HTMLDivElement;
+  /** Another prompt to compare with (or instead of the other one): a control for the controls' main row. */
+  readonly compare: HTMLSpanElement;
+  private compareLabel = h("span", { class: "label" }, "compare with");
   private model: AnyModel<State>;
   private prompts = h("div", { class: "pair-prompts" });
   private patchRow = h("div", { class: "row patch-row" });
@@ -20,7 +23,7 @@ export class PairView {
   private swapButton = h("button", { class: "swap", title: "Show the other prompt's routes and compare them with this one's" }, "Show the other prompt");
   private otherInput = h("input", { type: "text", class: "other-prompt", placeholder: "another prompt of the same length in tokens", "aria-label": "other prompt" });
   private otherButton = h("button", { class: "compare-with" }, "Compare");
-  private hint = h("span", { class: "hint" });
+  private hint = h("span", { class: "hint" }, "the selection's activation, from the other prompt into this one");
   private offered: PatchOffer[] = [];
   private handlers: [string, () => void][] = [];
 
@@ -31,13 +34,24 @@ export class PairView {
       if (choice && this.live) void this.invoke("patch", { node: choice.node });
     });
     this.swapButton.addEventListener("click", () => { if (this.live) void this.invoke("swap", {}); });
-    const compare = () => { if (this.live && this.otherInput.value.trim()) void this.invoke("pair", { prompt: this.otherInput.value }); };
-    this.otherButton.addEventListener("click", compare);
-    this.otherInput.addEventListener("keydown", (ev) => { if (ev.key === "Enter") compare(); });
+    const compare = async () => {
+      if (!this.live || !this.otherInput.value.trim()) return;
+      const outcome = await this.invoke("pair", { prompt: this.otherInput.value });
+      if (outcome.ok) this.otherInput.value = ""; // the pair shows it now; a refused one stays to be fixed
+    };
+    this.otherButton.addEventListener("click", () => void compare());
+    this.otherInput.addEventListener("keydown", (ev) => { if (ev.key === "Enter") void compare(); });
+    this.compare = h("span", { class: "compare" }, this.compareLabel, this.otherInput, this.otherButton);
+    this.compare.style.display = live ? "" : "none";
     this.patchRow.append(h("span", { class: "label" }, "Patch:"), this.what, this.patchButton, this.hint);
     this.bar = h("div", { class: "lmtt-pair" }, this.prompts, this.patchRow, this.active);
+    let prompt = model.get("info").prompt;
+    const onInfo = () => { // a new prompt analysed: what was typed to compare with belongs to the old one
+      if (model.get("info").prompt !== prompt) { prompt = model.get("info").prompt; this.otherInput.value = ""; }
+      this.show();
+    };
     this.handlers = [
-      ["change:pair", () => this.show()], ["change:patches", () => this.show()], ["change:info", () => this.show()],
+      ["change:pair", () => this.show()], ["change:patches", () => this.show()], ["change:info", onInfo],
       ["change:selection_info", () => this.showChoices()], ["change:busy", () => this.showBusy()],
     ];
     for (const [event, fn] of this.handlers) this.model.on(event, fn);
@@ -51,9 +65,9 @@ export class PairView {
   private show(): void {
     const info = this.model.get("info"), pair = this.model.get("pair");
     this.bar.classList.toggle("paired", pair !== null);
+    this.compareLabel.textContent = pair === null ? "compare with" : "other prompt instead";
     if (pair === null) {
-      // one prompt: offer a second one (live only: it needs the kernel to analyse it)
-      this.prompts.replaceChildren(...(this.live ? [h("div", { class: "row" }, h("span", { class: "label" }, "Compare with another prompt:"), this.otherInput, this.otherButton)] : []));
+      this.prompts.replaceChildren();
       this.patchRow.style.display = "none";
       this.active.replaceChildren();
       return;
@@ -65,9 +79,7 @@ export class PairView {
     this.prompts.replaceChildren(
       h("div", { class: "row pair-shown" }, h("span", { class: "label" }, "This prompt:"), tokens(info.tokens, "shown")),
       h("div", { class: "row pair-other" }, h("span", { class: "label" }, "Other prompt:"), tokens(pair.tokens, "other"),
-        h("span", { class: "hint" }, `predicts ${top}`), this.swapButton),
-      ...(this.live ? [h("div", { class: "row" }, h("span", { class: "label" }, "Other prompt instead:"), this.otherInput, this.otherButton)] : []));
-    this.patchRow.style.display = "";
+        h("span", { class: "hint" }, `predicts ${top}`), this.swapButton));
     const patches = this.model.get("patches") ?? [];
     const items = patches.map((p, i) => {
       const undo = h("button", { class: "unpatch", title: "Undo: rerun without this patch", "aria-label": `undo patch ${p.label}` }, "×");
@@ -84,7 +96,8 @@ export class PairView {
     this.offered = this.model.get("pair") === null ? [] : this.model.get("selection_info")?.patches ?? [];
     this.what.replaceChildren(...this.offered.map((c, i) => h("option", { value: i }, c.label)));
     if (previous && Number(previous) < this.offered.length) this.what.value = previous;
-    this.hint.textContent = this.offered.length === 0 ? "Select a node or an attention edge to patch its activation from the other prompt." : "";
+    // with something selected that can be patched: no empty list before it
+    this.patchRow.style.display = this.model.get("pair") === null || this.offered.length === 0 ? "none" : "";
     this.showBusy();
   }
 

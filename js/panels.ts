@@ -189,8 +189,9 @@ export class Panels {
   empty(): void {
     this.body.replaceChildren(
       h("h3", {}, "Nothing selected"),
-      h("p", { class: "hint" }, "Click a node (residual stream or FFN block) or an attention edge in the graph. "
-        + "Click above the top layer to choose whose prediction's routes are shown."),
+      h("p", { class: "hint" }, "Click a node (residual stream or FFN block) or an attention edge in the graph: its panel "
+        + "shows here, and the controls to ablate it (or patch it from another prompt) above the graph. "
+        + "Click a cell above the top layer to choose whose prediction's routes are shown."),
     );
   }
 

@@ -5,6 +5,7 @@ import { Controls } from "./controls";
 import { h } from "./dom";
 import { GraphView } from "./graph";
 import { InterventionsView } from "./interventions";
+import { legend, showLegend } from "./legend";
 import { PairView } from "./pair";
 import { Panels } from "./panels";
 import { PromptsView } from "./prompts";
@@ -117,10 +118,12 @@ function render({ model, el }: RenderProps<State>) {
     model.save_changes();
   };
 
+  const legendBox = legend();
   const root = h("div", { class: "lmtt" },
     h("div", { class: "lmtt-header" }, controls.facts, controls.status),
     controls.root, prompts.bar, pair.bar, interventions.bar, messageBar,
-    h("div", { class: "lmtt-main" }, graph.root, panels.root), interventions.details);
+    h("div", { class: "lmtt-main" }, h("div", { class: "lmtt-graph-box" }, graph.root, legendBox), panels.root), interventions.details);
+  controls.addToMainRow(pair.compare);
   if (!live) root.append(h("p", { class: "hint export-note" },
     "Saved page: the graph and the panels saved with it work here; other panels and analysing a new prompt need a live kernel."));
   el.append(root);
@@ -171,11 +174,16 @@ function render({ model, el }: RenderProps<State>) {
     controls.setView(model.get("target"), model.get("threshold"), model.get("renormalize"), model.get("normalize_lens"));
     controls.setEffects(model.get("target"), model.get("contrast"), model.get("rank_by"), model.get("show_missed"), model.get("effects"));
   };
-  const showEffects = () => { showView(); graph.setMissed(model.get("effects")?.missed ?? []); };
+  const showMissed = () => {
+    const effects = model.get("effects"), missed = effects?.missed ?? [];
+    graph.setMissed(missed);
+    showLegend(legendBox, { effects: effects !== null, missed: missed.length > 0 });
+  };
+  const showEffects = () => { showView(); showMissed(); };
   const drawGraph = () => {
     const t0 = performance.now();
     graph.setData(model.get("info"), model.get("payload"));
-    graph.setMissed(model.get("effects")?.missed ?? []);
+    showMissed();
     root.dataset.renderMs = (performance.now() - t0).toFixed(1);
     // time to the first frame painted with the graph in it
     requestAnimationFrame(() => setTimeout(() => { root.dataset.paintMs = (performance.now() - t0).toFixed(1); }, 0));
