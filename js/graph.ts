@@ -4,7 +4,9 @@
 // layers, never scales text, so labels keep their size at every zoom. Fixed bands around the
 // plot: the targets above (click: whose prediction's routes), the token labels below, the layer
 // axis on the left, and an overview strip of the whole prompt at the bottom (where the routes
-// are, where the view is; click or drag it to move there).
+// are, where the view is; click or drag it to move there). Edges and nodes are SVG elements while
+// they are few; many (long prompts, low thresholds) are painted on a canvas under the SVG, and a
+// click or hover finds the nearest one.
 // Edges with an effect are coloured by its sign (supports / opposes the prediction over the
 // contrast); routes kept by effect are drawn with widths by |effect|; the edges with a large
 // effect that the share routes miss can be drawn dashed over them.
@@ -26,6 +28,7 @@ const LEVEL_MAX = 60;
 const COMFORTABLE = 16; // px per column below which untouched columns collapse into gaps
 const Y_PAD = 4;
 const LABEL_SPACING = 13; // px between layer labels
+const DENSE = 1500; // edges and nodes near the view beyond which they are painted on a canvas, not as elements
 
 export interface GraphCallbacks {
   select(sel: Selection): void;
@@ -67,6 +70,9 @@ export class GraphView {
   private overview: SVGGElement;
   private cursorMark: SVGCircleElement;
   private tooltip: HTMLDivElement;
+  private canvas: HTMLCanvasElement; // dense graphs' edges and nodes
+  private dense = false;
+  private paintPending = false;
   private info: Info | null = null;
   private data: Decoded | null = null;
   private payload: Payload | null = null;
@@ -114,7 +120,12 @@ export class GraphView {
     this.svg.append(this.plot, this.targetsBand, this.tokensBand, this.axisBand, this.overview);
     this.tooltip = document.createElement("div");
     this.tooltip.className = "lmtt-tooltip";
-    this.root.append(this.svg, this.tooltip);
+    this.canvas = document.createElement("canvas");
+    this.canvas.className = "edges-canvas";
+    this.canvas.setAttribute("aria-hidden", "true");
+    this.root.append(this.canvas, this.svg, this.tooltip);
+    // for scripts that drive the page (the browser tests): where a node is on the screen
+    Object.assign(this.root, { lmttScreenPoint: (stage: number, layer: number, token: number) => this.screenPoint(stage, layer, token) });
     this.listen();
   }
 
@@ -148,6 +159,12 @@ export class GraphView {
   /** A node's position in graph coordinates: stage code (types.STAGES), layer, token. */
   point(stage: number, layer: number, token: number): [number, number] {
     return [this.x(token, stage), this.y(this.level(stage, layer))];
+  }
+
+  /** A node's position on the screen (client coordinates). */
+  screenPoint(stage: number, layer: number, token: number): [number, number] {
+    const r = this.svg.getBoundingClientRect(), [x, y] = this.point(stage, layer, token);
+    return [r.left + this.region.x + this.view.x + x, r.top + this.region.y + this.view.y + y];
   }
 
   // -- data ---------------------------------------------------------------------------------
@@ -229,6 +246,10 @@ export class GraphView {
     set(this.targetsBand, r.x, 0, r.w, TARGET_H);
     set(this.tokensBand, r.x, r.y + r.h, r.w, tokensH);
     set(this.axisBand, 0, r.y, AXIS_W, r.h);
+    const dpr = window.devicePixelRatio || 1;
+    Object.assign(this.canvas.style, { left: `${r.x}px`, top: `${r.y}px`, width: `${r.w}px`, height: `${r.h}px` });
+    this.canvas.width = Math.round(r.w * dpr);
+    this.canvas.height = Math.round(r.h * dpr);
     this.overview.setAttribute("transform", `translate(${r.x},${m.h - OVERVIEW_H})`);
     this.levFit = (r.h - 2 * Y_PAD) / (this.maxLevel + 1);
   }
@@ -264,25 +285,28 @@ export class GraphView {
     const near = (t: number) => { const i = c.slotOf[t]; return i >= s0 && i <= s1; };
     const frag = document.createDocumentFragment();
     frag.append(this.drawGaps(s0, s1), this.drawGrid());
-    const edges = s("g", { class: "edges" });
-    let drawnEdges = 0;
-    for (const i of this.byWeight) {
+    const edgesNear = this.byWeight.filter((i) => {
       const xa = c.x(d.token[d.source[i]]), xb = c.x(d.token[d.target[i]]);
-      if (Math.max(xa, xb) < x0 || Math.min(xa, xb) > x1) continue;
-      edges.append(this.edgePath(i));
-      drawnEdges++;
-    }
-    frag.append(edges);
-    const nodes = s("g", { class: "nodes" });
+      return Math.max(xa, xb) >= x0 && Math.min(xa, xb) <= x1;
+    });
+    const nodesNear: number[] = [];
+    for (let i = 0; i < d.stage.length; i++) if (near(d.token[i])) nodesNear.push(i);
+    this.dense = edgesNear.length + nodesNear.length > DENSE;
+    this.canvas.style.display = this.dense ? "block" : "none";
     const r = this.nodeRadius();
-    for (let i = 0; i < d.stage.length; i++) {
-      if (!near(d.token[i])) continue;
-      const st = d.stage[i];
-      nodes.append(s("circle", {
-        class: `node ${STAGES[st]}`, cx: fmt(this.x(d.token[i], st), 1), cy: fmt(this.y(this.level(st, d.layer[i])), 1),
-        r: fmt(st === 2 ? r * 0.85 : r, 1), "data-node": i,
-      }));
+    const edges = s("g", { class: "edges" }), nodes = s("g", { class: "nodes" });
+    if (!this.dense) {
+      for (const i of edgesNear) edges.append(this.edgePath(i));
+      for (const i of nodesNear) {
+        const st = d.stage[i];
+        nodes.append(s("circle", {
+          class: `node ${STAGES[st]}`, cx: fmt(this.x(d.token[i], st), 1), cy: fmt(this.y(this.level(st, d.layer[i])), 1),
+          r: fmt(st === 2 ? r * 0.85 : r, 1), "data-node": i,
+        }));
+      }
     }
+    const drawnEdges = edgesNear.length;
+    frag.append(edges);
     const target = this.payload!.target;
     const link = s("line", { class: "target-link", x1: this.x(target), x2: this.x(target), y1: 0, y2: this.y(this.maxLevel) - r - 2 });
     frag.append(link, nodes, this.missedLayer, this.overlay, this.highlight, this.cursorMark);
@@ -297,6 +321,8 @@ export class GraphView {
     this.applyView();
     this.root.dataset.edges = String(d.weight.length);
     this.root.dataset.edgesDrawn = String(drawnEdges);
+    this.root.dataset.painted = this.dense ? "canvas" : "svg";
+    if (this.dense) this.paintCanvas();
     this.root.dataset.columns = String(c.nCols);
     this.root.dataset.gaps = String(c.nGaps);
     for (const fn of this.layoutListeners) fn();
@@ -442,29 +468,108 @@ export class GraphView {
     return this.columns!.slots[slot].last;
   }
 
-  private edgePath(i: number): SVGPathElement {
+  /** An edge's ends in graph coordinates, its kind, and its stroke: wider and darker with its weight. */
+  private edgeGeometry(i: number) {
     const d = this.data!;
-    const a = d.source[i], b = d.target[i];
-    const xa = this.x(d.token[a], d.stage[a]), ya = this.y(this.level(d.stage[a], d.layer[a]));
-    const xb = this.x(d.token[b], d.stage[b]), yb = this.y(this.level(d.stage[b], d.layer[b]));
-    const kind = KINDS[d.kind[i]];
-    const w = d.strength[i];
+    const a = d.source[i], b = d.target[i], w = d.strength[i];
+    return {
+      kind: KINDS[d.kind[i]], sign: sign(d.effect[i]), xa: this.x(d.token[a], d.stage[a]), ya: this.y(this.level(d.stage[a], d.layer[a])),
+      xb: this.x(d.token[b], d.stage[b]), yb: this.y(this.level(d.stage[b], d.layer[b])),
+      width: Math.min(1.2 + 3.3 * w, Math.max(0.8, this.col * 0.45)), opacity: 0.3 + 0.7 * w,
+    };
+  }
+
+  private edgePath(i: number): SVGPathElement {
+    const e = this.edgeGeometry(i);
     return s("path", {
-      class: `edge ${kind}${sign(d.effect[i])}`, d: this.curve(kind, xa, ya, xb, yb), "data-edge": i,
-      "stroke-width": fmt(Math.min(1.2 + 3.3 * w, Math.max(0.8, this.col * 0.45)), 2), "stroke-opacity": fmt(0.3 + 0.7 * w, 2),
+      class: `edge ${e.kind}${e.sign}`, d: this.curve(e.kind, e.xa, e.ya, e.xb, e.yb), "data-edge": i,
+      "stroke-width": fmt(e.width, 2), "stroke-opacity": fmt(e.opacity, 2),
     });
   }
 
   /** An edge's path: attention between tokens as a curve, to itself as a small arc beside the
-   * residual edge, residual and FFN edges straight. */
+   * residual edge, residual and FFN edges straight. The same on the canvas (`trace`). */
   private curve(kind: string, xa: number, ya: number, xb: number, yb: number): string {
     const p = (v: number) => fmt(v, 1);
-    if (kind === "attention" && xa !== xb) {
-      const ym = (ya + yb) / 2;
-      return `M${p(xa)},${p(ya)}C${p(xa)},${p(ym)} ${p(xb)},${p(ym)} ${p(xb)},${p(yb)}`;
-    }
-    if (kind === "attention") return `M${p(xa)},${p(ya)}Q${p(xa - Math.min(14, this.col * 0.4))},${p((ya + yb) / 2)} ${p(xb)},${p(yb)}`;
+    const [type, ...q] = this.controls(kind, xa, ya, xb, yb);
+    if (type === "C") return `M${p(xa)},${p(ya)}C${p(q[0])},${p(q[1])} ${p(q[2])},${p(q[3])} ${p(xb)},${p(yb)}`;
+    if (type === "Q") return `M${p(xa)},${p(ya)}Q${p(q[0])},${p(q[1])} ${p(xb)},${p(yb)}`;
     return `M${p(xa)},${p(ya)}L${p(xb)},${p(yb)}`;
+  }
+
+  private trace(ctx: CanvasRenderingContext2D, kind: string, xa: number, ya: number, xb: number, yb: number): void {
+    const [type, ...q] = this.controls(kind, xa, ya, xb, yb);
+    ctx.moveTo(xa, ya);
+    if (type === "C") ctx.bezierCurveTo(q[0], q[1], q[2], q[3], xb, yb);
+    else if (type === "Q") ctx.quadraticCurveTo(q[0], q[1], xb, yb);
+    else ctx.lineTo(xb, yb);
+  }
+
+  /** The control points of an edge's curve: C (cubic), Q (quadratic) or L (a line). */
+  private controls(kind: string, xa: number, ya: number, xb: number, yb: number): ["C" | "Q" | "L", ...number[]] {
+    const ym = (ya + yb) / 2;
+    if (kind === "attention" && xa !== xb) return ["C", xa, ym, xb, ym];
+    if (kind === "attention") return ["Q", xa - this.arc, ym];
+    return ["L"];
+  }
+
+  private get arc(): number { return Math.min(14, this.col * 0.4); }
+
+  /** Dense graphs: the edges and nodes in view painted on the canvas, edges batched by stroke. */
+  private paintCanvas(): void {
+    const ctx = this.canvas.getContext("2d");
+    if (!ctx || !this.data || !this.columns) return;
+    const d = this.data, c = this.columns, dpr = window.devicePixelRatio || 1;
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.clearRect(0, 0, this.canvas.width, this.canvas.height);
+    if (!this.dense) return;
+    ctx.setTransform(dpr, 0, 0, dpr, dpr * this.view.x, dpr * this.view.y);
+    const style = getComputedStyle(this.root);
+    const colour = (name: string) => style.getPropertyValue(name).trim();
+    const x0 = -this.view.x - 20, x1 = -this.view.x + this.region.w + 20;
+    type Edge = ReturnType<GraphView["edgeGeometry"]>;
+    const batches = new Map<string, Edge[]>(); // in order of weight: strong edges painted last
+    for (const i of this.byWeight) {
+      const xa = c.x(d.token[d.source[i]]), xb = c.x(d.token[d.target[i]]);
+      if (Math.max(xa, xb) < x0 || Math.min(xa, xb) > x1) continue;
+      const e = this.edgeGeometry(i);
+      const stroke = e.sign === " supports" ? "--up" : e.sign === " opposes" ? "--down" : `--${e.kind}`; // as the CSS colours them
+      const key = `${stroke}|${(Math.round(e.width * 2) / 2).toFixed(1)}|${(Math.round(e.opacity * 10) / 10).toFixed(1)}`;
+      let batch = batches.get(key);
+      if (!batch) batches.set(key, batch = []);
+      batch.push(e);
+    }
+    ctx.lineCap = "round";
+    for (const [key, batch] of batches) {
+      const [stroke, width, opacity] = key.split("|");
+      ctx.strokeStyle = colour(stroke);
+      ctx.lineWidth = Number(width);
+      ctx.globalAlpha = Number(opacity);
+      ctx.beginPath();
+      for (const e of batch) this.trace(ctx, e.kind, e.xa, e.ya, e.xb, e.yb);
+      ctx.stroke();
+    }
+    ctx.globalAlpha = 1;
+    const r = this.nodeRadius();
+    for (const [stage, fill] of [[0, "--fg-dim"], [1, "--fg-dim"], [3, "--fg-dim"], [2, "--ffn"]] as [number, string][]) {
+      ctx.beginPath();
+      for (let i = 0; i < d.stage.length; i++) {
+        if (d.stage[i] !== stage) continue;
+        const [x, y] = this.point(stage, d.layer[i], d.token[i]);
+        if (x < x0 || x > x1) continue;
+        const radius = stage === 2 ? r * 0.85 : r;
+        ctx.moveTo(x + radius, y);
+        ctx.arc(x, y, radius, 0, 2 * Math.PI);
+      }
+      ctx.fillStyle = colour(fill);
+      ctx.fill();
+    }
+  }
+
+  private schedulePaint(): void {
+    if (this.paintPending || !this.dense) return;
+    this.paintPending = true;
+    requestAnimationFrame(() => { this.paintPending = false; this.paintCanvas(); });
   }
 
   /** An edge's path between two nodes given by (stage code, layer, token): for overlays. */
@@ -572,18 +677,10 @@ export class GraphView {
   /** What a click on the plot's background means: the nearest node or edge within a few px of the
    * pointer, else the residual node at a grid point within reach; nothing when none is close. */
   private nearest(wx: number, wy: number): Selection | null {
-    const d = this.data!, c = this.columns!;
-    const [s0, s1] = this.drawn;
+    const c = this.columns!;
     const reach = this.nodeRadius() + 3;
-    let best = -1, bestD = reach;
-    for (let i = 0; i < d.stage.length; i++) {
-      const slot = c.slotOf[d.token[i]];
-      if (slot < s0 || slot > s1) continue;
-      const [x, y] = this.point(d.stage[i], d.layer[i], d.token[i]);
-      const dist = Math.hypot(x - wx, y - wy);
-      if (dist < bestD) { bestD = dist; best = i; }
-    }
-    if (best >= 0) return this.selectionOfNode(best);
+    const node = this.nearestNode(wx, wy);
+    if (node >= 0) return this.selectionOfNode(node);
     const edge = this.nearestEdge(wx, wy, 5);
     if (edge >= 0) return this.selectionOfEdge(edge);
     const slot = c.slotAt(wx);
@@ -593,6 +690,21 @@ export class GraphView {
     if (level < 0 || level > this.maxLevel) return null;
     const [gx, gy] = [this.x(token), this.y(level)];
     return Math.hypot(gx - wx, gy - wy) <= Math.max(reach, Math.min(this.col, this.lev) * 0.45) ? this.selectionAtLevel(token, level) : null;
+  }
+
+  /** The drawn node closest to a point, within its radius and 3 px (-1: none). */
+  private nearestNode(wx: number, wy: number): number {
+    const d = this.data!, c = this.columns!;
+    const [s0, s1] = this.drawn;
+    let best = -1, bestD = this.nodeRadius() + 3;
+    for (let i = 0; i < d.stage.length; i++) {
+      const slot = c.slotOf[d.token[i]];
+      if (slot < s0 || slot > s1) continue;
+      const [x, y] = this.point(d.stage[i], d.layer[i], d.token[i]);
+      const dist = Math.hypot(x - wx, y - wy);
+      if (dist < bestD) { bestD = dist; best = i; }
+    }
+    return best;
   }
 
   /** The drawn edge closest to a point, within `reach` px (-1: none), sampled along its path. */
@@ -605,7 +717,7 @@ export class GraphView {
       const [xa, ya] = this.point(d.stage[a], d.layer[a], d.token[a]);
       const [xb, yb] = this.point(d.stage[b], d.layer[b], d.token[b]);
       if (wx < Math.min(xa, xb) - 16 || wx > Math.max(xa, xb) + 16 || wy < Math.min(ya, yb) - reach || wy > Math.max(ya, yb) + reach) continue;
-      const dist = distanceToCurve(KINDS[d.kind[i]], xa, ya, xb, yb, wx, wy, Math.min(14, this.col * 0.4));
+      const dist = distanceToCurve(KINDS[d.kind[i]], xa, ya, xb, yb, wx, wy, this.arc);
       if (dist < bestD) { bestD = dist; best = i; }
     }
     return best;
@@ -736,7 +848,12 @@ export class GraphView {
 
   private hover(ev: PointerEvent): void {
     const el = ev.target as Element;
-    const text = this.describe(el);
+    let text = this.describe(el);
+    if (!text && this.dense) { // painted on the canvas: what is nearest the pointer
+      const p = this.worldPoint(ev);
+      const node = p ? this.nearestNode(p[0], p[1]) : -1, edge = p && node < 0 ? this.nearestEdge(p[0], p[1], 5) : -1;
+      text = node >= 0 ? this.describeNode(node) : edge >= 0 ? this.describeEdge(edge) : "";
+    }
     const tip = this.tooltip;
     if (!text) { tip.style.display = "none"; return; }
     tip.textContent = text;
@@ -753,19 +870,9 @@ export class GraphView {
     if (!d || !info) return "";
     const tok = (t: number) => `${t} ${JSON.stringify(info.tokens[t])}`;
     const edge = el.getAttribute("data-edge");
-    if (edge !== null) {
-      const i = Number(edge), a = d.source[i], b = d.target[i];
-      const kind = KINDS[d.kind[i]];
-      const where = kind === "attention" ? `${tok(d.token[a])} → ${tok(d.token[b])}` : tok(d.token[b]);
-      const effect = Number.isNaN(d.effect[i]) ? "" : `, effect ${d.effect[i] >= 0 ? "+" : "−"}${fmt(Math.abs(d.effect[i]), 3)}`;
-      return `${kind} edge, layer ${d.layer[b]}: ${where}, share ${fmt(d.weight[i])}${effect}`;
-    }
+    if (edge !== null) return this.describeEdge(Number(edge));
     const node = el.getAttribute("data-node");
-    if (node !== null) {
-      const i = Number(node), st = STAGES[d.stage[i]];
-      const names = { embed: "embedding", mid: "residual after attention", ffn: "FFN block", post: "residual after the block" };
-      return `${names[st]}${st === "embed" ? "" : `, layer ${d.layer[i]}`}, token ${tok(d.token[i])}`;
-    }
+    if (node !== null) return this.describeNode(Number(node));
     const token = el.closest("[data-token]")?.getAttribute("data-token");
     if (token != null) return `token ${tok(Number(token))}`;
     const target = el.closest("[data-target]")?.getAttribute("data-target");
@@ -781,6 +888,21 @@ export class GraphView {
     return "";
   }
 
+  private describeEdge(i: number): string {
+    const d = this.data!, info = this.info!, a = d.source[i], b = d.target[i];
+    const tok = (t: number) => `${t} ${JSON.stringify(info.tokens[t])}`;
+    const kind = KINDS[d.kind[i]];
+    const where = kind === "attention" ? `${tok(d.token[a])} → ${tok(d.token[b])}` : tok(d.token[b]);
+    const effect = Number.isNaN(d.effect[i]) ? "" : `, effect ${d.effect[i] >= 0 ? "+" : "−"}${fmt(Math.abs(d.effect[i]), 3)}`;
+    return `${kind} edge, layer ${d.layer[b]}: ${where}, share ${fmt(d.weight[i])}${effect}`;
+  }
+
+  private describeNode(i: number): string {
+    const d = this.data!, st = STAGES[d.stage[i]];
+    const names = { embed: "embedding", mid: "residual after attention", ffn: "FFN block", post: "residual after the block" };
+    return `${names[st]}${st === "embed" ? "" : `, layer ${d.layer[i]}`}, token ${d.token[i]} ${JSON.stringify(this.info!.tokens[d.token[i]])}`;
+  }
+
   // -- zoom and pan ---------------------------------------------------------------------------
 
   /** Pan: one translate per layer, nothing rebuilt unless the view leaves what is drawn. */
@@ -791,6 +913,7 @@ export class GraphView {
     this.view = { x: clampAxis(x, w, r.w), y: clampAxis(y, hgt, r.h) };
     this.applyView();
     this.scheduleRedraw();
+    if (!this.redrawPending) this.schedulePaint(); // the canvas does not move with the SVG's translate
   }
 
   private applyView(): void {

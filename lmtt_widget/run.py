@@ -75,12 +75,21 @@ class LayerShares:
 
     def edge(self, target: int, source: int) -> torch.Tensor:
         """[H]: every head's share of the edge source -> target (0 where dropped)."""
-        n_tokens = self.attn_residual.shape[0]
-        keys = self.edges[:, 0] * n_tokens + self.edges[:, 1]  # sorted: edges are by target, then source
+        n_tokens, keys = self.attn_residual.shape[0], self.edge_keys
         at = int(torch.searchsorted(keys, target * n_tokens + source))
         if at < len(keys) and int(keys[at]) == target * n_tokens + source:
             return self.heads[at]
         return self.heads.new_zeros(self.heads.shape[1])
+
+    @functools.cached_property
+    def edge_keys(self) -> torch.Tensor:
+        """[n]: target * T + source of each kept edge, ascending (edges are sorted by target, then source)."""
+        return self.edges[:, 0] * self.attn_residual.shape[0] + self.edges[:, 1]
+
+    @functools.cached_property
+    def edge_targets(self) -> torch.Tensor:
+        """[n]: each kept edge's target, ascending (contiguous, for searchsorted)."""
+        return self.edges[:, 0].contiguous()
 
     @functools.cached_property
     def edge_shares(self) -> torch.Tensor:
@@ -367,9 +376,8 @@ class Shares:
         edges of those targets alone (they are sorted by target) without forming the [T, T] map."""
         shares, head = self.layers[self.layer(layer)], self.head(head)
         rows = torch.tensor([self.position(t) for t in targets], dtype=torch.long)
-        edge_targets = shares.edges[:, 0].contiguous()
-        starts = torch.searchsorted(edge_targets, rows).tolist()
-        stops = torch.searchsorted(edge_targets, rows, right=True).tolist()
+        starts = torch.searchsorted(shares.edge_targets, rows).tolist()
+        stops = torch.searchsorted(shares.edge_targets, rows, right=True).tolist()
         out = shares.heads.new_zeros(len(rows), self.n_tokens)
         for i, (start, stop) in enumerate(zip(starts, stops)):
             out[i, shares.edges[start:stop, 1]] = shares.heads[start:stop, head]
@@ -801,15 +809,17 @@ class Run(Shares):
         the residual receives it: through a norm after the attention block, frozen at its real
         scale, where the family has one)."""
         layer, head, target = self.layer(layer), self.head(head), self.position(target)
-        u = head_outputs(w_o(self.hf_model, self.family, self.shape, layer)[head:head + 1],
-                         self._head_values(layer, head), 1)[:, 0]  # [T, d]
+        values = self._head_values(layer, head).float()  # [T, 1, hd]
         weights = self._probs(layer)[head, target].float()  # type: ignore[union-attr]  # [T]: rows are tensors
         if self.capture.attn_scale:  # a norm after the attention block, frozen at its real scale
             weights = weights * self.capture.attn_scale[layer][target].to(weights.device)
+        # the output projection is linear: mix the values first, project one vector
         if source is None:
-            return weights @ u
-        source = self.position(source)
-        return weights[source] * u[source]
+            mixed = (weights.to(values.device) @ values[:, 0])[None, None]  # [1, 1, hd]
+        else:
+            source = self.position(source)
+            mixed = weights[source].to(values.device) * values[source:source + 1]
+        return head_outputs(w_o(self.hf_model, self.family, self.shape, layer)[head:head + 1], mixed, 1)[0, 0]
 
     def head_logits(self, layer: int, head: int, target: int, source: int | None = None,
                     k: int = 10) -> V.LogitEffect:

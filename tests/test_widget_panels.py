@@ -8,31 +8,15 @@ from __future__ import annotations
 import pytest
 import torch
 from test_widget import invoke, refused
+from test_widget_interventions import PROMPT, clean, model, widget  # noqa: F401  (the same fixtures)
 
 import lmtt_widget as lw
-import tiny
 from lmtt_widget import LmttError
 from lmtt_widget import vocab as V
 from lmtt_widget.widget import selections
 from lmtt_widget.widget import serialize as S
 
-PROMPT = "When Mary and John went to the store, John gave a drink to"
 OTHER = "When Mary and John went to the store, Mary gave a drink to"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny.load("llama")
-
-
-@pytest.fixture(scope="module")
-def clean(model):
-    return lw.analyze(model, PROMPT)
-
-
-@pytest.fixture()
-def widget(clean):
-    return lw.Widget(clean, threshold=0.01)
 
 
 def values(encoded) -> torch.Tensor:

@@ -23,15 +23,20 @@ MEASURE = """() => {
             high: el.getBBox().height * Math.hypot(el.getScreenCTM().c, el.getScreenCTM().d),
             text: el.textContent, token: el.closest('[data-token]')?.dataset.token ?? null, shown: visibleIn(r, clip)};
   }).filter((b) => b.shown);
-  const plot = document.querySelector('.lmtt-svg svg.plot').getBoundingClientRect();
-  const nodes = [...document.querySelectorAll('circle.node')].map((c) => {
-    const r = c.getBoundingClientRect();
-    return {i: Number(c.dataset.node), x: (r.left + r.right) / 2, y: (r.top + r.bottom) / 2};
-  });
+  const plot = document.querySelector('.lmtt-svg svg.plot > rect.bg').getBoundingClientRect();
   return {labels: [...boxes('text.token-label'), ...boxes('text.layer-label'), ...boxes('.target-cell text'), ...boxes('text.gap-label')],
           tokens: boxes('text.token-label'), layers: boxes('text.layer-label'),
-          plot: {x0: plot.left, x1: plot.right, y0: plot.top, y1: plot.bottom}, nodes};
+          plot: {x0: plot.left, x1: plot.right, y0: plot.top, y1: plot.bottom}};
 }"""
+
+# where nodes (stage code, layer, token) are on the screen, whether drawn as elements or painted
+SCREEN = """(nodes) => nodes.map(([stage, layer, token]) =>
+  document.querySelector('.lmtt-graph').lmttScreenPoint(stage, layer, token))"""
+STAGES = ("embed", "mid", "ffn", "post")
+
+
+def screen_points(page, nodes) -> list[tuple[float, float]]:
+    return page.evaluate(SCREEN, [[STAGES.index(stage), layer, token] for stage, layer, token in nodes])
 
 
 def overlap(a: dict, b: dict) -> float:
@@ -39,8 +44,8 @@ def overlap(a: dict, b: dict) -> float:
 
 
 def assert_readable(page, w) -> dict:
-    """Labels >= 8 px high (their font and the short side of their box), no two overlapping, and
-    every token column of the routes in the plot, each with a node drawn inside it."""
+    """Labels >= 8 px high (their font and the height of their text), no two overlapping, and
+    every node of the routes inside the plot."""
     m = page.evaluate(MEASURE)
     assert m["tokens"] and m["layers"]
     for box in m["labels"]:
@@ -51,10 +56,10 @@ def assert_readable(page, w) -> dict:
             assert overlap(a, b) < 0.5, (a, b)
     nodes = list(w.graph.nodes)
     plot = m["plot"]
-    inside = {nodes[n["i"]][2] for n in m["nodes"]
-              if plot["x0"] <= n["x"] <= plot["x1"] and plot["y0"] <= n["y"] <= plot["y1"]}
-    route_tokens = {node[2] for node in nodes}
-    assert route_tokens <= inside, sorted(route_tokens - inside)
+    outside = [node for node, (x, y) in zip(nodes, screen_points(page, nodes))
+               if not (plot["x0"] <= x <= plot["x1"] and plot["y0"] <= y <= plot["y1"])]
+    assert outside == []
+    m["nodes"] = screen_points(page, nodes)
     return m
 
 
@@ -72,7 +77,7 @@ def test_long_prompt_opens_readable_with_every_route_column(long_run, page, harn
     ys = sorted((b["y0"] + b["y1"]) / 2 for b in m["layers"])
     plot = m["plot"]
     assert ys[-1] - ys[0] > 0.8 * (plot["y1"] - plot["y0"])
-    xs = [n["x"] for n in m["nodes"]]
+    xs = [x for x, _ in m["nodes"]]
     if len(route_tokens) > 1:
         assert max(xs) - min(xs) > 0.6 * (plot["x1"] - plot["x0"])
 
@@ -118,7 +123,7 @@ def test_overview_shows_the_routes_and_the_view_and_moves_it(long_run, page, har
     window = page.locator("rect.ov-window")
     assert (int(window.get_attribute("data-first")), int(window.get_attribute("data-last"))) == (0, 219)
     # zoom in, and the window narrows; a click on the overview moves the view there
-    box = page.locator("svg.plot").bounding_box()
+    box = page.locator("svg.plot > rect.bg").bounding_box()
     for _ in range(6):
         page.mouse.move(box["x"] + box["width"] - 30, box["y"] + box["height"] / 2)
         page.mouse.wheel(0, -300)
@@ -136,7 +141,7 @@ def test_overview_shows_the_routes_and_the_view_and_moves_it(long_run, page, har
 def test_layer_axis_stays_put_while_panning(long_run, page, harness):
     w = lw.Widget(long_run(220), threshold=0.005)
     harness(w)
-    box = page.locator("svg.plot").bounding_box()
+    box = page.locator("svg.plot > rect.bg").bounding_box()
     for _ in range(5):
         page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         page.mouse.wheel(0, -300)
@@ -173,7 +178,7 @@ def test_token_labels_truncate_and_show_the_full_text_on_hover(long_run, page, h
 
 
 CLICK_EDGE = """() => {
-  const plot = document.querySelector('.lmtt-svg svg.plot').getBoundingClientRect();
+  const plot = document.querySelector('.lmtt-svg svg.plot > rect.bg').getBoundingClientRect();
   const paths = [...document.querySelectorAll('path.edge.attention')].filter((p) => p.getAttribute('d').includes('C'));
   paths.sort((a, b) => parseFloat(b.getAttribute('stroke-width')) - parseFloat(a.getAttribute('stroke-width')));
   for (const p of paths) {
@@ -188,7 +193,7 @@ CLICK_EDGE = """() => {
 
 
 CLICK_NODE = """() => {
-  const plot = document.querySelector('.lmtt-svg svg.plot').getBoundingClientRect();
+  const plot = document.querySelector('.lmtt-svg svg.plot > rect.bg').getBoundingClientRect();
   for (const c of [...document.querySelectorAll('circle.node.post')].reverse()) {
     const r = c.getBoundingClientRect(), x = (r.left + r.right) / 2, y = (r.top + r.bottom) / 2;
     if (x > plot.left && x < plot.right && y > plot.top && y < plot.bottom && document.elementFromPoint(x, y) === c)
@@ -198,13 +203,15 @@ CLICK_NODE = """() => {
 }"""
 
 
-@pytest.mark.parametrize("zoom", [0, -3, 4])
+@pytest.mark.parametrize("zoom", [0, -3, 2])
 def test_clicks_select_what_is_under_the_pointer_at_every_zoom(long_run, page, harness, zoom):
-    w = lw.Widget(long_run(220), threshold=0.005)
+    w = lw.Widget(long_run(220), threshold=0.01)  # few edges: SVG elements
     harness(w)
-    box = page.locator("svg.plot").bounding_box()
+    assert page.locator(".lmtt-graph").get_attribute("data-painted") == "svg"
+    box = page.locator("svg.plot > rect.bg").bounding_box()
+    [(x, _)] = screen_points(page, [("post", 2, 219)])  # zoom about the target's column
     for _ in range(abs(zoom)):
-        page.mouse.move(box["x"] + box["width"] * 0.8, box["y"] + box["height"] / 2)
+        page.mouse.move(x, box["y"] + box["height"] / 2)
         page.mouse.wheel(0, -300 if zoom > 0 else 300)
     page.wait_for_timeout(100)
     edges = list(w.graph.edges(keys=True, data=True))
@@ -220,3 +227,55 @@ def test_clicks_select_what_is_under_the_pointer_at_every_zoom(long_run, page, h
     page.wait_for_function("() => document.querySelector('.lmtt').dataset.panel?.startsWith('residual/')")
     stage, layer, token = list(w.graph.nodes)[index]
     assert w.selection == {"kind": "residual", "stage": stage, "layer": layer, "token": token}
+
+
+@pytest.mark.parametrize("zoom", [0, 3])
+def test_clicks_on_a_painted_graph_select_the_nearest_edge_or_node(long_run, page, harness, artifacts, zoom):
+    w = lw.Widget(long_run(220), threshold=0.005)  # thousands of edges: painted on a canvas
+    harness(w)
+    assert page.locator(".lmtt-graph").get_attribute("data-painted") == "canvas"
+    assert page.locator("path.edge").count() == 0 and page.locator("canvas.edges-canvas").is_visible()
+    box = page.locator("svg.plot > rect.bg").bounding_box()
+    [(x, _)] = screen_points(page, [("post", 2, 219)])  # zoom about the target's column
+    for _ in range(zoom):
+        page.mouse.move(x, box["y"] + box["height"] / 2)
+        page.mouse.wheel(0, -300)
+    page.wait_for_timeout(150)
+    edges = [(u, v, d) for u, v, k, d in w.graph.edges(keys=True, data=True) if k == "attention" and u[2] != v[2]]
+    ends = screen_points(page, [node for u, v, _ in edges for node in (u, v)])
+    middles = [((xa + xb) / 2, (ya + yb) / 2) for (xa, ya), (xb, yb) in zip(ends[::2], ends[1::2])]
+    inside = [(e, m) for e, m in zip(edges, middles)
+              if box["x"] + 5 < m[0] < box["x"] + box["width"] - 5 and box["y"] + 5 < m[1] < box["y"] + box["height"] - 5]
+    _, (mx, my) = max(inside, key=lambda em: em[0][2]["weight"])  # the heaviest in view
+    page.mouse.click(mx, my)  # the middle of its curve
+    page.wait_for_function("() => document.querySelector('.lmtt').dataset.panel?.startsWith('attention/')")
+    sel = w.selection
+    assert sel["kind"] == "attention" and w.graph.has_edge(
+        ("embed", -1, sel["source"]) if sel["layer"] == 0 else ("post", sel["layer"] - 1, sel["source"]),
+        ("mid", sel["layer"], sel["target"]), "attention")
+    node = ("post", 2, 219)
+    [(x, y)] = screen_points(page, [node])
+    page.mouse.click(x, y)
+    page.wait_for_function("() => document.querySelector('.lmtt').dataset.panel?.startsWith('residual/post/2/219')")
+    page.mouse.move(x, y + 1)
+    assert "residual after the block, layer 2, token 219" in page.locator(".lmtt-tooltip").text_content()
+    page.screenshot(path=str(artifacts / f"layout-painted-{zoom}.png"))
+
+
+@pytest.mark.demo
+def test_the_demo_models_routes_at_300_tokens_open_readable_and_clicks_hit(demo_model, page, harness, artifacts):
+    import torch
+
+    from lmtt_widget.run import analyze_ids
+
+    text = ("When Mary and John went to the store, John gave a drink to Mary. The capital of France is Paris, "
+            "and the capital of Italy is Rome. Tokens, spaces and newlines all count.\n") * 12
+    w = lw.Widget(analyze_ids(demo_model, torch.tensor(demo_model.tokenizer(text)["input_ids"][:300]), progress=False))
+    harness(w)
+    page.screenshot(path=str(artifacts / "layout-demo-300.png"))
+    assert_readable(page, w)
+    point = page.evaluate(CLICK_EDGE)  # at the opening (fit) zoom: the edge, not a residual node
+    page.mouse.click(point["x"], point["y"])
+    page.wait_for_function("() => document.querySelector('.lmtt').dataset.panel?.startsWith('attention/')")
+    u, v, _, _ = list(w.graph.edges(keys=True, data=True))[point["edge"]]
+    assert (w.selection["layer"], w.selection["source"], w.selection["target"]) == (v[1], u[2], v[2])

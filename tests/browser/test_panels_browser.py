@@ -185,3 +185,22 @@ def test_a_4096_token_attention_panel_is_images_not_cells(long_run, page, harnes
     assert re.search(r"all 4096 sources", caption)
     assert panel.evaluate("p => p.scrollWidth <= p.clientWidth")
     page.screenshot(path=str(artifacts / "panels-4096.png"))
+
+
+@pytest.mark.demo
+def test_long_tokens_are_cut_in_the_demo_models_tables(demo_model, page, harness, artifacts):
+    code = "def f(x):\n        return x\n\n\n\n" + " " * 16 + "# the end" + "=" * 24 + "\nprint(f(2))"
+    w = lw.Widget(lw.analyze(demo_model, code))
+    h = harness(w)
+    long = max(range(w.run.n_tokens), key=lambda t: len(w.run.tokens[t]))
+    assert len(w.run.tokens[long]) >= 8  # e.g. a run of spaces
+    w.select("ffn", layer=20, token=long)
+    h.push()
+    page.wait_for_selector("table.neurons tbody tr", timeout=120_000)
+    panel = page.locator(".lmtt-panel")
+    assert panel.evaluate("p => p.scrollWidth <= p.clientWidth")
+    w.select("residual", stage="post", layer=29, token=long)
+    h.push()
+    page.wait_for_selector("table.lens tbody tr")
+    assert panel.evaluate("p => p.scrollWidth <= p.clientWidth")
+    page.screenshot(path=str(artifacts / "panels-demo-long-tokens.png"))

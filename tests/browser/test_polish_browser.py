@@ -106,7 +106,7 @@ def test_vanished_edges_are_drawn_with_their_nodes(model, page, harness, artifac
     for end in (e for pair in ends for e in pair):
         assert any(abs(end[0] - x) < 0.6 and abs(end[1] - y) < 0.6 for x, y in nodes), end
     # zooming moves the nodes: the marks follow them
-    box = page.locator("svg.plot").bounding_box()
+    box = page.locator("svg.plot > rect.bg").bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.mouse.wheel(0, -400)
     page.wait_for_timeout(100)
