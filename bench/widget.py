@@ -1,7 +1,7 @@
 """Widget benchmark (not a test): the demo model's routes for prompts of several lengths, shown in a
 real JupyterLab in headless chromium.
 
-    .venv/bin/python bench/widget.py [--tokens 300,2048,4096] [--clicks 5] [--model demo|random]
+    .venv/bin/python bench/widget.py [--tokens 300,2048,4096] [--clicks 5] [--model demo|random] [--budget B]
 
 For each length: the payload (the state the kernel sends: JSON + binary buffers); the first render
 of the graph once the payload is in the page (building the SVG, and until the first frame is
@@ -36,17 +36,17 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 TEXT = ("When Mary and John went to the store, John gave a drink to Mary. The capital of France is Paris, "
         "and the capital of Italy is Rome. Tokens, spaces and newlines all count.\n")
 
+IMPORTS = ("import json, time, torch\nimport lmtt_widget as lw\nfrom ipywidgets.widgets.widget import _remove_buffers\n"
+           "from lmtt_widget.run import analyze_ids\n")
 LOAD_CELL = {
-    "demo": "import json, time, torch\nimport lmtt_widget as lw\nfrom ipywidgets.widgets.widget import _remove_buffers\n"
-            "from lmtt_widget.run import analyze_ids\nmodel = lw.load_model()\nw = None",
-    "random": "import json, time, torch\nimport lmtt_widget as lw\nfrom ipywidgets.widgets.widget import _remove_buffers\n"
-              "from lmtt_widget.run import analyze_ids\nimport copy\nfrom transformers import LlamaForCausalLM\n"
+    "demo": IMPORTS + "model = lw.load_model()\nw = None",
+    "random": IMPORTS + "import copy\nfrom transformers import LlamaForCausalLM\n"
               "demo = lw.load_model()\nconfig = copy.deepcopy(demo._module.config)\ntorch.manual_seed(0)\n"
               "model = lw.load_model(LlamaForCausalLM(config).eval(), tokenizer=demo.tokenizer)\nw = None",
 }
 # per length: analyse and show (closing the widget before: its run would stay in memory), then the sizes
 SHOW_CELL = ("if w is not None: w.close()\nids = model.tokenizer({text!r} * {repeats})['input_ids'][:{tokens}]\n"
-             "start = time.perf_counter()\nrun = analyze_ids(model, torch.tensor(ids), progress=False)\n"
+             "start = time.perf_counter()\nrun = analyze_ids(model, torch.tensor(ids), progress=False{budget})\n"
              "analysed = time.perf_counter() - start\nw = lw.Widget(run)\nw")
 SIZES_CELL = ("state, _, buffers = _remove_buffers({'info': w.info, 'payload': w.payload})\n"
               "print(json.dumps({'json': len(json.dumps(state)), 'buffers': sum(len(bytes(b)) for b in buffers), "
@@ -56,27 +56,14 @@ SIZES_CELL = ("state, _, buffers = _remove_buffers({'info': w.info, 'payload': w
 # the last widget on the page (each length shows its own)
 WIDGET = "[...document.querySelectorAll('.lmtt')].at(-1)"
 
-# the heaviest edge of a kind (attention: between two tokens) or a node of a stage in view, its midpoint
+# the i-th heaviest attention edge between two tokens (its middle), or node of a stage, in the plot,
+# as the graph reports them (js/graph.ts, lmttInView: elements or painted, the same)
 FIND = """([what, i]) => {
-  const root = [...document.querySelectorAll('.lmtt')].at(-1);
-  const sel = what === 'attention' ? 'path.edge.attention' : `circle.node.${what}`;
-  const box = root.querySelector('svg.plot > rect.bg').getBoundingClientRect();
-  const screen = (el) => {
-    const pt = what === 'attention' ? el.getPointAtLength(el.getTotalLength() / 2)
-      : {x: el.cx.baseVal.value, y: el.cy.baseVal.value};
-    const m = el.getScreenCTM();
-    return {x: pt.x * m.a + pt.y * m.c + m.e, y: pt.x * m.b + pt.y * m.d + m.f};
-  };
-  const inView = (p) => p.x > box.left + 5 && p.x < box.right - 5 && p.y > box.top + 5 && p.y < box.bottom - 5;
-  let els = [...root.querySelectorAll(sel)].filter((el) => inView(screen(el)));
-  if (what === 'attention') {
-    els = els.filter((p) => p.getAttribute('d').includes('C'));
-    els.sort((a, b) => parseFloat(b.getAttribute('stroke-width')) - parseFloat(a.getAttribute('stroke-width')));
-  }
-  // what is on top at that point (where edges cross, the click selects the one drawn last)
-  els = els.filter((el) => { const p = screen(el); return document.elementFromPoint(p.x, p.y) === el; });
-  return screen(els[i % els.length]);
+  const graph = [...document.querySelectorAll('.lmtt')].at(-1).querySelector('.lmtt-graph');
+  const points = graph.lmttInView(what);
+  return points[i % points.length];
 }"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -106,13 +93,14 @@ def start_lab(root: Path, home: Path):
             time.sleep(0.5)
 
 
-def write_notebook(path: Path, lengths: list[int], model: str) -> None:
+def write_notebook(path: Path, lengths: list[int], model: str, budget: int | None) -> None:
     import nbformat
 
     nb = nbformat.v4.new_notebook()
     cells = [LOAD_CELL[model]]
     for tokens in lengths:
-        cells += [SHOW_CELL.format(text=TEXT, tokens=tokens, repeats=tokens // 30 + 2), SIZES_CELL]
+        cells += [SHOW_CELL.format(text=TEXT, tokens=tokens, repeats=tokens // 30 + 2,
+                                   budget="" if budget is None else f", budget_bytes={budget}"), SIZES_CELL]
     nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
@@ -183,8 +171,9 @@ def pan_long_tasks(page) -> tuple[float, int]:
 
 
 def measure(page, tokens: int, clicks: int, sizes: dict) -> dict:
-    page.wait_for_function(f"() => {WIDGET}?.querySelector('svg path.edge') && {WIDGET}.dataset.paintMs", timeout=120_000)
-    render = page.evaluate(f"() => {{ const d = {WIDGET}.dataset; return [parseFloat(d.renderMs), parseFloat(d.paintMs)]; }}")
+    page.wait_for_function(f"() => {WIDGET}?.dataset.paintMs", timeout=120_000)
+    render = page.evaluate(f"() => {{ const d = {WIDGET}.dataset; "
+                           "return [parseFloat(d.renderMs), parseFloat(d.paintMs)]; }")
     page.evaluate(f"() => {WIDGET}.querySelector('.lmtt-graph').scrollIntoView()")
     page.wait_for_timeout(300)
     page.screenshot(path=str(ARTIFACTS / f"bench-graph-{tokens}.png"))
@@ -227,6 +216,9 @@ def main() -> int:
     parser.add_argument("--clicks", type=int, default=5, help="clicks per kind of panel (0: none)")
     parser.add_argument("--click-max", type=int, default=2048, help="no clicks above this length")
     parser.add_argument("--model", choices=("demo", "random"), default="demo")
+    parser.add_argument("--budget", type=int, default=None,
+                        help="analyze's budget_bytes (default: the library's; more keeps every layer's FFN "
+                             "activations at length, so that an FFN panel does not trace the model again)")
     args = parser.parse_args()
     lengths = [int(t) for t in args.tokens.split(",")]
     from playwright.sync_api import sync_playwright
@@ -237,7 +229,7 @@ def main() -> int:
         return 1
     ARTIFACTS.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="lmtt-bench-"))
-    write_notebook(tmp / "bench.ipynb", lengths, args.model)
+    write_notebook(tmp / "bench.ipynb", lengths, args.model, args.budget)
     server, url, token = start_lab(tmp, tmp / "home")
     results: dict[int, dict] = {}
     try:
@@ -267,7 +259,8 @@ def main() -> int:
 
     rows = report(results)
     width = max(len(r[0]) for r in rows)
-    print(f"\n{args.model} model\n{'measure'.ljust(width)}  value  [goal]")
+    budget = "the default budget" if args.budget is None else f"budget_bytes={args.budget}"
+    print(f"\n{args.model} model, {budget}\n{'measure'.ljust(width)}  value  [goal]")
     for name, value, goal in rows:
         print(f"{name.ljust(width)}  {value}  {'[' + goal + ']' if goal else ''}")
     print(f"\nscreenshots: {ARTIFACTS}/bench-graph-*.png, bench-panels-*.png, bench-panned-*.png")

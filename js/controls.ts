@@ -28,7 +28,8 @@ export class Controls {
   private thresholdValue: HTMLOutputElement;
   private renorm: HTMLInputElement;
   private normLens: HTMLInputElement;
-  private targetSelect: HTMLSelectElement;
+  private targetSelect: HTMLSelectElement; // each position and its prediction (prompts up to TARGET_LIST tokens)
+  private targetNumber: HTMLInputElement; // a position (longer prompts: a list of thousands costs every layout)
   private predictions: HTMLDivElement;
   private prompt: HTMLTextAreaElement;
   private promptNote: HTMLDivElement;
@@ -54,6 +55,11 @@ export class Controls {
     this.normLens.addEventListener("change", () => cb.normalizeLens(this.normLens.checked));
     this.targetSelect = h("select", { class: "target-select", "aria-label": "target token" });
     this.targetSelect.addEventListener("change", () => cb.target(Number(this.targetSelect.value)));
+    this.targetNumber = h("input", { type: "number", class: "target-number", min: 0, step: 1, "aria-label": "target token position" });
+    this.targetNumber.addEventListener("change", () => {
+      const t = Math.round(Number(this.targetNumber.value));
+      if (Number.isFinite(t) && this.info && t >= 0 && t < this.info.tokens.length) cb.target(t);
+    });
     this.predictions = h("div", { class: "predictions" });
     this.prompt = h("textarea", { rows: 1, class: "prompt", "aria-label": "prompt", placeholder: "A prompt to analyse" });
     this.promptNote = h("div", { class: "prompt-note hint", role: "status" });
@@ -67,7 +73,7 @@ export class Controls {
     });
     if (!live) {
       // a saved page carries one graph: recomputing it needs the kernel
-      for (const input of [this.thresholdInput, this.renorm, this.targetSelect]) {
+      for (const input of [this.thresholdInput, this.renorm, this.targetSelect, this.targetNumber]) {
         input.disabled = true;
         input.title = "Needs a live kernel";
       }
@@ -96,7 +102,7 @@ export class Controls {
       h("label", { title: "Within each block, renormalise the parts above the threshold to sum to 1" }, this.renorm, " renormalise"),
       h("label", { title: "Apply the final norm before the unembedding in the logit lens" }, this.normLens, " normalise before unembedding"));
     this.mainRow = h("div", { class: "row" },
-      h("label", {}, "target ", this.targetSelect),
+      h("label", {}, "target ", this.targetSelect, this.targetNumber),
       h("label", { title: "Edges whose importance is not above the threshold are dropped (log scale)" }, "threshold ", this.thresholdInput, this.thresholdValue),
       fit, options);
     this.root = h("div", { class: "lmtt-controls" },
@@ -142,11 +148,14 @@ export class Controls {
       this.prompt.value = info.prompt;
     }
     this.showEdited();
-    const options = info.tokens.map((tok, t) => {
+    const listed = info.tokens.length <= TARGET_LIST;
+    this.targetSelect.style.display = listed ? "" : "none";
+    this.targetNumber.style.display = listed ? "none" : "";
+    this.targetNumber.max = String(info.tokens.length - 1);
+    this.targetSelect.replaceChildren(...(listed ? info.tokens.map((tok, t) => {
       const top = info.predictions.tokens[t][0] ?? "";
       return h("option", { value: t }, `${t}: ${visible(tok)} → ${visible(top)}`);
-    });
-    this.targetSelect.replaceChildren(...options);
+    }) : []));
     const n = info.n_params;
     const params = n >= 1e9 ? `${fmt(n / 1e9, 2)} B` : n >= 1e6 ? `${fmt(n / 1e6, 1)} M` : `${fmt(n / 1e3, 1)} K`;
     this.facts.replaceChildren(
@@ -168,6 +177,7 @@ export class Controls {
     this.renorm.checked = renormalize;
     this.normLens.checked = normalizeLens;
     this.targetSelect.value = String(target);
+    this.targetNumber.value = String(target);
     const info = this.info;
     if (!info || !info.predictions.tokens[target]) return; // (a new run's target before its info)
     const probs = decode<Float32Array>(info.predictions.probs);
@@ -217,6 +227,9 @@ export class Controls {
     this.busyTimer = window.setInterval(tick, 100);
   }
 }
+
+/** Prompts up to this many tokens list every target in a select; longer ones take a position. */
+const TARGET_LIST = 300;
 
 /** The threshold slider's range, as log10: 0.0001 to 0.5. */
 const THRESHOLD_LOG = [-4, Math.log10(0.5)];

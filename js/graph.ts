@@ -94,6 +94,10 @@ export class GraphView {
   private redrawPending = false;
   private touched = false; // the user zoomed or panned: resizes keep their view
   private layoutListeners: (() => void)[] = [];
+  private size: { w: number; h: number } | null = null; // the svg's, as the resize observer gave it
+  private redrawFrame = 0;
+  private drawnListeners: (() => void)[] = [];
+  private resizeObserver = new ResizeObserver((entries) => this.resized(entries[entries.length - 1].contentRect));
 
   constructor(private cb: GraphCallbacks) {
     this.root = document.createElement("div");
@@ -125,8 +129,12 @@ export class GraphView {
     this.canvas.setAttribute("aria-hidden", "true");
     this.root.append(this.canvas, this.svg, this.tooltip);
     // for scripts that drive the page (the browser tests): where a node is on the screen
-    Object.assign(this.root, { lmttScreenPoint: (stage: number, layer: number, token: number) => this.screenPoint(stage, layer, token) });
+    Object.assign(this.root, {
+      lmttScreenPoint: (stage: number, layer: number, token: number) => this.screenPoint(stage, layer, token),
+      lmttInView: (what: string) => this.inView(what),
+    });
     this.listen();
+    this.resizeObserver.observe(this.svg);
   }
 
   /** Call `fn` after each change of the layout (zoom, fit, gaps opened): overlays redraw. */
@@ -156,6 +164,9 @@ export class GraphView {
   private get contentH(): number { return 2 * Y_PAD + (this.maxLevel + 1) * this.lev; }
   private get labelMode(): "horizontal" | "rotated" { return this.col >= HORIZONTAL_MIN ? "horizontal" : "rotated"; }
 
+  /** Whether the columns are planned (the svg's size is known): `point` has positions to give. */
+  get laidOut(): boolean { return this.columns !== null; }
+
   /** A node's position in graph coordinates: stage code (types.STAGES), layer, token. */
   point(stage: number, layer: number, token: number): [number, number] {
     return [this.x(token, stage), this.y(this.level(stage, layer))];
@@ -165,6 +176,23 @@ export class GraphView {
   screenPoint(stage: number, layer: number, token: number): [number, number] {
     const r = this.svg.getBoundingClientRect(), [x, y] = this.point(stage, layer, token);
     return [r.left + this.region.x + this.view.x + x, r.top + this.region.y + this.view.y + y];
+  }
+
+  /** Screen points of what is in the plot: the nodes of a stage ("post", ...), or the middles of
+   * attention edges between two tokens ("attention"), heaviest first. For scripts (the bench). */
+  private inView(what: string): { x: number; y: number }[] {
+    const d = this.data, svg = this.svg.getBoundingClientRect(), r = this.region;
+    if (!d) return [];
+    const screen = ([x, y]: [number, number]) => ({ x: svg.left + r.x + this.view.x + x, y: svg.top + r.y + this.view.y + y });
+    const inside = (p: { x: number; y: number }) => p.x > svg.left + r.x + 4 && p.x < svg.left + r.x + r.w - 4 && p.y > svg.top + r.y + 4 && p.y < svg.top + r.y + r.h - 4;
+    if (what === "attention") {
+      return this.byWeight.slice().reverse().filter((i) => KINDS[d.kind[i]] === "attention" && d.token[d.source[i]] !== d.token[d.target[i]])
+        .map((i) => { const e = this.edgeGeometry(i); return screen([(e.xa + e.xb) / 2, (e.ya + e.yb) / 2]); }).filter(inside);
+    }
+    const stage = STAGES.indexOf(what as Stage);
+    const out: { x: number; y: number }[] = [];
+    for (let i = 0; i < d.stage.length; i++) if (d.stage[i] === stage) out.push(screen(this.point(stage, d.layer[i], d.token[i])));
+    return out.filter(inside);
   }
 
   // -- data ---------------------------------------------------------------------------------
@@ -200,6 +228,7 @@ export class GraphView {
       this.expanded.clear();
       this.cursor = { token: info.tokens.length - 1, level: this.maxLevel };
     }
+    if (!this.size) { this.columns = null; return; } // planned when the size is first known (resized)
     if (newRun || !sameColumns || !this.columns) this.replan(true);
     else this.draw();
   }
@@ -223,11 +252,37 @@ export class GraphView {
     if (fit || col === undefined) this.fit(); else { this.columns.col = col; this.bands(); this.redraw(); }
   }
 
-  /** The svg's size, and the regions of the bands and the plot for it. */
+  /** The svg's size as the resize observer last gave it (never read from the page: that forces a
+   * layout, which costs much in a page with a long prompt's elements), the plot's width for it. */
   private measure(): Region {
-    const w = this.svg.clientWidth || 900, h = this.svg.clientHeight || 560;
+    const { w, h } = this.size ?? { w: 900, h: 560 };
     return { x: AXIS_W, y: TARGET_H, w: Math.max(50, w - AXIS_W - 6), h };
   }
+
+  /** The svg's new size: the first one plans and draws the graph, within the frame being painted;
+   * later ones fit it again unless the user zoomed or panned. */
+  private resized(rect: DOMRectReadOnly): void {
+    this.size = { w: rect.width || 900, h: rect.height || 560 };
+    if (!this.info || !this.data) return;
+    if (!this.columns || !this.touched) this.replan(true);
+    else { this.bands(); this.setView(this.view.x, this.view.y); this.redraw(); }
+    this.flush();
+  }
+
+  /** Draw now what is waiting for the next frame. */
+  private flush(): void {
+    if (this.redrawFrame === 0) return;
+    cancelAnimationFrame(this.redrawFrame);
+    this.redrawFrame = 0;
+    this.redrawPending = false;
+    this.draw();
+  }
+
+  /** Call `fn` once, after the next drawing (for the widget's paint time). */
+  afterDraw(fn: () => void): void { this.drawnListeners.push(fn); }
+
+  /** Stop observing the svg's size. */
+  destroy(): void { this.resizeObserver.disconnect(); }
 
   /** Size the bands for the column width shown: token label rows, the plot between. */
   private bands(): void {
@@ -273,7 +328,7 @@ export class GraphView {
   private redraw(): void {
     if (this.redrawPending) return;
     this.redrawPending = true;
-    requestAnimationFrame(() => { this.redrawPending = false; this.draw(); });
+    this.redrawFrame = requestAnimationFrame(() => { this.redrawPending = false; this.redrawFrame = 0; this.draw(); });
   }
 
   private draw(): void {
@@ -326,6 +381,7 @@ export class GraphView {
     this.root.dataset.columns = String(c.nCols);
     this.root.dataset.gaps = String(c.nGaps);
     for (const fn of this.layoutListeners) fn();
+    for (const fn of this.drawnListeners.splice(0)) fn();
   }
 
   private nodeRadius(): number {
@@ -948,6 +1004,7 @@ export class GraphView {
     }
     const c = this.columns!;
     c.col = c.fitWidth(this.measure().w);
+    this.touched = false; // resizes fit again
     this.bands();
     this.lev = this.levFit;
     this.view = { x: 0, y: 0 };
@@ -955,11 +1012,6 @@ export class GraphView {
     this.redraw();
   }
 
-  refitIfUntouched(): void {
-    if (!this.info) return;
-    if (!this.touched) this.replan(true);
-    else { this.bands(); this.setView(this.view.x, this.view.y); this.redraw(); }
-  }
 }
 
 /** Distance from (x, y) to an edge's path (as `curve` draws it), sampled at 24 points. */

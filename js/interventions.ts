@@ -215,6 +215,7 @@ export class InterventionsView {
    * vanished edge's nodes are not in the routes drawn, so its ends are drawn with it; the graph
    * shows the columns of every mark. */
   private drawMarks(): void {
+    if (!this.graph.laidOut) return; // the graph calls again once it is (onLayout)
     const overlay = this.graph.overlay;
     const diff = this.get("graph_diff");
     if (!diff || !this.markDiff.checked) { overlay.replaceChildren(); this.graph.pin("diff", []); return; }

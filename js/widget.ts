@@ -182,11 +182,11 @@ function render({ model, el }: RenderProps<State>) {
   const showEffects = () => { showView(); showMissed(); };
   const drawGraph = () => {
     const t0 = performance.now();
+    // time to the first frame painted with the graph in it (drawn now, or in a frame to come)
+    graph.afterDraw(() => setTimeout(() => { root.dataset.paintMs = (performance.now() - t0).toFixed(1); }, 0));
     graph.setData(model.get("info"), model.get("payload"));
     showMissed();
     root.dataset.renderMs = (performance.now() - t0).toFixed(1);
-    // time to the first frame painted with the graph in it
-    requestAnimationFrame(() => setTimeout(() => { root.dataset.paintMs = (performance.now() - t0).toFixed(1); }, 0));
     showView();
   };
   const onInfo = () => { controls.setInfo(model.get("info")); showView(); cache.clear(); shown = ""; };
@@ -206,12 +206,10 @@ function render({ model, el }: RenderProps<State>) {
     ["change:rank_by", showView], ["change:show_missed", showView], ["change:contrast", showView],
   ];
   for (const [event, fn] of handlers) model.on(event, fn);
-  const resize = new ResizeObserver(() => graph.refitIfUntouched());
-  resize.observe(graph.root);
   return () => {
     for (const [event, fn] of handlers) model.off(event, fn);
     client.destroy();
-    resize.disconnect();
+    graph.destroy();
     interventions.destroy();
     pair.destroy();
     prompts.destroy();

@@ -3,6 +3,7 @@
 are all zeros list no tokens; long prompts' attention maps carry the tokens that matter. Tiny
 random models; no browser."""
 
+# ruff: noqa: F811  (the fixtures model, clean and widget, imported from test_widget_interventions, are parameters here)
 from __future__ import annotations
 
 import pytest
@@ -91,7 +92,8 @@ def test_an_ablated_head_shows_its_clean_maps_and_says_so(widget, clean):
 def test_an_ablated_ffn_block_and_neuron_show_their_clean_values(widget, clean):
     widget.ablate(("ffn", 2, [6]))
     ffn = widget.panel({"kind": "ffn", "layer": 2, "token": 6})
-    assert ffn["intervened"]["how"] == "ablated" and ffn["ffn_share"] == pytest.approx(float(clean.ffn_contributions(2)[0][6]))
+    assert ffn["intervened"]["how"] == "ablated"
+    assert ffn["ffn_share"] == pytest.approx(float(clean.ffn_contributions(2)[0][6]))
     assert ffn["block"]["promoted"][0][0] == clean.block_logits(2, 6, "ffn", k=8).promoted[0][0]
     assert widget.panel({"kind": "ffn", "layer": 2, "token": 5})["intervened"] is None  # only token 6 is
     neuron = clean.neuron_contributions(1, 4, k=1)[0].index
@@ -144,5 +146,6 @@ def test_attention_rows_equal_the_pattern_whether_or_not_the_probabilities_were_
     targets = [0, 3, 4, 5, 11, 16]
     for run in (kept, lazy):
         torch.testing.assert_close(run.attention_rows(1, targets), kept.attention_pattern(1)[:, targets].float())
-        torch.testing.assert_close(run.attention_rows(1, targets, head=2), kept.attention_pattern(1)[2, targets].float())
+        torch.testing.assert_close(run.attention_rows(1, targets, head=2),
+                                   kept.attention_pattern(1)[2, targets].float())
         torch.testing.assert_close(run.head_contribution_rows(1, 2, targets), run.head_contributions(1, 2)[targets])

@@ -386,7 +386,8 @@ class Neuron(SelectionKind):
             if ab.layer != layer or not _covers(ab.positions, token):
                 return False
             return ab.kind == "ffn" or (ab.kind == "neuron" and ab.neuron == neuron)
-        return _intervention(run, ablated, lambda node: node.kind == "ffn" and (node.layer, node.position) == (layer, token))
+        return _intervention(run, ablated,
+                             lambda node: node.kind == "ffn" and (node.layer, node.position) == (layer, token))
 
 
 def _focus(run, source: int, target: int, routes: list[int]) -> list[int]:

@@ -51,11 +51,11 @@ def long_model():
     """A tiny random Llama that reads 4096 positions, its attention made sharp and strong (queries,
     keys and the output projection scaled up) so that its routes reach distant tokens: the layout
     of long prompts is tested on routes that spread, as a trained model's do."""
-    import tiny
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     import lmtt_widget as lw
+    import tiny
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=tiny.VOCAB, max_position_embeddings=4096, hidden_size=32, intermediate_size=48,
@@ -73,9 +73,9 @@ def long_model():
 def long_run(long_model):
     """run(n_tokens, offset=0): `long_model` on exactly `n_tokens` tokens of tests/tiny.py's
     corpus, repeated, from token `offset` on."""
-    import tiny
     import torch
 
+    import tiny
     from lmtt_widget.run import analyze_ids
 
     def run(n_tokens: int, offset: int = 0):

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.browser
 # height as text (getBBox in its own, possibly rotated, frame, times the screen scale), the plot's
 # box and the screen position of every node drawn.
 MEASURE = """() => {
-  const visibleIn = (r, clip) => r.right > clip.left + 0.5 && r.left < clip.right - 0.5 && r.bottom > clip.top + 0.5 && r.top < clip.bottom - 0.5;
+  const visibleIn = (r, clip) => r.right > clip.left + 0.5 && r.left < clip.right - 0.5
+    && r.bottom > clip.top + 0.5 && r.top < clip.bottom - 0.5;
   const boxes = (sel) => [...document.querySelectorAll(sel)].map((el) => {
     const r = el.getBoundingClientRect(), clip = el.ownerSVGElement.getBoundingClientRect();
     return {x0: r.left, x1: r.right, y0: r.top, y1: r.bottom, font: parseFloat(getComputedStyle(el).fontSize),
@@ -24,7 +25,8 @@ MEASURE = """() => {
             text: el.textContent, token: el.closest('[data-token]')?.dataset.token ?? null, shown: visibleIn(r, clip)};
   }).filter((b) => b.shown);
   const plot = document.querySelector('.lmtt-svg svg.plot > rect.bg').getBoundingClientRect();
-  return {labels: [...boxes('text.token-label'), ...boxes('text.layer-label'), ...boxes('.target-cell text'), ...boxes('text.gap-label')],
+  const labels = ['text.token-label', 'text.layer-label', '.target-cell text', 'text.gap-label'].flatMap(boxes);
+  return {labels,
           tokens: boxes('text.token-label'), layers: boxes('text.layer-label'),
           plot: {x0: plot.left, x1: plot.right, y0: plot.top, y1: plot.bottom}};
 }"""
@@ -40,7 +42,9 @@ def screen_points(page, nodes) -> list[tuple[float, float]]:
 
 
 def overlap(a: dict, b: dict) -> float:
-    return max(0.0, min(a["x1"], b["x1"]) - max(a["x0"], b["x0"])) * max(0.0, min(a["y1"], b["y1"]) - max(a["y0"], b["y0"]))
+    width = min(a["x1"], b["x1"]) - max(a["x0"], b["x0"])
+    height = min(a["y1"], b["y1"]) - max(a["y0"], b["y0"])
+    return max(0.0, width) * max(0.0, height)
 
 
 def assert_readable(page, w) -> dict:
@@ -145,10 +149,11 @@ def test_layer_axis_stays_put_while_panning(long_run, page, harness):
     for _ in range(5):
         page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         page.mouse.wheel(0, -300)
-    axis = lambda: page.locator("text.layer-label").evaluate_all(
-        "ts => ts.map(t => { const r = t.getBoundingClientRect(); return [t.textContent, Math.round(r.left)]; })")
-    token_x = lambda: page.locator("g.token").first.evaluate("g => [g.dataset.token, g.getBoundingClientRect().left]")
-    before, tok_before = axis(), token_x()
+    def axis():
+        return page.locator("text.layer-label").evaluate_all(
+            "ts => ts.map(t => { const r = t.getBoundingClientRect(); return [t.textContent, Math.round(r.left)]; })")
+    before = axis()
+    tok_before = page.locator("g.token").first.evaluate("g => [g.dataset.token, g.getBoundingClientRect().left]")
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] / 2 - 200, box["y"] + box["height"] / 2, steps=5)
@@ -244,8 +249,8 @@ def test_clicks_on_a_painted_graph_select_the_nearest_edge_or_node(long_run, pag
     edges = [(u, v, d) for u, v, k, d in w.graph.edges(keys=True, data=True) if k == "attention" and u[2] != v[2]]
     ends = screen_points(page, [node for u, v, _ in edges for node in (u, v)])
     middles = [((xa + xb) / 2, (ya + yb) / 2) for (xa, ya), (xb, yb) in zip(ends[::2], ends[1::2])]
-    inside = [(e, m) for e, m in zip(edges, middles)
-              if box["x"] + 5 < m[0] < box["x"] + box["width"] - 5 and box["y"] + 5 < m[1] < box["y"] + box["height"] - 5]
+    inside = [(e, (x, y)) for e, (x, y) in zip(edges, middles)
+              if box["x"] + 5 < x < box["x"] + box["width"] - 5 and box["y"] + 5 < y < box["y"] + box["height"] - 5]
     _, (mx, my) = max(inside, key=lambda em: em[0][2]["weight"])  # the heaviest in view
     page.mouse.click(mx, my)  # the middle of its curve
     page.wait_for_function("() => document.querySelector('.lmtt').dataset.panel?.startsWith('attention/')")

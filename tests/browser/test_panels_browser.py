@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from page_actions import ablate
 
 import lmtt_widget as lw
 from page_numbers import fmt
@@ -35,23 +36,25 @@ def test_an_ablated_heads_panel_says_so_and_shows_its_clean_values(model, page, 
     w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
     h = harness(w)
     show_edge(w, h, page)
-    page.evaluate("() => document.getElementById('lmtt-root').lmttInvoke('ablate', {spec: ['head', 1, 2], mode: 'zero'})")
+    ablate(page, ["head", 1, 2])
     page.wait_for_selector(".lmtt-panel .intervened")
     note = page.locator(".lmtt-panel .intervened").text_content()
     assert note.startswith("Ablated in the run shown (head L1.2") and "values in the clean run" in note
     clean = w.run.clean
     assert float(w.run.head_contributions(1, 2).abs().sum()) == 0  # blank in the run shown
     promoted = page.locator(".effects .effect.up").first.locator("li .num").all_text_contents()
-    assert promoted == [fmt(v, 2) if abs(v) >= 0.01 else f"{v:.2g}" for _, v in clean.head_logits(1, 2, 9, 3, k=8).promoted]
+    logits = clean.head_logits(1, 2, 9, 3, k=8).promoted
+    assert promoted == [fmt(v, 2) if abs(v) >= 0.01 else f"{v:.2g}" for _, v in logits]
     # the importance map is not blank: its cell of the edge has the ramp's colour, not the background
     assert float(clean.head_contributions(1, 2).sum()) > 0
     inked = page.locator("figure.map").nth(1).locator("canvas").evaluate(
         "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;"
-        " for (let i = 0; i < d.length; i += 4) if (d[i] !== d[0] || d[i + 1] !== d[1] || d[i + 2] !== d[2]) n++; return n; }")
+        " for (let i = 0; i < d.length; i += 4) if (d[i] !== d[0] || d[i + 1] !== d[1] || d[i + 2] !== d[2]) n++;"
+        " return n; }")
     assert inked > 0
     page.screenshot(path=str(artifacts / "panels-ablated-head.png"))
     # an FFN block ablated at its token: the same, and no token listed with a zero value
-    page.evaluate("() => document.getElementById('lmtt-root').lmttInvoke('ablate', {spec: ['ffn', 2, [6]], mode: 'zero'})")
+    ablate(page, ["ffn", 2, [6]])
     page.wait_for_function("() => document.querySelectorAll('.ablation').length === 2")
     w.select("ffn", layer=2, token=6)
     h.push()
@@ -102,7 +105,9 @@ def test_maps_have_labels_read_out_values_zoom_pan_and_crop(model, page, harness
     h = harness(w)
     show_edge(w, h, page, {**EDGE, "layer": 2, "source": 5, "target": 20})
     figure = page.locator("figure.map").first
-    rows = lambda: figure.locator(".map-rows .map-label").evaluate_all("ls => ls.map(l => [Number(l.dataset.row), l.getBoundingClientRect().top])")
+    def rows():
+        return figure.locator(".map-rows .map-label").evaluate_all(
+            "ls => ls.map(l => [Number(l.dataset.row), l.getBoundingClientRect().top])")
     cols = figure.locator(".map-cols .map-label").evaluate_all("ls => ls.map(l => Number(l.dataset.col))")
     focus = w.panel(w.selection)["focus"]
     assert [r for r, _ in rows()] == focus and cols == focus  # cropped to the tokens that matter, every one labelled

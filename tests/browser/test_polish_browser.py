@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from page_actions import ablate
 
 import lmtt_widget as lw
 
@@ -74,7 +75,7 @@ def test_controls_are_compact_and_intervention_controls_come_with_a_selection(mo
     page.wait_for_selector(".ablate-row select.ablate-what")
     assert page.locator(".ablate-row").is_visible() and page.locator(".patch-row").is_visible()
     assert page.locator("select.patch-what option").count() > 0
-    page.evaluate("() => document.getElementById('lmtt-root').lmttInvoke('ablate', {spec: ['head', 1, 2], mode: 'zero'})")
+    ablate(page, ["head", 1, 2])
     page.wait_for_selector(".prediction-change")
     graph = page.locator(".lmtt-graph").bounding_box()
     top = page.locator(".lmtt").bounding_box()["y"]
@@ -97,7 +98,7 @@ POINTS = """() => [...document.querySelectorAll('path.diff-mark.vanished')].map(
 def test_vanished_edges_are_drawn_with_their_nodes(model, page, harness, artifacts):
     w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
     harness(w)
-    page.evaluate("() => document.getElementById('lmtt-root').lmttInvoke('ablate', {spec: ['attention', 1], mode: 'zero'})")
+    ablate(page, ["attention", 1])
     page.wait_for_selector("path.diff-mark.vanished")
     ends = page.evaluate(POINTS)
     nodes = page.locator("circle.diff-node.vanished").evaluate_all(
