@@ -28,6 +28,7 @@ const LEVEL_MAX = 60;
 const COMFORTABLE = 16; // px per column below which untouched columns collapse into gaps
 const Y_PAD = 4;
 const LABEL_SPACING = 13; // px between layer labels
+const REACH = 3; // px around a node or an edge that a click on the background still selects it by
 const DENSE = 1500; // edges and nodes near the view beyond which they are painted on a canvas, not as elements
 
 export interface GraphCallbacks {
@@ -730,14 +731,14 @@ export class GraphView {
     return [px - this.view.x, py - this.view.y];
   }
 
-  /** What a click on the plot's background means: the nearest node or edge within a few px of the
-   * pointer, else the residual node at a grid point within reach; nothing when none is close. */
+  /** What a click on the plot's background means: the node or edge whose drawn outline is nearest
+   * the pointer, within REACH px (a node wins a tie: it is drawn on top), else the residual node at
+   * a grid point within reach; nothing when none is close. */
   private nearest(wx: number, wy: number): Selection | null {
     const c = this.columns!;
-    const reach = this.nodeRadius() + 3;
-    const node = this.nearestNode(wx, wy);
-    if (node >= 0) return this.selectionOfNode(node);
-    const edge = this.nearestEdge(wx, wy, 5);
+    const [node, nodeGap] = this.nearestNode(wx, wy);
+    const [edge, edgeGap] = this.nearestEdge(wx, wy);
+    if (node >= 0 && nodeGap <= edgeGap) return this.selectionOfNode(node);
     if (edge >= 0) return this.selectionOfEdge(edge);
     const slot = c.slotAt(wx);
     if (c.slots[slot].gap) return null;
@@ -745,38 +746,39 @@ export class GraphView {
     const level = Math.round(this.maxLevel + 0.5 - (wy - Y_PAD) / this.lev);
     if (level < 0 || level > this.maxLevel) return null;
     const [gx, gy] = [this.x(token), this.y(level)];
-    return Math.hypot(gx - wx, gy - wy) <= Math.max(reach, Math.min(this.col, this.lev) * 0.45) ? this.selectionAtLevel(token, level) : null;
+    const reach = Math.max(this.nodeRadius() + REACH, Math.min(this.col, this.lev) * 0.45);
+    return Math.hypot(gx - wx, gy - wy) <= reach ? this.selectionAtLevel(token, level) : null;
   }
 
-  /** The drawn node closest to a point, within its radius and 3 px (-1: none). */
-  private nearestNode(wx: number, wy: number): number {
+  /** The drawn node nearest a point and how far the point is outside its disc, within REACH px ([-1, ∞]: none). */
+  private nearestNode(wx: number, wy: number): [number, number] {
     const d = this.data!, c = this.columns!;
     const [s0, s1] = this.drawn;
-    let best = -1, bestD = this.nodeRadius() + 3;
+    const r = this.nodeRadius();
+    let best = -1, bestGap = REACH;
     for (let i = 0; i < d.stage.length; i++) {
       const slot = c.slotOf[d.token[i]];
       if (slot < s0 || slot > s1) continue;
       const [x, y] = this.point(d.stage[i], d.layer[i], d.token[i]);
-      const dist = Math.hypot(x - wx, y - wy);
-      if (dist < bestD) { bestD = dist; best = i; }
+      const gap = Math.hypot(x - wx, y - wy) - (d.stage[i] === 2 ? 0.85 * r : r);
+      if (gap < bestGap) { bestGap = gap; best = i; }
     }
-    return best;
+    return best < 0 ? [-1, Infinity] : [best, bestGap];
   }
 
-  /** The drawn edge closest to a point, within `reach` px (-1: none), sampled along its path. */
-  private nearestEdge(wx: number, wy: number, reach: number): number {
-    const d = this.data!;
-    let best = -1, bestD = reach;
+  /** The drawn edge nearest a point (sampled along its path) and how far the point is outside its
+   * stroke, within REACH px ([-1, ∞]: none). */
+  private nearestEdge(wx: number, wy: number): [number, number] {
+    let best = -1, bestGap = REACH;
     for (let k = this.byWeight.length - 1; k >= 0; k--) {
       const i = this.byWeight[k];
-      const a = d.source[i], b = d.target[i];
-      const [xa, ya] = this.point(d.stage[a], d.layer[a], d.token[a]);
-      const [xb, yb] = this.point(d.stage[b], d.layer[b], d.token[b]);
-      if (wx < Math.min(xa, xb) - 16 || wx > Math.max(xa, xb) + 16 || wy < Math.min(ya, yb) - reach || wy > Math.max(ya, yb) + reach) continue;
-      const dist = distanceToCurve(KINDS[d.kind[i]], xa, ya, xb, yb, wx, wy, this.arc);
-      if (dist < bestD) { bestD = dist; best = i; }
+      const e = this.edgeGeometry(i);
+      const pad = REACH + e.width;
+      if (wx < Math.min(e.xa, e.xb) - 16 || wx > Math.max(e.xa, e.xb) + 16 || wy < Math.min(e.ya, e.yb) - pad || wy > Math.max(e.ya, e.yb) + pad) continue;
+      const gap = distanceToCurve(e.kind, e.xa, e.ya, e.xb, e.yb, wx, wy, this.arc) - e.width / 2;
+      if (gap < bestGap) { bestGap = gap; best = i; }
     }
-    return best;
+    return best < 0 ? [-1, Infinity] : [best, bestGap];
   }
 
   // -- interaction --------------------------------------------------------------------------
@@ -907,8 +909,9 @@ export class GraphView {
     let text = this.describe(el);
     if (!text && this.dense) { // painted on the canvas: what is nearest the pointer
       const p = this.worldPoint(ev);
-      const node = p ? this.nearestNode(p[0], p[1]) : -1, edge = p && node < 0 ? this.nearestEdge(p[0], p[1], 5) : -1;
-      text = node >= 0 ? this.describeNode(node) : edge >= 0 ? this.describeEdge(edge) : "";
+      const [node, nodeGap] = p ? this.nearestNode(p[0], p[1]) : [-1, Infinity];
+      const [edge, edgeGap] = p ? this.nearestEdge(p[0], p[1]) : [-1, Infinity];
+      text = node >= 0 && nodeGap <= edgeGap ? this.describeNode(node) : edge >= 0 ? this.describeEdge(edge) : "";
     }
     const tip = this.tooltip;
     if (!text) { tip.style.display = "none"; return; }
