@@ -1,6 +1,6 @@
 """Effects in a real browser, bridged to the Python widget: the contrast picker and the "rank by"
 switch set Python's options, edges are coloured by the sign of their effect, the missed edges are
-drawn dashed, and the attention and FFN panels show effects beside shares."""
+drawn dashed (the legend names both), and the attention and FFN panels show effects beside shares."""
 
 from __future__ import annotations
 
@@ -28,6 +28,11 @@ def test_contrast_rank_by_and_missed_edges_round_trip(model, page, harness, arti
     assert page.locator("path.edge.supports").count() == supports
     assert page.locator("path.edge.opposes").count() == opposes
     assert supports + opposes > 0
+    # the legend says what the colours mean; the missed edges' entry only while they are drawn
+    effects_entry = page.locator(".lmtt-legend .entry[data-needs='effects']")
+    missed_entry = page.locator(".lmtt-legend .entry[data-needs='missed']")
+    assert effects_entry.is_visible() and "supports" in effects_entry.text_content()
+    assert not missed_entry.is_visible()
     # the contrast picker: the runner-up by default, the other top predictions at the target
     options = page.locator("select.contrast-select option")
     assert options.first.get_attribute("value") == "" and options.count() == 4  # runner-up, then the 3rd to 5th
@@ -55,8 +60,10 @@ def test_contrast_rank_by_and_missed_edges_round_trip(model, page, harness, arti
     dash = page.evaluate("() => getComputedStyle(document.querySelector('path.missed-edge')).strokeDasharray")
     assert dash not in ("", "none")
     assert page.locator(".lmtt-graph").get_attribute("data-missed") == str(len(missed))
+    assert missed_entry.is_visible()
     page.uncheck("input.show-missed")
     page.wait_for_function("() => document.querySelectorAll('path.missed-edge').length === 0")
+    assert not missed_entry.is_visible()
     assert page.errors == []
     page.check("input.show-missed")
     page.wait_for_selector("path.missed-edge")
