@@ -1,5 +1,5 @@
 """The panels, Python side: a neuron as its own selection kind; how much a panel lists (the page's
-"more"); an ablated or patched component's panel shows its clean values and says so; updates that
+"more"); an ablated or patched component's panel shows its clean values (and effects) and says so; updates that
 are all zeros list no tokens; long prompts' attention maps carry the tokens that matter. Tiny
 random models; no browser."""
 
@@ -83,6 +83,10 @@ def test_an_ablated_head_shows_its_clean_maps_and_says_so(widget, clean):
     assert float(values(data["importance"]).sum()) > 0
     top = clean.head_logits(1, 3, 5, 2, k=8).promoted[0]
     assert data["from_source"]["promoted"][0] == [top[0], pytest.approx(top[1])]
+    # its effects too are the clean run's (in the run shown the ablated head's term, and effect, is 0)
+    clean_effects = widget.view.effects_of(clean).edge(1, 5, 2).float()
+    assert float(widget.view.effects.edge(1, 5, 2)[3]) == 0 and float(clean_effects[3]) != 0
+    torch.testing.assert_close(values(data["effects"]), clean_effects)
     # another head of the layer is not ablated: its panel reads the run shown
     other = widget.panel({**sel, "head": 2})
     assert other["intervened"] is None
