@@ -291,6 +291,15 @@ def _falcon_probs(inputs: dict, fused: torch.Tensor, shape: Shape) -> AttentionP
     return AttentionProbs(query, key, inputs.get("attention_mask"), shape.head_dim ** -0.5, groups=per_group)
 
 
+def _causal_check(config: Any) -> None:
+    if getattr(config, "use_bidirectional_attention", False):
+        raise LmttError(
+            "this model's attention is bidirectional (use_bidirectional_attention=True, e.g. EmbeddingGemma): a "
+            "token reads later tokens, so its residual stream is not built from the sources j <= i that "
+            "information flow routes follow; use a causal model (use_bidirectional_attention=False)"
+        )
+
+
 def _final_softcap(config: Any) -> float | None:
     return getattr(config, "final_logit_softcapping", None)
 
@@ -299,7 +308,7 @@ _LLAMA_PATHS: dict[str, Any] = dict(blocks="model.layers", attention="self_attn"
                     out_proj="self_attn.o_proj", ffn="mlp", ffn_out_proj="mlp.down_proj", final_norm="model.norm")
 _SANDWICH: dict[str, Any] = dict(attn_post_norm="post_attention_layernorm", ffn_post_norm="post_feedforward_layernorm")
 _GEMMA: dict[str, Any] = dict(norm=Norm("rms", weight_offset=1.0), values=_values_separate,
-                              trace_attention=_softcapped_is_eager, **_SANDWICH)
+                              trace_attention=_softcapped_is_eager, check=_causal_check, **_SANDWICH)
 
 FAMILIES: tuple[Family, ...] = (
     Family(

@@ -434,3 +434,27 @@ def test_shares_match_an_independent_reference(case, monkeypatch):
         with torch.no_grad():
             after = user_model(torch.tensor([ids])).logits[0].double()
         torch.testing.assert_close(after, logits, rtol=0, atol=0)
+
+
+# -- configurations the method cannot follow: refused, naming the option -----------------------------
+
+REFUSED = {
+    # post-LN (opt-350m): the residual stream is normalised after each block, not a sum of updates
+    "do_layer_norm_before": build("OPTForCausalLM", "OPTConfig", vocab_size=tiny.VOCAB, max_position_embeddings=64,
+                                  hidden_size=32, ffn_dim=40, num_hidden_layers=2, num_attention_heads=2,
+                                  word_embed_proj_dim=32, do_layer_norm_before=False),
+    "word_embed_proj_dim": build("OPTForCausalLM", "OPTConfig", vocab_size=tiny.VOCAB, max_position_embeddings=64,
+                                 hidden_size=32, ffn_dim=40, num_hidden_layers=2, num_attention_heads=2,
+                                 word_embed_proj_dim=16),
+    # EmbeddingGemma-style attention: a token reads later tokens, so its parts are not the sources j <= i
+    "use_bidirectional_attention": build("Gemma3ForCausalLM", "Gemma3TextConfig", **SMALL, num_attention_heads=4,
+                                         num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, sliding_window=3,
+                                         use_bidirectional_attention=True,
+                                         layer_types=["sliding_attention", "full_attention"]),
+}
+
+
+@pytest.mark.parametrize("option", list(REFUSED))
+def test_configurations_the_method_cannot_follow_are_refused_by_name(option):
+    with pytest.raises(lw.LmttError, match=option):
+        lw.load_model(REFUSED[option]().eval(), tokenizer=tiny.tokenizer())
