@@ -11,7 +11,9 @@ class of its own, from its own query_key_value split), W_O is sliced from the ou
 weight, and a post-norm's frozen scale is computed from the attention output it normalises. Every
 reference is checked against the real forward pass first (each head's value mix is the output
 projection's input; the parts and the bias add up to the update; the blocks add up to the block's
-output). Only the comparison uses lmtt_widget, through its public API."""
+output). Neuron and expert shares are checked the same way: neurons from the FFN output projection's
+input and weight, each expert's write from the model's own experts module run with the other slots'
+routing weights at 0. Only the comparison uses lmtt_widget, through its public API."""
 
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ class Layout:
     attention: str
     out_proj: str
     ffn: str  # the module whose output is the FFN update (without a post-norm)
+    ffn_out_proj: str  # in a dense block: the FFN's output projection, whose input holds the neurons' activations
     parallel: bool = False
     attn_post_norm: str | None = None
     ffn_post_norm: str | None = None
@@ -44,19 +47,19 @@ class Layout:
     fused_falcon: bool = False  # values and probabilities from Falcon's own split of query_key_value
 
 
-LLAMA = Layout("model.layers", "self_attn", "self_attn.o_proj", "mlp")
+LLAMA = Layout("model.layers", "self_attn", "self_attn.o_proj", "mlp", "mlp.down_proj")
 GEMMA = dataclasses.replace(LLAMA, attn_post_norm="post_attention_layernorm",
                             ffn_post_norm="post_feedforward_layernorm", post_norm_offset=1.0)
 OLMO2 = dataclasses.replace(GEMMA, post_norm_offset=0.0)
 COHERE = dataclasses.replace(LLAMA, parallel=True)
-GPT2 = Layout("transformer.h", "attn", "attn.c_proj", "mlp")
-GPTJ = Layout("transformer.h", "attn", "attn.out_proj", "mlp", parallel=True)
-NEOX_PARALLEL = Layout("gpt_neox.layers", "attention", "attention.dense", "mlp", parallel=True)
+GPT2 = Layout("transformer.h", "attn", "attn.c_proj", "mlp", "mlp.c_proj")
+GPTJ = Layout("transformer.h", "attn", "attn.out_proj", "mlp", "mlp.fc_out", parallel=True)
+NEOX_PARALLEL = Layout("gpt_neox.layers", "attention", "attention.dense", "mlp", "mlp.dense_4h_to_h", parallel=True)
 NEOX_SEQUENTIAL = dataclasses.replace(NEOX_PARALLEL, parallel=False)
-FALCON_PARALLEL = Layout("transformer.h", "self_attention", "self_attention.dense", "mlp", parallel=True,
-                         fused_falcon=True)
+FALCON_PARALLEL = Layout("transformer.h", "self_attention", "self_attention.dense", "mlp", "mlp.dense_4h_to_h",
+                         parallel=True, fused_falcon=True)
 FALCON_SEQUENTIAL = dataclasses.replace(FALCON_PARALLEL, parallel=False)
-OPT = Layout("model.decoder.layers", "self_attn", "self_attn.out_proj", "fc2")
+OPT = Layout("model.decoder.layers", "self_attn", "self_attn.out_proj", "fc2", "fc2")
 
 SMALL = dict(vocab_size=tiny.VOCAB, max_position_embeddings=64, hidden_size=32, intermediate_size=40,
              num_hidden_layers=2, initializer_range=0.2, pad_token_id=0, bos_token_id=0, eos_token_id=0)
@@ -357,10 +360,10 @@ def out_proj_slices(module, n_heads: int) -> torch.Tensor:
     return weight.reshape(n_heads, -1, weight.shape[-1])
 
 
-def post_norm_frozen(norm, layout: Layout, attn_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale [T], channel weight [d]) of an RMS post-norm at the real attention output: norm(u) = s u w."""
+def post_norm_frozen(norm, layout: Layout, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale [T], channel weight [d]) of an RMS post-norm at the real sub-block output: norm(u) = s u w."""
     eps = next(float(getattr(norm, n)) for n in ("eps", "variance_epsilon") if hasattr(norm, n))
-    scale = (attn_out.float().pow(2).mean(-1) + eps).rsqrt().double()
+    scale = (out.float().pow(2).mean(-1) + eps).rsqrt().double()
     return scale, norm.weight.detach().double() + layout.post_norm_offset
 
 
@@ -395,6 +398,76 @@ def reference_layer(model, layout: Layout, layer: int, block: Block) -> dict[str
     res, heads = normalised(proximity(block.x, mid), proximity(parts, mid[:, None, None]))
     ffn_residual, ffn_share = normalised(proximity(mid, block.out), proximity(ffn, block.out))
     return dict(attn_residual=res, heads=heads, ffn=ffn_share, ffn_residual=ffn_residual)
+
+
+def ffn_internals(model, layout: Layout, ids: list[int]) -> list[dict]:
+    """Per block of one plain forward pass: the FFN's raw output [T, d] (before any post-norm) and
+    either its neurons' activations [T, d_ff] (a dense FFN) or its experts' writes: for each position,
+    {expert: (routing weight, weight * the expert's output [d])}, the shared expert under None
+    (its gate, gate * its output). Each expert's write comes from the model's own experts module,
+    run again with every other slot's routing weight set to 0."""
+    found: list[dict] = [{} for _ in _get(model, layout.blocks)]
+    handles = []
+
+    def remember(seen: dict, key: str, value) -> None:  # a hook returning None leaves the module's output alone
+        seen.setdefault(key, value.detach().reshape(-1, value.shape[-1]).clone() if key != "routed" else value)
+
+    for layer, block in enumerate(_get(model, layout.blocks)):
+        seen = found[layer]
+        handles.append(_get(block, layout.ffn).register_forward_hook(
+            lambda m, a, out, seen=seen: remember(seen, "raw", _first(out))))
+        experts = getattr(block.mlp, "experts", None) if hasattr(block, "mlp") else None
+        if experts is None:
+            handles.append(_get(block, layout.ffn_out_proj).register_forward_pre_hook(
+                lambda m, args, seen=seen: remember(seen, "acts", args[0])))
+            continue
+        handles.append(experts.register_forward_pre_hook(lambda m, args, seen=seen: remember(seen, "routed", args)))
+        if hasattr(block.mlp, "shared_expert"):
+            for name in ("shared_expert", "shared_expert_gate"):
+                handles.append(getattr(block.mlp, name).register_forward_hook(
+                    lambda m, a, out, seen=seen, name=name: remember(seen, name, out)))
+    try:
+        with torch.no_grad():
+            model(torch.tensor([ids]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    for block, seen in zip(_get(model, layout.blocks), found):
+        if "routed" in seen:
+            seen["experts"] = expert_writes(block.mlp.experts, *seen.pop("routed"), seen)
+    return found
+
+
+@torch.no_grad()
+def expert_writes(experts, hidden, index, weights, seen) -> list[dict]:
+    per_position = []
+    for t in range(hidden.shape[0]):
+        writes = {}
+        for slot, expert in enumerate(index[t].tolist()):
+            only = torch.zeros_like(weights[t:t + 1])
+            only[0, slot] = weights[t, slot]
+            writes[expert] = (float(weights[t, slot]), experts(hidden[t:t + 1], index[t:t + 1], only)[0].double())
+        if "shared_expert" in seen:
+            gate = torch.sigmoid(seen["shared_expert_gate"][t, 0])
+            writes[None] = (float(gate), (gate * seen["shared_expert"][t]).double())
+        per_position.append(writes)
+    return per_position
+
+
+def ffn_part_shares(writes: torch.Tensor, block: Block, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(shares [n] of parts of the FFN update [n, d], residual's share) in the residual after the block,
+    whose other part is everything else in it (out - the FFN update)."""
+    whole = block.out[position]
+    residual = whole - block.ffn_update[position]
+    res, shares = normalised(proximity(residual, whole)[None], proximity(writes, whole)[None])
+    return shares[0], res[0]
+
+
+def through_post_norm(model, layout: Layout, layer: int, raw: torch.Tensor, position: int, writes: torch.Tensor):
+    if not layout.ffn_post_norm:
+        return writes
+    scale, weight = post_norm_frozen(_get(_get(model, layout.blocks)[layer], layout.ffn_post_norm), layout, raw)
+    return writes * scale[position] * weight
 
 
 # -- the comparison --------------------------------------------------------------------------------
@@ -458,3 +531,38 @@ REFUSED = {
 def test_configurations_the_method_cannot_follow_are_refused_by_name(option):
     with pytest.raises(lw.LmttError, match=option):
         lw.load_model(REFUSED[option]().eval(), tokenizer=tiny.tokenizer())
+
+
+def test_neuron_and_expert_shares_match_an_independent_reference(case):
+    layout = CASES[case][0]
+    user_model = fresh(case)
+    run = lw.analyze(lw.load_model(user_model, tokenizer=tiny.tokenizer()), prompt_ids(7))
+    ids = run.input_ids.tolist()
+    blocks, _ = forward_blocks(user_model, layout, ids)
+    for layer, (block, inside) in enumerate(zip(blocks, ffn_internals(user_model, layout, ids))):
+        module = _get(_get(user_model, layout.blocks)[layer], layout.ffn_out_proj) if "acts" in inside else None
+        for position in range(len(ids)):
+            where = f"layer {layer}, position {position}"
+            if module is not None:  # neurons: a_n * W_out[n]; the output bias belongs to no part
+                w_out = out_proj_slices(module, 1)[0]  # [d_ff, d]
+                writes = inside["acts"][position].double()[:, None] * w_out
+                writes = through_post_norm(user_model, layout, layer, inside["raw"].double(), position, writes)
+                torch.testing.assert_close(writes.sum(0) + through_post_norm(
+                    user_model, layout, layer, inside["raw"].double(), position,
+                    torch.zeros(1) if module.bias is None else module.bias.double()), block.ffn_update[position],
+                    rtol=1e-4, atol=1e-4)
+                shares, residual = ffn_part_shares(writes, block, position)
+                got, got_residual = run.neuron_shares(layer, position)
+                torch.testing.assert_close(got.double(), shares, rtol=0, atol=1e-4, msg=where)
+                torch.testing.assert_close(float(got_residual), float(residual), rtol=0, atol=1e-4, msg=where)
+                continue
+            written = inside["experts"][position]
+            writes = torch.stack([through_post_norm(user_model, layout, layer, inside["raw"].double(), position, w)
+                                  for _, w in written.values()])
+            torch.testing.assert_close(writes.sum(0), block.ffn_update[position], rtol=1e-4, atol=1e-4)
+            shares, _ = ffn_part_shares(writes, block, position)
+            expected = {e: (weight, float(s)) for (e, (weight, _)), s in zip(written.items(), shares)}
+            got = {x.expert: (x.weight, x.share) for x in run.expert_contributions(layer, position)}
+            assert got.keys() == expected.keys(), where
+            for e, (weight, share) in expected.items():
+                assert got[e] == pytest.approx((weight, share), abs=1e-4), f"{where}, expert {e}"
