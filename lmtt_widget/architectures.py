@@ -260,6 +260,10 @@ def _opt_check(config: Any) -> None:
             "this OPT model normalises after each block (do_layer_norm_before=False, e.g. opt-350m): "
             "its residual stream is not a sum of block updates, so information flow routes do not apply"
         )
+    if getattr(config, "_remove_final_layer_norm", False):
+        raise LmttError("OPT models without a final layer norm (_remove_final_layer_norm=True, checkpoints fine-tuned "
+                        "before transformers 4.20.1) are not supported: the logit lens reads the residual stream "
+                        "through the final norm")
     if getattr(config, "word_embed_proj_dim", config.hidden_size) != config.hidden_size:
         raise LmttError("OPT models with project_in/project_out (word_embed_proj_dim != hidden_size) are not supported")
 

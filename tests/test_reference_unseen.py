@@ -519,6 +519,10 @@ REFUSED = {
     "word_embed_proj_dim": build("OPTForCausalLM", "OPTConfig", vocab_size=tiny.VOCAB, max_position_embeddings=64,
                                  hidden_size=32, ffn_dim=40, num_hidden_layers=2, num_attention_heads=2,
                                  word_embed_proj_dim=16),
+    # checkpoints fine-tuned before transformers 4.20.1: no final norm before the unembedding
+    "_remove_final_layer_norm": build("OPTForCausalLM", "OPTConfig", vocab_size=tiny.VOCAB,
+                                      max_position_embeddings=64, hidden_size=32, ffn_dim=40, num_hidden_layers=2,
+                                      num_attention_heads=2, word_embed_proj_dim=32, _remove_final_layer_norm=True),
     # EmbeddingGemma-style attention: a token reads later tokens, so its parts are not the sources j <= i
     "use_bidirectional_attention": build("Gemma3ForCausalLM", "Gemma3TextConfig", **SMALL, num_attention_heads=4,
                                          num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, sliding_window=3,
