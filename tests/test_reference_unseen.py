@@ -76,6 +76,16 @@ def falcon(**kwargs):
                  eos_token_id=0, **kwargs)
 
 
+def gemma3_multimodal():
+    text = transformers.Gemma3TextConfig(**SMALL, num_attention_heads=2, num_key_value_heads=1, head_dim=20,
+                                         query_pre_attn_scalar=10, sliding_window=4,
+                                         layer_types=["full_attention", "sliding_attention"])
+    vision = transformers.SiglipVisionConfig(hidden_size=16, intermediate_size=16, num_hidden_layers=1,
+                                             num_attention_heads=2, image_size=8, patch_size=4)
+    return transformers.Gemma3ForConditionalGeneration(transformers.Gemma3Config(
+        text_config=text, vision_config=vision, mm_tokens_per_image=4, initializer_range=0.2))
+
+
 def neox(**kwargs):
     return build("GPTNeoXForCausalLM", "GPTNeoXConfig", **{**SMALL, **kwargs})
 
@@ -121,6 +131,8 @@ CASES: dict[str, tuple] = {
         "Gemma3ForCausalLM", "Gemma3TextConfig", **SMALL, num_attention_heads=4, num_key_value_heads=2,
         head_dim=12, query_pre_attn_scalar=12, sliding_window=3, attention_bias=True,
         layer_types=["sliding_attention", "full_attention"])),
+    "gemma3_multimodal_text_path_mqa": (dataclasses.replace(GEMMA, blocks="model.language_model.layers"),
+                                        lambda: gemma3_multimodal()),
     # Phi-3: grouped KV in its fused qkv_proj, partial rotary
     "phi3_gqa2_partial_rotary": (LLAMA, build(
         "Phi3ForCausalLM", "Phi3Config", **SMALL, num_attention_heads=4, num_key_value_heads=2,
@@ -183,6 +195,17 @@ CASES: dict[str, tuple] = {
                                word_embed_proj_dim=32, enable_bias=False, init_std=0.2)),
     "gpt2_inverse_layer_idx_upcast": (GPT2, gpt2(scale_attn_by_inverse_layer_idx=True, reorder_and_upcast_attn=True)),
     "gpt2_unscaled": (GPT2, gpt2(scale_attn_weights=False)),
+    # users' models running eager attention (the package then reads the probabilities they return)
+    "gpt2_upcast_user_eager": (GPT2, gpt2(reorder_and_upcast_attn=True, attn_implementation="eager")),
+    "gemma3_window_3_user_eager": (GEMMA, build(
+        "Gemma3ForCausalLM", "Gemma3TextConfig", **SMALL, num_attention_heads=4, num_key_value_heads=1,
+        head_dim=8, query_pre_attn_scalar=8, sliding_window=3, layer_types=["sliding_attention", "full_attention"],
+        attn_implementation="eager")),
+    "falcon_new_kv2_user_eager": (FALCON_PARALLEL, falcon(new_decoder_architecture=True, num_kv_heads=2, bias=False,
+                                                          attn_implementation="eager")),
+    "mixtral_head_dim_12_user_eager": (LLAMA, build(
+        "MixtralForCausalLM", "MixtralConfig", **SMALL, num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+        num_local_experts=4, num_experts_per_tok=2, attn_implementation="eager")),
 }
 LENGTHS = (2, 7, 30)
 
@@ -473,6 +496,13 @@ def through_post_norm(model, layout: Layout, layer: int, raw: torch.Tensor, posi
 # -- the comparison --------------------------------------------------------------------------------
 
 
+def user_outputs(model, ids: list[int]) -> list[torch.Tensor]:
+    """What the user's own code gets: logits, hidden states, and any attention probabilities."""
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), output_hidden_states=True, output_attentions=True)
+    return [out.logits, *out.hidden_states, *[a for a in out.attentions or () if a is not None]]
+
+
 @pytest.fixture(params=list(CASES))
 def case(request):
     return request.param
@@ -491,6 +521,7 @@ def test_shares_match_an_independent_reference(case, monkeypatch):
         blocks, _ = forward_blocks(reference, layout, ids, monkeypatch)
         for block, real in zip(blocks, before):  # the user's model (sdpa) did what the eager copy did
             torch.testing.assert_close(block.mixed, real.mixed, rtol=1e-4, atol=1e-4)
+        own_outputs = user_outputs(user_model, ids)
         run = lw.analyze(model, ids)
         torch.testing.assert_close(run.logits.double(), logits, rtol=1e-5, atol=1e-5)
         for layer, (block, real) in enumerate(zip(blocks, before)):
@@ -502,11 +533,9 @@ def test_shares_match_an_independent_reference(case, monkeypatch):
             for key, value in expected.items():
                 torch.testing.assert_close(got[key].double(), value, rtol=0, atol=1e-4,
                                            msg=lambda m, key=key: f"layer {layer}, T={n_tokens}, {key}: {m}")
-        # the user's model is still theirs: same attention, same outputs
+        # the user's model is still theirs: same attention, same outputs (logits, hidden states, probabilities)
         assert user_model.config._attn_implementation == own_attention
-        with torch.no_grad():
-            after = user_model(torch.tensor([ids])).logits[0].double()
-        torch.testing.assert_close(after, logits, rtol=0, atol=0)
+        torch.testing.assert_close(user_outputs(user_model, ids), own_outputs, rtol=0, atol=0)
 
 
 # -- configurations the method cannot follow: refused, naming the option -----------------------------
