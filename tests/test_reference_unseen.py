@@ -13,7 +13,9 @@ reference is checked against the real forward pass first (each head's value mix 
 projection's input; the parts and the bias add up to the update; the blocks add up to the block's
 output). Neuron and expert shares are checked the same way: neurons from the FFN output projection's
 input and weight, each expert's write from the model's own experts module run with the other slots'
-routing weights at 0. Only the comparison uses lmtt_widget, through its public API."""
+routing weights at 0. Each head's write (`head_output`), direct logit effects through the final norm
+frozen at the real final residual (`direct_logits`) and the L2 option are checked too. Only the
+comparison uses lmtt_widget, through its public API."""
 
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ class Layout:
     ffn_post_norm: str | None = None
     post_norm_offset: float = 0.0  # Gemma's RMSNorm multiplies by 1 + weight
     fused_falcon: bool = False  # values and probabilities from Falcon's own split of query_key_value
+    final_norm: str = "model.norm"  # from the causal LM; its offset is post_norm_offset's (Gemma: 1 + weight)
 
 
 LLAMA = Layout("model.layers", "self_attn", "self_attn.o_proj", "mlp", "mlp.down_proj")
@@ -52,14 +55,17 @@ GEMMA = dataclasses.replace(LLAMA, attn_post_norm="post_attention_layernorm",
                             ffn_post_norm="post_feedforward_layernorm", post_norm_offset=1.0)
 OLMO2 = dataclasses.replace(GEMMA, post_norm_offset=0.0)
 COHERE = dataclasses.replace(LLAMA, parallel=True)
-GPT2 = Layout("transformer.h", "attn", "attn.c_proj", "mlp", "mlp.c_proj")
-GPTJ = Layout("transformer.h", "attn", "attn.out_proj", "mlp", "mlp.fc_out", parallel=True)
-NEOX_PARALLEL = Layout("gpt_neox.layers", "attention", "attention.dense", "mlp", "mlp.dense_4h_to_h", parallel=True)
+GPT2 = Layout("transformer.h", "attn", "attn.c_proj", "mlp", "mlp.c_proj", final_norm="transformer.ln_f")
+GPTJ = Layout("transformer.h", "attn", "attn.out_proj", "mlp", "mlp.fc_out", parallel=True,
+              final_norm="transformer.ln_f")
+NEOX_PARALLEL = Layout("gpt_neox.layers", "attention", "attention.dense", "mlp", "mlp.dense_4h_to_h", parallel=True,
+                       final_norm="gpt_neox.final_layer_norm")
 NEOX_SEQUENTIAL = dataclasses.replace(NEOX_PARALLEL, parallel=False)
 FALCON_PARALLEL = Layout("transformer.h", "self_attention", "self_attention.dense", "mlp", "mlp.dense_4h_to_h",
-                         parallel=True, fused_falcon=True)
+                         parallel=True, fused_falcon=True, final_norm="transformer.ln_f")
 FALCON_SEQUENTIAL = dataclasses.replace(FALCON_PARALLEL, parallel=False)
-OPT = Layout("model.decoder.layers", "self_attn", "self_attn.out_proj", "fc2", "fc2")
+OPT = Layout("model.decoder.layers", "self_attn", "self_attn.out_proj", "fc2", "fc2",
+             final_norm="model.decoder.final_layer_norm")
 
 SMALL = dict(vocab_size=tiny.VOCAB, max_position_embeddings=64, hidden_size=32, intermediate_size=40,
              num_hidden_layers=2, initializer_range=0.2, pad_token_id=0, bos_token_id=0, eos_token_id=0)
@@ -131,7 +137,8 @@ CASES: dict[str, tuple] = {
         "Gemma3ForCausalLM", "Gemma3TextConfig", **SMALL, num_attention_heads=4, num_key_value_heads=2,
         head_dim=12, query_pre_attn_scalar=12, sliding_window=3, attention_bias=True,
         layer_types=["sliding_attention", "full_attention"])),
-    "gemma3_multimodal_text_path_mqa": (dataclasses.replace(GEMMA, blocks="model.language_model.layers"),
+    "gemma3_multimodal_text_path_mqa": (dataclasses.replace(GEMMA, blocks="model.language_model.layers",
+                                                            final_norm="model.language_model.norm"),
                                         lambda: gemma3_multimodal()),
     # Phi-3: grouped KV in its fused qkv_proj, partial rotary
     "phi3_gqa2_partial_rotary": (LLAMA, build(
@@ -360,9 +367,12 @@ def eager_copy(model):
 # -- the reference shares --------------------------------------------------------------------------
 
 
-def proximity(parts: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
-    """prox(p, y) = max(0, ||y||_1 - ||y - p||_1) over the last axis; parts [..., d], whole broadcast."""
-    return (whole.abs().sum(-1) - (whole - parts).abs().sum(-1)).clamp_min(0)
+def proximity(parts: torch.Tensor, whole: torch.Tensor, order: int = 1) -> torch.Tensor:
+    """prox(p, y) = max(0, ||y|| - ||y - p||) over the last axis (L1, or L2 with order 2); parts [..., d],
+    whole broadcast."""
+    def norm(v):
+        return torch.linalg.vector_norm(v, ord=order, dim=-1)
+    return (norm(whole) - norm(whole - parts)).clamp_min(0)
 
 
 def normalised(residual: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -390,8 +400,9 @@ def post_norm_frozen(norm, layout: Layout, out: torch.Tensor) -> tuple[torch.Ten
     return scale, norm.weight.detach().double() + layout.post_norm_offset
 
 
-def reference_layer(model, layout: Layout, layer: int, block: Block) -> dict[str, torch.Tensor]:
-    """The shares of one block's parts, from the block's tensors and the module weights."""
+def reference_layer(model, layout: Layout, layer: int, block: Block, order: int = 1) -> dict[str, torch.Tensor]:
+    """The shares of one block's parts, from the block's tensors and the module weights (L1, or L2
+    with `order` 2), and the parts z^h_{i<-j} themselves ("parts" [T_target, T_source, H, d])."""
     module = _get(model, layout.blocks)[layer]
     out_proj = _get(module, layout.out_proj)
     n_heads, n_tokens = block.probs.shape[0], block.x.shape[0]
@@ -412,15 +423,29 @@ def reference_layer(model, layout: Layout, layer: int, block: Block) -> dict[str
     torch.testing.assert_close(parts.sum((1, 2)) + bias_part, block.attn_update, rtol=1e-4, atol=1e-4)
     ffn = block.out - block.x - block.attn_update
     torch.testing.assert_close(ffn, block.ffn_update, rtol=1e-4, atol=1e-4)  # blocks add up
+    def prox(p, whole):
+        return proximity(p, whole, order)
     if layout.parallel:
         whole = block.out
-        res, heads, ffn_share = normalised(proximity(block.x, whole), proximity(parts, whole[:, None, None]),
-                                           proximity(ffn, whole))
-        return dict(attn_residual=res, heads=heads, ffn=ffn_share, ffn_residual=res)
+        res, heads, ffn_share = normalised(prox(block.x, whole), prox(parts, whole[:, None, None]), prox(ffn, whole))
+        return dict(attn_residual=res, heads=heads, ffn=ffn_share, ffn_residual=res, parts=parts)
     mid = block.x + block.attn_update
-    res, heads = normalised(proximity(block.x, mid), proximity(parts, mid[:, None, None]))
-    ffn_residual, ffn_share = normalised(proximity(mid, block.out), proximity(ffn, block.out))
-    return dict(attn_residual=res, heads=heads, ffn=ffn_share, ffn_residual=ffn_residual)
+    res, heads = normalised(prox(block.x, mid), prox(parts, mid[:, None, None]))
+    ffn_residual, ffn_share = normalised(prox(mid, block.out), prox(ffn, block.out))
+    return dict(attn_residual=res, heads=heads, ffn=ffn_share, ffn_residual=ffn_residual, parts=parts)
+
+
+def direct_logits(model, layout: Layout, updates: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
+    """[n, V]: updates [n, d] through the final norm, its scale frozen at the real final residual
+    `final` [d], then the unembedding (no bias) and any logit scale (Cohere), before any soft-cap."""
+    norm = _get(model, layout.final_norm)
+    eps = next(float(getattr(norm, n)) for n in ("eps", "variance_epsilon") if hasattr(norm, n))
+    if "RMS" not in type(norm).__name__:  # a LayerNorm centres first
+        final, updates = final - final.mean(), updates - updates.mean(-1, keepdim=True)
+    weight = norm.weight.detach().double() + layout.post_norm_offset
+    normed = updates * (final.float().pow(2).mean() + eps).rsqrt().double() * weight
+    unembedding = model.get_output_embeddings().weight.detach().double()  # [V, d]
+    return normed @ unembedding.T * getattr(model.config, "logit_scale", 1.0)
 
 
 def ffn_internals(model, layout: Layout, ids: list[int]) -> list[dict]:
@@ -496,6 +521,15 @@ def through_post_norm(model, layout: Layout, layer: int, raw: torch.Tensor, posi
 # -- the comparison --------------------------------------------------------------------------------
 
 
+def assert_shares(run, layer: int, expected: dict, where: str) -> None:
+    heads, attn_residual = run.attention_contributions(layer)
+    ffn, ffn_residual = run.ffn_contributions(layer)
+    got = dict(attn_residual=attn_residual, heads=heads, ffn=ffn, ffn_residual=ffn_residual)
+    for key, value in got.items():
+        torch.testing.assert_close(value.double(), expected[key], rtol=0, atol=1e-4,
+                                   msg=lambda m, key=key: f"{where}, {key}: {m}")
+
+
 def user_outputs(model, ids: list[int]) -> list[torch.Tensor]:
     """What the user's own code gets: logits, hidden states, and any attention probabilities."""
     with torch.no_grad():
@@ -527,12 +561,23 @@ def test_shares_match_an_independent_reference(case, monkeypatch):
         for layer, (block, real) in enumerate(zip(blocks, before)):
             expected = reference_layer(user_model, layout, layer, dataclasses.replace(block, **{
                 f: getattr(real, f) for f in ("x", "out", "attn_out", "mixed", "attn_update", "ffn_update")}))
-            heads, attn_residual = run.attention_contributions(layer)
-            ffn, ffn_residual = run.ffn_contributions(layer)
-            got = dict(attn_residual=attn_residual, heads=heads, ffn=ffn, ffn_residual=ffn_residual)
-            for key, value in expected.items():
-                torch.testing.assert_close(got[key].double(), value, rtol=0, atol=1e-4,
-                                           msg=lambda m, key=key: f"layer {layer}, T={n_tokens}, {key}: {m}")
+            assert_shares(run, layer, expected, f"layer {layer}, T={n_tokens}")
+            last, parts = n_tokens - 1, expected["parts"]
+            for head in range(parts.shape[2]):  # each head's write, from one source and from all
+                for source in (0, last):
+                    torch.testing.assert_close(run.head_output(layer, head, last, source).double(),
+                                               parts[last, source, head], rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(run.head_output(layer, head, last).double(), parts[last, :, head].sum(0),
+                                           rtol=1e-4, atol=1e-5)
+            updates = torch.stack([real.attn_update[last], real.ffn_update[last]])
+            torch.testing.assert_close(run.direct_logits(updates.float(), last).double(),
+                                       direct_logits(user_model, layout, updates, before[-1].out[last]),
+                                       rtol=1e-4, atol=1e-4)
+            if n_tokens == 7:  # the L2 option: the same formula with ||.||_2
+                l2 = lw.analyze(model, ids, distance="l2")
+                assert_shares(l2, layer, reference_layer(user_model, layout, layer, dataclasses.replace(block, **{
+                    f: getattr(real, f) for f in ("x", "out", "attn_out", "mixed", "attn_update", "ffn_update")}),
+                    order=2), f"L2, layer {layer}")
         # the user's model is still theirs: same attention, same outputs (logits, hidden states, probabilities)
         assert user_model.config._attn_implementation == own_attention
         torch.testing.assert_close(user_outputs(user_model, ids), own_outputs, rtol=0, atol=0)
