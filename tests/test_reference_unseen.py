@@ -558,6 +558,11 @@ def test_shares_match_an_independent_reference(case, monkeypatch):
         own_outputs = user_outputs(user_model, ids)
         run = lw.analyze(model, ids)
         torch.testing.assert_close(run.logits.double(), logits, rtol=1e-5, atol=1e-5)
+        # the logit lens at the top of the stack reads the model's own prediction (soft-caps, scales, biases)
+        lens = run.logit_lens(len(before) - 1, n_tokens - 1, k=5)
+        top = logits[-1].softmax(-1).topk(5)
+        assert [x.probability for x in lens] == pytest.approx(top.values.tolist(), abs=1e-5)
+        assert [x.token for x in lens] == [tiny.tokenizer().decode([i]) for i in top.indices.tolist()]
         for layer, (block, real) in enumerate(zip(blocks, before)):
             expected = reference_layer(user_model, layout, layer, dataclasses.replace(block, **{
                 f: getattr(real, f) for f in ("x", "out", "attn_out", "mixed", "attn_update", "ffn_update")}))
