@@ -537,6 +537,9 @@ def user_outputs(model, ids: list[int]) -> list[torch.Tensor]:
     return [out.logits, *out.hidden_states, *[a for a in out.attentions or () if a is not None]]
 
 
+REAL = ("x", "out", "attn_out", "mixed", "attn_update", "ffn_update")  # Block's fields read from the user's model
+
+
 @pytest.fixture(params=list(CASES))
 def case(request):
     return request.param
@@ -563,9 +566,10 @@ def test_shares_match_an_independent_reference(case, monkeypatch):
         top = logits[-1].softmax(-1).topk(5)
         assert [x.probability for x in lens] == pytest.approx(top.values.tolist(), abs=1e-5)
         assert [x.token for x in lens] == [tiny.tokenizer().decode([i]) for i in top.indices.tolist()]
+        l2 = lw.analyze(model, ids, distance="l2") if n_tokens == 7 else None  # the same formula with ||.||_2
         for layer, (block, real) in enumerate(zip(blocks, before)):
-            expected = reference_layer(user_model, layout, layer, dataclasses.replace(block, **{
-                f: getattr(real, f) for f in ("x", "out", "attn_out", "mixed", "attn_update", "ffn_update")}))
+            block = dataclasses.replace(block, **{f: getattr(real, f) for f in REAL})  # eager's A and v, real rest
+            expected = reference_layer(user_model, layout, layer, block)
             assert_shares(run, layer, expected, f"layer {layer}, T={n_tokens}")
             last, parts = n_tokens - 1, expected["parts"]
             for head in range(parts.shape[2]):  # each head's write, from one source and from all
@@ -574,15 +578,13 @@ def test_shares_match_an_independent_reference(case, monkeypatch):
                                                parts[last, source, head], rtol=1e-4, atol=1e-5)
                 torch.testing.assert_close(run.head_output(layer, head, last).double(), parts[last, :, head].sum(0),
                                            rtol=1e-4, atol=1e-5)
-            updates = torch.stack([real.attn_update[last], real.ffn_update[last]])
+            updates = torch.stack([block.attn_update[last], block.ffn_update[last]])
             torch.testing.assert_close(run.direct_logits(updates.float(), last).double(),
                                        direct_logits(user_model, layout, updates, before[-1].out[last]),
                                        rtol=1e-4, atol=1e-4)
-            if n_tokens == 7:  # the L2 option: the same formula with ||.||_2
-                l2 = lw.analyze(model, ids, distance="l2")
-                assert_shares(l2, layer, reference_layer(user_model, layout, layer, dataclasses.replace(block, **{
-                    f: getattr(real, f) for f in ("x", "out", "attn_out", "mixed", "attn_update", "ffn_update")}),
-                    order=2), f"L2, layer {layer}")
+            if l2 is not None:
+                assert_shares(l2, layer, reference_layer(user_model, layout, layer, block, order=2),
+                              f"L2, layer {layer}")
         # the user's model is still theirs: same attention, same outputs (logits, hidden states, probabilities)
         assert user_model.config._attn_implementation == own_attention
         torch.testing.assert_close(user_outputs(user_model, ids), own_outputs, rtol=0, atol=0)
