@@ -260,6 +260,10 @@ def _opt_check(config: Any) -> None:
             "this OPT model normalises after each block (do_layer_norm_before=False, e.g. opt-350m): "
             "its residual stream is not a sum of block updates, so information flow routes do not apply"
         )
+    if getattr(config, "_remove_final_layer_norm", False):
+        raise LmttError("OPT models without a final layer norm (_remove_final_layer_norm=True, checkpoints fine-tuned "
+                        "before transformers 4.20.1) are not supported: the logit lens reads the residual stream "
+                        "through the final norm")
     if getattr(config, "word_embed_proj_dim", config.hidden_size) != config.hidden_size:
         raise LmttError("OPT models with project_in/project_out (word_embed_proj_dim != hidden_size) are not supported")
 
@@ -291,6 +295,15 @@ def _falcon_probs(inputs: dict, fused: torch.Tensor, shape: Shape) -> AttentionP
     return AttentionProbs(query, key, inputs.get("attention_mask"), shape.head_dim ** -0.5, groups=per_group)
 
 
+def _causal_check(config: Any) -> None:
+    if getattr(config, "use_bidirectional_attention", False):
+        raise LmttError(
+            "this model's attention is bidirectional (use_bidirectional_attention=True, e.g. EmbeddingGemma): a "
+            "token reads later tokens, so its residual stream is not built from the sources j <= i that "
+            "information flow routes follow; use a causal model (use_bidirectional_attention=False)"
+        )
+
+
 def _final_softcap(config: Any) -> float | None:
     return getattr(config, "final_logit_softcapping", None)
 
@@ -299,7 +312,7 @@ _LLAMA_PATHS: dict[str, Any] = dict(blocks="model.layers", attention="self_attn"
                     out_proj="self_attn.o_proj", ffn="mlp", ffn_out_proj="mlp.down_proj", final_norm="model.norm")
 _SANDWICH: dict[str, Any] = dict(attn_post_norm="post_attention_layernorm", ffn_post_norm="post_feedforward_layernorm")
 _GEMMA: dict[str, Any] = dict(norm=Norm("rms", weight_offset=1.0), values=_values_separate,
-                              trace_attention=_softcapped_is_eager, **_SANDWICH)
+                              trace_attention=_softcapped_is_eager, check=_causal_check, **_SANDWICH)
 
 FAMILIES: tuple[Family, ...] = (
     Family(
