@@ -81,7 +81,7 @@ def test_an_edge_counts_only_where_its_source_comes_first(runs_and_positions):
     between = [(u, v, data) for u, v, kind, data in graph.edges(keys=True, data=True)
                if kind == "attention" and {u[2], v[2]} == {io, s1}]
     assert between
-    for u, v, data in between:
+    for u, _, data in between:
         holds = first_io if u[2] == io else [not f for f in first_io]
         assert data["prompts"] and all(holds[r] for r in data["prompts"]) and data["support"] <= 0.5
 
