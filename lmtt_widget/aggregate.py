@@ -8,6 +8,16 @@ its position. Only the positions lined up are in the aggregate: a part from anot
 (an attention edge from an unnamed token) is left out, so with names a whole's mean shares may
 sum to less than 1 (`renormalize` rescales what is kept, as for a run).
 
+Names line up by name, in whatever order the prompts have them (templates where S1 comes before
+IO mixed with templates where it comes after): an aggregate position is a name, and an attention
+edge between two names is the edge from the one to the other in every prompt. A prompt holds an
+edge only where its source is at or before its target there (a token reads only itself and
+earlier tokens); where the two names come in the other order, the edge cannot exist and counts
+as absent: share 0 in the mean and the spread, not in the prompt's support. So an edge whose
+direction reverses across prompts is averaged over all prompts with zeros for the reversed
+ones, and the edge the other way (from the later name to the earlier) is a separate edge, with
+the other prompts behind it.
+
 An `Aggregate` is a `Shares` (tokens: the position names; layers: the mean shares), so routes,
 the graph's tables and the widget read it as they read a run.
 """
@@ -180,7 +190,10 @@ def _node_share(run: Shares, selection: dict, position: int) -> tuple[float | No
 def aggregate(runs: Sequence[Shares], positions: Sequence[dict[str, int]] | None = None) -> Aggregate:
     """The mean shares of `runs` (of one model: lw.analyze, lw.analyze_many, lw.analyze_compact),
     tokens lined up from the end, or by `positions`: one dict per run of the same names, e.g.
-    {"IO": 2, "S1": 4, "S2": 10, "END": -1}, in the same order in every prompt."""
+    {"IO": 2, "S1": 4, "S2": 10, "END": -1}, each name at its own position. The names may come in
+    any order in a prompt ({"S1": 2, "IO": 4, ...} in another template); the aggregate's positions
+    are the names in positions[0]'s order. An attention edge between two names is absent (share 0)
+    in a prompt where its source comes after its target: see the module's docstring."""
     runs = list(runs) if isinstance(runs, (list, tuple)) else _refuse_runs(runs)
     if not runs:
         raise LmttError("aggregate needs at least one run")
@@ -221,15 +234,19 @@ def _named(runs: list[Shares], positions) -> tuple[list[str], torch.Tensor]:
         raise LmttError("positions[0] must be a dict of names and positions, e.g. {'IO': 2, 'S1': 4, 'END': -1}")
     index = []
     for r, (run, named) in enumerate(zip(runs, positions)):
-        if not isinstance(named, dict) or list(named) != names:
-            raise LmttError(f"positions[{r}] must name {names} in this order (as positions[0] does), got "
-                            f"{list(named) if isinstance(named, dict) else type(named).__name__}")
+        if not isinstance(named, dict) or set(named) != set(names):
+            got = list(named) if isinstance(named, dict) else type(named).__name__
+            differ = "" if not isinstance(named, dict) else (
+                f" (missing {[n for n in names if n not in named]}, not in positions[0] "
+                f"{[n for n in named if n not in names]})")
+            raise LmttError(f"positions[{r}] must name {names}, in any order (as positions[0] does), got {got}{differ}")
         at = [check_index(f"positions[{r}][{name!r}]", named[name], run.n_tokens) for name in names]
-        for (a, pa), (b, pb) in zip(zip(names, at), zip(names[1:], at[1:])):
-            if pb <= pa:
-                raise LmttError(f"in prompt {r}, {b!r} (position {pb}) does not come after {a!r} (position {pa}): "
-                                "every prompt must have the named positions in the same order, so that attention "
-                                "edges go forward (aggregate prompts of one template together)")
+        first_at: dict[int, str] = {}
+        for name, position in zip(names, at):
+            if position in first_at:
+                raise LmttError(f"in prompt {r}, {first_at[position]!r} and {name!r} are both at position {position}: "
+                                "give each name a position of its own")
+            first_at[position] = name
         index.append(at)
     return names, torch.tensor(index, dtype=torch.long)
 

@@ -474,6 +474,7 @@ class Run(Shares):
         self.interventions: tuple = ()  # the ablations (lmtt_widget.interventions.Ablation) applied
         self.patches: tuple = ()  # the activations patched in from other prompts: (interventions.PatchNode, prompt)
         self.patch_ids: tuple = ()  # the token ids of each patch's source prompt
+        self.patch_values: tuple = ()  # the activation each patch puts in place (PatchNode.value of its source)
         self.patch_edits: tuple = ()  # the edits that put the patches in place (after the ablations')
         self._neuron_cache: dict[int, torch.Tensor] = {}  # traced again for a layer the capture lacks
         self._probs_traced: dict[int, torch.Tensor] = {}  # traced again (eager attention), least recent first
@@ -893,10 +894,26 @@ class Run(Shares):
     def to_file(self, path, *, activations: bool = True) -> pathlib.Path:
         """Write this run to one file (safetensors, its metadata as JSON in the header; no pickle)
         that `lw.load_run` restores without recomputing: shares, top predictions and, with
-        `activations`, what the readouts read (without them: routes and predictions only)."""
+        `activations`, what the readouts read (without them: routes and predictions only). An
+        intervened run keeps its clean run beside it (the same parts), its ablations and its
+        patches, each patch with the activation it puts in place (see lmtt_widget.saved)."""
+        tensors, meta = self._file_parts(activations)
+        known = set(meta.pop("known"))
         if self.clean is not None:
-            raise LmttError("an intervened run cannot be saved (its edits are code): save run.clean, and "
-                            f"note its ablations {[ab.as_tuple() for ab in self.interventions]}")
+            clean_tensors, clean_meta = self.clean._file_parts(activations)
+            known |= set(clean_meta.pop("known"))
+            patch_tensors, patches = S.patches_parts(self.patches, self.patch_ids, self.patch_values)
+            tensors |= {f"clean.{name}": t for name, t in clean_tensors.items()} | patch_tensors
+            meta |= {"clean": clean_meta, "interventions": S.ablations_meta(self.interventions), "patches": patches}
+        meta |= {"family": self.family.name, "shape": dataclasses.asdict(self.shape),
+                 "model": self._saved().identity if self.model is None else S.identity(self.hf_model),
+                 "name": self.model_name, "n_params": self.n_params,
+                 "vocab": {str(i): self.decode(i) for i in sorted(known)}}
+        return S.write(path, tensors, meta)
+
+    def _file_parts(self, activations: bool) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors, meta) of what this run holds itself (not its model's identity, nor what an
+        intervened run adds); meta["known"] lists the token ids whose text the file must keep."""
         probs, ids = self.top_predictions(min(TOP_K_KEPT, self.shape.d_vocab))
         tensors = {"input_ids": self.input_ids, "top.probs": probs, "top.ids": ids}
         for layer, shares in enumerate(self.layers):
@@ -906,33 +923,43 @@ class Run(Shares):
         if activations:
             capture_tensors, capture_meta = S.capture_tensors(self.capture)
             tensors |= capture_tensors
-        known = sorted({int(i) for i in ids.reshape(-1)} | {int(i) for i in self.input_ids})
         meta = {"prompt": self.prompt, "tokens": list(self.tokens), "distance": self.distance,
                 "budget_bytes": self.budget_bytes, "floor": self.floor,
                 "generated": None if self.generated is None else [self.generated.start, self.generated.stop],
-                "family": self.family.name, "shape": dataclasses.asdict(self.shape),
-                "model": self._saved().identity if self.model is None else S.identity(self.hf_model),
-                "name": self.model_name, "n_params": self.n_params,
-                "vocab": {str(i): self.decode(i) for i in known}, "capture": capture_meta}
-        return S.write(path, tensors, meta)
+                "capture": capture_meta,
+                "known": sorted({int(i) for i in ids.reshape(-1)} | {int(i) for i in self.input_ids})}
+        return tensors, meta
 
 
 def load_run(path, model=None) -> Run:
     """The run `Run.to_file` wrote, as it was: routes, predictions and (if the file has them) the
-    activations' readouts, nothing recomputed. Readouts through the vocabulary and interventions
-    need the model's weights: pass `model` (from `load_model`), which must be the model the run was
-    made with (same architecture and weights; anything else is refused)."""
+    activations' readouts, nothing recomputed; an intervened run with its clean run, ablations
+    and patches. Readouts through the vocabulary and interventions need the model's weights: pass
+    `model` (from `load_model`), which must be the model the run was made with (same architecture
+    and weights; anything else is refused); an intervened run then reruns and takes more
+    interventions as it did before it was saved."""
     tensors, meta = S.read(path)
     if model is not None:
         S.check_same_model(meta["model"], model._module, path, meta["name"])
     shape = Shape(**meta["shape"])
-    fields = [f.name for f in dataclasses.fields(LayerShares)]
-    layers = [LayerShares(**{name: tensors[f"layers.{layer}.{name}"] for name in fields})
-              for layer in range(shape.n_layers)]
-    for shares in layers:
-        shares.edges = shares.edges.long()
     saved = SavedModel(meta["name"], S.family_named(meta["family"]), shape, meta["model"], meta["n_params"],
                        meta["tokens"], {int(i): text for i, text in meta["vocab"].items()})
+    run = _run_from_file(tensors, meta, model, saved)
+    if "clean" in meta:  # an intervened run (format 2)
+        clean = _run_from_file({name[len("clean."):]: t for name, t in tensors.items() if name.startswith("clean.")},
+                               meta["clean"], model, saved)
+        I.mark_intervened(run, clean, S.ablations_from(meta["interventions"]),
+                          *S.patches_from(tensors, meta["patches"]))
+    return run
+
+
+def _run_from_file(tensors: dict[str, torch.Tensor], meta: dict, model, saved: SavedModel) -> Run:
+    """One run from the parts `Run._file_parts` wrote (names without a prefix)."""
+    fields = [f.name for f in dataclasses.fields(LayerShares)]
+    layers = [LayerShares(**{name: tensors[f"layers.{layer}.{name}"] for name in fields})
+              for layer in range(saved.shape.n_layers)]
+    for shares in layers:
+        shares.edges = shares.edges.long()
     capture = None if meta["capture"] is None else S.capture_from(tensors, meta["capture"])
     run = Run(model, meta["prompt"], tensors["input_ids"], capture, layers, meta["distance"], meta["budget_bytes"],
               meta["floor"], top=(tensors["top.probs"], tensors["top.ids"]), saved=saved)

@@ -8,8 +8,13 @@ through the vocabulary (logit lens, head and neuron logits) and interventions ne
 weights, so they need the model: `lw.load_run(path, model=...)`, which refuses another model.
 No pickle anywhere: a file from someone else runs no code.
 
+An intervened run's file also holds its clean run (the same parts, names prefixed "clean."), its
+ablations (tuple form, mode, description, and the fields that restore them) and its patches (the
+node, the source prompt, its token ids, and the activation put in place: the source prompt's run
+is not needed to show or rerun them).
+
 `Run.to_file` writes and `run.load_run` reads through `write` and `read`; this module knows the
-layout and the model's identity, and nothing of `Run`.
+layout, the model's identity and how interventions are kept, and nothing of `Run`.
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ import torch
 from .architectures import FAMILIES, Family, Shape, family_of, shape_of
 from .attention import AttentionProbs
 from .errors import LmttError
+from .interventions import NODES, Ablation
 from .tracing import Capture
 
 FORMAT = "lmtt-run"
-VERSION = 1
+VERSION = 2  # 2: intervened runs too (a version 1 file is a version 2 file of a clean run)
+READABLE = (1, 2)
 WEIGHTS_SAMPLE = 16  # leading values of each parameter that the weights' fingerprint reads
 
 
@@ -126,6 +133,41 @@ def capture_from(tensors: dict[str, torch.Tensor], meta: dict) -> Capture:
                    *(list(tensors[name]) if name in tensors else [] for name in ("attn_scale", "ffn_scale")))
 
 
+# -- interventions ---------------------------------------------------------------------------------
+
+def ablations_meta(ablations) -> list[dict]:
+    """Each ablation as a file keeps it: its tuple form and mode (as `intervene` takes them), its
+    description, and its fields (which restore it without the model)."""
+    return [{"spec": list(ab.as_tuple()), "mode": ab.mode, "description": ab.describe(),
+             "fields": dataclasses.asdict(ab)} for ab in ablations]
+
+
+def ablations_from(entries: list[dict]) -> tuple[Ablation, ...]:
+    def restored(fields: dict) -> Ablation:
+        positions = fields["positions"]  # a tuple in an Ablation, a list in JSON
+        return Ablation(**{**fields, "positions": None if positions is None else tuple(positions)})
+    return tuple(restored(entry["fields"]) for entry in entries)
+
+
+def patches_parts(patches, patch_ids, patch_values) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """(tensors, entries) of a run's patches: each patch's source prompt's token ids and the
+    activation it puts in place; its node (tuple form), source prompt and description."""
+    tensors: dict[str, torch.Tensor] = {}
+    entries = []
+    for i, ((node, prompt), ids, value) in enumerate(zip(patches, patch_ids, patch_values)):
+        tensors |= {f"patches.{i}.source_ids": ids, f"patches.{i}.value": value}
+        entries.append({"node": list(node.as_tuple()), "source_prompt": prompt, "description": node.describe()})
+    return tensors, entries
+
+
+def patches_from(tensors: dict[str, torch.Tensor], entries: list[dict]) -> tuple[tuple, tuple, tuple]:
+    """(run.patches, run.patch_ids, run.patch_values) from what `patches_parts` wrote."""
+    patches = tuple((NODES[entry["node"][0]](*entry["node"]), entry["source_prompt"]) for entry in entries)
+    ids = tuple(tensors[f"patches.{i}.source_ids"] for i in range(len(entries)))
+    values = tuple(tensors[f"patches.{i}.value"] for i in range(len(entries)))
+    return patches, ids, values
+
+
 # -- the file --------------------------------------------------------------------------------------
 
 def write(path, tensors: dict[str, torch.Tensor], meta: dict) -> pathlib.Path:
@@ -161,8 +203,9 @@ def read(path) -> tuple[dict[str, torch.Tensor], dict]:
     except SafetensorError as error:
         raise LmttError(f"{path} is not a run saved by lmtt-widget (run.to_file): {error}") from None
     meta = json.loads(header["lmtt"])
-    if meta.get("version") != VERSION:
-        raise LmttError(f"{path} was saved in run format {meta.get('version')}; this lmtt-widget reads {VERSION}")
+    if meta.get("version") not in READABLE:
+        raise LmttError(f"{path} was saved in run format {meta.get('version')}; this lmtt-widget reads formats "
+                        f"{', '.join(map(str, READABLE))}")
     return tensors, meta
 
 

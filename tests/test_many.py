@@ -352,8 +352,9 @@ def test_the_prompts_behind_an_edge_are_listed_with_their_own_shares(ioi_runs):
 @pytest.mark.parametrize("positions, message", [
     ([{"IO": 1}], r"a list of one dict per run \(4\), got a list of 1"),
     ({"IO": 1}, r"a list of one dict per run \(4\), got dict"),
-    ([{"IO": 1, "S": 3}] * 3 + [{"S": 3, "IO": 1}], r"positions\[3\] must name \['IO', 'S'\] in this order"),
-    ([{"IO": 1, "S": 3}] * 3 + [{"IO": 5, "S": 3}], r"in prompt 3, 'S' \(position 3\) does not come after 'IO'"),
+    ([{"IO": 1, "S": 3}] * 3 + [{"S2": 3, "IO": 1}],
+     r"positions\[3\] must name \['IO', 'S'\], in any order .*missing \['S'\], not in positions\[0\] \['S2'\]"),
+    ([{"IO": 1, "S": 3}] * 3 + [{"IO": 3, "S": 3}], r"in prompt 3, 'IO' and 'S' are both at position 3"),
     ([{"IO": 1, "S": 99}] * 4, r"positions\[0\]\['S'\] 99 is out of range"),
     ([{}] * 4, r"positions\[0\] must be a dict of names"),
 ])

@@ -148,11 +148,99 @@ def test_the_file_is_safetensors_with_json_metadata_and_no_pickle(path):
     assert b"pickle" not in path.read_bytes()[:200] and not path.read_bytes().startswith(b"\x80")
 
 
-def test_an_intervened_run_is_not_saved(run, tmp_path):
-    ablated, _ = run.intervene([("head", 1, 2)])
-    with pytest.raises(lw.LmttError, match=r"an intervened run cannot be saved.*run.clean"):
-        ablated.to_file(tmp_path / "x.lmtt")
-    assert not (tmp_path / "x.lmtt").exists()
+# -- intervened runs -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def intervened(run, model):
+    """Ablations in both modes, then a head's and a residual node's activation patched in from a
+    corrupted prompt (whose run the file does not hold)."""
+    ablated, _ = run.intervene([("head", 1, 2), ("neuron", 0, 5, [3, 13])])
+    ablated, _ = ablated.intervene([("edge", 2, 3, 13, 1)], mode="mean")
+    corrupted = lw.analyze(model, PROMPT.replace(" John gave", " Mary gave"), progress=False)
+    patched, _ = lw.patch(corrupted, ablated, [("head", 1, 0, 13), ("mid", 2, 13)])
+    return patched
+
+
+@pytest.fixture(scope="module")
+def intervened_path(intervened, tmp_path_factory):
+    return intervened.to_file(tmp_path_factory.mktemp("runs") / "patched.lmtt")
+
+
+def assert_same_shares(got, expected):
+    for mine, theirs in zip(got.layers, expected.layers, strict=True):
+        for name, tensor in theirs.tensors().items():
+            assert torch.equal(getattr(mine, name), tensor), name
+
+
+def test_an_intervened_run_round_trips_with_its_clean_run_and_what_was_changed(run, intervened, intervened_path):
+    loaded = lw.load_run(intervened_path)
+    assert_same_shares(loaded, intervened)
+    for token, threshold in [(-1, 0.04), (13, 0.02)]:
+        assert_same_routes(loaded, intervened, token=token, threshold=threshold)
+    assert loaded.top_tokens(k=5) == intervened.top_tokens(k=5)
+    for layer in range(run.shape.n_layers):
+        assert torch.equal(loaded.attention_pattern(layer), intervened.attention_pattern(layer))
+        assert torch.equal(loaded.residual(layer, 13, "mid"), intervened.residual(layer, 13, "mid"))
+    # what was ablated and patched, listed as before saving
+    assert loaded.interventions == intervened.interventions
+    assert [ab.label(str) for ab in loaded.interventions] == [ab.label(str) for ab in intervened.interventions]
+    assert [ab.mode for ab in loaded.interventions] == ["zero", "zero", "mean"]
+    assert loaded.patches == intervened.patches and loaded.patches[0][1] == PROMPT.replace(" John gave", " Mary gave")
+    for mine, theirs in zip(loaded.patch_ids, intervened.patch_ids, strict=True):
+        assert torch.equal(mine, theirs)
+    assert repr(loaded) == repr(intervened)
+    # and the clean run it was made from
+    assert loaded.clean is not None and loaded.clean.clean is None
+    assert_same_shares(loaded.clean, run)
+    assert_same_routes(loaded.clean, run, threshold=0.02)
+    assert torch.equal(loaded.clean.residual(2, 13), run.residual(2, 13))
+
+
+def test_an_intervened_file_names_its_interventions_in_its_json(intervened_path):
+    from safetensors import safe_open
+
+    with safe_open(str(intervened_path), framework="pt") as f:
+        meta = json.loads(f.metadata()["lmtt"])
+    assert [(entry["spec"], entry["mode"]) for entry in meta["interventions"]] == [
+        (["head", 1, 2], "zero"), (["neuron", 0, 5, [3, 13]], "zero"), (["edge", 2, 3, 13, 1], "mean")]
+    assert meta["interventions"][0]["description"] == "head 2 of layer 1, all positions, zeroed"
+    assert [entry["node"] for entry in meta["patches"]] == [["head", 1, 0, 13], ["mid", 2, 13]]
+    assert meta["clean"]["prompt"] == PROMPT
+    assert not intervened_path.read_bytes().startswith(b"\x80")
+
+
+def test_with_its_model_a_loaded_intervened_run_reruns_and_takes_more(intervened, intervened_path, model,
+                                                                    monkeypatch):
+    loaded = lw.load_run(intervened_path, model=model)
+    no_tracing(monkeypatch, model)  # its readouts come from the file
+    assert loaded.logit_lens(2, 13) == intervened.logit_lens(2, 13)
+    torch.testing.assert_close(loaded.logits, intervened.logits, rtol=0, atol=0)
+    torch.testing.assert_close(loaded.clean.logits, intervened.clean.logits, rtol=0, atol=0)
+    monkeypatch.undo()
+    (mine, mine_change), (theirs, theirs_change) = (r.intervene([("ffn", 1, [13])]) for r in (loaded, intervened))
+    assert mine_change.to_dict() == theirs_change.to_dict()
+    assert_same_shares(mine, theirs)
+    assert mine.interventions == theirs.interventions and mine.patches == theirs.patches
+    assert lw.code(loaded) == lw.code(intervened)  # the patches' source prompts are traced from their ids
+
+
+def test_without_activations_a_loaded_intervened_run_traces_again_with_its_interventions(intervened, model,
+                                                                                       tmp_path):
+    loaded = lw.load_run(intervened.to_file(tmp_path / "light.lmtt", activations=False), model=model)
+    assert not loaded.holds_activations  # (the clean run's are traced again: the mean ablation's edits read them)
+    assert_same_routes(loaded, intervened, threshold=0.02)
+    torch.testing.assert_close(loaded.residual(2, 13, "mid"), intervened.residual(2, 13, "mid"))
+    torch.testing.assert_close(loaded.logits, intervened.logits)
+    assert not torch.allclose(loaded.logits, intervened.clean.logits)  # the interventions, not the clean pass
+
+
+def test_the_widget_of_a_loaded_intervened_run_with_its_model_shows_what_the_original_showed(intervened,
+                                                                                           intervened_path, model):
+    original, loaded = lw.Widget(intervened, threshold=0.02), lw.Widget(lw.load_run(intervened_path, model=model),
+                                                                        threshold=0.02)
+    for name in ("info", "payload", "graph_diff", "comparison", "interventions", "patches", "intervention_code"):
+        assert getattr(loaded, name) == getattr(original, name), name
+    assert len(loaded.interventions) == 3 and len(loaded.patches) == 2
 
 
 # -- edges as a table ----------------------------------------------------------------------------

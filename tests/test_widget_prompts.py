@@ -132,6 +132,25 @@ def test_generate_shows_the_continuation_marked_and_lists_it(widget, model):
                                                                       "chat": True}))
 
 
+def test_a_continuation_reopened_after_it_left_the_cache_keeps_its_tokens_and_marks(model, monkeypatch):
+    from lmtt_widget.widget import prompts
+
+    monkeypatch.setattr(prompts, "CACHED_RUNS", 1)
+    w = lw.show(model, PROMPTS[:2], threshold=0.02)
+    assert invoke(w, "generate", {"prompt": PROMPTS[1], "max_new_tokens": 6, "chat": False})["ok"]
+    generated = w.run
+    index = w.prompt_list["current"]
+    w.open_prompt(0)  # the continuation's run leaves the cache
+    assert index not in w.prompt_list["analysed"]
+    assert invoke(w, "open_prompt", {"index": index})["ok"]
+    assert w.run is not generated and w.run.prompt == generated.prompt
+    assert w.run.input_ids.tolist() == generated.input_ids.tolist()
+    assert w.run.generated == generated.generated and w.info["generated"] == [generated.generated.start,
+                                                                             generated.generated.stop]
+    w.prompts = [PROMPTS[0]]  # a new list drops what it kept of the continuation
+    assert w.view.prompts.continued == ()
+
+
 # -- 3. an aggregate in the widget ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -75,6 +75,7 @@ from .running import (
     check_run,
     compare_logits,
     intervene,
+    mark_intervened,
     patch,
     token_id,
 )

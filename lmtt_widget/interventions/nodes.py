@@ -54,8 +54,12 @@ class PatchNode:
         """A short name for lists (the widget's): "head L23.3 at 5 ␣Mary"; `token(position)` writes a position."""
         return f"{self.NAME.format(layer=self.layer, head=getattr(self, 'head', None))} at {token(self.position)}"  # type: ignore[attr-defined]
 
-    def edits(self, source) -> list[Edit]:
-        """The edits that set this node to its value in the `source` run."""
+    def value(self, source) -> torch.Tensor:
+        """The node's activation in the `source` run: what patching puts in place (and a saved run keeps)."""
+        raise NotImplementedError
+
+    def edits(self, value: torch.Tensor) -> list[Edit]:
+        """The edits that set this node to `value` (its `value` in another run)."""
         raise NotImplementedError
 
     def code(self, clean, script, name: str, source_ids: torch.Tensor) -> None:
@@ -82,12 +86,12 @@ class StageNode(_Stage, PatchNode):
     def check(cls, run, layer, position):
         return cls(cls.KIND, run.layer(layer), run.position(position))
 
-    def captured(self, source) -> torch.Tensor:
+    def value(self, source):
         """[d]: the node's vector in `source`."""
         return source.residual(self.layer, self.position, self.kind)
 
-    def edits(self, source):
-        return [put(self.SITE, max(self.layer, 0), self.position, self.captured(source))]
+    def edits(self, value):
+        return [put(self.SITE, max(self.layer, 0), self.position, value)]
 
     def code(self, clean, script, name, source_ids):
         (site, variable), layer = self.CODE, max(self.layer, 0)
@@ -125,8 +129,8 @@ class MidNode(StageNode, kind="mid"):
     def describe(self):
         return f"the residual after the attention block of layer {self.layer} at position {self.position}"
 
-    def edits(self, source):
-        mid, pos = self.captured(source), self.position
+    def edits(self, value):
+        mid, pos = value, self.position
 
         def attention(x, state):  # the update that makes x + update equal the source's mid
             x[pos] = (mid - state.resid_in[pos].to(mid.device)).to(x)
@@ -150,7 +154,7 @@ class FfnNode(StageNode, kind="ffn"):
     NAME = "FFN L{layer}"
     SITE, CODE = "ffn_output", ("ffn_output", "ffn_out")
 
-    def captured(self, source):
+    def value(self, source):
         return source.capture.ffn_out[self.layer][self.position]
 
     def describe(self):
@@ -187,9 +191,13 @@ class HeadNode(_Head, PatchNode, kind="head"):
     def describe(self):
         return f"the output of head {self.head} of layer {self.layer} at position {self.position}"
 
-    def edits(self, source):
-        mix = head_mix(source, self.layer, self.head, self.position)  # [hd]
-        return [put("out_proj_input", self.layer, (self.position, head_columns(source.shape, self.head)), mix),
+    def value(self, source):
+        return head_mix(source, self.layer, self.head, self.position)  # [hd]
+
+    def edits(self, value):
+        head_dim = value.shape[-1]  # the head's columns in the output projection's input
+        columns = slice(self.head * head_dim, (self.head + 1) * head_dim)
+        return [put("out_proj_input", self.layer, (self.position, columns), value),
                 unread(self.layer, (self.head, self.position))]
 
     def code(self, clean, script, name, source_ids):

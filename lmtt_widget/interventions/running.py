@@ -2,9 +2,10 @@
 patched in from another prompt (`patch`), and the prediction before and after (`Comparison`).
 
 An intervened `Run` knows its clean run (`run.clean`), its ablations (`run.interventions`) and
-patches (`run.patches`, `run.patch_ids`, `run.patch_edits`). Each rerun starts from the clean
-run with every ablation's edits made afresh, then the patches' edits: intervening in steps
-equals intervening at once.
+patches (`run.patches`, `run.patch_ids`, `run.patch_values`, `run.patch_edits`). Each rerun starts
+from the clean run with every ablation's edits made afresh, then the patches' edits: intervening in
+steps equals intervening at once. A patch keeps the activation it puts in place (`patch_values`),
+so an intervened run saved to a file (Run.to_file) reruns without its source prompt's run.
 """
 
 from __future__ import annotations
@@ -168,8 +169,7 @@ def intervene(run, ablations, mode: str = "zero", *, position: int = -1, against
     clean, earlier = base(run)
     added = parse_all(clean, ablations, mode, earlier)
     new = clean.reanalyze(_edits(clean, earlier + added, run.patch_edits))
-    new.clean, new.interventions = clean, tuple(earlier + added)
-    new.patches, new.patch_ids, new.patch_edits = run.patches, run.patch_ids, run.patch_edits
+    mark_intervened(new, clean, earlier + added, run.patches, run.patch_ids, run.patch_values)
     return new, compare_logits(run, run.logits, new.logits, position, against)
 
 
@@ -184,9 +184,26 @@ def patch(run_from, run_into, node, *, position: int = -1, against=None):
     check_pair(run_from, run_into, "patch", ("run_from", "run_into"))
     nodes = [parse_node(run_into, n) for n in (node if isinstance(node, list) else [node])]
     clean, earlier = base(run_into)
-    patch_edits = tuple(run_into.patch_edits) + tuple(edit for n in nodes for edit in n.edits(run_from))
-    new = clean.reanalyze(_edits(clean, earlier, patch_edits))
-    new.clean, new.interventions, new.patch_edits = clean, tuple(earlier), patch_edits
-    new.patches = tuple(run_into.patches) + tuple((n, run_from.prompt) for n in nodes)
-    new.patch_ids = tuple(run_into.patch_ids) + tuple(run_from.input_ids for _ in nodes)
+    patches = tuple(run_into.patches) + tuple((n, run_from.prompt) for n in nodes)
+    patch_ids = tuple(run_into.patch_ids) + tuple(run_from.input_ids for _ in nodes)
+    patch_values = tuple(run_into.patch_values) + tuple(n.value(run_from) for n in nodes)
+    new = clean.reanalyze(_edits(clean, earlier, patch_edits(patches, patch_values)))
+    mark_intervened(new, clean, earlier, patches, patch_ids, patch_values)
     return new, compare_logits(run_into, run_into.logits, new.logits, position, against)
+
+
+def patch_edits(patches, values) -> tuple[Edit, ...]:
+    """The edits that put each patch's value in place: `patches` as run.patches, (node, source prompt)."""
+    return tuple(edit for (node, _), value in zip(patches, values) for edit in node.edits(value))
+
+
+def mark_intervened(run, clean, ablations, patches=(), patch_ids=(), patch_values=()):
+    """Make `run` the intervened run of `clean` with these ablations and patches (Run's attributes;
+    `patch_edits` made from the values). A run whose forward pass has not these edits yet (one
+    loaded from a file, lw.load_run) gets them, where it has its model: later traces repeat them."""
+    run.clean, run.interventions = clean, tuple(ablations)
+    run.patches, run.patch_ids, run.patch_values = tuple(patches), tuple(patch_ids), tuple(patch_values)
+    run.patch_edits = patch_edits(patches, patch_values)
+    if run.edits is None and run.model is not None:
+        run.edits = _edits(clean, list(ablations), run.patch_edits)
+    return run

@@ -6,6 +6,10 @@ prompts' runs itself.
     lw.show(model, ["When Mary and John ...", "When Tom and Anna ..."])   # a prompt selector
     lw.show(model, "prompts.txt")                                          # one prompt per line
     lw.show(lw.aggregate(runs, positions))                                 # the mean, then each prompt
+
+A prompt the model continued itself (Generate, lw.generate) keeps its token ids and generated
+positions with its entry (`Continuation`): analysed again once its run has left the cache, it is
+the same tokens with the same positions marked (its text, tokenized anew, might not give them).
 """
 
 from __future__ import annotations
@@ -47,6 +51,14 @@ class RunCache:
 
 
 @dataclass(frozen=True)
+class Continuation:
+    """What a listed prompt that the model continued itself needs to be analysed again as it was."""
+
+    input_ids: tuple[int, ...]  # the prompt's and the generated tokens
+    generated: range  # the positions the model wrote (Run.generated)
+
+
+@dataclass(frozen=True)
 class Prompts:
     """The prompt list of one widget snapshot (see the module docstring)."""
 
@@ -54,6 +66,7 @@ class Prompts:
     current: int | None = None  # the prompt shown; None: the aggregate, or a run not in the list
     aggregate: Aggregate | None = None  # its runs are the first len(aggregate.runs) prompts
     cache: RunCache = field(default_factory=RunCache, compare=False, repr=False)
+    continued: tuple[tuple[str, Continuation], ...] = ()  # (text, its continuation) of the generated prompts
 
     @classmethod
     def of(cls, shown: Run | Aggregate, texts=None) -> Prompts:
@@ -66,20 +79,30 @@ class Prompts:
         """The list once `run` is shown: its prompt added if new, and made the current one."""
         self.cache.put(run)
         texts = self.texts if run.prompt in self.texts else (*self.texts, run.prompt)
-        return replace(self, texts=texts, current=texts.index(run.prompt))
+        continued = self.continued
+        if run.generated is not None and self.continuation(run.prompt) is None:
+            continued += ((run.prompt, Continuation(tuple(run.input_ids.tolist()), run.generated)),)
+        return replace(self, texts=texts, current=texts.index(run.prompt), continued=continued)
 
     def listing(self, texts) -> Prompts:
         """Another list of prompts (the aggregate's stay first), the one shown current if listed."""
         texts = self.texts[:self.n_aggregated] + tuple(read_prompts(texts))
         shown = None if self.current is None else self.texts[self.current]
-        return replace(self, texts=texts, current=texts.index(shown) if shown in texts else None)
+        return replace(self, texts=texts, current=texts.index(shown) if shown in texts else None,
+                       continued=tuple((text, c) for text, c in self.continued if text in texts))
+
+    def continuation(self, text: str) -> Continuation | None:
+        """The token ids and generated positions of a listed prompt the model continued itself."""
+        return next((c for listed, c in self.continued if listed == text), None)
 
     @property
     def n_aggregated(self) -> int:
         return 0 if self.aggregate is None else len(self.aggregate.runs)
 
-    def run_at(self, index: int, analyze: Callable[[str], Run]) -> tuple[int, Run]:
-        """(the index checked, the run of prompt `index`): the aggregate's, a cached one, or analysed now."""
+    def run_at(self, index: int, analyze: Callable[[str | torch.Tensor], Run]) -> tuple[int, Run]:
+        """(the index checked, the run of prompt `index`): the aggregate's, a cached one, or analysed
+        now by `analyze` (of its text, or of a continuation's token ids, its generated positions
+        marked again)."""
         if not self.texts:
             raise LmttError("there are no prompts to open: add some with w.prompts = [...] or the text box")
         index = check_index("prompt", index, len(self.texts))
@@ -89,7 +112,16 @@ class Prompts:
                 raise LmttError(f"prompt {index} of this aggregate has only its shares (lw.analyze_compact): it "
                                 "cannot be shown on its own; aggregate runs of lw.analyze or lw.analyze_many")
             return index, run
-        return index, self.cache.get(self.texts[index]) or analyze(self.texts[index])
+        text = self.texts[index]
+        cached = self.cache.get(text)
+        if cached is not None:
+            return index, cached
+        continuation = self.continuation(text)
+        if continuation is None:
+            return index, analyze(text)
+        run = analyze(torch.tensor(continuation.input_ids))
+        run.generated = continuation.generated
+        return index, run
 
     def info(self, aggregate_shown: bool) -> dict:
         """protocol.PromptList of this list."""

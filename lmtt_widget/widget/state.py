@@ -186,9 +186,8 @@ class View:
         return self._switched(run, self.prompts.showing(run))
 
     def analyze_like_shown(self, prompt) -> Run:
-        """`prompt` analysed as the run shown was, with a floor that keeps the threshold shown."""
-        if not isinstance(prompt, str):
-            raise LmttError(f"prompt must be a string, got {type(prompt).__name__}")
+        """`prompt` (a string, or token ids: a continuation reopened) analysed as the run shown was,
+        with a floor that keeps the threshold shown."""
         like = self._like_shown()
         return analyze(like.model, prompt, distance=like.distance, budget_bytes=like.budget_bytes,
                        floor=self._floor_shown(), progress=False)  # no tqdm in the widget's output

@@ -1,0 +1,100 @@
+"""Routes over a dataset with named positions that come in different orders in different prompts
+(IOI templates "A and B ..., B gave" and "B and A ..., B gave"): roles line up by name, and an
+edge between two names counts only in the prompts where its source comes first."""
+
+import pytest
+import torch
+
+import lmtt_widget as lw
+import tiny
+
+TEMPLATES = ["When {io} and {s} went to the store, {s} gave a drink to",  # IO before S1
+             "When {s} and {io} went to the store, {s} gave a drink to"]  # S1 before IO
+PAIRS = [("Mary", "John"), ("John", "Mary")]
+
+
+@pytest.fixture(scope="module")
+def runs_and_positions():
+    model = tiny.load("llama")
+    prompts = [(template.format(io=io, s=s), io, s) for template in TEMPLATES for io, s in PAIRS]
+    runs = lw.analyze_many(model, [text for text, _, _ in prompts])
+    positions = []
+    for run, (_, io, s) in zip(runs, prompts):
+        at_s = [p for p, token in enumerate(run.tokens) if token == f" {s}"]
+        at_io = run.tokens.index(f" {io}")
+        named = {"IO": at_io, "S1": at_s[0], "S2": at_s[1], "END": -1}
+        # each prompt's dict in the order its positions come, as a template's code would write it
+        positions.append(dict(sorted(named.items(), key=lambda item: item[1] % run.n_tokens)))
+    assert [list(named) for named in positions] == [["IO", "S1", "S2", "END"]] * 2 + [["S1", "IO", "S2", "END"]] * 2
+    return runs, positions
+
+
+def aligned(run, layer, at):
+    """[n, n, H]: a run's shares between the positions `at` (target, source), in that order; 0 where
+    a source comes after its target (no such edge in a causal model)."""
+    return run.layers[layer].dense()[at][:, at]
+
+
+def test_names_line_up_whatever_their_order_in_each_prompt(runs_and_positions):
+    runs, positions = runs_and_positions
+    agg = lw.aggregate(runs, positions)
+    names = ["IO", "S1", "S2", "END"]
+    assert agg.tokens == names  # positions[0]'s order
+    at = [[run.position(named[name]) for name in names] for run, named in zip(runs, positions)]
+    assert agg.index.tolist() == at
+    for layer in range(agg.shape.n_layers):
+        stack = torch.stack([aligned(run, layer, a) for run, a in zip(runs, at)])  # [prompts, n, n, H]
+        torch.testing.assert_close(agg.layers[layer].dense(), stack.mean(0))
+        edges = agg.layers[layer].edges
+        torch.testing.assert_close(agg.spread[layer].edges,
+                                   stack.sum(-1).std(0, correction=0)[edges[:, 0], edges[:, 1]], atol=1e-6, rtol=1e-4)
+        ffn = torch.stack([run.layers[layer].ffn[a] for run, a in zip(runs, at)])
+        torch.testing.assert_close(agg.layers[layer].ffn, ffn.mean(0))
+
+
+def test_an_edge_counts_only_where_its_source_comes_first(runs_and_positions):
+    runs, positions = runs_and_positions
+    agg = lw.aggregate(runs, positions)
+    io, s1, s2 = (agg.tokens.index(name) for name in ("IO", "S1", "S2"))
+    layer = 1
+    first_io = [named["IO"] < named["S1"] for named in positions]
+    assert first_io == [True, True, False, False]
+
+    def mean_share(target, source):
+        return float(agg.edge_contributions(layer, target, source).sum())
+
+    def share_in(run, named, target, source):
+        return float(run.edge_contributions(layer, named[target], named[source]).sum())
+
+    # S2 <- IO: IO comes before S2 in every prompt, before or after S1
+    expected = sum(share_in(run, named, "S2", "IO") for run, named in zip(runs, positions)) / len(runs)
+    assert mean_share(s2, io) == pytest.approx(expected) and expected > 0
+    # S1 <- IO only in the prompts where IO comes first, IO <- S1 only in the others; each mean over all prompts
+    for (target, source), where in [(("S1", "IO"), first_io), (("IO", "S1"), [not f for f in first_io])]:
+        shares = [share_in(run, named, target, source) if holds else 0.0
+                  for run, named, holds in zip(runs, positions, where)]
+        assert sum(shares) > 0
+        index = agg.tokens.index
+        assert mean_share(index(target), index(source)) == pytest.approx(sum(shares) / len(runs))
+    # the prompts behind an edge in the routes are among those where it can exist
+    graph = agg.graph(token=s2, threshold=0.005, renormalize=False)
+    between = [(u, v, data) for u, v, kind, data in graph.edges(keys=True, data=True)
+               if kind == "attention" and {u[2], v[2]} == {io, s1}]
+    assert between
+    for u, _, data in between:
+        holds = first_io if u[2] == io else [not f for f in first_io]
+        assert data["prompts"] and all(holds[r] for r in data["prompts"]) and data["support"] <= 0.5
+
+
+def test_names_that_differ_or_share_a_position_are_refused(runs_and_positions):
+    runs, positions = runs_and_positions
+    renamed = positions[:3] + [{"S": 2, "IO": 4, "S2": 10, "END": -1}]
+    with pytest.raises(lw.LmttError, match=r"positions\[3\] must name \['IO', 'S1', 'S2', 'END'\], in any order .*"
+                                           r"missing \['S1'\], not in positions\[0\] \['S'\]"):
+        lw.aggregate(runs, renamed)
+    clash = positions[:3] + [{"S1": 2, "IO": 4, "S2": 4, "END": -1}]
+    with pytest.raises(lw.LmttError, match=r"in prompt 3, 'IO' and 'S2' are both at position 4"):
+        lw.aggregate(runs, clash)
+    end_twice = positions[:3] + [{"S1": 2, "IO": 4, "S2": runs[3].n_tokens - 1, "END": -1}]
+    with pytest.raises(lw.LmttError, match=rf"'S2' and 'END' are both at position {runs[3].n_tokens - 1}"):
+        lw.aggregate(runs, end_twice)
