@@ -8,7 +8,8 @@
 import { decode } from "./arrays";
 import { h, visible, fmt, signed } from "./dom";
 import { heatmap, palette, type Palette } from "./heatmap";
-import type { AttentionPanel, FfnPanel, NeuronPanel, NeuronSelection, PromptsPanel, ResidualPanel } from "./protocol";
+import type { AttentionPanel, ExpertPanel, ExpertRow, ExpertSelection, FfnPanel, NeuronPanel, NeuronRow, NeuronSelection, PromptsPanel,
+  ResidualPanel } from "./protocol";
 import type { AttentionSelection, Effect, FfnSelection, Info, PanelData, ResidualSelection, Selection } from "./types";
 
 export interface PanelCallbacks {
@@ -30,6 +31,7 @@ type Renderers = {
   attention: Renderer<AttentionSelection, AttentionPanel>;
   ffn: Renderer<FfnSelection, FfnPanel>;
   neuron: Renderer<NeuronSelection, NeuronPanel>;
+  expert: Renderer<ExpertSelection, ExpertPanel>;
 };
 
 const STAGE_NAMES = { embed: "Embedding", mid: "Residual after attention", post: "Residual after the block" };
@@ -100,38 +102,33 @@ const RENDERERS: Renderers = {
   ffn: {
     covers: (sel, data) => sel.neuron == null || data.neurons.some((n) => n.index === sel.neuron),
     render(info, sel, data, cb) {
-      const effects = data.metric !== undefined;
-      const table = h("table", { class: "neurons" },
-        h("colgroup", {}, ...["neuron", "share", ...(effects ? ["effect"] : []), "act", "toks", "toks"].map((c) => h("col", { class: c }))),
-        h("thead", {}, h("tr", {},
-          h("th", {}, "neuron"), h("th", {}, "share"),
-          effects ? h("th", { title: `effect on ${data.metric}` }, "effect") : null,
-          h("th", { title: "activation" }, "act."), h("th", {}, "promotes"), h("th", {}, "suppresses"))));
-      const tbody = h("tbody");
-      const maxShare = Math.max(...data.neurons.map((n) => n.share), 1e-9);
-      for (const n of data.neurons) {
-        const promotes = n.promoted.map(([t]) => visible(t)).join(" · "), suppresses = n.suppressed.map(([t]) => visible(t)).join(" · ");
-        const row = h("tr", { class: n.index === sel.neuron ? "active" : "", tabindex: 0, "data-neuron": n.index,
-          title: `neuron ${n.index}: share ${fmt(n.share, 4)}${n.effect === undefined ? "" : `, effect ${signed(n.effect)}`}, `
-            + `activation ${fmt(n.activation)}; click: this neuron's panel` },
-          h("td", {}, String(n.index)), h("td", {}, bar(n.share, maxShare, fmt(n.share, 3))),
-          n.effect === undefined ? null : h("td", { class: `num effect ${n.effect >= 0 ? "up" : "down"}` }, signed(n.effect)),
-          h("td", {}, fmt(n.activation, 2)),
-          h("td", { class: "toks up", title: promotes }, promotes || "–"),
-          h("td", { class: "toks down", title: suppresses }, suppresses || "–"));
-        const choose = () => cb.select({ kind: "neuron", layer: sel.layer, token: sel.token, neuron: n.index });
-        row.addEventListener("click", choose);
-        row.addEventListener("keydown", (ev) => { if (ev.key === "Enter") choose(); });
-        tbody.append(row);
-      }
-      table.append(tbody);
+      const moe = data.experts !== undefined;
+      const chooseNeuron = (n: NeuronRow) => cb.select({ kind: "neuron", layer: sel.layer, token: sel.token, neuron: n.index });
       return [
-        h("h3", {}, `FFN block, layer ${sel.layer}`),
+        h("h3", {}, `${moe ? "Mixture of experts" : "FFN block"}, layer ${sel.layer}`),
         h("p", { class: "where" }, `token ${sel.token} `, tokenSpan(info.tokens[sel.token]), `; share of the update in the block's output: ${fmt(data.ffn_share)}`),
-        ...(data.ffn_effect === undefined ? [] : [h("p", { class: "effect-line" }, `Effect of the update on ${data.metric}: `,
-          h("span", { class: `num ${data.ffn_effect >= 0 ? "up" : "down"}` }, signed(data.ffn_effect)))]),
-        h("h4", {}, "Top neurons by share (their tokens scaled by the activation)"), table,
+        ...effectLine("Effect of the update on", data.metric, data.ffn_effect),
+        ...(data.experts !== undefined
+          ? [h("h4", {}, "The experts writing here (routed by routing weight, the shared expert last)"), expertTable(sel, data.experts, data.metric, cb)]
+          : [h("h4", {}, "Top neurons by share (their tokens scaled by the activation)"),
+            neuronTable(data.neurons, data.metric, sel.neuron ?? null, chooseNeuron)]),
         h("h4", {}, "The FFN update: direct logit effect"), effect(data.block),
+      ];
+    },
+  },
+  expert: {
+    render(info, sel, data, cb) {
+      const back = h("button", { class: "link", title: "The mixture of experts' panel" }, `the experts of layer ${sel.layer}`);
+      back.addEventListener("click", () => cb.select({ kind: "ffn", layer: sel.layer, token: sel.token, neuron: null }));
+      const weight = sel.expert === null ? `gate ${fmt(data.weight, 3)}` : `routing weight ${fmt(data.weight, 3)}`;
+      return [
+        h("h3", {}, `${expertName(sel.expert)} of layer ${sel.layer}`),
+        h("p", { class: "where" }, `token ${sel.token} `, tokenSpan(info.tokens[sel.token]),
+          `: ${weight}; share of its write in the block's output ${fmt(data.share, 4)}; `, back),
+        ...effectLine("Effect of its write on", data.metric, data.effect),
+        h("h4", {}, "Top neurons by share (their writes: activation × routing weight × output row)"),
+        neuronTable(data.neurons, data.metric, null, null),
+        h("h4", {}, "Its write here: direct logit effect"), effect(data.write),
       ];
     },
   },
@@ -144,9 +141,7 @@ const RENDERERS: Renderers = {
         const item = h("li", { tabindex: 0, title: `select neuron ${sel.neuron} at token ${position}`, "data-position": position },
           h("span", { class: "num" }, String(position)), " ", tokenSpan(info.tokens[position]), " ",
           h("span", { class: `num ${value >= 0 ? "up" : "down"}` }, fmt(value, 3)));
-        const choose = () => cb.select({ ...sel, token: position });
-        item.addEventListener("click", choose);
-        item.addEventListener("keydown", (ev) => { if (ev.key === "Enter") choose(); });
+        activate(item, () => cb.select({ ...sel, token: position }));
         return item;
       }));
       const flipped = data.activation < 0 ? " (negative: what its output row promotes, it suppresses here)" : "";
@@ -161,6 +156,82 @@ const RENDERERS: Renderers = {
     },
   },
 };
+
+/** "Effect of ... on <metric>: <signed value>", where the panel has effects. */
+function effectLine(what: string, metric: string | undefined, value: number | undefined): HTMLElement[] {
+  if (metric === undefined || value === undefined) return [];
+  return [h("p", { class: "effect-line" }, `${what} ${metric}: `, h("span", { class: `num ${value >= 0 ? "up" : "down"}` }, signed(value)))];
+}
+
+/** Neurons by share, with their effects (where the panel has them), activations and tokens;
+ * `choose` (absent: rows are not selectable) opens a neuron's own panel. */
+function neuronTable(neurons: NeuronRow[], metric: string | undefined, active: number | null,
+  choose: ((n: NeuronRow) => void) | null): HTMLElement {
+  const effects = metric !== undefined;
+  const table = h("table", { class: choose ? "neurons selectable" : "neurons" },
+    h("colgroup", {}, ...["neuron", "share", ...(effects ? ["effect"] : []), "act", "toks", "toks"].map((c) => h("col", { class: c }))),
+    h("thead", {}, h("tr", {},
+      h("th", {}, "neuron"), h("th", {}, "share"),
+      effects ? h("th", { title: `effect on ${metric}` }, "effect") : null,
+      h("th", { title: "activation" }, "act."), h("th", {}, "promotes"), h("th", {}, "suppresses"))));
+  const tbody = h("tbody");
+  const maxShare = Math.max(...neurons.map((n) => n.share), 1e-9);
+  for (const n of neurons) {
+    const title = `neuron ${n.index}: share ${fmt(n.share, 4)}${n.effect === undefined ? "" : `, effect ${signed(n.effect)}`}, `
+      + `activation ${fmt(n.activation)}${choose ? "; click: this neuron's panel" : ""}`;
+    const row = h("tr", { class: n.index === active ? "active" : "", tabindex: choose ? 0 : -1, "data-neuron": n.index, title },
+      h("td", {}, String(n.index)), h("td", {}, bar(n.share, maxShare, fmt(n.share, 3))),
+      n.effect === undefined ? null : h("td", { class: `num effect ${n.effect >= 0 ? "up" : "down"}` }, signed(n.effect)),
+      h("td", {}, fmt(n.activation, 2)), ...tokenCells(n));
+    if (choose) activate(row, () => choose(n));
+    tbody.append(row);
+  }
+  table.append(tbody);
+  return table;
+}
+
+/** A mixture of experts' rows: each expert writing at the token, its weight, share, effect and
+ * tokens; a click opens the expert's panel (its neurons). */
+function expertTable(sel: FfnSelection, experts: ExpertRow[], metric: string | undefined, cb: PanelCallbacks): HTMLElement {
+  const effects = metric !== undefined;
+  const table = h("table", { class: "neurons experts selectable" },
+    h("colgroup", {}, ...["neuron", "act", "share", ...(effects ? ["effect"] : []), "toks", "toks"].map((c) => h("col", { class: c }))),
+    h("thead", {}, h("tr", {},
+      h("th", {}, "expert"), h("th", { title: "routing weight (the shared expert: its gate)" }, "weight"), h("th", {}, "share"),
+      effects ? h("th", { title: `effect on ${metric}` }, "effect") : null,
+      h("th", {}, "promotes"), h("th", {}, "suppresses"))));
+  const tbody = h("tbody");
+  const maxShare = Math.max(...experts.map((e) => e.share), 1e-9);
+  for (const e of experts) {
+    const row = h("tr", { tabindex: 0, "data-expert": e.expert === null ? "shared" : e.expert,
+      title: `${expertName(e.expert)}: weight ${fmt(e.weight, 3)}, share ${fmt(e.share, 4)}`
+        + `${e.effect === undefined ? "" : `, effect ${signed(e.effect)}`}; click: its neurons` },
+      h("td", {}, e.expert === null ? "shared" : String(e.expert)), h("td", {}, fmt(e.weight, 2)),
+      h("td", {}, bar(e.share, maxShare, fmt(e.share, 3))),
+      e.effect === undefined ? null : h("td", { class: `num effect ${e.effect >= 0 ? "up" : "down"}` }, signed(e.effect)),
+      ...tokenCells(e));
+    activate(row, () => cb.select({ kind: "expert", layer: sel.layer, token: sel.token, expert: e.expert }));
+    tbody.append(row);
+  }
+  table.append(tbody);
+  return table;
+}
+
+function expertName(expert: number | null): string {
+  return expert === null ? "Shared expert" : `Expert ${expert}`;
+}
+
+/** The promoted and suppressed tokens of a row, each cell truncated with the whole list on hover. */
+function tokenCells(row: Effect): HTMLElement[] {
+  const promotes = row.promoted.map(([t]) => visible(t)).join(" · "), suppresses = row.suppressed.map(([t]) => visible(t)).join(" · ");
+  return [h("td", { class: "toks up", title: promotes }, promotes || "–"), h("td", { class: "toks down", title: suppresses }, suppresses || "–")];
+}
+
+/** A row or item that a click or Enter activates. */
+function activate(el: HTMLElement, action: () => void): void {
+  el.addEventListener("click", action);
+  el.addEventListener("keydown", (ev) => { if (ev.key === "Enter") action(); });
+}
 
 /** The renderer of `sel`'s kind, typed for it (the panel data Python sent for that kind). */
 function rendererOf(sel: Selection): Renderer<Selection, PanelData> {
@@ -217,7 +288,7 @@ export class Panels {
   }
 }
 
-const WHAT = { residual: "Residual node", attention: "Attention edge", ffn: "FFN block", neuron: "FFN neuron" };
+const WHAT = { residual: "Residual node", attention: "Attention edge", ffn: "FFN block", neuron: "FFN neuron", expert: "FFN expert" };
 
 /** An aggregate's panel: the prompts behind the selection, each with its own share, those whose
  * own routes hold it first; each opens on its own (its full panels there). */

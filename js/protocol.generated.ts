@@ -94,6 +94,13 @@ export interface NeuronSelection {
   neuron: number;
 }
 
+export interface ExpertSelection {
+  kind: "expert";
+  layer: number;
+  token: number;
+  expert: number | null;
+}
+
 export interface Offer {
   label: string;
   spec: (string | number | number[])[];
@@ -174,6 +181,15 @@ export interface NeuronRow {
   activation: number;
 }
 
+export interface ExpertRow {
+  promoted: [string, number][];
+  suppressed: [string, number][];
+  expert: number | null;
+  weight: number;
+  share: number;
+  effect?: number;
+}
+
 export interface FfnPanel {
   selection: FfnSelection;
   intervened: Intervened | null;
@@ -182,6 +198,7 @@ export interface FfnPanel {
   metric?: string;
   block: Effect;
   neurons: NeuronRow[];
+  experts?: ExpertRow[];
 }
 
 export interface NeuronPanel {
@@ -192,6 +209,17 @@ export interface NeuronPanel {
   activations: Encoded;
   strongest: [number, number][];
   effect: Effect;
+}
+
+export interface ExpertPanel {
+  selection: ExpertSelection;
+  intervened: Intervened | null;
+  weight: number;
+  share: number;
+  effect?: number;
+  metric?: string;
+  write: Effect;
+  neurons: NeuronRow[];
 }
 
 export interface PromptRow {
@@ -422,8 +450,8 @@ export interface Reply {
   error?: CommandError;
 }
 
-export type Selection = ResidualSelection | AttentionSelection | FfnSelection | NeuronSelection;
-export type PanelData = ResidualPanel | AttentionPanel | FfnPanel | NeuronPanel | PromptsPanel;
+export type Selection = ResidualSelection | AttentionSelection | FfnSelection | NeuronSelection | ExpertSelection;
+export type PanelData = ResidualPanel | AttentionPanel | FfnPanel | NeuronPanel | ExpertPanel | PromptsPanel;
 
 export interface Traits {
   protocol: number;
@@ -433,7 +461,7 @@ export interface Traits {
   threshold: number;
   renormalize: boolean;
   normalize_lens: boolean;
-  selection: ResidualSelection | AttentionSelection | FfnSelection | NeuronSelection | null;
+  selection: ResidualSelection | AttentionSelection | FfnSelection | NeuronSelection | ExpertSelection | null;
   selection_info: SelectionInfo | null;
   notice: Notice | null;
   busy: string;

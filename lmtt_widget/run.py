@@ -662,6 +662,10 @@ class Run(Shares):
         """Whether `layer`'s FFN is a mixture of experts (read its experts, not layer-wide neurons)."""
         return self.family.is_moe(self._ffn_module(self.layer(layer), "block"))
 
+    def n_experts(self, layer: int) -> int:
+        """How many experts `layer`'s mixture of experts has (an LmttError for a dense FFN)."""
+        return X.n_experts(self.family, self._moe_block(self.layer(layer)))
+
     def _moe_block(self, layer: int):
         block = self._ffn_module(layer, "block")
         if not self.family.is_moe(block):

@@ -98,3 +98,23 @@ def test_names_that_differ_or_share_a_position_are_refused(runs_and_positions):
     end_twice = positions[:3] + [{"S1": 2, "IO": 4, "S2": runs[3].n_tokens - 1, "END": -1}]
     with pytest.raises(lw.LmttError, match=rf"'S2' and 'END' are both at position {runs[3].n_tokens - 1}"):
         lw.aggregate(runs, end_twice)
+
+
+def test_the_widget_selects_an_edge_that_runs_backwards_in_the_aggregates_order(runs_and_positions):
+    runs, positions = runs_and_positions
+    w = lw.Widget(lw.aggregate(runs, positions), threshold=0.005)
+    io, s1 = w.run.tokens.index("IO"), w.run.tokens.index("S1")
+    assert s1 > io
+    w.select("attention", layer=1, source=s1, target=io)  # IO <- S1: in the prompts where S1 comes first
+    assert w.selection["source"] == s1 and w.selection["target"] == io
+    rows = w.panel(w.selection)["rows"]
+    first_io = {r: named["IO"] < named["S1"] for r, named in enumerate(positions)}
+    # the prompts where the edge cannot exist have none of it; the others have their own share
+    for row in rows:
+        run, named = runs[row["index"]], positions[row["index"]]
+        expected = 0.0 if first_io[row["index"]] else float(
+            run.edge_contributions(1, run.position(named["IO"]), run.position(named["S1"])).sum())
+        assert row["share"] == pytest.approx(expected)
+    assert any(row["share"] > 0 for row in rows)
+    with pytest.raises(lw.LmttError, match="no neurons or experts to select"):
+        w.select("neuron", layer=1, token=io, neuron=0)

@@ -200,7 +200,7 @@ def test_an_aggregate_refuses_what_needs_one_prompt(agg):
     assert "open one of its prompts for ablations" in refused(invoke(w, "ablate", {"spec": ["head", 1, 0],
                                                                                    "mode": "zero"}))
     assert "open one of its prompts" in refused(invoke(w, "faithfulness", {"k": 2, "mode": "zero"}))
-    with pytest.raises(lw.LmttError, match="no neurons to select"):
+    with pytest.raises(lw.LmttError, match="no neurons or experts to select"):
         w.select("ffn", layer=1, token=2, neuron=3)
     residual = w.panel({"kind": "residual", "stage": "post", "layer": 1, "token": 3})
     assert len(residual["rows"]) == 3 and all(isinstance(row["share"], float) for row in residual["rows"])

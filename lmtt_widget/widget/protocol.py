@@ -141,8 +141,18 @@ class NeuronSelection(TypedDict):
     neuron: int
 
 
+class ExpertSelection(TypedDict):
+    """One expert of a mixture-of-experts FFN at a position where it writes (expert null: the
+    shared expert)."""
+
+    kind: Literal["expert"]
+    layer: int
+    token: int
+    expert: int | None
+
+
 # What is selected: one typed dict per registered selection kind (lmtt_widget.widget.selections).
-Selection = Union[ResidualSelection, AttentionSelection, FfnSelection, NeuronSelection]
+Selection = Union[ResidualSelection, AttentionSelection, FfnSelection, NeuronSelection, ExpertSelection]
 
 
 class Offer(TypedDict):
@@ -385,7 +395,20 @@ class NeuronRow(Effect):
     activation: float
 
 
+class ExpertRow(Effect):
+    """An expert writing at the position: its routing weight (the shared expert: its gate), its
+    write's share of the block's output, and the tokens the write promotes and suppresses."""
+
+    expert: int | None  # null: the shared expert
+    weight: float
+    share: float
+    effect: NotRequired[float]  # on the metric, when the expert's write is removed
+
+
 class FfnPanel(TypedDict):
+    """A dense FFN lists its top neurons; a mixture of experts lists the experts writing at the
+    token instead (the routed ones by routing weight, the shared expert last), and no neurons."""
+
     selection: FfnSelection
     intervened: Intervened | None
     ffn_share: float
@@ -393,6 +416,7 @@ class FfnPanel(TypedDict):
     metric: NotRequired[str]
     block: Effect
     neurons: list[NeuronRow]
+    experts: NotRequired[list[ExpertRow]]
 
 
 class PromptRow(TypedDict):
@@ -432,7 +456,22 @@ class NeuronPanel(TypedDict):
     effect: Effect
 
 
-PanelData = Union[ResidualPanel, AttentionPanel, FfnPanel, NeuronPanel, PromptsPanel]
+class ExpertPanel(TypedDict):
+    """One expert of a mixture of experts at a token: its routing weight, its write's share and
+    effect, the tokens its write promotes and suppresses, and its top neurons by share (each
+    neuron's write a_n w W_down[:, n], w the routing weight)."""
+
+    selection: ExpertSelection
+    intervened: Intervened | None
+    weight: float
+    share: float
+    effect: NotRequired[float]  # on the metric, when the expert's write is removed
+    metric: NotRequired[str]
+    write: Effect
+    neurons: list[NeuronRow]
+
+
+PanelData = Union[ResidualPanel, AttentionPanel, FfnPanel, NeuronPanel, ExpertPanel, PromptsPanel]
 
 # The typed traits: name -> type (None where a trait may be empty).
 TRAITS: dict[str, Any] = {

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 
 from .. import vocab as V
+from ..aggregate import Aggregate
 from ..errors import LmttError, check_index
 from . import serialize as S
 
@@ -211,7 +212,9 @@ class Attention(SelectionKind):
     def normalize(self, run, sel: dict) -> dict:
         layer = check_index("layer", sel["layer"], run.shape.n_layers)
         source, target = run.position(sel["source"]), run.position(sel["target"])
-        if source > target:
+        # an aggregate's named positions may come in other orders in its prompts: an edge there
+        # may run backwards in the aggregate's order (it holds in the prompts where it can)
+        if source > target and not isinstance(run, Aggregate):
             raise LmttError(f"source {source} comes after target {target}: attention only reads earlier tokens")
         head = sel.get("head")
         if head is None:  # the head with the largest share of the edge
@@ -289,11 +292,16 @@ class Ffn(SelectionKind):
         layer = check_index("layer", sel["layer"], run.shape.n_layers)
         neuron = sel.get("neuron")
         if neuron is not None:
+            if run.has_experts(layer):
+                raise LmttError(f"layer {layer}'s FFN is a mixture of experts: its neurons belong to its experts; "
+                                f"select an expert, {{'kind': 'expert', 'layer': {layer}, 'token': ..., 'expert': e}}")
             neuron = check_index("neuron", neuron, run.neuron_activations(layer).shape[1])
         return {"kind": self.kind, "layer": layer, "token": run.position(sel["token"]), "neuron": neuron}
 
     def tensors(self, run, sel, options):
         layer, token = sel["layer"], sel["token"]
+        if run.has_experts(layer):
+            return self._expert_tensors(run, layer, token, options["effects"])
         neuron_shares, residual_share = run.neuron_shares(layer, token)
         effects = options["effects"]
         out = {"kind": self.kind, "ffn_output": run.capture.ffn_out[layer][token],
@@ -307,8 +315,23 @@ class Ffn(SelectionKind):
             out["neuron_output"] = run.neuron_writes(layer, token)[sel["neuron"]]
         return out
 
+    @staticmethod
+    def _expert_tensors(run, layer: int, token: int, effects) -> dict[str, Any]:
+        """A mixture of experts' tensors at the token: the experts writing there (routed by routing
+        weight, the shared expert last as None), their weights, writes and shares."""
+        writes = run.expert_writes(layer, token)
+        out = {"kind": "ffn", "ffn_output": run.capture.ffn_out[layer][token], "experts": writes.experts,
+               "routing_weights": writes.weights, "expert_writes": writes.writes,
+               "expert_shares": torch.tensor([e.share for e in run.expert_contributions(layer, token)])}
+        if effects is not None:
+            out |= {"ffn_effect": effects.ffn(layer)[token], "metric": effects.metric,
+                    "expert_effects": torch.tensor([e.effect for e in effects.experts(layer, token)])}
+        return out
+
     def panel(self, run, sel, options):
         layer, token = sel["layer"], sel["token"]
+        if run.has_experts(layer):
+            return self._experts_panel(run, sel, options)
         ffn_share, _ = run.ffn_contributions(layer)
         neurons = run.neuron_contributions(layer, token, k=options["neurons"])
         if sel["neuron"] is not None and sel["neuron"] not in [n.index for n in neurons]:
@@ -330,8 +353,29 @@ class Ffn(SelectionKind):
             out |= {"ffn_effect": float(effects.ffn(layer)[token]), "metric": effects.metric}
         return out
 
+    @staticmethod
+    def _experts_panel(run, sel: dict, options: dict[str, Any]) -> dict[str, Any]:
+        layer, token = sel["layer"], sel["token"]
+        writes = run.expert_writes(layer, token)
+        logits = run.direct_logits(writes.writes, token)  # every expert's write through the vocabulary: [n, V]
+        effects = options["effects"]
+        expert_effects = None if effects is None else [e.effect for e in effects.experts(layer, token)]
+        rows = [{"expert": e.expert, "weight": e.weight, "share": e.share,
+                 **({} if expert_effects is None else {"effect": expert_effects[i]}),
+                 **S.effect(V.top_bottom(row, NEURON_LOGITS_K, run.decode))}
+                for i, (e, row) in enumerate(zip(run.expert_contributions(layer, token), logits))]
+        out = {"selection": sel, "ffn_share": float(run.ffn_contributions(layer)[0][token]),
+               "block": S.effect(run.block_logits(layer, token, "ffn", k=options["logits"])),
+               "neurons": [], "experts": rows}
+        if effects is not None:
+            out |= {"ffn_effect": float(effects.ffn(layer)[token]), "metric": effects.metric}
+        return out
+
     def ablations(self, run, sel):
         layer, token, neuron = sel["layer"], sel["token"], sel["neuron"]
+        if run.has_experts(layer):
+            return [*_expert_offers(run, layer, token, run.expert_writes(layer, token).experts),
+                    *_block_offers(run, layer, token, ["ffn"])]
         neurons = [] if neuron is None else [
             {"label": f"neuron {neuron} of layer {layer}", "spec": ["neuron", layer, neuron], "at": token}]
         return neurons + _block_offers(run, layer, token, ["ffn"])
@@ -388,6 +432,86 @@ class Neuron(SelectionKind):
             return ab.kind == "ffn" or (ab.kind == "neuron" and ab.neuron == neuron)
         return _intervention(run, ablated,
                              lambda node: node.kind == "ffn" and (node.layer, node.position) == (layer, token))
+
+
+@register
+class Expert(SelectionKind):
+    # the effects depend on the view's target and contrast
+    kind, title, key = "expert", "FFN expert", ("layer", "token", "expert", "metric_at", "contrast")
+
+    def normalize(self, run, sel: dict) -> dict:
+        layer = check_index("layer", sel["layer"], run.shape.n_layers)
+        if not run.has_experts(layer):
+            raise LmttError(f"layer {layer}'s FFN is dense: it has no experts; select the block, "
+                            f"{{'kind': 'ffn', 'layer': {layer}, 'token': ...}}, or one of its neurons")
+        token, expert = run.position(sel["token"]), sel.get("expert")
+        if expert is not None:
+            expert = check_index("expert", expert, run.n_experts(layer))
+        writing = run.expert_writes(layer, token).experts
+        if expert not in writing:
+            routed = [e for e in writing if e is not None]
+            which = "the shared expert" if expert is None else f"expert {expert}"
+            raise LmttError(f"{which} does not write at token {token} of layer {layer}: the router selected "
+                            f"experts {routed} there{'' if None in writing else ' (no shared expert in this model)'}")
+        return {"kind": self.kind, "layer": layer, "token": token, "expert": expert}
+
+    def tensors(self, run, sel, options):
+        layer, token, expert = sel["layer"], sel["token"], sel["expert"]
+        writes = run.expert_writes(layer, token)
+        at = writes.experts.index(expert)
+        out = {"kind": self.kind, "routing_weight": writes.weights[at], "write": writes.writes[at],
+               "share": run.expert_contributions(layer, token)[at].share,
+               "activations": run.expert_neuron_activations(layer, token, expert),
+               "neuron_writes": run.expert_neuron_writes(layer, token, expert)}
+        effects = options["effects"]
+        if effects is not None:
+            out |= {"effect": effects.experts(layer, token)[at].effect, "metric": effects.metric}
+        return out
+
+    def panel(self, run, sel, options):
+        layer, token, expert = sel["layer"], sel["token"], sel["expert"]
+        share = next(e for e in run.expert_contributions(layer, token) if e.expert == expert)
+        neurons = run.expert_neuron_contributions(layer, token, expert, k=options["neurons"])
+        writes = run.expert_neuron_writes(layer, token, expert)[[n.index for n in neurons]]
+        logits = run.direct_logits(writes, token)
+        effects = options["effects"]
+        every = run.expert_neuron_activations(layer, token, expert).numel()  # effects of all, then the rows'
+        neuron_effects = None if effects is None else {
+            n.index: n.effect for n in effects.expert_neurons(layer, token, expert, k=every)}
+        out = {"selection": sel, "weight": share.weight, "share": share.share,
+               "write": S.effect(run.expert_logits(layer, token, expert, k=options["logits"])),
+               "neurons": [{"index": n.index, "share": n.share, "activation": n.activation,
+                            **({} if neuron_effects is None else {"effect": neuron_effects[n.index]}),
+                            **S.effect(V.top_bottom(row, NEURON_LOGITS_K, run.decode))}
+                           for n, row in zip(neurons, logits)]}
+        if effects is not None:
+            out |= {"effect": next(e.effect for e in effects.experts(layer, token) if e.expert == expert),
+                    "metric": effects.metric}
+        return out
+
+    def ablations(self, run, sel):
+        layer, token = sel["layer"], sel["token"]
+        return [*_expert_offers(run, layer, token, [sel["expert"]]), *_block_offers(run, layer, token, ["ffn"])]
+
+    def patches(self, run, sel):
+        return KINDS["ffn"].patches(run, sel)
+
+    def intervened(self, run, sel):
+        layer, token, expert = sel["layer"], sel["token"], sel["expert"]
+
+        def ablated(ab):
+            if ab.layer != layer or not _covers(ab.positions, token):
+                return False
+            return ab.kind == "ffn" or (ab.kind == "expert" and ab.expert == expert)
+        return _intervention(run, ablated,
+                             lambda node: node.kind == "ffn" and (node.layer, node.position) == (layer, token))
+
+
+def _expert_offers(run, layer: int, token: int, experts: list[int | None]) -> list[dict]:
+    """Ablations of the routed experts among `experts` (the shared expert has no ablation of its
+    own: the FFN block's stands for it)."""
+    return [{"label": f"expert {e} of layer {layer}", "spec": ["expert", layer, e], "at": token}
+            for e in experts if e is not None]
 
 
 def _focus(run, source: int, target: int, routes: list[int]) -> list[int]:

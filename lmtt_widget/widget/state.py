@@ -139,8 +139,9 @@ class View:
         return self.set(selection=selection)
 
     def _check_selection(self, selection) -> dict | None:
-        if self.aggregate_shown and isinstance(selection, dict) and selection.get("neuron") is not None:
-            raise LmttError("an aggregate of prompts has no neurons to select: open one of its prompts")
+        if self.aggregate_shown and isinstance(selection, dict) and (
+                selection.get("neuron") is not None or selection.get("kind") in ("neuron", "expert")):
+            raise LmttError("an aggregate of prompts has no neurons or experts to select: open one of its prompts")
         return selections.normalize(self.run, selection)
 
     def _check_threshold(self, threshold) -> float:
