@@ -30,7 +30,7 @@ import torch
 
 from . import effects as E
 from . import interventions as I
-from .architectures import w_o
+from .architectures import norm_eps, text_config, w_o
 from .errors import LmttError, check_positive
 from .interventions.kinds import check_mode
 from .interventions.running import Readout, readout
@@ -155,7 +155,9 @@ class EdgeRemovals:
     A run without interventions reruns only `position`, from the clean keys and values of the
     positions before it, many sets at once: a batch of one-token passes, one per set, as many as
     fit the run's memory budget (each holds a copy of the cache). An intervened run is rerun
-    whole, a set at a time, its ablations kept."""
+    whole, a set at a time, its ablations kept; so is a run of a family whose attention gives
+    no probabilities in a pass with a cache (Falcon under sdpa: they are computed from the
+    pass' own keys)."""
 
     def __init__(self, run, position: int, answer: int, contrast: int, mode: str = "zero"):
         self.run, self.position, self.answer, self.contrast, self.mode = run, position, answer, contrast, mode
@@ -173,7 +175,7 @@ class EdgeRemovals:
 
     def _logits(self, sets: list[list[Edge]]) -> list[torch.Tensor]:
         run, t = self.run, self.position
-        if run.edits:  # an intervened run: rerun it whole
+        if run.edits or run.family.probs_from_inputs is not None:  # rerun whole (see the class docstring)
             return [I.ablated_logits(run, [("edge", layer, source, t) for layer, source in edges], self.mode)[t]
                     for edges in sets]
         shape = run.shape
@@ -186,6 +188,7 @@ class EdgeRemovals:
         """[len(sets), V]: the logits at the position, one one-token pass per set, batched."""
         run, t, shape, model = self.run, self.position, self.run.shape, self.run.model
         device = run.hf_model.device
+        clamp = run.family.value_clamp(text_config(run.hf_model))
         n = len(sets)
         removed = torch.zeros(shape.n_layers, n, t + 1)  # which sources each set removes, per layer
         for row, edges in enumerate(sets):
@@ -201,11 +204,17 @@ class EdgeRemovals:
             with model.trace(ids, **kwargs):
                 for layer in removed.sum((1, 2)).nonzero()[:, 0].tolist():
                     modules = run.family.modules(model, layer)
-                    own = run.family.values(modules["value_proj"].output.reshape(n, -1), shape.n_heads,
-                                            shape.n_kv_heads, shape.head_dim)  # [n, KV, hd]: position t's
+                    own = run.family.value_vectors(modules["value_proj"].output.reshape(n, -1), shape,
+                                                   clamp)  # [n, KV, hd]: position t's
                     attention = modules["attention"].output
-                    terms = self._terms(layer, removed[layer].to(device), attention[1][:, :, 0], own)
-                    attention[0][:, 0] -= terms.to(attention[0].dtype)
+                    probs = _all_sources(attention[1][:, :, 0], t + 1)
+                    terms = self._terms(layer, removed[layer].to(device), probs, own)
+                    post_norm = modules["attn_post_norm"]
+                    if post_norm is None:
+                        attention[0][:, 0] -= terms.to(attention[0].dtype)
+                    else:  # taken out of the norm's output, at the norm's real scale (architectures' notes)
+                        scale = run.family.norm.scale(attention[0][:, 0], norm_eps(post_norm))  # [n]
+                        post_norm.output[:, 0] -= (terms * scale[:, None]).to(attention[0].dtype)
                 logits = model.output.logits[:, -1].save()
         return logits.float().cpu()
 
@@ -222,6 +231,13 @@ class EdgeRemovals:
         at_t = (own.float() - mean).repeat_interleave(group, dim=1)  # [n, H, hd]
         mixed = torch.einsum("nhs,shk->nhk", weights[:, :, :t], earlier) + weights[:, :, t, None] * at_t
         return torch.einsum("nhk,hkd->nd", mixed, w)
+
+
+def _all_sources(probs: torch.Tensor, n_sources: int) -> torch.Tensor:
+    """[n, H, n_sources]: a one-token pass' probabilities [n, H, S] over all the positions up to it.
+    A sliding-window layer's cache keeps only the last S keys: the earlier sources get 0."""
+    missing = n_sources - probs.shape[-1]
+    return probs if missing == 0 else torch.nn.functional.pad(probs, (missing, 0))
 
 
 def _past(run, position: int):

@@ -702,16 +702,27 @@ class Run(Shares):
         writes = self.expert_writes(layer, position)
         at = self._writing(writes, layer, position, expert)
         acts = self.expert_neuron_activations(layer, position, expert)
+        neuron_writes = self.expert_neuron_writes(layer, position, expert)
+        others = torch.cat([writes.writes[:at], writes.writes[at + 1:]])
+        shares, _ = self._ffn_part_shares(layer, position, torch.cat([neuron_writes, others.to(neuron_writes.device)]))
+        return _top_neurons(shares[:len(acts)], acts, k)
+
+    @torch.no_grad()
+    def expert_neuron_writes(self, layer: int, position: int, expert: int | None) -> torch.Tensor:
+        """[d_ff, d] float32: a_n w W_down[:, n], what each neuron of a selected `expert` (None: the
+        shared expert) writes at `position` (w its routing weight, or the shared expert's gate;
+        through a norm after the FFN, frozen at its real scale, where the family has one)."""
+        layer, position = self.layer(layer), self.position(position)
+        writes = self.expert_writes(layer, position)
+        at = self._writing(writes, layer, position, expert)
+        acts = self.expert_neuron_activations(layer, position, expert)
         block = self._moe_block(layer)
         if expert is None:
             out = X.shared_out_matrix(self.family, block)
         else:
             out = X.expert_out_matrix(self.family, block, expert)
         per_neuron = acts[:, None] * out.float().to(acts.device) * writes.weights[at].to(acts.device)
-        neuron_writes = self._ffn_writes(layer, position, per_neuron)
-        others = torch.cat([writes.writes[:at], writes.writes[at + 1:]])
-        shares, _ = self._ffn_part_shares(layer, position, torch.cat([neuron_writes, others.to(neuron_writes.device)]))
-        return _top_neurons(shares[:len(acts)], acts, k)
+        return self._ffn_writes(layer, position, per_neuron)
 
     def _writing(self, writes: X.ExpertWrites, layer: int, position: int, expert: int | None) -> int:
         """Where `expert` (None: the shared expert) is among the experts writing at a position, or an LmttError."""
@@ -820,7 +831,8 @@ class Run(Shares):
         logit(contrast) at position `token` (default: the top prediction against the runner-up);
         see lmtt_widget.effects. "gradient" costs one forward and one backward pass; "integrated"
         averages the gradients over `steps` points of a path from every edge removed to clean
-        (EAP-IG), about `steps` times that."""
+        (EAP-IG), about `steps` times that, and ranks single parts less faithfully on every
+        benchmarked task: use it for large joint removals, "gradient" to rank parts."""
         return E.effects(self, answer, contrast, token=token, method=method, steps=steps)
 
     # -- interventions (lmtt_widget.interventions) ----------------------------------------

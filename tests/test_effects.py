@@ -1,6 +1,8 @@
 """Effects (lmtt_widget.effects): the gradient effect of every part is the first-order change of the
-metric when the part is scaled (finite differences, float64, every family); integrated effects add
-up to the exact removal; signs, zeros on future tokens, errors; the user's model is left alone."""
+metric when the part is scaled (finite differences, float64, every family; after a post-norm the part
+is scaled with the norm's scale frozen, as the effects define it); integrated effects add up to the
+exact removal; experts of a mixture; signs, zeros on future tokens, errors; the user's model is left
+alone."""
 
 from __future__ import annotations
 
@@ -18,7 +20,11 @@ from lmtt_widget.tracing import Edit, trace
 PROMPT = "When Mary and John went to the store, John gave"
 
 
-@pytest.fixture(scope="module", params=tiny.FAMILIES)
+ALL_FAMILIES = tiny.FAMILIES + tiny.NEW_FAMILIES
+MOE = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"]
+
+
+@pytest.fixture(scope="module", params=ALL_FAMILIES)
 def run64(request):
     return lw.analyze(tiny.load(request.param, seed=2, dtype=torch.float64), PROMPT)
 
@@ -30,15 +36,15 @@ def metric(run, eff, edits) -> float:
     return float(row[eff.answer] - row[eff.contrast])
 
 
-def derivative(run, eff, edits_at) -> float:
+def derivative(run, eff, edits_at, step: float = 1e-2) -> float:
     """dm/ds at s = 1 by central differences, `edits_at(s)` scaling a part by s (a step that is
     not tiny: some families' norms and rotary embeddings compute in float32 even in float64 models)."""
-    step = 1e-2
     return (metric(run, eff, edits_at(1 + step)) - metric(run, eff, edits_at(1 - step))) / (2 * step)
 
 
 def scaled_edge(run, layer: int, source: int, target: int, head: int | None):
-    """Edits that scale the term z^h_{target<-source} (one head, or all) by s in the attention update."""
+    """Edits that scale the term z^h_{target<-source} (one head, or all) by s in the attention update
+    (after a post-norm, frozen at its scale: s_t A^h_ts v^h_s W_O^h M, w_o folding in M)."""
     heads = list(range(run.shape.n_heads)) if head is None else [head]
     group = run.shape.n_heads // run.shape.n_kv_heads
     w = w_o(run.hf_model, run.family, run.shape, layer)
@@ -47,6 +53,8 @@ def scaled_edge(run, layer: int, source: int, target: int, head: int | None):
         def scale(x, state):
             values = state.values[source, [h // group for h in heads]]  # [h, hd]
             weights = state.probs[heads, target, source]
+            if state.attn_scale is not None:
+                weights = weights * state.attn_scale[target]
             x[target] += (s - 1) * torch.einsum("h,hk,hkd->d", weights.to(x.dtype), values.to(x.dtype),
                                                 w[heads].to(x.dtype))
         return [Edit("attention_output", layer, scale)]
@@ -71,21 +79,65 @@ def test_the_gradient_effect_of_each_edge_is_the_first_order_change_of_its_scale
 def test_ffn_and_neuron_effects_are_first_order_changes(run64):
     run = run64
     eff = run.effects()
-    layer, position = run.shape.n_layers - 1, run.n_tokens - 3
+    position = run.n_tokens - 3
 
-    def ffn_at(s):
-        def scale(x, state):
-            x[position] *= s
-        return [Edit("ffn_output", layer, scale)]
-    assert float(eff.ffn(layer)[position]) == pytest.approx(derivative(run, eff, ffn_at), rel=1e-3, abs=1e-6)
+    def ffn_at(layer):
+        def edits_at(s):
+            def scale(x, state):
+                x[position] *= s
+            return [Edit("ffn_output", layer, scale)]
+        return edits_at
+    expected = [derivative(run, eff, ffn_at(layer)) for layer in range(run.shape.n_layers)]
+    scale = max(abs(e) for e in expected)
+    for layer in range(run.shape.n_layers):
+        tolerance = max(1e-6, 1e-3 * scale)
+        assert float(eff.ffn(layer)[position]) == pytest.approx(expected[layer], rel=1e-3, abs=tolerance), layer
+    dense = [layer for layer in range(run.shape.n_layers) if not run.has_experts(layer)]
+    if not dense:
+        return  # every FFN a mixture of experts: test_expert_effects_are_first_order_changes
+    layer = dense[-1]
     top = eff.neurons(layer, position, k=3)
     assert [abs(n.effect) for n in top] == sorted((abs(n.effect) for n in top), reverse=True)
+    if run.family.ffn_post_norm is None:
+        def neuron_at(s):
+            def scale(x, state):
+                x[position, top[0].index] *= s
+            return [Edit("ffn_out_proj_input", layer, scale)]
+        assert top[0].effect == pytest.approx(derivative(run, eff, neuron_at), rel=1e-3, abs=1e-6)
+    else:  # scaling an activation would move the norm's scale: the writes, frozen, add up to the update instead
+        assert float(eff.neuron_effects(layer, position).sum()) == pytest.approx(float(eff.ffn(layer)[position]),
+                                                                                 rel=1e-5, abs=1e-8)
 
-    def neuron_at(s):
+
+@pytest.mark.parametrize("name", MOE)
+def test_expert_effects_are_first_order_changes_and_drill_down_exactly(name):
+    """Each expert's effect is the first-order change when its routing weight is scaled; the experts'
+    effects add up to the FFN update's, an expert's neurons' to the expert's; a mixture has no
+    layer-wide neurons."""
+    run = lw.analyze(tiny.load(name, seed=2, dtype=torch.float64), PROMPT)
+    eff, position = run.effects(), run.n_tokens - 1
+    layer = next(layer for layer in range(run.shape.n_layers) if run.has_experts(layer))
+    experts = eff.experts(layer, position)
+    total = float(eff.ffn(layer)[position])
+    assert sum(e.effect for e in experts) == pytest.approx(total, rel=1e-4, abs=1e-9)  # float32 sums
+    routed = experts[0].expert
+
+    def routed_at(s):
         def scale(x, state):
-            x[position, top[0].index] *= s
-        return [Edit("ffn_out_proj_input", layer, scale)]
-    assert top[0].effect == pytest.approx(derivative(run, eff, neuron_at), rel=1e-3, abs=1e-6)
+            x[position][state.experts[position] == routed] *= s
+        return [Edit("routing_weights", layer, scale)]
+    # a smaller step than elsewhere: OLMoE's large weights bend m within 1e-2 of the clean routing weight
+    assert experts[0].effect == pytest.approx(derivative(run, eff, routed_at, step=1e-3), rel=2e-3)
+    for expert in [e.expert for e in experts]:  # the routed ones and any shared expert (None)
+        neurons = eff.expert_neurons(layer, position, expert, k=10**6)
+        effect = next(e.effect for e in experts if e.expert == expert)
+        assert sum(n.effect for n in neurons) == pytest.approx(effect, rel=1e-4, abs=1e-9)
+        assert [abs(n.effect) for n in neurons] == sorted((abs(n.effect) for n in neurons), reverse=True)
+    with pytest.raises(LmttError, match="mixture of experts.*eff.experts"):
+        eff.neurons(layer, position)
+    unrouted = next(e for e in range(4) if e not in [x.expert for x in experts])
+    with pytest.raises(LmttError, match=f"expert {unrouted} does not write"):
+        eff.expert_neurons(layer, position, unrouted)
 
 
 def one_layer(name: str) -> torch.nn.Module:
@@ -101,20 +153,22 @@ def one_layer(name: str) -> torch.nn.Module:
     return hf
 
 
-@pytest.mark.parametrize("name", tiny.FAMILIES)
+@pytest.mark.parametrize("name", [name for name in ALL_FAMILIES if name not in MOE])
 def test_integrated_effects_of_the_edges_into_a_token_add_up_to_their_exact_removal(name):
     """In one block the path that scales the edge terms is a straight line, so the integrated
     effects of the edges into the target add up to removing them all (as steps grow); the
-    gradient's first-order sum does not."""
+    gradient's first-order sum does not. (Not in a mixture of experts: along the path its router
+    switches experts, a jump that no gradient sees.)"""
     run = lw.analyze(lw.load_model(one_layer(name), tokenizer=tiny.tokenizer()), PROMPT)
     last = run.n_tokens - 1
     exact = run.effects().exact([("edge", 0, source, last) for source in range(last + 1)])
     errors = {}
-    for steps in (2, 32):
+    for steps in (8, 32):
         eff = run.effects(method="integrated", steps=steps)
         errors[steps] = abs(float(eff.attention(0)[last].sum()) - exact)
-    assert errors[32] <= 1e-4 * max(1.0, abs(exact))
-    assert errors[32] <= errors[2] + 1e-7
+    # the midpoint rule's error falls as 1 / steps^2 (1/16 from 8 to 32 steps) from wherever the
+    # model's bend puts it (Gemma's final soft-cap and OLMo's strong norms: ~1e-3 |exact| at 32 steps)
+    assert errors[32] <= max(1e-4 * max(1.0, abs(exact)), errors[8] / 8)
 
 
 def test_effects_are_exactly_zero_on_future_tokens_and_flip_with_answer_and_contrast(run64):
@@ -200,7 +254,8 @@ def test_effects_kept_within_a_small_budget_are_those_above_the_floor(run):
 
 # -- graphs ---------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", params=["llama", "gpt_neox"])  # sequential and parallel blocks
+# sequential and parallel blocks, post-norms, experts
+@pytest.fixture(scope="module", params=["llama", "gpt_neox", "gemma2", "mixtral"])
 def family_run(request):
     return lw.analyze(tiny.load(request.param, seed=3), PROMPT)
 

@@ -149,3 +149,15 @@ def test_expert_and_neuron_ablations_refuse_the_wrong_kind_of_layer(moe_run):
     if dense is not None:
         with pytest.raises(LmttError, match="dense"):
             run.intervene(("expert", dense, 0))
+
+
+def test_faithfulness_drops_are_those_of_the_same_edges_ablated(run):
+    """The table's drops come from one-position reruns from the clean keys and values (whole reruns
+    for Falcon); they equal run.intervene's, also after post-norms and in sliding-window layers."""
+    result = run.faithfulness(k=(2, 4), draws=1, seed=1, candidates=8)
+    for row in result.rows:
+        for edges, drop in [(row.edges, row.drop), (row.random_edges[0], row.random[0])]:
+            _, comparison = run.intervene([("edge", e.layer, e.source, e.target) for e in edges],
+                                          against=result.contrast_id)
+            assert result.clean.logit_diff - drop.logit_diff == pytest.approx(comparison.after.logit_diff, abs=1e-4)
+    assert any(abs(row.drop.logit_diff) > 1e-3 for row in result.rows)

@@ -102,26 +102,23 @@ def test_the_widget_takes_the_options_from_python_and_the_page(run):
 
 
 def test_without_effects_the_widget_works_by_share_and_refuses_what_needs_them():
-    """A family with post-norms (Gemma 2) has no effects, nor does an aggregate: the routes are
-    drawn by share, the panels come without effect fields, and what needs effects is refused."""
+    """An aggregate has no effects: the routes are drawn by share, the panels come without effect
+    fields, and what needs effects is refused. A family with post-norms (Gemma 2) has them."""
     gemma = lw.analyze(tiny.load("gemma2"), "Hello world")
-    with pytest.raises(lw.LmttError, match="post-norms"):
-        gemma.effects()
+    assert lw.Widget(gemma, threshold=0.01).effects is not None
     aggregate = lw.aggregate(lw.analyze_many(tiny.load("llama", seed=3), [PROMPT, PROMPT.replace("Mary", "Anne")]))
-    for shown in (gemma, aggregate):
-        w = lw.Widget(shown, threshold=0.01)
-        assert w.view.effects is None and w.effects is None
-        assert w.graph.number_of_edges() == shown.graph(threshold=0.01).number_of_edges()
-        w.show_missed = True
-        assert w.effects is None
-        with pytest.raises(lw.LmttError, match="routes by effect need effects"):
-            w.view.set(rank_by="effect")
-        with pytest.raises(lw.LmttError, match="aggregate|post-norms"):
-            w.view.measure_faithfulness()
-    w = lw.Widget(gemma, threshold=0.01)
+    w = lw.Widget(aggregate, threshold=0.01)
+    assert w.view.effects is None and w.effects is None
+    assert w.graph.number_of_edges() == aggregate.graph(threshold=0.01).number_of_edges()
+    w.show_missed = True
+    assert w.effects is None
+    with pytest.raises(lw.LmttError, match="routes by effect need effects"):
+        w.view.set(rank_by="effect")
+    with pytest.raises(lw.LmttError, match="aggregate"):
+        w.view.measure_faithfulness()
     u, v, d = next((u, v, d) for u, v, k, d in w.graph.edges(keys=True, data=True) if k == "attention")
     w.selection = {"kind": "attention", "layer": v[1], "source": d["source"], "target": d["target"]}
     panel = w.panel(w.selection)
-    assert "effects" not in panel and "metric" not in panel and len(S.to_numpy(panel["shares"])) == 4
+    assert "effects" not in panel and "metric" not in panel and panel["rows"]
     ffn = w.panel({"kind": "ffn", "layer": 0, "token": -1})
-    assert "ffn_effect" not in ffn and all("effect" not in n for n in ffn["neurons"])
+    assert "ffn_effect" not in ffn and "metric" not in ffn and ffn["rows"]

@@ -80,6 +80,8 @@ def hf_model(name: str, seed: int = 0, dtype=torch.float32):
     torch.manual_seed(seed)
     model = CONFIGS[name]().to(dtype).eval()
     _spread_biases(model, seed)
+    if dtype == torch.float64 and getattr(model.config, "_experts_implementation", None) not in (None, "eager"):
+        model.set_experts_implementation("eager")  # the grouped matrix product has no float64 kernel
     return model
 
 
