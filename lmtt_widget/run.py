@@ -866,7 +866,8 @@ class Run(Shares):
         logit(contrast) at position `token` (default: the top prediction against the runner-up);
         see lmtt_widget.effects. "gradient" costs one forward and one backward pass; "integrated"
         averages the gradients over `steps` points of a path from every edge removed to clean
-        (EAP-IG), about `steps` times that."""
+        (EAP-IG), about `steps` times that, and ranks single parts less faithfully on every
+        benchmarked task: use it for large joint removals, "gradient" to rank parts."""
         return E.effects(self, answer, contrast, token=token, method=method, steps=steps)
 
     # -- interventions (lmtt_widget.interventions) ----------------------------------------

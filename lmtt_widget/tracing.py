@@ -225,8 +225,9 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
             if "attention_output" in here or "probs" in here:
                 state = LayerState(resid[-1], values[-1], layer_probs, scale)
                 _apply(here.get("attention_output", []), editable(attn_update), state)
-                layer_probs = layer_probs.clone()
-                _apply(here.get("probs", []), layer_probs, state)
+                if "probs" in here:  # a copy to edit: dense [H, T, T] only where an edit needs it
+                    layer_probs = layer_probs.clone()
+                    _apply(here["probs"], layer_probs, state)
             if layer in probs_of:  # kept whole: what on_layer reads need not be computed again
                 probs[layer] = layer_probs = dense(layer_probs)
             elif isinstance(layer_probs, AttentionProbs):  # kept as queries and keys: O(T d), rows when read

@@ -90,7 +90,8 @@ def test_ffn_and_neuron_effects_are_first_order_changes(run64):
     expected = [derivative(run, eff, ffn_at(layer)) for layer in range(run.shape.n_layers)]
     scale = max(abs(e) for e in expected)
     for layer in range(run.shape.n_layers):
-        assert float(eff.ffn(layer)[position]) == pytest.approx(expected[layer], rel=1e-3, abs=max(1e-6, 1e-3 * scale)), layer
+        tolerance = max(1e-6, 1e-3 * scale)
+        assert float(eff.ffn(layer)[position]) == pytest.approx(expected[layer], rel=1e-3, abs=tolerance), layer
     dense = [layer for layer in range(run.shape.n_layers) if not run.has_experts(layer)]
     if not dense:
         return  # every FFN a mixture of experts: test_expert_effects_are_first_order_changes
@@ -117,7 +118,8 @@ def test_expert_effects_are_first_order_changes_and_drill_down_exactly(name):
     eff, position = run.effects(), run.n_tokens - 1
     layer = next(layer for layer in range(run.shape.n_layers) if run.has_experts(layer))
     experts = eff.experts(layer, position)
-    assert sum(e.effect for e in experts) == pytest.approx(float(eff.ffn(layer)[position]), rel=1e-4, abs=1e-9)  # float32 sums
+    total = float(eff.ffn(layer)[position])
+    assert sum(e.effect for e in experts) == pytest.approx(total, rel=1e-4, abs=1e-9)  # float32 sums
     routed = experts[0].expert
 
     def routed_at(s):
@@ -252,7 +254,8 @@ def test_effects_kept_within_a_small_budget_are_those_above_the_floor(run):
 
 # -- graphs ---------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", params=["llama", "gpt_neox", "gemma2", "mixtral"])  # sequential, parallel, post-norms, experts
+# sequential and parallel blocks, post-norms, experts
+@pytest.fixture(scope="module", params=["llama", "gpt_neox", "gemma2", "mixtral"])
 def family_run(request):
     return lw.analyze(tiny.load(request.param, seed=3), PROMPT)
 

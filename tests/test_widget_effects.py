@@ -101,24 +101,24 @@ def test_the_widget_takes_the_options_from_python_and_the_page(run):
     assert w.effects["contrast"] == third
 
 
-def test_without_effects_the_widget_works_by_share_and_refuses_what_needs_them(tmp_path):
-    """A run loaded without its model has no effects, nor does an aggregate: the routes are drawn
-    by share, the panels come without effect fields, and what needs effects is refused."""
-    llama = lw.analyze(tiny.load("llama", seed=3), PROMPT)
-    loaded = lw.load_run(llama.to_file(tmp_path / "run.lmtt"))
-    with pytest.raises(lw.LmttError, match="model"):
-        loaded.effects()
+def test_without_effects_the_widget_works_by_share_and_refuses_what_needs_them():
+    """An aggregate has no effects: the routes are drawn by share, the panels come without effect
+    fields, and what needs effects is refused. A family with post-norms (Gemma 2) has them."""
+    gemma = lw.analyze(tiny.load("gemma2"), "Hello world")
+    assert lw.Widget(gemma, threshold=0.01).effects is not None
     aggregate = lw.aggregate(lw.analyze_many(tiny.load("llama", seed=3), [PROMPT, PROMPT.replace("Mary", "Anne")]))
-    for shown in (loaded, aggregate):
-        w = lw.Widget(shown, threshold=0.01)
-        assert w.view.effects is None and w.effects is None
-        assert w.graph.number_of_edges() == shown.graph(threshold=0.01).number_of_edges()
-        w.show_missed = True
-        assert w.effects is None
-        with pytest.raises(lw.LmttError, match="routes by effect need effects"):
-            w.view.set(rank_by="effect")
-        with pytest.raises(lw.LmttError, match="aggregate|model"):
-            w.view.measure_faithfulness()
-    # readouts through the vocabulary need the model's weights: a loaded run's panels say so
-    with pytest.raises(lw.LmttError, match="needs the model's weights"):
-        lw.Widget(loaded, threshold=0.01).panel({"kind": "ffn", "layer": 0, "token": -1})
+    w = lw.Widget(aggregate, threshold=0.01)
+    assert w.view.effects is None and w.effects is None
+    assert w.graph.number_of_edges() == aggregate.graph(threshold=0.01).number_of_edges()
+    w.show_missed = True
+    assert w.effects is None
+    with pytest.raises(lw.LmttError, match="routes by effect need effects"):
+        w.view.set(rank_by="effect")
+    with pytest.raises(lw.LmttError, match="aggregate"):
+        w.view.measure_faithfulness()
+    u, v, d = next((u, v, d) for u, v, k, d in w.graph.edges(keys=True, data=True) if k == "attention")
+    w.selection = {"kind": "attention", "layer": v[1], "source": d["source"], "target": d["target"]}
+    panel = w.panel(w.selection)
+    assert "effects" not in panel and "metric" not in panel and panel["rows"]
+    ffn = w.panel({"kind": "ffn", "layer": 0, "token": -1})
+    assert "ffn_effect" not in ffn and "metric" not in ffn and ffn["rows"]
