@@ -195,7 +195,7 @@ function neuronTable(neurons: NeuronRow[], metric: string | undefined, active: n
 function expertTable(sel: FfnSelection, experts: ExpertRow[], metric: string | undefined, cb: PanelCallbacks): HTMLElement {
   const effects = metric !== undefined;
   const table = h("table", { class: "neurons experts selectable" },
-    h("colgroup", {}, ...["neuron", "act", "share", ...(effects ? ["effect"] : []), "toks", "toks"].map((c) => h("col", { class: c }))),
+    h("colgroup", {}, ...["expert", "act", "share", ...(effects ? ["effect"] : []), "toks", "toks"].map((c) => h("col", { class: c }))),
     h("thead", {}, h("tr", {},
       h("th", {}, "expert"), h("th", { title: "routing weight (the shared expert: its gate)" }, "weight"), h("th", {}, "share"),
       effects ? h("th", { title: `effect on ${metric}` }, "effect") : null,
