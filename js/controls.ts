@@ -18,6 +18,7 @@ export interface ControlCallbacks {
   contrast(id: number | null): void;
   rankBy(by: "share" | "effect"): void;
   showMissed(on: boolean): void;
+  withEffects(on: boolean): void;
 }
 
 export class Controls {
@@ -37,6 +38,7 @@ export class Controls {
   private contrastSelect: HTMLSelectElement;
   private rankBy: HTMLSelectElement;
   private missed: HTMLInputElement;
+  private withEffects: HTMLInputElement;
   private metric: HTMLSpanElement;
   private mainRow: HTMLDivElement;
   private busyTimer: number | undefined;
@@ -86,9 +88,11 @@ export class Controls {
     this.rankBy.addEventListener("change", () => cb.rankBy(this.rankBy.value as "share" | "effect"));
     this.missed = h("input", { type: "checkbox", class: "show-missed" });
     this.missed.addEventListener("change", () => cb.showMissed(this.missed.checked));
+    this.withEffects = h("input", { type: "checkbox", class: "with-effects" });
+    this.withEffects.addEventListener("change", () => cb.withEffects(this.withEffects.checked));
     this.metric = h("span", { class: "metric-line" });
     if (!live) {
-      for (const input of [this.contrastSelect, this.rankBy, this.missed]) {
+      for (const input of [this.contrastSelect, this.rankBy, this.missed, this.withEffects]) {
         input.disabled = true;
         input.title = "Needs a live kernel";
       }
@@ -111,6 +115,8 @@ export class Controls {
       this.mainRow,
       h("div", { class: "row" }, this.predictions),
       h("div", { class: "row effects-row" },
+        h("label", { title: "Compute effects: one forward and one backward pass for each prompt and target shown (off: routes by share only)" },
+          this.withEffects, " effects"),
         h("label", { title: "Effects measure logit(prediction) − logit(contrast) at the target; the contrast defaults to the runner-up" },
           "contrast ", this.contrastSelect),
         h("label", { title: "share: edges whose proximity share is above the threshold; effect: edges whose removal moves the metric by more than threshold × |metric|, supporting or opposing" },
@@ -193,9 +199,11 @@ export class Controls {
   /** The effects' metric: the contrast picker (the runner-up, or another of the top predictions at
    * the target), what the routes are kept by, and the metric's value. */
   setEffects(target: number, contrast: number | null, rankBy: "share" | "effect", showMissed: boolean,
-    effects: EffectsInfo | null): void {
+    effects: EffectsInfo | null, withEffects: boolean): void {
     this.rankBy.value = rankBy;
     this.missed.checked = showMissed;
+    this.withEffects.checked = withEffects;
+    if (this.live) for (const input of [this.contrastSelect, this.rankBy, this.missed]) input.disabled = !withEffects;
     const info = this.info;
     if (!info || !info.predictions.tokens[target]) return;
     const ids = decode<Int32Array>(info.predictions.ids);

@@ -479,6 +479,7 @@ export interface Traits {
   contrast: number | null;
   rank_by: "share" | "effect";
   show_missed: boolean;
+  with_effects: boolean;
   effects: EffectsInfo | null;
 }
 

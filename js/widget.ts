@@ -34,10 +34,11 @@ export function failureText(name: CommandName, error: Failure): string {
 }
 
 /** The key of a selection's panel, built from the fields Python names for its kind (info.selection_kinds). */
-export function panelKey(sel: Selection, state: Pick<State, "info" | "normalize_lens" | "target" | "contrast">): string {
+export function panelKey(sel: Selection, state: Pick<State, "info" | "normalize_lens" | "target" | "contrast" | "with_effects">): string {
   const fields = state.info.selection_kinds[sel.kind]?.key ?? [];
   // the view options a panel may depend on, as Python names them (View.options)
-  const options: Record<string, unknown> = { normalize_lens: state.normalize_lens, metric_at: state.target, contrast: state.contrast };
+  const options: Record<string, unknown> = { normalize_lens: state.normalize_lens, metric_at: state.target, contrast: state.contrast,
+    with_effects: state.with_effects };
   const values = sel as unknown as Record<string, unknown>;
   return [sel.kind, ...fields.map((f) => keyPart(f in values ? values[f] : options[f]))].join("/");
 }
@@ -110,6 +111,7 @@ function render({ model, el }: RenderProps<State>) {
     contrast: (id) => { model.set("contrast", id); model.save_changes(); },
     rankBy: (by) => { model.set("rank_by", by); model.save_changes(); },
     showMissed: (on) => { model.set("show_missed", on); model.save_changes(); },
+    withEffects: (on) => { model.set("with_effects", on); model.save_changes(); },
   }, live);
   const prompts = new PromptsView(model, invoke, live, () => controls.promptText(), say);
   const setTarget = (t: number) => {
@@ -143,7 +145,8 @@ function render({ model, el }: RenderProps<State>) {
     const info = model.get("info");
     if (sel === null) { shown = ""; panels.empty(); return; }
     const options = panels.more ? MORE : undefined;
-    const key = panelKey(sel, { info, normalize_lens: model.get("normalize_lens"), target: model.get("target"), contrast: model.get("contrast") })
+    const key = panelKey(sel, { info, normalize_lens: model.get("normalize_lens"), target: model.get("target"), contrast: model.get("contrast"),
+      with_effects: model.get("with_effects") })
       + (options ? "+more" : "");
     if (key === shown && !cache.has(key)) return; // its panel is on its way (or has failed: select again)
     shown = key;
@@ -172,7 +175,8 @@ function render({ model, el }: RenderProps<State>) {
   // target list is rebuilt), whichever of the two arrives last
   const showView = () => {
     controls.setView(model.get("target"), model.get("threshold"), model.get("renormalize"), model.get("normalize_lens"));
-    controls.setEffects(model.get("target"), model.get("contrast"), model.get("rank_by"), model.get("show_missed"), model.get("effects"));
+    controls.setEffects(model.get("target"), model.get("contrast"), model.get("rank_by"), model.get("show_missed"), model.get("effects"),
+      model.get("with_effects"));
   };
   const showMissed = () => {
     const effects = model.get("effects"), missed = effects?.missed ?? [];
@@ -204,6 +208,7 @@ function render({ model, el }: RenderProps<State>) {
     ["change:normalize_lens", () => { showView(); void onSelection(); }],
     ["change:effects", () => { showEffects(); void onSelection(); }], // another metric: the panels' effects change
     ["change:rank_by", showView], ["change:show_missed", showView], ["change:contrast", showView],
+    ["change:with_effects", showView],
   ];
   for (const [event, fn] of handlers) model.on(event, fn);
   return () => {

@@ -53,7 +53,7 @@ def test_traits_of_a_view_hold_their_declared_types(run):
     for name, value in traits.items():
         P.check(value, P.TRAITS[name], name)
     # an FFN panel shows effects on the metric at the view's target (22) for its contrast (None: the runner-up)
-    assert traits["selection_info"]["key"] == "ffn/2/3/22/null"
+    assert traits["selection_info"]["key"] == "ffn/2/3/22/null/1"
     assert [o["spec"] for o in traits["selection_info"]["ablations"]] == [["neuron", 2, 5], ["ffn", 2]]
     assert traits["interventions"] == [{"kind": "neuron", "label": f"neuron L2.5 at 3 {_visible(run.tokens[3])} (mean)",
                                         "spec": ["neuron", 2, 5, [3]], "mode": "mean"}]

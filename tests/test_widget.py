@@ -343,7 +343,8 @@ def test_save_html_is_self_contained_and_carries_panels(widget, tmp_path):
     state = re.search(r'<script type="application/json" id="lmtt-state">(.*?)</script>', text, re.S).group(1)
     state = json.loads(state)
     keys = set(state["preloaded"])
-    assert widget.view.panel_key(widget.selection) == f"attention/2/1/5/{widget.selection['head']}/{widget.target}/null"
+    head = widget.selection["head"]
+    assert widget.view.panel_key(widget.selection) == f"attention/2/1/5/{head}/{widget.target}/null/1"
     assert widget.view.panel_key(widget.selection) in keys
     assert f"residual/post/2/{widget.target}/1" in keys and f"residual/embed/-1/{widget.target}/1" in keys
     assert state["payload"]["edges"]["weight"]["data"]["__b64__"]

@@ -122,3 +122,26 @@ def test_without_effects_the_widget_works_by_share_and_refuses_what_needs_them()
     assert "effects" not in panel and "metric" not in panel and panel["rows"]
     ffn = w.panel({"kind": "ffn", "layer": 0, "token": -1})
     assert "ffn_effect" not in ffn and "metric" not in ffn and ffn["rows"]
+
+
+def test_effects_turned_off_cost_nothing_and_come_back_when_on(run, monkeypatch):
+    w = lw.Widget(run, threshold=0.01, rank_by="effect")
+    calls = []
+    original = lw.Run.effects
+    monkeypatch.setattr(lw.Run, "effects", lambda self, *a, **k: calls.append(a) or original(self, *a, **k))
+    w.set_state({"with_effects": False})  # from the page
+    assert w.with_effects is False and w.effects is None and w.view.effects is None
+    assert w.rank_by == "share"  # the routes by effect fall back to share
+    assert all(d["effect"] is None for *_, d in w.graph.edges(keys=True, data=True))
+    w.target = 5  # another target: nothing computed
+    w.select("attention", layer=1, source=2, target=5)
+    assert "effects" not in w.panel(w.selection) and "effects" not in w.selected
+    assert calls == []
+    with pytest.raises(lw.LmttError, match=r"effects are turned off \(turn them on: w.with_effects = True\)"):
+        w.view.set(rank_by="effect")
+    w.with_effects = True
+    assert w.effects["metric"] == w.view.effects.metric and len(calls) == 1
+    assert all(d["effect"] is not None for _, _, kind, d in w.graph.edges(keys=True, data=True) if kind != "residual")
+    w.set_state({"with_effects": "no"})
+    assert w.notice["level"] == "error" and "with_effects must be True or False" in w.notice["text"]
+    assert lw.show(run, with_effects=False).effects is None

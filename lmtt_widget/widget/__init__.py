@@ -7,6 +7,7 @@
     w.graph              # the networkx graph being shown
     w.ablate(("head", 23, 5)), w.undo(), w.patch(...), w.measure_faithfulness(k=5), w.code()
     w.contrast = " John"; w.rank_by = "effect"; w.show_missed = True   # effects (lmtt_widget.effects)
+    w.with_effects = False   # routes by share only: no backward pass per prompt and target
 
 The state lives in one immutable `View` (state.py); the widget copies each new snapshot into its
 typed traits (protocol.TRAITS) and answers the page's commands (protocol.COMMANDS), each with one
@@ -38,7 +39,7 @@ from .state import View
 STATIC = pathlib.Path(__file__).parent.parent / "static"
 # the traits the page may set; each goes through View.set
 OPTIONS = ("target", "threshold", "renormalize", "normalize_lens", "selection", "show_reference", "diff_against",
-           "contrast", "rank_by", "show_missed")
+           "contrast", "rank_by", "show_missed", "with_effects")
 
 
 class Typed(traitlets.TraitType):
@@ -119,16 +120,17 @@ class Widget(anywidget.AnyWidget):
     rank_by = _option("rank_by", "share")  # the routes drawn: kept by "share" or by "effect"
     show_missed = _option("show_missed", False)  # mark, dashed, large-|effect| edges off the share routes
     effects = _trait("effects", None)  # the effects' metric and the missed edges (lmtt_widget.effects)
+    with_effects = _option("with_effects", True)  # compute effects (off: no forward and backward per view)
 
     def __init__(self, run: Run | Aggregate, *, target: int = -1, threshold: float = 0.04, renormalize: bool = True,
                  normalize_lens: bool = True, selection: dict | None = None, other: Run | None = None,
-                 prompts=None, contrast=None, rank_by: str = "share", **kwargs):
+                 prompts=None, contrast=None, rank_by: str = "share", with_effects: bool = True, **kwargs):
         unknown = set(kwargs) - {"layout"}
         if unknown:
             raise TypeError(f"Widget() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
         view = View.of(run, other, target=target, threshold=threshold, renormalize=renormalize,
                        normalize_lens=normalize_lens, selection=selection, prompts=prompts, contrast=contrast,
-                       rank_by=rank_by)
+                       rank_by=rank_by, with_effects=with_effects)
         self._view: View = None  # type: ignore[assignment]  # None only until _show(view) below
         self._pending: View | None = None  # a view an option change from the page or Python made, not shown yet
         self._from_page = False
@@ -418,7 +420,7 @@ def _error(request_id: str | None, kind: str, message: str) -> dict:
 def show(model=None, prompt=None, **options) -> Widget:
     """Analyse `prompt` on `model` (default: the offline demo model) and return the widget;
     `options` go to `Widget` (target, threshold, renormalize, normalize_lens, selection, contrast,
-    rank_by).
+    rank_by, with_effects: False skips the effects' backward pass for each prompt and target shown).
 
     `prompt` may be a list of prompts, or a text file of them (one per line): the widget shows the
     first and switches between them. `show(run)` and `show(lw.aggregate(runs))` show what is given."""

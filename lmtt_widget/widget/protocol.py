@@ -501,6 +501,7 @@ TRAITS: dict[str, Any] = {
     "contrast": Union[int, None],  # the metric's contrast token id; None: the runner-up
     "rank_by": Literal["share", "effect"],  # the routes drawn: kept by share, or by |effect|
     "show_missed": bool,  # draw, dashed, the edges with a large |effect| that the share routes miss
+    "with_effects": bool,  # compute effects (off: the routes by share only, no backward pass per view)
     "effects": Union[EffectsInfo, None],
 }
 

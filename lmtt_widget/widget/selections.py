@@ -105,7 +105,8 @@ def at_token(run, position: int) -> str:
 class SelectionKind:
     kind: ClassVar[str]
     title: ClassVar[str]
-    key: ClassVar[tuple[str, ...]]  # selection fields, then view options (normalize_lens, metric_at, contrast)
+    key: ClassVar[tuple[str, ...]]  # selection fields, then view options (normalize_lens, metric_at, contrast,
+    # with_effects)
 
     def normalize(self, run, sel: dict) -> dict:
         raise NotImplementedError
@@ -207,7 +208,8 @@ class Residual(SelectionKind):
 @register
 class Attention(SelectionKind):
     # the effects depend on the view's target and contrast
-    kind, title, key = "attention", "Attention edge", ("layer", "source", "target", "head", "metric_at", "contrast")
+    kind, title, key = "attention", "Attention edge", ("layer", "source", "target", "head", "metric_at", "contrast",
+                                                        "with_effects")
 
     def normalize(self, run, sel: dict) -> dict:
         layer = check_index("layer", sel["layer"], run.shape.n_layers)
@@ -286,7 +288,7 @@ class Attention(SelectionKind):
 @register
 class Ffn(SelectionKind):
     # a neuron is a row of the same panel; the effects depend on the view's target and contrast
-    kind, title, key = "ffn", "FFN block", ("layer", "token", "metric_at", "contrast")
+    kind, title, key = "ffn", "FFN block", ("layer", "token", "metric_at", "contrast", "with_effects")
 
     def normalize(self, run, sel: dict) -> dict:
         layer = check_index("layer", sel["layer"], run.shape.n_layers)
@@ -437,7 +439,7 @@ class Neuron(SelectionKind):
 @register
 class Expert(SelectionKind):
     # the effects depend on the view's target and contrast
-    kind, title, key = "expert", "FFN expert", ("layer", "token", "expert", "metric_at", "contrast")
+    kind, title, key = "expert", "FFN expert", ("layer", "token", "expert", "metric_at", "contrast", "with_effects")
 
     def normalize(self, run, sel: dict) -> dict:
         layer = check_index("layer", sel["layer"], run.shape.n_layers)

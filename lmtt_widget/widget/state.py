@@ -82,6 +82,7 @@ class View:
     contrast: int | None = None  # the effects' contrast token id at the target (None: the clean runner-up)
     rank_by: str = "share"  # the routes drawn: kept by share, or by |effect| (graph.effect_routes)
     show_missed: bool = False  # mark the edges with a large |effect| that the share routes leave out
+    with_effects: bool = True  # compute effects (one forward and one backward per run and target shown)
     faithfulness: FaithfulnessTable | None = None  # the last measured, for this run, target and contrast
     prompts: Prompts = field(default_factory=Prompts)  # the prompts to switch between (w.prompts)
     memo: Memo = field(default_factory=Memo, compare=False, repr=False)
@@ -89,7 +90,7 @@ class View:
     @classmethod
     def of(cls, run: Run | Aggregate, other: Run | None = None, *, target: int = -1, threshold: float = 0.04,
            renormalize: bool = True, normalize_lens: bool = True, selection: dict | None = None,
-           prompts=None, contrast=None, rank_by: str = "share") -> View:
+           prompts=None, contrast=None, rank_by: str = "share", with_effects: bool = True) -> View:
         """`prompts`: a list of prompts (or a text file of them, one per line) to switch between."""
         if not isinstance(run, (Run, Aggregate)):
             raise LmttError(f"a widget shows a Run (lmtt_widget.analyze(model, prompt)) or an Aggregate "
@@ -98,13 +99,14 @@ class View:
             I.check_pair(run, other, "comparing two prompts")
         return cls(run, other, prompts=Prompts.of(run, prompts)).set(
             target=target, threshold=threshold, renormalize=renormalize, normalize_lens=normalize_lens,
-            selection=selection, contrast=contrast, rank_by=rank_by)
+            selection=selection, contrast=contrast, rank_by=rank_by, with_effects=with_effects)
 
     # -- options ---------------------------------------------------------------------------------
 
     def set(self, **options) -> View:
         """A snapshot with options changed, each checked: target, threshold, renormalize,
-        normalize_lens, selection, show_reference, diff_against, contrast, rank_by, show_missed.
+        normalize_lens, selection, show_reference, diff_against, contrast, rank_by, show_missed,
+        with_effects.
         Another target resets the contrast to the runner-up (unless one is given with it)."""
         checks = {
             "target": lambda v: self.run.position(v),
@@ -117,6 +119,7 @@ class View:
             "contrast": lambda v: v,  # checked below, at the target the view will have
             "rank_by": self._check_rank_by,
             "show_missed": lambda v: _flag("show_missed", v),
+            "with_effects": lambda v: _flag("with_effects", v),
         }
         unknown = set(options) - set(checks)
         if unknown:
@@ -353,8 +356,8 @@ class View:
         """`run`'s effects on the view's metric: logit(the clean prediction) - logit(the contrast) at
         the target; None where there are none (an aggregate, a family with post-norms: see
         `no_effects_reason`)."""
-        if isinstance(run, Aggregate) or run.model is None:
-            return None  # an aggregate has none; a run loaded without its model cannot compute them
+        if not self.with_effects or isinstance(run, Aggregate) or run.model is None:
+            return None  # turned off; an aggregate has none; a run loaded without its model cannot compute them
         answer = self.answer_at(self.target)
 
         def compute() -> Effects | None:
@@ -371,6 +374,8 @@ class View:
 
     def no_effects_reason(self) -> str:
         """Why the run shown has no effects (an LmttError's message), for refusals that need them."""
+        if not self.with_effects:
+            return "effects are turned off (turn them on: w.with_effects = True)"
         if isinstance(self.run, Aggregate):
             return f"the aggregate of {len(self.run.runs)} prompts has none (open one of its prompts)"
         try:
@@ -395,7 +400,7 @@ class View:
                                renormalize=self.renormalize or not by_share,
                                by="share" if by_share else "effect", effects=effects)
         return self.memo.get(("graph", drawn, self.target, self.threshold, self.renormalize, by_share,
-                              self.contrast), compute)
+                              self.contrast, effects is None), compute)
 
     def missed(self, rows: int = MISSED_ROWS) -> list[dict]:
         """The attention and FFN edges of the routes by effect that the routes by share leave out,
@@ -447,7 +452,7 @@ class View:
         """What panels and `selected` read beside the selection: view options (the panel keys
         name those they depend on) and the effects."""
         return {"normalize_lens": self.normalize_lens, "metric_at": self.target, "contrast": self.contrast,
-                "effects": self.effects}
+                "with_effects": self.with_effects, "effects": self.effects}
 
     def panel(self, selection: dict, options: dict | None = None) -> dict[str, Any]:
         """The data of one panel (protocol.PanelData): `selection` is checked and completed first;
@@ -515,6 +520,7 @@ class View:
             "diff_against": self.diff_against,
             "prompt_list": self.prompts.info(self.aggregate_shown),
             "contrast": self.contrast, "rank_by": self.rank_by, "show_missed": self.show_missed,
+            "with_effects": self.with_effects,
             "effects": self.effects_info(),
         }
         return _plain(values, keep_bytes=True)

@@ -68,6 +68,15 @@ def test_contrast_rank_by_and_missed_edges_round_trip(model, page, harness, arti
     page.check("input.show-missed")
     page.wait_for_selector("path.missed-edge")
     page.screenshot(path=str(artifacts / "browser-effects.png"), full_page=True)
+    # effects off: no colours by sign, the effects' controls disabled; on again: back
+    page.uncheck("input.with-effects")
+    page.wait_for_function("() => document.querySelectorAll('path.edge.supports, path.edge.opposes').length === 0")
+    assert w.with_effects is False and w.effects is None
+    assert page.locator("select.rank-by").is_disabled() and page.locator("select.contrast-select").is_disabled()
+    assert not effects_entry.is_visible()
+    page.check("input.with-effects")
+    page.wait_for_function("() => document.querySelectorAll('path.edge.supports, path.edge.opposes').length > 0")
+    assert w.with_effects and not page.locator("select.rank-by").is_disabled()
 
 
 def test_panels_show_effects_beside_shares(model, page, harness, artifacts):

@@ -75,7 +75,7 @@ def check_quickstart(jupyterlab, page, artifacts):
     page.locator(".lmtt-graph").first.scroll_into_view_if_needed()
     before = page.evaluate("() => document.querySelector('.lmtt').dataset.panel")
     # the edge, then the effects' metric: at the target (13), against the runner-up (null)
-    assert before == f"attention/22/1/13/{kernel_head(page)}/13/null"
+    assert before == f"attention/22/1/13/{kernel_head(page)}/13/null/1"
     click_when_still(page, lambda: page.evaluate(EDGE_MIDPOINT))
     page.wait_for_function("(b) => { const p = document.querySelector('.lmtt').dataset.panel; return p && p !== b; }",
                            arg=before, timeout=60_000)
