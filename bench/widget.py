@@ -135,17 +135,19 @@ def click_to_panel(page, what: str, i: int) -> tuple[float, float]:
     raise RuntimeError(f"no {what} click opened a new panel")
 
 
-def repaint_after_payload(page) -> float:
+def repaint_after_payload(page) -> tuple[float, float]:
     """ms from a new payload in the page (the routes to another target, asked by a click on its
     cell) to the first frame painted with it: the first display also waits for JupyterLab to
-    attach the output, this one does not."""
+    attach the output, this one does not; and the seconds from the click to that paint (the
+    kernel's part: the new target's routes and effects)."""
     page.evaluate(f"() => {{ {WIDGET}.dataset.paintMs = ''; }}")
     cell = page.evaluate(f"() => {{ const cells = [...{WIDGET}.querySelectorAll('.target-cell:not(.active) rect')];"
                          " const r = cells.at(-1).getBoundingClientRect();"
                          " return {x: r.left + r.width / 2, y: r.top + r.height / 2}; }")
+    start = time.perf_counter()
     page.mouse.click(cell["x"], cell["y"])
-    page.wait_for_function(f"() => {WIDGET}.dataset.paintMs", timeout=120_000)
-    return float(page.evaluate(f"() => {WIDGET}.dataset.paintMs"))
+    page.wait_for_function(f"() => {WIDGET}.dataset.paintMs", timeout=900_000, polling=100)
+    return float(page.evaluate(f"() => {WIDGET}.dataset.paintMs")), time.perf_counter() - start
 
 
 def pan_long_tasks(page) -> tuple[float, int]:
@@ -216,7 +218,8 @@ def report(results: dict[int, dict]) -> list[tuple[str, str, str]]:
         rows.append((f"T={tokens}: first render: build the SVG", f"{r['render'][0]:.1f} ms", ""))
         rows.append((f"T={tokens}: first display: to first paint", f"{r['render'][1]:.1f} ms (with JupyterLab "
                      "attaching the output)", ""))
-        rows.append((f"T={tokens}: new payload (another target): to paint", f"{r['repaint']:.1f} ms", "<= 200 ms"))
+        rows.append((f"T={tokens}: new payload (another target): to paint", f"{r['repaint'][0]:.1f} ms (click to "
+                     f"paint {r['repaint'][1]:.1f} s: the kernel computes the routes and effects)", "<= 200 ms"))
         for what, values in r["panels"].items():
             total, reply = [v[0] for v in values], [v[1] for v in values]
             rows.append((f"T={tokens}: click to panel: {names[what]}",
