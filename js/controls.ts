@@ -215,7 +215,8 @@ export class Controls {
     }
     this.contrastSelect.replaceChildren(...options);
     this.contrastSelect.value = contrast === null ? "" : String(contrast);
-    this.metric.textContent = effects ? `${effects.metric} = ${fmt(effects.value, 3)}` : "";
+    this.metric.textContent = effects ? `${effects.metric} = ${fmt(effects.value, 3)}`
+      : withEffects ? "" : "effects off (tick “effects” to compute them for this target)";
     this.metric.title = "what the effects measure: the change of this metric when a part is removed (positive: it supports the prediction)";
   }
 

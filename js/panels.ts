@@ -149,6 +149,7 @@ const RENDERERS: Renderers = {
         h("h3", {}, `Neuron ${sel.neuron} of layer ${sel.layer}`),
         h("p", { class: "where" }, `token ${sel.token} `, tokenSpan(info.tokens[sel.token]),
           `: activation ${fmt(data.activation, 3)}${flipped}; share of its write in the block's output ${fmt(data.share, 4)}; `, back),
+        ...effectLine("Effect of its write on", data.metric, data.neuron_effect),
         h("h4", {}, "Activation at every position"), activationStrip(acts, info, sel.token, colours),
         h("h4", {}, "Where it fires most"), strongest,
         h("h4", {}, "Its write here (activation × output row): direct logit effect"), effect(data.effect),

@@ -209,6 +209,8 @@ export interface NeuronPanel {
   activations: Encoded;
   strongest: [number, number][];
   effect: Effect;
+  neuron_effect?: number;
+  metric?: string;
 }
 
 export interface ExpertPanel {

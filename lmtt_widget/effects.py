@@ -146,7 +146,8 @@ class Effects:
 
     def edge(self, layer: int, target: int, source: int) -> torch.Tensor:
         """[H]: each head's effect on the edge source -> target of `layer`."""
-        return self.attention(layer)[self.run.position(target), self.run.position(source)]
+        targets, sources = torch.tensor([self.run.position(target)]), torch.tensor([self.run.position(source)])
+        return self.layers[self.run.layer(layer)].at(targets, sources)[0]  # not the layer's dense [T, T, H]
 
     def ffn(self, layer: int) -> torch.Tensor:
         """[T]: the effect of removing each position's FFN update of `layer`."""

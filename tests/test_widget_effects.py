@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 import lmtt_widget as lw
 import tiny
@@ -145,3 +146,34 @@ def test_effects_turned_off_cost_nothing_and_come_back_when_on(run, monkeypatch)
     w.set_state({"with_effects": "no"})
     assert w.notice["level"] == "error" and "with_effects must be True or False" in w.notice["text"]
     assert lw.show(run, with_effects=False).effects is None
+
+
+def test_long_prompts_show_no_effects_until_asked(run, monkeypatch):
+    from lmtt_widget.widget import state
+
+    monkeypatch.setattr(state, "EFFECTS_AUTO_MAX", run.n_tokens - 1)  # this prompt is "long"
+    w = lw.Widget(run, threshold=0.01)
+    assert w.with_effects is False and w.effects is None and w.view.with_effects is None
+    with pytest.raises(lw.LmttError, match=rf"effects are off for prompts over {run.n_tokens - 1} tokens"):
+        w.view.set(rank_by="effect")
+    w.target = 4  # still automatic, still off
+    assert w.view.with_effects is None and w.effects is None
+    w.set_state({"with_effects": True})  # asked from the page: computed, and it stays asked
+    assert w.view.with_effects is True and w.effects["metric"] == w.view.effects.metric
+    monkeypatch.setattr(state, "EFFECTS_AUTO_MAX", run.n_tokens)  # as long as the limit: on by default
+    assert lw.Widget(run, threshold=0.01).effects is not None
+
+
+def test_a_neurons_panel_and_tensors_carry_its_effect_and_an_edges_its_heads(run):
+    w = lw.Widget(run, threshold=0.01)
+    effects = w.view.effects
+    w.select("neuron", layer=1, token=6, neuron=7)
+    expected = float(effects.neuron_effects(1, 6)[7])
+    data = w.panel(w.selection)
+    assert data["neuron_effect"] == pytest.approx(expected) and data["metric"] == effects.metric
+    assert float(w.selected["effect"]) == pytest.approx(expected)
+    assert w.view.panel_key(w.selection).endswith(f"/{w.target}/null/1")  # another metric: another panel
+    # one edge's heads, read without the layer's dense map, equal that map's row
+    dense = effects.attention(2)
+    for target, source in [(9, 3), (5, 5), (0, 0)]:
+        assert torch.equal(effects.edge(2, target, source), dense[target, source])

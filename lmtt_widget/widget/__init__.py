@@ -7,7 +7,8 @@
     w.graph              # the networkx graph being shown
     w.ablate(("head", 23, 5)), w.undo(), w.patch(...), w.measure_faithfulness(k=5), w.code()
     w.contrast = " John"; w.rank_by = "effect"; w.show_missed = True   # effects (lmtt_widget.effects)
-    w.with_effects = False   # routes by share only: no backward pass per prompt and target
+    w.with_effects = False   # routes by share only: no backward pass per prompt and target (the default:
+                             # effects for prompts up to 512 tokens)
 
 The state lives in one immutable `View` (state.py); the widget copies each new snapshot into its
 typed traits (protocol.TRAITS) and answers the page's commands (protocol.COMMANDS), each with one
@@ -124,7 +125,7 @@ class Widget(anywidget.AnyWidget):
 
     def __init__(self, run: Run | Aggregate, *, target: int = -1, threshold: float = 0.04, renormalize: bool = True,
                  normalize_lens: bool = True, selection: dict | None = None, other: Run | None = None,
-                 prompts=None, contrast=None, rank_by: str = "share", with_effects: bool = True, **kwargs):
+                 prompts=None, contrast=None, rank_by: str = "share", with_effects: bool | None = None, **kwargs):
         unknown = set(kwargs) - {"layout"}
         if unknown:
             raise TypeError(f"Widget() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
@@ -295,7 +296,7 @@ class Widget(anywidget.AnyWidget):
     def _valid_option(self, proposal):
         name, value = proposal["trait"].name, proposal["value"]
         base = self._pending or self._view
-        current = None if base is None else getattr(base, name)
+        current = None if base is None else base.shown(name)
         if base is None or (type(value) is type(current) and value == current):
             return value  # a snapshot being shown
         try:
@@ -304,7 +305,7 @@ class Widget(anywidget.AnyWidget):
             if self._from_page:
                 raise _Refused(f"Refused {name}: {error}") from None
             raise
-        return getattr(self._pending, name)
+        return self._pending.shown(name)
 
     @traitlets.observe(*OPTIONS)
     def _option_changed(self, change):
@@ -420,7 +421,8 @@ def _error(request_id: str | None, kind: str, message: str) -> dict:
 def show(model=None, prompt=None, **options) -> Widget:
     """Analyse `prompt` on `model` (default: the offline demo model) and return the widget;
     `options` go to `Widget` (target, threshold, renormalize, normalize_lens, selection, contrast,
-    rank_by, with_effects: False skips the effects' backward pass for each prompt and target shown).
+    rank_by, with_effects: False skips the effects' backward pass for each prompt and target shown; the
+    default computes them for prompts up to state.EFFECTS_AUTO_MAX tokens).
 
     `prompt` may be a list of prompts, or a text file of them (one per line): the widget shows the
     first and switches between them. `show(run)` and `show(lw.aggregate(runs))` show what is given."""

@@ -454,6 +454,8 @@ class NeuronPanel(TypedDict):
     activations: Encoded  # [T]
     strongest: list[PositionValue]
     effect: Effect
+    neuron_effect: NotRequired[float]  # on the metric, when its write at the token is removed
+    metric: NotRequired[str]
 
 
 class ExpertPanel(TypedDict):

@@ -395,7 +395,8 @@ class Ffn(SelectionKind):
 
 @register
 class Neuron(SelectionKind):
-    kind, title, key = "neuron", "FFN neuron", ("layer", "token", "neuron")
+    # the effect depends on the view's target and contrast
+    kind, title, key = "neuron", "FFN neuron", ("layer", "token", "neuron", "metric_at", "contrast", "with_effects")
 
     def normalize(self, run, sel: dict) -> dict:
         layer = check_index("layer", sel["layer"], run.shape.n_layers)
@@ -405,17 +406,25 @@ class Neuron(SelectionKind):
     def tensors(self, run, sel, options):
         layer, token, neuron = sel["layer"], sel["token"], sel["neuron"]
         activations = run.neuron_activations(layer)[:, neuron]
-        return {"kind": self.kind, "activation": activations[token], "activations": activations,
-                "output": run.neuron_writes(layer, token)[neuron]}
+        out = {"kind": self.kind, "activation": activations[token], "activations": activations,
+               "output": run.neuron_writes(layer, token)[neuron]}
+        effects = options["effects"]
+        if effects is not None:
+            out |= {"effect": effects.neuron_effects(layer, token)[neuron], "metric": effects.metric}
+        return out
 
     def panel(self, run, sel, options):
         layer, token, neuron = sel["layer"], sel["token"], sel["neuron"]
         activations = run.neuron_activations(layer)[:, neuron].float().cpu()  # [T]
         strongest = activations.abs().topk(min(STRONGEST, run.n_tokens)).indices.tolist()
         shares, _ = run.neuron_shares(layer, token)
-        return {"selection": sel, "activation": float(activations[token]), "share": float(shares[neuron]),
-                "activations": S.array(activations), "strongest": [[p, float(activations[p])] for p in strongest],
-                "effect": S.effect(run.neuron_logits(layer, neuron, token, k=options["logits"]))}
+        out = {"selection": sel, "activation": float(activations[token]), "share": float(shares[neuron]),
+               "activations": S.array(activations), "strongest": [[p, float(activations[p])] for p in strongest],
+               "effect": S.effect(run.neuron_logits(layer, neuron, token, k=options["logits"]))}
+        effects = options["effects"]
+        if effects is not None:
+            out |= {"neuron_effect": float(effects.neuron_effects(layer, token)[neuron]), "metric": effects.metric}
+        return out
 
     def ablations(self, run, sel):
         layer, token, neuron = sel["layer"], sel["token"], sel["neuron"]

@@ -39,6 +39,9 @@ from .prompts import Prompts, prompts_panel
 
 DIFF_ROWS = 12  # the strongest changes of each sort and edge kind that the page lists and marks
 DIFF_AGAINST = ("other", "clean")
+# Longer prompts show no effects until asked (w.with_effects = True): each new target costs a forward
+# and a backward pass (demo model on a laptop CPU: ~3 s at T=300, ~90 s at T=2048)
+EFFECTS_AUTO_MAX = 512
 MISSED_ROWS = 40  # the missed edges (large |effect|, not on the share routes) that the page marks
 _RUN_INFO: weakref.WeakKeyDictionary[Run | Aggregate, dict] = weakref.WeakKeyDictionary()
 
@@ -82,7 +85,8 @@ class View:
     contrast: int | None = None  # the effects' contrast token id at the target (None: the clean runner-up)
     rank_by: str = "share"  # the routes drawn: kept by share, or by |effect| (graph.effect_routes)
     show_missed: bool = False  # mark the edges with a large |effect| that the share routes leave out
-    with_effects: bool = True  # compute effects (one forward and one backward per run and target shown)
+    with_effects: bool | None = None  # compute effects (one forward and one backward per run and target shown);
+    # None: for prompts up to EFFECTS_AUTO_MAX tokens (see effects_on)
     faithfulness: FaithfulnessTable | None = None  # the last measured, for this run, target and contrast
     prompts: Prompts = field(default_factory=Prompts)  # the prompts to switch between (w.prompts)
     memo: Memo = field(default_factory=Memo, compare=False, repr=False)
@@ -90,7 +94,7 @@ class View:
     @classmethod
     def of(cls, run: Run | Aggregate, other: Run | None = None, *, target: int = -1, threshold: float = 0.04,
            renormalize: bool = True, normalize_lens: bool = True, selection: dict | None = None,
-           prompts=None, contrast=None, rank_by: str = "share", with_effects: bool = True) -> View:
+           prompts=None, contrast=None, rank_by: str = "share", with_effects: bool | None = None) -> View:
         """`prompts`: a list of prompts (or a text file of them, one per line) to switch between."""
         if not isinstance(run, (Run, Aggregate)):
             raise LmttError(f"a widget shows a Run (lmtt_widget.analyze(model, prompt)) or an Aggregate "
@@ -119,7 +123,7 @@ class View:
             "contrast": lambda v: v,  # checked below, at the target the view will have
             "rank_by": self._check_rank_by,
             "show_missed": lambda v: _flag("show_missed", v),
-            "with_effects": lambda v: _flag("with_effects", v),
+            "with_effects": lambda v: v if v is None else _flag("with_effects", v),
         }
         unknown = set(options) - set(checks)
         if unknown:
@@ -137,6 +141,10 @@ class View:
                                 "rank by share")
             view = replace(view, rank_by="share")  # another run shown without effects: drawn by share
         return view
+
+    def shown(self, option: str) -> Any:
+        """An option as its trait shows it (with_effects: whether effects are on, automatic or not)."""
+        return self.effects_on if option == "with_effects" else getattr(self, option)
 
     def select(self, selection: dict | None) -> View:
         return self.set(selection=selection)
@@ -356,7 +364,7 @@ class View:
         """`run`'s effects on the view's metric: logit(the clean prediction) - logit(the contrast) at
         the target; None where there are none (an aggregate, a family with post-norms: see
         `no_effects_reason`)."""
-        if not self.with_effects or isinstance(run, Aggregate) or run.model is None:
+        if not self.effects_on or isinstance(run, Aggregate) or run.model is None:
             return None  # turned off; an aggregate has none; a run loaded without its model cannot compute them
         answer = self.answer_at(self.target)
 
@@ -368,12 +376,23 @@ class View:
         return self.memo.get(("effects", run, self.target, answer, self.contrast), compute)
 
     @property
+    def effects_on(self) -> bool:
+        """Whether effects are computed: as `with_effects` says, or (None) for prompts up to
+        EFFECTS_AUTO_MAX tokens, where a target's backward pass takes seconds, not minutes."""
+        if self.with_effects is not None:
+            return self.with_effects
+        return len(self.run.tokens) <= EFFECTS_AUTO_MAX
+
+    @property
     def effects(self) -> Effects | None:
         """The effects of the run shown (lmtt_widget.effects), or None where there are none."""
         return self.effects_of(self.run)
 
     def no_effects_reason(self) -> str:
         """Why the run shown has no effects (an LmttError's message), for refusals that need them."""
+        if self.with_effects is None and not self.effects_on:
+            return (f"effects are off for prompts over {EFFECTS_AUTO_MAX} tokens (each target costs a backward "
+                    "pass; turn them on: w.with_effects = True)")
         if not self.with_effects:
             return "effects are turned off (turn them on: w.with_effects = True)"
         if isinstance(self.run, Aggregate):
@@ -452,7 +471,7 @@ class View:
         """What panels and `selected` read beside the selection: view options (the panel keys
         name those they depend on) and the effects."""
         return {"normalize_lens": self.normalize_lens, "metric_at": self.target, "contrast": self.contrast,
-                "with_effects": self.with_effects, "effects": self.effects}
+                "with_effects": self.effects_on, "effects": self.effects}
 
     def panel(self, selection: dict, options: dict | None = None) -> dict[str, Any]:
         """The data of one panel (protocol.PanelData): `selection` is checked and completed first;
@@ -520,7 +539,7 @@ class View:
             "diff_against": self.diff_against,
             "prompt_list": self.prompts.info(self.aggregate_shown),
             "contrast": self.contrast, "rank_by": self.rank_by, "show_missed": self.show_missed,
-            "with_effects": self.with_effects,
+            "with_effects": self.effects_on,
             "effects": self.effects_info(),
         }
         return _plain(values, keep_bytes=True)
