@@ -123,7 +123,7 @@ def test_the_widget_of_a_loaded_run_shows_what_the_original_showed(run, path, mo
     assert loaded.selection == original.select(**attention)
     with pytest.raises(lw.LmttError, match="without its model"):
         loaded.panel(attention)
-    assert lw.Widget(lw.load_run(path, model=model)).panel(attention) == original.panel(attention)
+    assert lw.Widget(lw.load_run(path, model=model), threshold=0.02).panel(attention) == original.panel(attention)
 
 
 def test_files_that_are_not_saved_runs_are_refused(run, tmp_path):
