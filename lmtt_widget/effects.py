@@ -30,6 +30,14 @@ integrated path averages over models with far more removed. Use "integrated" whe
 a large removal: its effects of the edges into a position add up to removing them all (exactly,
 as steps grow, within one block).
 
+`refine=k` (either method) screens by the estimate and measures the largest exactly: the k edge
+terms into the position and the k FFN updates at it with the largest |estimate| are each removed
+alone by a one-token rerun from the cached keys and values (lmtt_widget.interventions.removals),
+and their exact effects replace the estimates (`Effects.refined` lists both). A first-order
+estimate is wrong where m is far from linear in a part: on the demo model's facts prompts a head
+reading the country with A > 0.9 is past m's peak along its write, and its gradient effect has the
+wrong sign (bench/README.md). Entries not refined stay estimates.
+
 Norms after a sub-block (Gemma 2/3's sandwich norms, OLMo 2/3's post-norms): a part is defined as
 the shares define it (lmtt_widget.architectures' design notes), with the norm's per-position scale
 frozen at its real value: the residual receives s_i M(attn_out_i), so an edge's term is
@@ -61,7 +69,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from . import graph as G
 from . import interventions as I
 from .architectures import post_norm_map, w_o
-from .errors import LmttError, check_positive, check_threshold
+from .errors import LmttError, check_count, check_positive, check_threshold
+from .interventions.removals import EdgeRemovals, Part
 from .tracing import Edit, exclusive, trace
 
 METHODS = ("gradient", "integrated")
@@ -72,6 +81,14 @@ class NeuronEffect(NamedTuple):
     index: int  # type: ignore[assignment]  # shadows tuple.index
     effect: float
     activation: float
+
+
+class Refined(NamedTuple):
+    """A part whose first-order estimate `refine` replaced by its exact effect."""
+
+    part: Part  # (layer, source, head) of an edge into the position; source None: the FFN update at it
+    estimate: float  # the gradient's (or integrated) estimate it replaced
+    exact: float  # m(clean) - m(without the part), by a rerun: what eff.attention / eff.ffn now hold
 
 
 class ExpertEffect(NamedTuple):
@@ -107,10 +124,9 @@ class LayerEffects:
         """[k, H]: the per-head effects of the edges sources[k] -> targets[k] (0 where not kept)."""
         return G.lookup(self.edges, self.heads, targets, sources, self.ffn.shape[0])
 
-    def into(self, target: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sources [n], per-head effects [n, H]) of the kept edges into `target`."""
-        rows = (self.edges[:, 0] == target).nonzero()[:, 0]
-        return self.edges[rows, 1], self.heads[rows]
+    def into(self, target: int) -> torch.Tensor:
+        """[n]: the rows (of `edges` and `heads`) of the kept edges into `target`."""
+        return (self.edges[:, 0] == target).nonzero()[:, 0]
 
 
 class Effects:
@@ -128,6 +144,7 @@ class Effects:
         self.value = value  # m in the clean run
         self.layers = layers
         self._ffn_grads = ffn_grads  # [L, T, d] float32: dm/d(each FFN update), for the neurons
+        self.refined: list[Refined] = []  # the parts measured exactly (see effects(refine=...))
 
     @property
     def metric(self) -> str:
@@ -136,7 +153,7 @@ class Effects:
                 f"{self.position} {run.tokens[self.position]!r}")
 
     def __repr__(self) -> str:
-        steps = "" if self.method == "gradient" else f", {self.steps} steps"
+        steps = f", {self.steps} steps" if self.method.startswith("integrated") else ""
         return f"Effects({self.method}{steps}: {self.metric} = {self.value:.3f})"
 
     def attention(self, layer: int) -> torch.Tensor:
@@ -214,27 +231,95 @@ class Effects:
 
 # -- computing them --------------------------------------------------------------------------------
 
-def effects(run, answer=None, contrast=None, *, token: int = -1, method: str = "gradient", steps: int = 8) -> Effects:
+def effects(run, answer=None, contrast=None, *, token: int = -1, method: str = "gradient", steps: int = 8,
+            refine: int = 0) -> Effects:
     """The effects of every attention edge, FFN update and neuron on logit(answer) - logit(contrast)
     at position `token` (see Effects and the module docstring). `answer`: the top prediction by
     default; `contrast`: the runner-up (the best token other than the answer). Each is a one-token
     string (" Mary") or a token id. `method` "gradient" costs one forward and one backward pass;
     "integrated" `steps` of each (about `steps` times the cost). Rank single parts by "gradient"
     (more faithful on every benchmarked task, module docstring); "integrated" estimates large joint
-    removals."""
+    removals.
+
+    `refine` k > 0: screen by the estimate, then measure the largest exactly. The k edge terms
+    into `token` (layer, source, head) with the largest |estimate|, and the k FFN updates at
+    `token` with the largest (at most one per layer), are each removed alone in a rerun; their
+    exact effects replace the estimates in `attention` / `edge` / `ffn` (and so in the routes by
+    effect and the faithfulness ranking), `refined` lists them with both values, and `method`
+    reads e.g. "gradient+exact(10)". A first-order estimate is wrong where the model is far from
+    linear in a part (on the demo model's facts prompts one saturated head reading the country
+    gets the wrong sign: bench/README.md). Cost: up to 2k one-token passes from the cached keys and
+    values of the earlier tokens, batched within the run's memory budget (an intervened run: up to
+    2k whole forward passes). Every other entry stays the first-order estimate, and so do the
+    neurons' and experts' effects (their sum is then no longer the refined FFN update's)."""
     I.check_run(run, "run", "effects")
     position = run.position(token)
     answer, contrast = metric_tokens(run, position, answer, contrast)
     if method not in METHODS:
         raise LmttError(f"method must be one of {METHODS}, got {method!r}")
     steps = check_positive("steps", steps) if method == "integrated" else 1
+    refine = check_count("refine", refine)
     alphas = [1.0] if method == "gradient" else [(k + 0.5) / steps for k in range(steps)]
     attn_grads, ffn_grads = _mean_gradients(run, position, answer, contrast, alphas)
     value = float(run.logits[position, answer] - run.logits[position, contrast])
     floor = 0.0 if _all_fit(run) else FLOOR * max(abs(value), 1e-3)
     layers = [_layer_effects(run, layer, attn_grads[layer], ffn_grads[layer], floor)
               for layer in range(run.shape.n_layers)]
-    return Effects(run, position, answer, contrast, method, steps, value, layers, ffn_grads)
+    result = Effects(run, position, answer, contrast, method, steps, value, layers, ffn_grads)
+    if refine:
+        _refine(result, refine)
+        result.method = f"{method}+exact({refine})"
+    return result
+
+
+def _refine(effects: Effects, k: int) -> None:
+    """Measure the k largest edge terms into the position and FFN updates at it exactly, and put
+    the exact effects in place of the estimates (see `effects`)."""
+    run, position = effects.run, effects.position
+    covered = _removed_already(run, position)
+    edges = [part for part in _largest_edge_terms(effects) if not covered(part)][:k]
+    ffn = sorted((Part(layer, None) for layer in range(run.shape.n_layers) if not covered(Part(layer, None))),
+                 key=lambda part: -abs(float(effects.layers[part.layer].ffn[position])))[:k]
+    removals = EdgeRemovals(run, position, effects.answer, effects.contrast)
+    drops = removals.drops([[part] for part in edges + ffn])
+    for part, drop in zip(edges + ffn, drops):
+        layer_effects = effects.layers[part.layer]
+        if part.is_ffn:
+            estimate = float(layer_effects.ffn[position])
+            layer_effects.ffn[position] = drop.logit_diff
+        else:
+            rows = layer_effects.into(position)
+            row = rows[layer_effects.edges[rows, 1] == part.source][0]
+            estimate = float(layer_effects.heads[row, part.head])
+            layer_effects.heads[row, part.head] = drop.logit_diff
+        effects.refined.append(Refined(part, estimate, drop.logit_diff))
+
+
+def _largest_edge_terms(effects: Effects) -> list[Part]:
+    """The kept edge terms (layer, source, head) into the position, largest |effect| first (ties:
+    earlier layer, source, head)."""
+    parts, values = [], []
+    for layer, layer_effects in enumerate(effects.layers):
+        rows = layer_effects.into(effects.position)
+        heads = layer_effects.heads[rows]  # [n, H]
+        sources = layer_effects.edges[rows, 1].tolist()
+        parts += [Part(layer, source, head) for source in sources for head in range(heads.shape[1])]
+        values.append(heads.flatten())
+    order = torch.cat(values).abs().argsort(descending=True, stable=True)
+    return [parts[i] for i in order.tolist()]
+
+
+def _removed_already(run, position: int):
+    """Whether the run's own ablations already remove a part (measuring it again would ablate it twice)."""
+    edges = {(ab.layer, ab.source, ab.head) for ab in run.interventions if ab.kind == "edge" and ab.target == position}
+    ffn = {ab.layer for ab in run.interventions
+           if ab.kind == "ffn" and (ab.positions is None or position in ab.positions)}
+
+    def covered(part: Part) -> bool:
+        if part.is_ffn:
+            return part.layer in ffn
+        return (part.layer, part.source, None) in edges or (part.layer, part.source, part.head) in edges
+    return covered
 
 
 def metric_tokens(run, position: int, answer, contrast) -> tuple[int, int]:

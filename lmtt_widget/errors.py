@@ -44,6 +44,14 @@ def check_positive(name: str, value: int) -> int:
     return count
 
 
+def check_count(name: str, value: int) -> int:
+    """Return `value` as an int >= 0 (a number of draws, of parts to measure)."""
+    count = _integer(value)
+    if count is None or count < 0:
+        raise LmttError(f"{name} must be a non-negative integer, got {value!r}")
+    return count
+
+
 def check_floor(floor: float) -> float:
     value = _real(floor)
     if value is None or not 0 <= value < 1:

@@ -12,29 +12,24 @@ important as the best found; it can exceed 1 (removing edges together is not the
 each), and it is negative when the ranking's edges together oppose the answer. Random edges
 matched to the ranking's (same layer, same target) are shown as a baseline.
 
-Every number is exact, measured by rerunning the model. Edges into one position change nothing
-before it, so for a run without interventions only that position is rerun, from the clean keys
-and values of the earlier ones (a one-token forward pass with their cache); an intervened run is
-rerun whole (interventions.ablated_logits).
+Every number is exact, measured by rerunning the model (lmtt_widget.interventions.removals: for a
+run without interventions only that position is rerun, from the clean keys and values of the
+earlier ones; an intervened run is rerun whole).
 """
 
 from __future__ import annotations
 
-import inspect
 import random
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
-import torch
-
 from . import effects as E
 from . import interventions as I
-from .architectures import norm_eps, text_config, w_o
-from .errors import LmttError, check_positive
+from .errors import LmttError, check_count, check_positive
 from .interventions.kinds import check_mode
-from .interventions.running import Readout, readout
-from .tracing import exclusive
+from .interventions.removals import EdgeRemovals
+from .interventions.running import Readout
 
 RANKINGS = ("share", "effect")
 READING = ("Fraction of the best possible: the drop of {metric} when a ranking's top k edges are removed together, "
@@ -143,114 +138,6 @@ class FaithfulnessTable:
         return "\n".join(lines + [f"  {note}" for note in self.notes()])
 
 
-# -- reruns ----------------------------------------------------------------------------------------
-
-Edge = tuple[int, int]  # (layer, source) of an attention edge into the position measured
-
-
-class EdgeRemovals:
-    """Exact readouts of the prediction at `position` with sets of attention edges into it removed
-    (all heads; `mode` as in interventions), cached by set.
-
-    A run without interventions reruns only `position`, from the clean keys and values of the
-    positions before it, many sets at once: a batch of one-token passes, one per set, as many as
-    fit the run's memory budget (each holds a copy of the cache). An intervened run is rerun
-    whole, a set at a time, its ablations kept; so is a run of a family whose attention gives
-    no probabilities in a pass with a cache (Falcon under sdpa: they are computed from the
-    pass' own keys)."""
-
-    def __init__(self, run, position: int, answer: int, contrast: int, mode: str = "zero"):
-        self.run, self.position, self.answer, self.contrast, self.mode = run, position, answer, contrast, mode
-        self.clean = readout(run.logits, position, answer, contrast)
-        self._cache: dict[frozenset, Readout] = {frozenset(): self.clean}
-
-    def drops(self, sets: list[list[Edge]]) -> list[Readout]:
-        """Clean minus removed (p(answer), logit(answer), m) for each set of edges."""
-        keys = [frozenset(edges) for edges in sets]
-        missing = list(dict.fromkeys(key for key in keys if key not in self._cache))
-        for key, row in zip(missing, self._logits([sorted(key) for key in missing])):
-            self._cache[key] = Readout(float(row.softmax(-1)[self.answer]), float(row[self.answer]),
-                                       float(row[self.answer] - row[self.contrast]))
-        return [Readout(*(c - a for c, a in zip(self.clean, self._cache[key]))) for key in keys]
-
-    def _logits(self, sets: list[list[Edge]]) -> list[torch.Tensor]:
-        run, t = self.run, self.position
-        if run.edits or run.family.probs_from_inputs is not None:  # rerun whole (see the class docstring)
-            return [I.ablated_logits(run, [("edge", layer, source, t) for layer, source in edges], self.mode)[t]
-                    for edges in sets]
-        shape = run.shape
-        per_set = 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * (t + 1) * 4 + 4 * shape.d_vocab
-        batch = max(1, run.budget_bytes // per_set)
-        return [row for i in range(0, len(sets), batch) for row in self._batch(sets[i:i + batch])]
-
-    @torch.no_grad()
-    def _batch(self, sets: list[list[Edge]]) -> torch.Tensor:
-        """[len(sets), V]: the logits at the position, one one-token pass per set, batched."""
-        run, t, shape, model = self.run, self.position, self.run.shape, self.run.model
-        device = run.hf_model.device
-        clamp = run.family.value_clamp(text_config(run.hf_model))
-        n = len(sets)
-        removed = torch.zeros(shape.n_layers, n, t + 1)  # which sources each set removes, per layer
-        for row, edges in enumerate(sets):
-            for layer, source in edges:
-                removed[layer, row, source] = 1.0
-        ids = run.input_ids[t].repeat(n, 1).to(device)  # [n, 1]
-        kwargs = {"attention_mask": torch.ones(n, t + 1, dtype=torch.long, device=device)}
-        with exclusive(model):
-            if t > 0:
-                past = _past(run, t)
-                past.batch_repeat_interleave(n)
-                kwargs[_cache_argument(run.hf_model)] = past
-            with model.trace(ids, **kwargs):
-                for layer in removed.sum((1, 2)).nonzero()[:, 0].tolist():
-                    modules = run.family.modules(model, layer)
-                    own = run.family.value_vectors(modules["value_proj"].output.reshape(n, -1), shape,
-                                                   clamp)  # [n, KV, hd]: position t's
-                    attention = modules["attention"].output
-                    probs = _all_sources(attention[1][:, :, 0], t + 1)
-                    terms = self._terms(layer, removed[layer].to(device), probs, own)
-                    post_norm = modules["attn_post_norm"]
-                    if post_norm is None:
-                        attention[0][:, 0] -= terms.to(attention[0].dtype)
-                    else:  # taken out of the norm's output, at the norm's real scale (architectures' notes)
-                        scale = run.family.norm.scale(attention[0][:, 0], norm_eps(post_norm))  # [n]
-                        post_norm.output[:, 0] -= (terms * scale[:, None]).to(attention[0].dtype)
-                logits = model.output.logits[:, -1].save()
-        return logits.float().cpu()
-
-    def _terms(self, layer: int, removed: torch.Tensor, probs, own: torch.Tensor) -> torch.Tensor:
-        """[n, d]: sum over removed sources s and heads h of A^h[t,s] (v^h_s - mean) W_O^h, for each
-        set (removed [n, t + 1]; probs [n, H, t + 1]; own [n, KV, hd]: the values at t)."""
-        run, t, shape = self.run, self.position, self.run.shape
-        clean = run.capture.values[layer].float().to(own.device)  # [T, KV, hd]
-        mean = clean.mean(0) if self.mode == "mean" else torch.zeros_like(clean[0])
-        group = shape.n_heads // shape.n_kv_heads
-        w = w_o(run.hf_model, run.family, shape, layer).float().to(own.device)  # [H, hd, d]
-        weights = probs.float() * removed[:, None, :]  # [n, H, t + 1]
-        earlier = (clean[:t] - mean).repeat_interleave(group, dim=1)  # [t, H, hd]
-        at_t = (own.float() - mean).repeat_interleave(group, dim=1)  # [n, H, hd]
-        mixed = torch.einsum("nhs,shk->nhk", weights[:, :, :t], earlier) + weights[:, :, t, None] * at_t
-        return torch.einsum("nhk,hkd->nd", mixed, w)
-
-
-def _all_sources(probs: torch.Tensor, n_sources: int) -> torch.Tensor:
-    """[n, H, n_sources]: a one-token pass' probabilities [n, H, S] over all the positions up to it.
-    A sliding-window layer's cache keeps only the last S keys: the earlier sources get 0."""
-    missing = n_sources - probs.shape[-1]
-    return probs if missing == 0 else torch.nn.functional.pad(probs, (missing, 0))
-
-
-def _past(run, position: int):
-    """The cache of the keys and values of the positions before `position`."""
-    output = run.hf_model(run.input_ids[None, :position].to(run.hf_model.device), use_cache=True)
-    return output["cache"] if "cache" in output else output["past_key_values"]  # named cache since transformers 5
-
-
-def _cache_argument(hf_model) -> str:
-    """The forward pass' keyword for a cache: `cache` since transformers 5, `past_key_values` before."""
-    return "cache" if "cache" in inspect.signature(hf_model.forward).parameters else "past_key_values"
-
-
 # -- the table -------------------------------------------------------------------------------------
 
 def edge_scores(run, position: int, by: str, effects=None) -> dict[tuple[int, int], float]:
@@ -279,7 +166,7 @@ def faithfulness(run, k=(5, 10, 20), by=RANKINGS, *, token: int = -1, answer=Non
     I.check_run(run, "run", "faithfulness")
     check_mode(mode)
     ks = _ks(k)
-    draws = _count("draws", draws)
+    draws = check_count("draws", draws)
     candidates = check_positive("candidates", candidates)
     names = [by] if isinstance(by, str) else list(by)
     if not names:
@@ -342,12 +229,6 @@ def _ks(k) -> list[int]:
     if not values:
         raise LmttError("k is empty: give a number of edges, or several, e.g. k=(5, 10, 20)")
     return [check_positive("k", n) for n in values]
-
-
-def _count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise LmttError(f"{name} must be a non-negative integer, got {value!r}")
-    return value
 
 
 def _random_edges(run, edges: list[RouteEdge], rng: random.Random, leave_out: set) -> list[RouteEdge]:

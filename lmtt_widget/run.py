@@ -861,14 +861,17 @@ class Run(Shares):
 
     # -- effects (lmtt_widget.effects) ----------------------------------------------------
 
-    def effects(self, answer=None, contrast=None, *, token: int = -1, method: str = "gradient", steps: int = 8):
+    def effects(self, answer=None, contrast=None, *, token: int = -1, method: str = "gradient", steps: int = 8,
+                refine: int = 0):
         """What removing each attention edge, FFN update or neuron does to logit(answer) -
         logit(contrast) at position `token` (default: the top prediction against the runner-up);
         see lmtt_widget.effects. "gradient" costs one forward and one backward pass; "integrated"
         averages the gradients over `steps` points of a path from every edge removed to clean
         (EAP-IG), about `steps` times that, and ranks single parts less faithfully on every
-        benchmarked task: use it for large joint removals, "gradient" to rank parts."""
-        return E.effects(self, answer, contrast, token=token, method=method, steps=steps)
+        benchmarked task: use it for large joint removals, "gradient" to rank parts. `refine` k:
+        the k largest edge terms into `token` and FFN updates at it measured exactly instead (up
+        to 2k one-token reruns; `eff.refined` lists them)."""
+        return E.effects(self, answer, contrast, token=token, method=method, steps=steps, refine=refine)
 
     # -- interventions (lmtt_widget.interventions) ----------------------------------------
 

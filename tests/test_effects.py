@@ -191,6 +191,95 @@ def test_exact_is_the_change_of_the_metric_under_the_same_ablations(run64):
     assert eff.exact(ablations) == pytest.approx(eff.value - float(logits[6, eff.answer] - logits[6, eff.contrast]))
 
 
+# -- refined: the largest estimates measured exactly ------------------------------------------------
+
+def edge_terms_into(eff, target: int) -> dict[tuple[int, int, int], float]:
+    """{(layer, source, head): effect} of every edge term into `target`."""
+    return {(layer, source, head): float(value) for layer in range(eff.run.shape.n_layers)
+            for source, row in enumerate(eff.attention(layer)[target, :target + 1]) for head, value in enumerate(row)}
+
+
+# pre-norm sequential, post-norm (sandwich norms), parallel blocks, a mixture of experts
+@pytest.mark.parametrize("name", ["llama", "gemma2", "gpt_neox", "mixtral"])
+def test_refine_puts_the_exact_single_removal_in_place_of_the_largest_estimates_and_leaves_the_rest(name):
+    run = lw.analyze(tiny.load(name, seed=2, dtype=torch.float64), PROMPT)
+    last, n_layers = run.n_tokens - 1, run.shape.n_layers
+    plain, eff = run.effects(), run.effects(refine=4)
+    assert eff.method == "gradient+exact(4)" and plain.refined == [] and "gradient+exact(4)" in repr(eff)
+    estimates = edge_terms_into(plain, last)
+    largest = sorted(estimates, key=lambda e: -abs(estimates[e]))[:4]
+    edges = [r for r in eff.refined if not r.part.is_ffn]
+    ffn = [r for r in eff.refined if r.part.is_ffn]
+    assert [tuple(r.part) for r in edges] == largest
+    assert sorted(r.part.layer for r in ffn) == list(range(min(4, n_layers)))  # tiny models: every layer
+    for r in eff.refined:
+        layer, source, head = r.part
+        if r.part.is_ffn:
+            exact, now, before = eff.exact([("ffn", layer, last)]), eff.ffn(layer)[last], plain.ffn(layer)[last]
+        else:
+            exact = eff.exact([("edge", layer, source, last, head)])
+            now, before = eff.edge(layer, last, source)[head], plain.edge(layer, last, source)[head]
+        assert float(now) == pytest.approx(exact, rel=1e-5, abs=1e-7) == r.exact, r
+        assert r.estimate == float(before)
+    assert any(abs(r.exact - r.estimate) > 1e-3 * abs(r.exact) for r in eff.refined)  # 100x the tolerance
+    for layer in range(n_layers):
+        untouched = torch.ones(run.n_tokens, run.n_tokens, run.shape.n_heads, dtype=torch.bool)
+        for r in edges:
+            if r.part.layer == layer:
+                untouched[last, r.part.source, r.part.head] = False
+        assert torch.equal(eff.attention(layer)[untouched], plain.attention(layer)[untouched])
+        refined_ffn = [last] if layer in [r.part.layer for r in ffn] else []
+        others = [t for t in range(run.n_tokens) if t not in refined_ffn]
+        assert torch.equal(eff.ffn(layer)[others], plain.ffn(layer)[others])
+
+
+def test_refine_beyond_the_number_of_parts_measures_every_one(run):
+    """refine=10**4 on 3 layers x 18 sources x 4 heads: every edge term into the target and every
+    FFN update at it, at an earlier target too; the routes by effect use the exact values."""
+    target = 6
+    eff = run.effects(token=target, refine=10**4)
+    shape = run.shape
+    assert len(eff.refined) == shape.n_layers * (target + 1) * shape.n_heads + shape.n_layers
+    assert {tuple(r.part) for r in eff.refined if not r.part.is_ffn} == set(edge_terms_into(eff, target))
+    for r in eff.refined[::37]:
+        ablation = r.part.ablation(target)
+        assert r.exact == pytest.approx(eff.exact([ablation]), abs=1e-5), ablation
+    exact = {tuple(r.part): r.exact for r in eff.refined}
+    into = [d for _, v, key, d in eff.graph(threshold=1e-6).edges(keys=True, data=True)
+            if key == "attention" and v[1] == shape.n_layers - 1 and d["target"] == target]
+    assert into
+    for d in into:
+        assert d["head_effects"] == pytest.approx([exact[shape.n_layers - 1, d["source"], h]
+                                                   for h in range(shape.n_heads)], abs=1e-7)
+
+
+def test_refine_in_an_intervened_run_leaves_out_what_it_ablates_and_measures_the_intervened_run(run):
+    last = run.n_tokens - 1
+    plain = run.effects()
+    layer, source, head = max(edge_terms_into(plain, last).items(), key=lambda item: abs(item[1]))[0]
+    ablated, _ = run.intervene([("edge", layer, source, last), ("ffn", 0, last)])
+    eff = ablated.effects(plain.answer, plain.contrast, refine=3)
+    parts = [tuple(r.part) for r in eff.refined]
+    assert len(parts) == 3 + 2 and not any(p[:2] == (layer, source) for p in parts)  # 3 edge terms, 2 FFN updates
+    assert (0, None, None) not in parts
+    for r in eff.refined:
+        assert r.exact == pytest.approx(eff.exact([r.part.ablation(last)]), abs=1e-5)
+
+
+@pytest.mark.demo
+def test_refine_gives_the_saturated_head_of_a_fact_its_sign(demo_model):
+    """The capital of Portugal: layer 23's head 4 reads the country with A > 0.9 and m is past its
+    peak along its write, so the gradient says removing it raises m; removing it lowers m by
+    1.35 (bench/README.md's facts analysis). Refined among the 10 largest, it gets its exact value."""
+    run = lw.analyze(demo_model, "The capital of Portugal is")
+    last, country = run.n_tokens - 1, run.tokens.index(" Portugal")
+    plain, eff = run.effects(), run.effects(refine=10)
+    assert float(plain.edge(23, last, country)[4]) < -1
+    exact = eff.exact([("edge", 23, country, last, 4)])
+    assert exact > 1 and float(eff.edge(23, last, country)[4]) == pytest.approx(exact, abs=1e-4)
+    assert (23, country, 4) in [tuple(r.part) for r in eff.refined]
+
+
 @pytest.fixture(scope="module")
 def run():
     return lw.analyze(tiny.load("llama", seed=3), PROMPT)
@@ -214,6 +303,9 @@ def test_the_metric_and_its_defaults(run):
     (lambda r: r.effects(contrast=10**6), "out of range"),
     (lambda r: r.effects(method="saliency"), "method must be"),
     (lambda r: r.effects(method="integrated", steps=0), "steps must be a positive integer"),
+    (lambda r: r.effects(refine=-1), "refine must be a non-negative integer, got -1"),
+    (lambda r: r.effects(refine=2.5), "refine must be a non-negative integer, got 2.5"),
+    (lambda r: r.effects(refine=True), "refine must be a non-negative integer"),
     (lambda r: r.effects().neurons(0, 1, k=0), "k must be a positive integer"),
     (lambda r: r.graph(by="effect"), "need effects"),
     (lambda r: r.graph(token=2, effects=r.effects()), "give token="),
