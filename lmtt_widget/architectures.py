@@ -237,7 +237,9 @@ class Family:
         """[T, KV, head_dim]: the value vectors in the value projection's output [T, width], clamped
         to [-clamp, clamp] where the family clamps them (`value_clamp(config)`)."""
         values = self.values(proj_out, shape.n_heads, shape.n_kv_heads, shape.head_dim)
-        return values if clamp is None else values.clamp(-clamp, clamp)
+        # a copy first: the model clamps the projection's output in place after this reads it, which
+        # would break a backward pass through our clamp (an edge ablation's term, under effects)
+        return values if clamp is None else values.clone().clamp(-clamp, clamp)
 
     def values_code(self, proj_out: str, shape: Shape, clamp: float | None) -> str:
         """`value_vectors` as code, on the expression `proj_out` of the projection's output [T, width]."""
