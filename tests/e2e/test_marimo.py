@@ -33,9 +33,10 @@ def test_marimo_renders_and_a_click_reaches_python(marimo_app, e2e_page, artifac
         click_when_still(page, lambda: widget.locator("svg path.edge.attention").evaluate_all(HEAVIEST_EDGE_MIDPOINT))
         page.wait_for_function("(el) => (el.dataset.panel || '').startsWith('attention/')",
                                arg=widget.element_handle(), timeout=30_000)
-        # the panel's key: the edge, then the effects' metric (its position and contrast: the runner-up)
-        _, layer, source, target, head, position, contrast = widget.get_attribute("data-panel").split("/")
-        assert contrast == "null"
+        # the panel's key: the edge, then the effects' metric (its position and contrast: the runner-up),
+        # then whether effects are on (they are, for a prompt this short)
+        _, layer, source, target, head, position, contrast, with_effects = widget.get_attribute("data-panel").split("/")
+        assert contrast == "null" and with_effects == "1"
         assert widget.locator(".lmtt-panel h3").first.text_content().strip() == f"Attention edge, layer {layer}"
         assert widget.locator(".heads button.head").count() == 4  # the heads' shares, from Python
         expected = {"kind": "attention", "layer": int(layer), "source": int(source), "target": int(target),

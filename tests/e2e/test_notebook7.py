@@ -83,9 +83,10 @@ def test_notebook7_click_reaches_the_kernel(notebook7, e2e_page, artifacts):
                                timeout=60_000)
         panel = page.evaluate("() => document.querySelector('.lmtt').dataset.panel")
         page.screenshot(path=str(artifacts / "e2e-nb7-attention.png"))
-        # the panel's key: the edge, then the effects' metric (its position and contrast: the runner-up)
-        _, layer, source, target, head, position, contrast = panel.split("/")
-        assert contrast == "null"
+        # the panel's key: the edge, then the effects' metric (its position and contrast: the runner-up),
+        # then whether effects are on (they are, for a prompt this short)
+        _, layer, source, target, head, position, contrast, with_effects = panel.split("/")
+        assert contrast == "null" and with_effects == "1"
         run_cell(page, 1)
         expected = {"kind": "attention", "layer": int(layer), "source": int(source), "target": int(target),
                     "head": int(head)}
