@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import torch
 
-from .attention import AttentionProbs
+from .attention import batch_of_one
 from .errors import LmttError
 
 DISTANCES = {"l1": 1, "l2": 2}
@@ -174,14 +174,6 @@ def head_source_proximity_chunks(
         del block
 
 
-def batch_of_one(probs):
-    """One prompt's probabilities [H, T, T] (a tensor or an AttentionProbs) as a batch [1, H, T, T]."""
-    if isinstance(probs, AttentionProbs):
-        mask = None if probs.mask is None else probs.mask[None]
-        return AttentionProbs(probs.query[None], probs.key[None], mask, probs.scaling, probs.groups)
-    return probs[None]
-
-
 L1_LEVELS = (8, 32, 128)  # the smallest coordinates of y on which a part's correction is computed
 # coordinates of parts corrected at a time: a piece's temporaries (1 MiB each) stay in the cache and in the
 # allocator's heap (whole levels at once were 30% slower, much of it the kernel zeroing fresh pages)
@@ -232,7 +224,7 @@ def _l1_block(a, dot, start, smallest: _Smallest, head_out, u_max, budget_bytes)
     source = (h * n_batch + b) * n_tokens + j  # the part's row in head_out [H * B * T, d]
     # level of a part: the fewest smallest coordinates of y that hold every overshooting one
     level = (reach[:, None] > smallest.bounds.index_select(0, target)[:, 1:]).sum(1)
-    by_level = level.argsort()
+    by_level = torch.sort(level, stable=True).indices  # within a level, by prompt and head: gathers stay local
     flat, target, source = flat[by_level], target[by_level], source[by_level]
     weights = a.reshape(-1)[flat, None]
     corrections = []

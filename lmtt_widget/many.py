@@ -22,7 +22,7 @@ import torch
 
 from . import contributions as C
 from .architectures import Shape, check_attention, family_of, shape_of, text_config, w_o
-from .attention import AttentionProbs, output_probs
+from .attention import AttentionProbs, output_probs, probs_window
 from .errors import LmttError, check_floor, check_positive
 from .progress import progress_counter
 from .run import TOP_K_KEPT, Kept, LayerShares, Run, batch_shares, floor_for, kept_whole, prompt_ids
@@ -56,19 +56,6 @@ def padded(prompts: list[torch.Tensor], pad_id: int, padding: str) -> Batch:
         mask[row, start:start + len(prompt)] = 1
         spans.append((row, start, len(prompt)))
     return Batch(ids, mask, spans)
-
-
-# -- one prompt's rows of a batch --------------------------------------------------------------------
-
-def prompt_probs(probs: AttentionProbs | torch.Tensor, row: int, start: int, length: int):
-    """[H, length, length]: one prompt's attention probabilities from the batch's [B, H, T, T]."""
-    window = slice(start, start + length)
-    if not isinstance(probs, AttentionProbs):
-        return probs[row, :, window, window]
-    mask = probs.mask  # bool (True: attend) or additive (which may carry ALiBi's biases): kept as it is
-    if mask is not None:
-        mask = mask[row if mask.shape[0] > 1 else 0, :, window, window]
-    return AttentionProbs(probs.query[row, :, window], probs.key[row, :, window], mask, probs.scaling, probs.groups)
 
 
 class BatchLayer(NamedTuple):
@@ -275,7 +262,7 @@ class _Kept:
         own.ffn_out.append(tensors.ffn_out[row, window].clone())
         own.resid.append(tensors.resid_out[row, window].clone())
         own.values.append(tensors.values[row, window].clone())
-        probs = prompt_probs(tensors.probs, row, start, length)
+        probs = probs_window(tensors.probs, row, window)
         if self.keep.probs:
             own.probs[layer] = probs.dense() if isinstance(probs, AttentionProbs) else probs.clone()
         elif isinstance(probs, AttentionProbs):  # the queries and keys, as analyze keeps them

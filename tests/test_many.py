@@ -122,7 +122,9 @@ def test_a_batch_keeps_the_activations_that_analyze_keeps_when_asked(family, mon
 
 
 @pytest.mark.parametrize("padding", ["right", "left"])
-def test_shares_taken_in_several_chunks_of_targets_and_a_model_with_eager_attention(padding, monkeypatch):
+@pytest.mark.parametrize("sub_batch_pairs", [None, 4000])  # 4000: sub-batches of one or two prompts
+def test_shares_taken_in_several_chunks_of_targets_and_a_model_with_eager_attention(padding, sub_batch_pairs,
+                                                                                   monkeypatch):
     hf_model = tiny.hf_model("llama")
     hf_model.set_attn_implementation("eager")  # probabilities as tensors, not computed from queries and keys
     model = lw.load_model(hf_model, tokenizer=tiny.tokenizer())
@@ -137,6 +139,11 @@ def test_shares_taken_in_several_chunks_of_targets_and_a_model_with_eager_attent
             chunks.append(chunk[:2])
             yield chunk
     monkeypatch.setattr(C, "head_source_proximity_chunks", counted)
+    if sub_batch_pairs:
+        from lmtt_widget import run as R
+        monkeypatch.setattr(R, "SUB_BATCH_PAIRS", sub_batch_pairs)
+        spans = [(row, 0, len(model.tokenizer(prompt)["input_ids"])) for row, prompt in enumerate(long)]
+        assert 1 < len(R._sub_batches(spans)) < len(long)
     runs = lw.analyze_many(model, long, batch_size=6, padding=padding, budget_bytes=budget)
     assert len(chunks) > 3 * model._module.config.num_hidden_layers
     monkeypatch.undo()
