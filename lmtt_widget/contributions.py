@@ -44,8 +44,12 @@ def distance_order(distance: str) -> int:
 
 def proximity(parts: torch.Tensor, whole: torch.Tensor, p: int) -> torch.Tensor:
     """prox of each part: parts [..., n, d], whole [..., d] -> [..., n]."""
-    whole_norm = torch.linalg.vector_norm(whole, ord=p, dim=-1, keepdim=True)
-    return (whole_norm - torch.linalg.vector_norm(whole.unsqueeze(-2) - parts, ord=p, dim=-1)).clamp_min(0)
+    return (norm(whole, p)[..., None] - norm(whole.unsqueeze(-2) - parts, p)).clamp_min(0)
+
+
+def norm(x: torch.Tensor, p: int) -> torch.Tensor:
+    """||x||_p over the last axis (L1 as a plain sum: torch's vector_norm(ord=1) is 5x slower on CPU)."""
+    return x.abs().sum(-1) if p == 1 else torch.linalg.vector_norm(x, ord=p, dim=-1)
 
 
 def head_outputs(w_o: torch.Tensor, values: torch.Tensor, n_heads: int) -> torch.Tensor:
