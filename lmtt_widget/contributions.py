@@ -8,13 +8,16 @@ Cost of the attention parts (head_source_proximity), T tokens, H heads, d = d_mo
 z^h_{i<-j} are never formed ([T, T, H, d] would not fit at length). L2 is exact through dot
 products; L1 is exact through the same dot products plus a correction that is non-zero only for
 parts with some coordinate that overshoots (a |u_k| > |y_k|), computed on the few smallest
-coordinates of y that can (see head_source_proximity). Nothing is pruned or approximated: the
+coordinates of y that can (see head_source_proximity_chunks). Nothing is pruned or approximated: the
 results equal the plain formula up to float32 rounding (the tests compare with a float64
 reference to 1e-5 of the largest prox; the dot-product form is in fact better conditioned than
 ||y|| - ||y - p|| for small parts).
 
+Many prompts are computed together as one padded batch [B, T, ...], so that short prompts share
+each tensor operation (one prompt of T=20 is too little work per call); one prompt is a batch of one.
+
 Peak extra memory: about `budget_bytes` for the chunks of targets, plus the head outputs
-u [T, H, d] float32 (linear in T: 2 GiB for an 8B model's layer at T=4096; reading their
+u [B, T, H, d] float32 (linear in T: 2 GiB for an 8B model's layer at T=4096; reading their
 coordinates in pieces instead was 13x slower where many parts need the L1 correction: two
 8B-wide layers at T=1024 on CPU, 250 s against 19 s), a few [T, d] tensors, and the [T, T, H]
 result where `head_source_proximity` assembles one (run.block_shares reduces each chunk to the
