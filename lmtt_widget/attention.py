@@ -149,6 +149,27 @@ class AttentionProbs:
         return f"AttentionProbs(shape={tuple(self.shape)}, computed when read)"
 
 
+def probs_window(probs: AttentionProbs | torch.Tensor, rows: int | slice, positions: slice):
+    """The probabilities of a batch's `rows` (one row: its batch axis dropped) among the targets and
+    sources at `positions`: from [B, H, T, T], a tensor or an AttentionProbs (which stays one)."""
+    if not isinstance(probs, AttentionProbs):
+        return probs[rows, :, positions, positions]
+    mask = probs.mask  # bool (True: attend) or additive (which may carry ALiBi's biases): kept as it is
+    if mask is not None:
+        broadcast = 0 if isinstance(rows, int) else slice(None)
+        mask = mask[rows if mask.shape[0] > 1 else broadcast, :, positions, positions]
+    return AttentionProbs(probs.query[rows, :, positions], probs.key[rows, :, positions], mask, probs.scaling,
+                          probs.groups)
+
+
+def batch_of_one(probs: AttentionProbs | torch.Tensor):
+    """One prompt's probabilities [H, T, T] (a tensor or an AttentionProbs) as a batch [1, H, T, T]."""
+    if isinstance(probs, AttentionProbs):
+        mask = None if probs.mask is None else probs.mask[None]
+        return AttentionProbs(probs.query[None], probs.key[None], mask, probs.scaling, probs.groups)
+    return probs[None]
+
+
 def dense(probs: AttentionProbs | torch.Tensor) -> torch.Tensor:
     """A tensor of the probabilities, whichever attention produced them."""
     return probs.dense() if isinstance(probs, AttentionProbs) else probs

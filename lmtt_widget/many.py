@@ -6,11 +6,9 @@ count from a prompt's first token (`position_ids`), so rotary and learned positi
 the prompt alone, padded on the right or on the left; and each prompt's shares are computed from
 its own rows of the batch.
 
-Shares are computed for several prompts together: their rows are set one after another into one
-sequence whose attention probabilities are block-diagonal (each prompt reads only itself), so a
-part from another prompt has probability 0 and no share, and each prompt's shares are those of
-its rows alone. Many short prompts then cost about what one sequence of their total length costs;
-a group stays under GROUP_TOKENS tokens, since its work grows with the square of its length.
+Shares are computed for every prompt of a batch together, in one set of tensor operations over the
+padded batch (run.batch_shares): parts whose target or source is padding are exactly 0, and each
+prompt's shares are those of its own rows alone.
 """
 
 from __future__ import annotations
@@ -24,13 +22,12 @@ import torch
 
 from . import contributions as C
 from .architectures import Shape, check_attention, family_of, shape_of, text_config, w_o
-from .attention import AttentionProbs, output_probs
+from .attention import AttentionProbs, output_probs, probs_window
 from .errors import LmttError, check_floor, check_positive
 from .progress import progress_counter
-from .run import TOP_K_KEPT, Kept, LayerShares, Run, block_shares, floor_for, kept_whole, prompt_ids
+from .run import TOP_K_KEPT, Kept, LayerShares, Run, batch_shares, floor_for, kept_whole, prompt_ids
 from .tracing import Capture, _first, attention_inputs_of, block_update, exclusive
 
-GROUP_TOKENS = 256  # the most tokens whose shares are computed together
 PADDING = ("right", "left")
 
 
@@ -59,76 +56,6 @@ def padded(prompts: list[torch.Tensor], pad_id: int, padding: str) -> Batch:
         mask[row, start:start + len(prompt)] = 1
         spans.append((row, start, len(prompt)))
     return Batch(ids, mask, spans)
-
-
-def groups(lengths: list[int], limit: int = GROUP_TOKENS) -> list[list[int]]:
-    """Consecutive prompts in groups of at most `limit` tokens (a longer prompt alone)."""
-    out: list[list[int]] = []
-    total = limit
-    for index, length in enumerate(lengths):
-        if total + length > limit:
-            out.append([])
-            total = 0
-        out[-1].append(index)
-        total += length
-    return out
-
-
-# -- one prompt's or a group's rows of a batch ----------------------------------------------------
-
-def prompt_probs(probs: AttentionProbs | torch.Tensor, row: int, start: int, length: int):
-    """[H, length, length]: one prompt's attention probabilities from the batch's [B, H, T, T]."""
-    window = slice(start, start + length)
-    if not isinstance(probs, AttentionProbs):
-        return probs[row, :, window, window]
-    mask = probs.mask  # bool (True: attend) or additive (which may carry ALiBi's biases): kept as it is
-    if mask is not None:
-        mask = mask[row if mask.shape[0] > 1 else 0, :, window, window]
-    return AttentionProbs(probs.query[row, :, window], probs.key[row, :, window], mask, probs.scaling, probs.groups)
-
-
-def group_probs(probs: AttentionProbs | torch.Tensor, spans: list[tuple[int, int, int]]):
-    """[H, N, N]: the probabilities of the prompts in `spans` set one after another (N tokens in
-    all), block-diagonal: each prompt reads only itself."""
-    parts = [prompt_probs(probs, *span) for span in spans]
-    if len(parts) == 1:
-        return parts[0]
-    lengths = [length for _, _, length in spans]
-    n_tokens = sum(lengths)
-    starts = list(itertools.accumulate(lengths, initial=0))
-    if isinstance(probs, AttentionProbs):
-        mask = _block_diagonal([part.mask for part in parts], lengths, parts[0].query.device)
-        return AttentionProbs(torch.cat([part.query for part in parts], dim=-2),
-                              torch.cat([part.key for part in parts], dim=-2), mask, probs.scaling, probs.groups)
-    dense = parts[0].new_zeros(parts[0].shape[0], n_tokens, n_tokens)
-    for part, start, length in zip(parts, starts, lengths):
-        dense[:, start:start + length, start:start + length] = part
-    return dense
-
-
-def _block_diagonal(masks: list, lengths: list[int], device) -> torch.Tensor:
-    """[1, N, N]: each prompt's mask ([1, n, n], or None: causal) on the diagonal, nothing read
-    across prompts; boolean (True: attend), or additive where the masks are (very negative: not)."""
-    additive = next((m.dtype for m in masks if m is not None and m.dtype != torch.bool), None)
-    n_tokens = sum(lengths)
-    if additive is None:
-        out = torch.zeros(1, n_tokens, n_tokens, dtype=torch.bool, device=device)
-    else:
-        out = torch.full((1, n_tokens, n_tokens), torch.finfo(additive).min, dtype=additive, device=device)
-    start = 0
-    for mask, length in zip(masks, lengths):
-        if mask is None:
-            mask = torch.ones(1, length, length, dtype=torch.bool, device=device).tril()
-        if additive is not None and mask.dtype == torch.bool:
-            mask = torch.zeros_like(mask, dtype=additive).masked_fill(~mask, torch.finfo(additive).min)
-        out[:, start:start + length, start:start + length] = mask
-        start += length
-    return out
-
-
-def group_rows(tensor: torch.Tensor, spans: list[tuple[int, int, int]]) -> torch.Tensor:
-    """[N, ...]: the rows of the prompts in `spans`, one prompt after another, from [B, T, ...]."""
-    return torch.cat([tensor[row, start:start + length] for row, start, length in spans])
 
 
 class BatchLayer(NamedTuple):
@@ -189,25 +116,12 @@ def batch_size_for(family, batch_size: int) -> int:
     return 1 if family.probs_from_inputs is not None else batch_size
 
 
-@torch.no_grad()
-def group_shares(tensors: BatchLayer, w_o: torch.Tensor, parallel: bool, p: int, budget: int,
-                 spans: list[tuple[int, int, int]], floors: list[float]) -> list[LayerShares]:
-    """Each prompt's shares of one block (run.block_shares), computed together for the prompts in
-    `spans` from the batch's tensors; a prompt keeps the attention edges above its own floor."""
-    x, attn, ffn, post, values = (group_rows(t, spans) for t in (tensors.resid_in, tensors.attn_out, tensors.ffn_out,
-                                                                 tensors.resid_out, tensors.values))
-    scale = None if tensors.attn_scale is None else group_rows(tensors.attn_scale, spans)
-    shares = block_shares(x, attn, ffn, post, group_probs(tensors.probs, spans), values, w_o, parallel, p, budget,
-                          min(floors), target_scale=scale)
-    targets, sources = shares.edges[:, 0], shares.edges[:, 1]
-    out, start = [], 0
-    for (_, _, length), floor in zip(spans, floors):
-        own = (targets >= start) & (targets < start + length) & (sources >= start) & (shares.edge_shares > floor)
-        window = slice(start, start + length)
-        out.append(LayerShares(shares.edges[own] - start, shares.heads[own], shares.attn_residual[window].clone(),
-                               shares.ffn[window].clone(), shares.ffn_residual[window].clone()))
-        start += length
-    return out
+def shares_of(tensors: BatchLayer, w_o: torch.Tensor, parallel: bool, p: int, budget: int,
+              spans: list[tuple[int, int, int]], floors: list[float]) -> list[LayerShares]:
+    """Each prompt's shares of one block (run.batch_shares) from the batch's tensors; a prompt keeps
+    the attention edges above its own floor."""
+    return batch_shares(tensors.resid_in, tensors.attn_out, tensors.ffn_out, tensors.resid_out, tensors.probs,
+                        tensors.values, w_o, parallel, p, budget, floors, target_scale=tensors.attn_scale, spans=spans)
 
 
 # -- many prompts ----------------------------------------------------------------------------------
@@ -303,12 +217,10 @@ def _analyze_batch(model, prompts: list[tuple[torch.Tensor, str]], padding: str,
         for layer in range(shape.n_layers):
             neurons = activations and any(own.keep.neurons for own in kept)
             tensors = batch_layer(model, family, shape, layer, clamp, neurons=neurons)
-            weights = w_o(hf_model, family, shape, layer)
-            for members in groups([length for _, _, length in spans]):
-                found = group_shares(tensors, weights, shape.parallel, p, budget_bytes, [spans[i] for i in members],
-                                     [floors[i] for i in members])
-                for i, shares in zip(members, found):
-                    layers[i].append(shares.cpu())
+            found = shares_of(tensors, w_o(hf_model, family, shape, layer), shape.parallel, p, budget_bytes, spans,
+                              floors)
+            for prompt_layers, shares in zip(layers, found):
+                prompt_layers.append(shares.cpu())
             if activations:
                 for own in kept:
                     own.add(layer, tensors)
@@ -350,7 +262,7 @@ class _Kept:
         own.ffn_out.append(tensors.ffn_out[row, window].clone())
         own.resid.append(tensors.resid_out[row, window].clone())
         own.values.append(tensors.values[row, window].clone())
-        probs = prompt_probs(tensors.probs, row, start, length)
+        probs = probs_window(tensors.probs, row, window)
         if self.keep.probs:
             own.probs[layer] = probs.dense() if isinstance(probs, AttentionProbs) else probs.clone()
         elif isinstance(probs, AttentionProbs):  # the queries and keys, as analyze keeps them

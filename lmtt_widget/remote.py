@@ -30,10 +30,9 @@ from .many import (
     batch_layer,
     batch_size_for,
     check_padding,
-    group_shares,
-    groups,
     in_batches,
     padded,
+    shares_of,
     top_k,
 )
 from .run import LayerShares, Shares, floor_for, prompt_ids
@@ -78,7 +77,6 @@ def _compact_batch(model, prompts: list[tuple[torch.Tensor, str]], remote: bool 
     clamp = family.value_clamp(text_config(hf_model))
     batch = padded([ids for ids, _ in prompts], model.tokenizer.pad_token_id or 0, padding)
     spans = batch.spans
-    grouped = groups([length for _, _, length in spans])
     floors = [floor_for(floor, shape, length, budget_bytes) for _, _, length in spans]
     if remote:  # the server has no lmtt_widget: send the code this trace calls with it, by value
         nnsight.register(__name__.split(".")[0])
@@ -91,7 +89,7 @@ def _compact_batch(model, prompts: list[tuple[torch.Tensor, str]], remote: bool 
             weight = modules["out_proj"].weight.detach()
             w_o = post_norm_map(family, modules["attn_post_norm"],
                                 (weight if conv1d else weight.T).reshape(shape.n_heads, shape.head_dim, -1))
-            kept.append(_compact_layer(tensors, w_o, shape.parallel, p, budget_bytes, spans, grouped, floors))
+            kept.append(_compact_layer(tensors, w_o, shape.parallel, p, budget_bytes, spans, floors))
         top = nnsight.save(top_k(model.output.logits, spans, k))
     results = []
     for i, (ids, _) in enumerate(prompts):
@@ -106,21 +104,18 @@ def _compact_batch(model, prompts: list[tuple[torch.Tensor, str]], remote: bool 
 
 
 @torch.no_grad()
-def _compact_layer(tensors: BatchLayer, w_o: torch.Tensor, parallel: bool, p: int, budget: int, spans, grouped,
+def _compact_layer(tensors: BatchLayer, w_o: torch.Tensor, parallel: bool, p: int, budget: int, spans,
                    floors) -> list[dict[str, torch.Tensor]]:
     """Each prompt's shares of one block (LayerShares' fields: a plain dict of tensors is what
     comes back from a remote trace), from the batch's tensors and W_O [H, hd, d] (through any
     post-norm, as architectures.w_o gives it); attention edges whose share, summed over heads, is
     above the prompt's floor are kept."""
-    payloads: dict[int, dict[str, torch.Tensor]] = {}
-    for members in grouped:
-        found = group_shares(tensors, w_o, parallel, p, budget, [spans[i] for i in members],
-                             [floors[i] for i in members])
-        for i, shares in zip(members, found):
-            payload = {name: tensor.cpu() for name, tensor in shares.tensors().items()}
-            payload["edges"] = payload["edges"].to(torch.int32)  # half the bytes on the wire; long again on arrival
-            payloads[i] = payload
-    return [payloads[i] for i in range(len(spans))]
+    payloads = []
+    for shares in shares_of(tensors, w_o, parallel, p, budget, spans, floors):
+        payload = {name: tensor.cpu() for name, tensor in shares.tensors().items()}
+        payload["edges"] = payload["edges"].to(torch.int32)  # half the bytes on the wire; long again on arrival
+        payloads.append(payload)
+    return payloads
 
 
 def _bytes(dicts: list[dict]) -> int:

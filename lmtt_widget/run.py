@@ -20,7 +20,7 @@ from . import interventions as I
 from . import saved as S
 from . import vocab as V
 from .architectures import Shape, check_attention, family_of, ffn_out_matrix, post_norm_map, shape_of, w_o
-from .attention import AttentionProbs, dense
+from .attention import AttentionProbs, batch_of_one, dense, probs_window
 from .contributions import head_outputs
 from .errors import LmttError, _integer, check_floor, check_index, check_positive, check_threshold
 from .progress import progress_steps
@@ -288,30 +288,109 @@ def block_shares(x: torch.Tensor, attn: torch.Tensor, ffn: torch.Tensor, post: t
     small; `w_o` as architectures.w_o gives it), and where a norm follows the attention block its frozen
     scale [T] (`target_scale`, multiplying every part at a target). Attention edges above
     `floor` are kept; the shares are made a chunk of targets at a time, so no [T, T, H] tensor
-    is ever whole."""
+    is ever whole. (`batch_shares` for one prompt.)"""
+    scale = None if target_scale is None else target_scale[None]
+    return batch_shares(x[None], attn[None], ffn[None], post[None], batch_of_one(probs), values[None], w_o,
+                        parallel, p, budget, [floor], target_scale=scale)[0]
+
+
+SUB_BATCH_PAIRS = 2**15  # (target, source) pairs of the prompts whose shares are computed in one go
+
+
+@torch.no_grad()
+def batch_shares(x: torch.Tensor, attn: torch.Tensor, ffn: torch.Tensor, post: torch.Tensor, probs,
+                 values: torch.Tensor, w_o: torch.Tensor, parallel: bool, p: int, budget: int, floors: list[float], *,
+                 target_scale: torch.Tensor | None = None,
+                 spans: list[tuple[int, int, int]] | None = None) -> list[LayerShares]:
+    """`block_shares` of every prompt of a padded batch: the same tensors with a batch axis first
+    ([B, T, d], probabilities [B, H, T, T], values [B, T, KV, hd], scale [B, T]), `spans` (row,
+    start, length) of the prompt in each row, rows in order (None: each row is all prompt), and
+    each prompt's floor; the shares of each prompt, in row order. Padding changes no prompt's
+    shares (contributions.head_source_proximity_chunks).
+
+    Short prompts are computed together, a sub-batch of consecutive rows at a time, their common
+    padding cut off, in one set of tensor operations (one prompt's work is too small to keep the
+    CPU busy between Python's calls); long ones one by one (a bigger batch's tensors fall out of
+    the cache, and a short prompt padded to a long one's length would cost as much): sub-batches
+    hold up to SUB_BATCH_PAIRS (target, source) pairs."""
+    n_batch, n_tokens = post.shape[:2]
+    spans = spans or [(row, 0, n_tokens) for row in range(n_batch)]
+    out: list[LayerShares] = []
+    for first, stop, lo, hi in _sub_batches(spans):
+        rows, positions = slice(first, stop), slice(lo, hi)
+        scale = None if target_scale is None else target_scale[rows, positions]
+        own = [(row - first, start - lo, length) for row, start, length in spans[rows]]
+        out += _sub_batch_shares(x[rows, positions], attn[rows, positions], ffn[rows, positions],
+                                 post[rows, positions], probs_window(probs, rows, positions), values[rows, positions],
+                                 w_o, parallel, p, budget, floors[rows], scale, own)
+    return out
+
+
+def _sub_batches(spans: list[tuple[int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """(first row, stop row, first position, stop position) of consecutive rows whose prompts span
+    at most SUB_BATCH_PAIRS (target, source) pairs together (a longer prompt alone)."""
+    out: list[tuple[int, int, int, int]] = []
+    for row, start, length in spans:
+        if out:
+            first, _, lo, hi = out[-1]
+            lo, hi = min(lo, start), max(hi, start + length)
+            if (row + 1 - first) * (hi - lo) ** 2 <= SUB_BATCH_PAIRS:
+                out[-1] = (first, row + 1, lo, hi)
+                continue
+        out.append((row, row + 1, start, start + length))
+    return out
+
+
+def _sub_batch_shares(x: torch.Tensor, attn: torch.Tensor, ffn: torch.Tensor, post: torch.Tensor, probs,
+                      values: torch.Tensor, w_o: torch.Tensor, parallel: bool, p: int, budget: int,
+                      floors: list[float], target_scale: torch.Tensor | None,
+                      spans: list[tuple[int, int, int]]) -> list[LayerShares]:
+    """`batch_shares` of rows that are computed together."""
+    n_batch, n_tokens = post.shape[:2]
+    valid = None
+    if any(length < n_tokens for _, _, length in spans):  # [B, T]: where each row's prompt lies
+        starts, lengths = (torch.tensor(column, device=post.device) for column in list(zip(*spans))[1:])
+        position = torch.arange(n_tokens, device=post.device)
+        valid = (position >= starts[:, None]) & (position < (starts + lengths)[:, None])
     # on several devices a block's input x is still on the previous block's device
     x, attn, ffn, post = (t.float().to(post.device) for t in (x, attn, ffn, post))
     whole = post if parallel else x + attn
-    res_prox = C.proximity(x[:, None], whole, p)[:, 0]  # [T]
-    others = (C.proximity(ffn[:, None], post, p),) if parallel else ()  # a parallel block's FFN shares its whole
-    edges, heads, residual, ffn_parts = [], [], [], []
+    res_prox = C.proximity(x[..., None, :], whole, p)[..., 0]  # [B, T]
+    others = (C.proximity(ffn[..., None, :], post, p),) if parallel else ()  # a parallel block's FFN shares its whole
+    floor = torch.tensor(floors, device=post.device).view(-1, 1, 1)
+    edge_chunks, head_chunks, residual, ffn_parts = [], [], [], []
     scaled = {} if target_scale is None else {"target_scale": target_scale}  # the plain call where nothing scales
     for start, stop, prox in C.head_source_proximity_chunks(whole, probs, None, p, budget, values=values, w_o=w_o,
-                                                            **scaled):
-        (prox, *other), res = C.shares(prox, *(o[start:stop] for o in others), residual=res_prox[start:stop])
-        kept = prox.sum(-1) > floor  # [c, stop]: graph edges sum their heads, so whole edges are kept or dropped
-        index = kept.nonzero()
-        index[:, 0] += start
-        edges.append(index)
-        heads.append(prox[kept])
-        residual.append(res)
-        ffn_parts += other
-    edges, heads, attn_res = torch.cat(edges), torch.cat(heads), torch.cat(residual)  # type: ignore[assignment]
+                                                            valid=valid, **scaled):
+        rows = n_batch * (stop - start)  # the shares' rows: batch x target
+        (prox, *other), res = C.shares(prox.reshape(rows, stop, -1),
+                                       *(o[:, start:stop].reshape(rows, 1) for o in others),
+                                       residual=res_prox[:, start:stop].reshape(rows))
+        prox = prox.view(n_batch, stop - start, stop, -1)
+        kept = prox.sum(-1) > floor  # [B, c, stop]: graph edges sum their heads, so whole edges are kept or dropped
+        index = kept.nonzero()  # (row, target, source), by row, target, source
+        index[:, 1] += start
+        edge_chunks.append(index)
+        head_chunks.append(prox[kept])
+        residual.append(res.view(n_batch, -1))
+        ffn_parts += [part.view(n_batch, -1) for part in other]
+    edges, heads, attn_res = torch.cat(edge_chunks), torch.cat(head_chunks), torch.cat(residual, dim=1)
+    if len(residual) > 1:  # chunk by chunk: each row's edges together, still by target, then source
+        order = torch.sort(edges[:, 0], stable=True).indices
+        edges, heads = edges[order], heads[order]
     if parallel:
-        return LayerShares(edges, heads, attn_res, torch.cat(ffn_parts)[:, 0], attn_res)  # type: ignore[arg-type]
-    prox = C.proximity(torch.stack([whole, ffn], dim=1), post, p)  # [T, 2]: mid and the FFN update in post
-    (ffn_share,), ffn_res = C.shares(prox[:, 1:], residual=prox[:, 0])
-    return LayerShares(edges, heads, attn_res, ffn_share[:, 0], ffn_res)  # type: ignore[arg-type]
+        ffn_share, ffn_res = torch.cat(ffn_parts, dim=1), attn_res
+    else:
+        prox = C.proximity(torch.stack([whole, ffn], dim=-2), post, p).reshape(-1, 2)  # mid and the FFN update in post
+        (ffn_share,), ffn_res = C.shares(prox[:, 1:], residual=prox[:, 0])
+        ffn_share, ffn_res = ffn_share.view(n_batch, -1), ffn_res.view(n_batch, -1)
+    counts = torch.bincount(edges[:, 0], minlength=n_batch).tolist()
+    out = []
+    for (row, start, length), own, own_heads in zip(spans, edges.split(counts), heads.split(counts)):
+        window = slice(start, start + length)  # each prompt's own copies: a run keeps only its shares
+        out.append(LayerShares(own[:, 1:] - start, own_heads.clone(), attn_res[row, window].clone(),
+                               ffn_share[row, window].clone(), ffn_res[row, window].clone()))
+    return out
 
 
 class Shares:

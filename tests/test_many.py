@@ -121,15 +121,34 @@ def test_a_batch_keeps_the_activations_that_analyze_keeps_when_asked(family, mon
         assert run.head_logits(1, 2, -1, k=3).promoted[0][0] == expected.head_logits(1, 2, -1, k=3).promoted[0][0]
 
 
-def test_prompts_too_long_to_share_one_group_and_a_model_with_eager_attention():
+@pytest.mark.parametrize("padding", ["right", "left"])
+@pytest.mark.parametrize("sub_batch_pairs", [None, 4000])  # 4000: sub-batches of one or two prompts
+def test_shares_taken_in_several_chunks_of_targets_and_a_model_with_eager_attention(padding, sub_batch_pairs,
+                                                                                   monkeypatch):
     hf_model = tiny.hf_model("llama")
     hf_model.set_attn_implementation("eager")  # probabilities as tensors, not computed from queries and keys
     model = lw.load_model(hf_model, tokenizer=tiny.tokenizer())
-    long = [PROMPT + " and then " + PROMPT[:n] for n in (20, 30, 40, 50, 55, 57)]  # > 256 tokens together
-    from lmtt_widget.many import groups
-    assert len(groups([len(model.tokenizer(p)["input_ids"]) for p in long])) > 1
-    for run, prompt in zip(lw.analyze_many(model, long, batch_size=6, padding="left"), long):
-        assert_same_run(run, lw.analyze(model, prompt, progress=False))
+    long = [PROMPT + " and then " + PROMPT[:n] for n in (20, 30, 40, 50, 55, 57)]
+    budget = 100_000  # a few targets of the batch at a time: each prompt's edges come from several chunks
+    from lmtt_widget import contributions as C
+    chunks = []
+    batched = C.head_source_proximity_chunks
+
+    def counted(*args, **kwargs):
+        for chunk in batched(*args, **kwargs):
+            chunks.append(chunk[:2])
+            yield chunk
+    monkeypatch.setattr(C, "head_source_proximity_chunks", counted)
+    if sub_batch_pairs:
+        from lmtt_widget import run as R
+        monkeypatch.setattr(R, "SUB_BATCH_PAIRS", sub_batch_pairs)
+        spans = [(row, 0, len(model.tokenizer(prompt)["input_ids"])) for row, prompt in enumerate(long)]
+        assert 1 < len(R._sub_batches(spans)) < len(long)
+    runs = lw.analyze_many(model, long, batch_size=6, padding=padding, budget_bytes=budget)
+    assert len(chunks) > 3 * model._module.config.num_hidden_layers
+    monkeypatch.undo()
+    for run, prompt in zip(runs, long):
+        assert_same_run(run, lw.analyze(model, prompt, progress=False, budget_bytes=budget))
 
 
 def test_strings_ids_and_generators_mix_and_keep_their_order(llama):

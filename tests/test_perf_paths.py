@@ -96,9 +96,11 @@ def test_layer_shares_match_the_naive_formula(family_run, distance, monkeypatch)
     run = family_run if distance == "l1" else lw.analyze(family_run.model, PROMPT, distance="l2")
     p = C.distance_order(distance)
 
-    def naive(whole, probs, head_out, p, budget=None, *, values, w_o):  # one chunk: every target
-        head_out = C.head_outputs(w_o.double(), values.double(), len(probs))
-        yield 0, len(whole), C.head_source_proximity_reference(whole.double(), probs.double(), head_out, p).float()
+    def naive(whole, probs, head_out, p, budget=None, *, values, w_o, valid):  # a batch of one; one chunk
+        assert whole.shape[0] == 1 and valid is None
+        head_out = C.head_outputs(w_o.double(), values[0].double(), w_o.shape[0])
+        prox = C.head_source_proximity_reference(whole[0].double(), probs[0].double(), head_out, p)
+        yield 0, whole.shape[1], prox.float()[None]
 
     capture = run.capture
     for layer in range(run.shape.n_layers):
@@ -183,3 +185,40 @@ def test_routes_and_full_graph_match_the_plain_walk(family_run, threshold, renor
                           naive_graph(family_run, token, threshold, renormalize))
     assert_same_graph(family_run.full_graph(threshold=threshold, renormalize=renormalize),
                       naive_graph(family_run, None, threshold, renormalize))
+
+
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("padding", ["right", "left"])
+@pytest.mark.parametrize("budget", [C.DEFAULT_BUDGET_BYTES, 3000])  # 3000: one target per chunk
+def test_a_padded_batch_gives_each_prompt_the_prox_it_gets_alone(p, padding, budget):
+    """Prompts of different lengths padded into one batch: each one's prox equal those of the prompt
+    alone and the float64 formula; the padding (NaN everywhere) reads and is read by nothing."""
+    lengths, n_tokens = [24, 9, 1, 17], 24
+    layers = [random_layer(n_tokens=n, d=136, head_dim=17, n_heads=8, n_kv=2, seed=seed, peaked=seed % 2 == 1)
+              for seed, n in enumerate(lengths)]  # d=136: every L1 level
+    scales = [torch.rand(n, dtype=torch.float64) + 0.5 for n in lengths]
+    whole = torch.full((len(lengths), n_tokens, 136), float("nan"))
+    probs = torch.full((len(lengths), 8, n_tokens, n_tokens), float("nan"))
+    values = torch.full((len(lengths), n_tokens, 2, 17), float("nan"))
+    scale = torch.full((len(lengths), n_tokens), float("nan"))
+    valid = torch.zeros(len(lengths), n_tokens, dtype=torch.bool)
+    for row, (n, (w, pr, v, _, _), s) in enumerate(zip(lengths, layers, scales)):
+        at = slice(0, n) if padding == "right" else slice(n_tokens - n, n_tokens)
+        whole[row, at], values[row, at], scale[row, at], valid[row, at] = w.float(), v.float(), s.float(), True
+        probs[row, :, at, at] = pr.float()
+        probs[row, :, at, :at.start] = 0  # as the attention mask leaves them
+    w_o = layers[0][3].float()  # one layer's weights for every prompt, as in a batch
+    batched = torch.zeros(len(lengths), n_tokens, n_tokens, 8)
+    for start, stop, block in C.head_source_proximity_chunks(whole, probs, None, p, budget, values=values, w_o=w_o,
+                                                             target_scale=scale, valid=valid):
+        batched[:, start:stop, :stop] = block
+    for row, (n, (w, pr, v, _, _), s) in enumerate(zip(lengths, layers, scales)):
+        at = slice(0, n) if padding == "right" else slice(n_tokens - n, n_tokens)
+        own, outside = batched[row, at, at], batched[row].clone()
+        outside[at, at] = 0
+        assert (outside == 0).all() and not own.isnan().any()  # nothing outside the prompt
+        alone = C.head_source_proximity(w.float(), pr.float(), None, p, budget, values=v.float(), w_o=w_o,
+                                        target_scale=s.float())
+        torch.testing.assert_close(own, alone, rtol=0, atol=1e-5 * float(alone.abs().max().clamp_min(1e-12)))
+        head_out = C.head_outputs(w_o.double(), v, 8).double()
+        assert_prox_close(own, C.head_source_proximity_reference(w, pr * s[None, :, None], head_out, p))
