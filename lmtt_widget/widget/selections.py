@@ -435,14 +435,7 @@ class Neuron(SelectionKind):
         return KINDS["ffn"].patches(run, sel)
 
     def intervened(self, run, sel):
-        layer, token, neuron = sel["layer"], sel["token"], sel["neuron"]
-
-        def ablated(ab):
-            if ab.layer != layer or not _covers(ab.positions, token):
-                return False
-            return ab.kind == "ffn" or (ab.kind == "neuron" and ab.neuron == neuron)
-        return _intervention(run, ablated,
-                             lambda node: node.kind == "ffn" and (node.layer, node.position) == (layer, token))
+        return _ffn_part_intervened(run, sel, "neuron")
 
 
 @register
@@ -508,14 +501,21 @@ class Expert(SelectionKind):
         return KINDS["ffn"].patches(run, sel)
 
     def intervened(self, run, sel):
-        layer, token, expert = sel["layer"], sel["token"], sel["expert"]
+        return _ffn_part_intervened(run, sel, "expert")
 
-        def ablated(ab):
-            if ab.layer != layer or not _covers(ab.positions, token):
-                return False
-            return ab.kind == "ffn" or (ab.kind == "expert" and ab.expert == expert)
-        return _intervention(run, ablated,
-                             lambda node: node.kind == "ffn" and (node.layer, node.position) == (layer, token))
+
+def _ffn_part_intervened(run, sel: dict, part: str) -> dict | None:
+    """protocol.Intervened of a part of an FFN block at the selected token (`part`: "neuron" or
+    "expert", the selection's field and the ablation kind): its own ablation or the block's covers
+    it, and so does a patch of the FFN update there."""
+    layer, token, which = sel["layer"], sel["token"], sel[part]
+
+    def ablated(ab):
+        if ab.layer != layer or not _covers(ab.positions, token):
+            return False
+        return ab.kind == "ffn" or (ab.kind == part and getattr(ab, part) == which)
+    return _intervention(run, ablated,
+                         lambda node: node.kind == "ffn" and (node.layer, node.position) == (layer, token))
 
 
 def _expert_offers(run, layer: int, token: int, experts: list[int | None]) -> list[dict]:
