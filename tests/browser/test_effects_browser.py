@@ -124,3 +124,33 @@ def test_demo_ioi_routes_by_effect_against_john(demo_model, ioi_run, page, harne
     fractions = {r["by"]: r["fraction"] for r in w.faithfulness["rows"]}
     assert fractions["effect"] > fractions["share"]
     page.screenshot(path=str(artifacts / "browser-effects-demo-ioi.png"), full_page=True)
+
+
+# pixels of the edges' canvas by colour: green (supports), red (opposes); on the light theme's white,
+# the attention blue, the FFN orange and the residual grey are neither
+SIGN_PIXELS = """() => {
+  const c = document.querySelector('canvas.edges-canvas'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let green = 0, red = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    const [r, g, b, a] = [d[i], d[i + 1], d[i + 2], d[i + 3]];
+    if (a < 40) continue;
+    if (g > r + 25 && g > b + 25) green++;
+    else if (r > g + 40 && Math.abs(g - b) < 20) red++;
+  }
+  return [green, red];
+}"""
+
+
+def test_a_graph_painted_on_a_canvas_colours_edges_by_the_sign_of_their_effect(long_run, page, harness, artifacts):
+    w = lw.Widget(long_run(220), threshold=0.005)  # thousands of edges: painted on a canvas
+    h = harness(w)
+    assert page.locator(".lmtt-graph").get_attribute("data-painted") == "canvas"
+    supports, opposes = signed_edges(w.graph)
+    assert supports > 0 and opposes > 0
+    green, red = page.evaluate(SIGN_PIXELS)
+    assert green > 100 and red > 100, (green, red)
+    page.screenshot(path=str(artifacts / "effects-canvas.png"))
+    w.with_effects = False  # the same edges in their kinds' colours
+    h.push()
+    page.wait_for_function(f"() => ({SIGN_PIXELS})()[0] === 0")
+    assert page.evaluate(SIGN_PIXELS) == [0, 0]
