@@ -129,7 +129,8 @@ def test_demo_ioi_routes_by_effect_against_john(demo_model, ioi_run, page, harne
 # pixels of the edges' canvas by colour: green (supports), red (opposes); on the light theme's white,
 # the attention blue, the FFN orange and the residual grey are neither
 SIGN_PIXELS = """() => {
-  const c = document.querySelector('canvas.edges-canvas'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  const c = document.querySelector('canvas.edges-canvas');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
   let green = 0, red = 0;
   for (let i = 0; i < d.length; i += 4) {
     const [r, g, b, a] = [d[i], d[i + 1], d[i + 2], d[i + 3]];
