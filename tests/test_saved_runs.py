@@ -243,6 +243,21 @@ def test_the_widget_of_a_loaded_intervened_run_with_its_model_shows_what_the_ori
     assert len(loaded.interventions) == 3 and len(loaded.patches) == 2
 
 
+def test_the_widget_of_a_loaded_intervened_run_without_its_model_shows_its_routes_and_interventions(intervened,
+                                                                                                 intervened_path):
+    original = lw.Widget(intervened, threshold=0.02)
+    loaded = lw.Widget(lw.load_run(intervened_path), threshold=0.02)
+    for name in ("info", "graph_diff", "interventions", "patches"):
+        assert getattr(loaded, name) == getattr(original, name), name
+    weights = {(u, v, k): d["weight"] for u, v, k, d in original.graph.edges(keys=True, data=True)}
+    assert {(u, v, k): d["weight"] for u, v, k, d in loaded.graph.edges(keys=True, data=True)} == weights
+    # what reads the model's weights says so: the before/after of the logits, the code, the panels
+    assert loaded.comparison is None and original.comparison is not None
+    assert loaded.intervention_code.startswith("# this run was loaded from a file without its model")
+    with pytest.raises(lw.LmttError, match="needs the model's weights"):
+        loaded.panel({"kind": "ffn", "layer": 1, "token": 4})
+
+
 # -- edges as a table ----------------------------------------------------------------------------
 
 def test_edges_are_the_routes_as_a_dataframe(run):

@@ -86,7 +86,7 @@ def check_pair(run_a, run_b, what: str, names: tuple[str, str] = ("run_a", "run_
     model, or prompts of different lengths in tokens (positions must align)."""
     check_run(run_a, names[0], what)
     check_run(run_b, names[1], what)
-    if run_a.hf_model is not run_b.hf_model:
+    if run_a.model is not run_b.model:  # (None for both: runs loaded from a file without their model)
         raise LmttError(f"{what} needs two runs of the same loaded model")
     if run_a.n_tokens != run_b.n_tokens:
         raise LmttError(f"{what}: the prompts are {run_a.n_tokens} and {run_b.n_tokens} tokens long, so their "

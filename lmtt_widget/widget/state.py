@@ -456,10 +456,20 @@ class View:
             | {"against": against})
 
     def comparison(self) -> dict | None:
-        if self.run.clean is None:
-            return None
+        if self.run.clean is None or self.run.model is None:
+            return None  # clean; or loaded from a file without its model, whose logits need the unembedding
         clean = self.run.clean
         return _plain(I.compare_logits(clean, clean.logits, self.run.logits, self.target, self.contrast).to_dict())
+
+    def _code_shown(self) -> str:
+        """The interventions' code as the page shows it ("" for a clean run)."""
+        run = self.run
+        if run.clean is None:
+            return ""
+        if run.model is None:  # the code reads the model's weights (e.g. W_O for an edge)
+            return ("# this run was loaded from a file without its model: its code needs the weights,\n"
+                    "# lw.load_run(path, model=lw.load_model(...))")
+        return self.memo.get(("code", run), self.code)
 
     def code(self, model_expr: str | None = None) -> str:
         """Standalone nnsight code that reproduces the interventions shown."""
@@ -531,7 +541,7 @@ class View:
             "comparison": self.comparison(),
             "graph_diff": self.graph_diff(),
             "faithfulness": None if self.faithfulness is None else _plain(self.faithfulness.to_dict()),
-            "intervention_code": memo.get(("code", run), self.code) if run.clean is not None else "",
+            "intervention_code": self._code_shown(),
             "show_reference": self.show_reference,
             "pair": None if other is None else _pair(other, self.target),
             "patches": [{"node": list(node), "label": node.label(lambda t: selections.at_token(run, t)),
