@@ -135,3 +135,25 @@ def test_eager_patterns_traced_again_stay_cached_as_far_as_the_budget_goes_most_
     for layer in (0, 1, 0, 2):  # 0 is asked for again, so 1 is the one to go
         torch.testing.assert_close(run.attention_pattern(layer), full.attention_pattern(layer), rtol=1e-5, atol=1e-7)
     assert list(run._probs_traced) == [0, 2]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gemma2"])  # sequential, parallel, post-norm blocks
+def test_activations_traced_again_stop_after_their_layer_and_equal_the_kept_ones(family):
+    """A layer's FFN activations not kept cost a forward pass up to that layer, not a whole one."""
+    model = tiny.load(family)
+    ids = torch.randint(0, tiny.VOCAB, (N_TOKENS,), generator=torch.Generator().manual_seed(0))
+    full, small = analyze_ids(model, ids), analyze_ids(model, ids, budget_bytes=SMALL_BUDGET)
+    assert len(full.capture.neurons) == full.shape.n_layers and small.capture.neurons == {}
+    blocks = small.family.get(small.hf_model, "blocks")
+    started: list[int] = []
+    hooks = [block.register_forward_pre_hook(lambda *_, layer=layer: started.append(layer))
+             for layer, block in enumerate(blocks)]
+    try:
+        last = full.shape.n_layers - 1
+        for layer in (0, last // 2, last):
+            started.clear()
+            torch.testing.assert_close(small.neuron_activations(layer), full.neuron_activations(layer), rtol=0, atol=0)
+            assert started == list(range(layer + 1))
+    finally:
+        for hook in hooks:
+            hook.remove()
