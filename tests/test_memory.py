@@ -135,3 +135,30 @@ def test_eager_patterns_traced_again_stay_cached_as_far_as_the_budget_goes_most_
     for layer in (0, 1, 0, 2):  # 0 is asked for again, so 1 is the one to go
         torch.testing.assert_close(run.attention_pattern(layer), full.attention_pattern(layer), rtol=1e-5, atol=1e-7)
     assert list(run._probs_traced) == [0, 2]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox", "gemma2"])  # sequential, parallel, post-norm blocks
+def test_what_is_traced_again_stops_after_its_layer_and_equals_what_was_kept(family):
+    """A layer's FFN activations, or (eager attention) probabilities, not kept cost a forward pass
+    up to that layer, not a whole one."""
+    hf_model = tiny.hf_model(family)
+    hf_model.set_attn_implementation("eager")  # probabilities are tensors: not kept either, traced again
+    model = lw.load_model(hf_model, tokenizer=tiny.tokenizer())
+    ids = torch.randint(0, tiny.VOCAB, (N_TOKENS,), generator=torch.Generator().manual_seed(0))
+    full, small = analyze_ids(model, ids), analyze_ids(model, ids, budget_bytes=SMALL_BUDGET)
+    assert len(full.capture.neurons) == len(full.capture.probs) == full.shape.n_layers
+    assert small.capture.neurons == small.capture.probs == {}
+    started: list[int] = []
+    hooks = [block.register_forward_pre_hook(lambda *_, layer=layer: started.append(layer))
+             for layer, block in enumerate(small.family.get(hf_model, "blocks"))]
+    try:
+        last = full.shape.n_layers - 1
+        for read in ("neuron_activations", "attention_pattern"):
+            for layer in (0, last // 2, last):
+                started.clear()
+                mine, kept = getattr(small, read)(layer), getattr(full, read)(layer)
+                torch.testing.assert_close(mine, kept, rtol=0, atol=0)
+                assert started == list(range(layer + 1))
+    finally:
+        for hook in hooks:
+            hook.remove()

@@ -94,3 +94,19 @@ def test_a_model_in_training_mode_is_analysed_without_dropout_and_keeps_its_mode
     for _ in range(2):
         torch.testing.assert_close(lw.analyze(model, PROMPT).logits, evaluated.logits, rtol=0, atol=0)
     assert hf_model.training and hf_model.transformer.h[0].training and not hf_model.transformer.h[1].attn.training
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+def test_a_users_model_behaves_as_before_after_traces_stopped_at_a_layer(family):
+    """Activations not kept are traced again up to their layer only: the stopped forward passes
+    leave nothing behind."""
+    hf_model = tiny.hf_model(family)
+    untouched = copy.deepcopy(hf_model)
+    model = lw.load_model(hf_model, tokenizer=tiny.tokenizer())
+    run = lw.analyze(model, PROMPT, budget_bytes=2_000)
+    assert run.capture.neurons == {}
+    run.neuron_activations(0)
+    run.neuron_activations(1)
+    assert_behaves_like(hf_model, untouched)
+    again = lw.analyze(model, PROMPT)
+    torch.testing.assert_close(again.neuron_activations(1), run.neuron_activations(1), rtol=0, atol=0)
