@@ -12,6 +12,15 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py
 IOI = "When Mary and John went to the store, John gave a drink to"
 
 
+@pytest.fixture(scope="module")
+def model():
+    """A tiny random Llama (tests/tiny.py), built once per test module: fast, and every feature
+    works on it. A module that needs another model defines its own `model`."""
+    import tiny
+
+    return tiny.load("llama")
+
+
 @pytest.fixture(scope="session")
 def demo_model():
     """The offline demo model (SmolLM2-135M-Instruct), loaded once for the whole session."""

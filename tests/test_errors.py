@@ -9,11 +9,6 @@ import tiny
 
 
 @pytest.fixture(scope="module")
-def model():
-    return tiny.load("llama")
-
-
-@pytest.fixture(scope="module")
 def run(model):
     return lw.analyze(model, "When Mary and John went")
 

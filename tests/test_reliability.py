@@ -18,11 +18,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def model():
-    return tiny.load("llama")
-
-
-@pytest.fixture(scope="module")
 def run(model):
     return lw.analyze(model, PROMPTS[0])
 

@@ -14,11 +14,6 @@ PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
 @pytest.fixture(scope="module")
-def model():
-    return tiny.load("llama")
-
-
-@pytest.fixture(scope="module")
 def run(model):
     return lw.analyze(model, PROMPT, progress=False)
 

@@ -9,18 +9,12 @@ import pytest
 import torch
 
 import lmtt_widget as lw
-import tiny
 from lmtt_widget.widget import protocol as P
 from lmtt_widget.widget.export import preloaded_panels
 from lmtt_widget.widget.state import View
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny.load("llama")
 
 
 @pytest.fixture(scope="module")

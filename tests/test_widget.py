@@ -20,11 +20,6 @@ from lmtt_widget.widget.export import standalone_html, widget_state
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny.load("llama")
-
-
 @pytest.fixture()
 def widget(model):
     return lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)

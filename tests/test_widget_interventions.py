@@ -15,18 +15,12 @@ import torch
 from test_widget import invoke, refused
 
 import lmtt_widget as lw
-import tiny
 from lmtt_widget import LmttError
 from lmtt_widget import interventions as I
 from lmtt_widget.widget import serialize as S
 from lmtt_widget.widget.export import widget_state
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny.load("llama")
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,13 @@
 are all zeros list no tokens; long prompts' attention maps carry the tokens that matter. Tiny
 random models; no browser."""
 
-# ruff: noqa: F811  (the fixtures model, clean and widget, imported from test_widget_interventions, are parameters here)
+# ruff: noqa: F811  (the fixtures clean and widget, imported from test_widget_interventions, are parameters here)
 from __future__ import annotations
 
 import pytest
 import torch
 from test_widget import invoke, refused
-from test_widget_interventions import PROMPT, clean, model, widget  # noqa: F401  (the same fixtures)
+from test_widget_interventions import PROMPT, clean, widget  # noqa: F401  (the same fixtures)
 
 import lmtt_widget as lw
 from lmtt_widget import LmttError

@@ -10,16 +10,10 @@ import torch
 from test_widget import invoke, refused
 
 import lmtt_widget as lw
-import tiny
 from lmtt_widget.widget import protocol as P
 
 PROMPTS = ["When Mary and John went to the store, John gave a drink to", "The capital of France is",
            "Hello world! Tokens, spaces and\nnewlines."]
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny.load("llama")
 
 
 @pytest.fixture()

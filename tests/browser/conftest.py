@@ -39,14 +39,6 @@ def page(browser):
 
 
 @pytest.fixture(scope="module")
-def model():
-    """A tiny random Llama (tests/tiny.py): fast, and every widget feature works on it."""
-    import tiny
-
-    return tiny.load("llama")
-
-
-@pytest.fixture(scope="module")
 def long_model():
     """A tiny random Llama that reads 4096 positions, its attention made sharp and strong (queries,
     keys and the output projection scaled up) so that its routes reach distant tokens: the layout
