@@ -2,15 +2,18 @@
 recomputed; interventions again with the model it was made with, and no other; edges as a table."""
 
 import json
+import runpy
 
 import pytest
 import torch
 
 import lmtt_widget as lw
 import tiny
+from test_widget import invoke
 from lmtt_widget.widget import serialize as S
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
+CORRUPTED = PROMPT.replace(" John gave", " Mary gave")
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +154,7 @@ def intervened(run, model):
     corrupted prompt (whose run the file does not hold)."""
     ablated, _ = run.intervene([("head", 1, 2), ("neuron", 0, 5, [3, 13])])
     ablated, _ = ablated.intervene([("edge", 2, 3, 13, 1)], mode="mean")
-    corrupted = lw.analyze(model, PROMPT.replace(" John gave", " Mary gave"), progress=False)
+    corrupted = lw.analyze(model, CORRUPTED, progress=False)
     patched, _ = lw.patch(corrupted, ablated, [("head", 1, 0, 13), ("mid", 2, 13)])
     return patched
 
@@ -180,7 +183,7 @@ def test_an_intervened_run_round_trips_with_its_clean_run_and_what_was_changed(r
     assert loaded.interventions == intervened.interventions
     assert [ab.label(str) for ab in loaded.interventions] == [ab.label(str) for ab in intervened.interventions]
     assert [ab.mode for ab in loaded.interventions] == ["zero", "zero", "mean"]
-    assert loaded.patches == intervened.patches and loaded.patches[0][1] == PROMPT.replace(" John gave", " Mary gave")
+    assert loaded.patches == intervened.patches and loaded.patches[0][1] == CORRUPTED
     for mine, theirs in zip(loaded.patch_ids, intervened.patch_ids, strict=True):
         assert torch.equal(mine, theirs)
     assert repr(loaded) == repr(intervened)
@@ -236,6 +239,43 @@ def test_the_widget_of_a_loaded_intervened_run_with_its_model_shows_what_the_ori
     for name in ("info", "payload", "graph_diff", "comparison", "interventions", "patches", "intervention_code"):
         assert getattr(loaded, name) == getattr(original, name), name
     assert len(loaded.interventions) == 3 and len(loaded.patches) == 2
+
+
+def test_the_widget_adds_ablations_to_a_loaded_patched_run_keeping_its_patches(intervened, intervened_path, model,
+                                                                             tmp_path):
+    """As on the run before saving: the patches keep the activations they were saved with (their
+    source prompt's run is not at hand), the ablation is added, and the code reruns the same."""
+    loaded = lw.load_run(intervened_path, model=model)
+    direct, _ = intervened.intervene([("ffn", 1, [13])])
+    widget = lw.Widget(loaded, threshold=0.02)
+    reply = invoke(widget, "ablate", {"spec": ["ffn", 1, [13]], "mode": "zero"})  # as the page asks
+    assert reply["ok"] is True, reply
+    assert widget.run.patches == intervened.patches and widget.run.interventions == direct.interventions
+    assert_same_shares(widget.run, direct)
+    torch.testing.assert_close(widget.run.logits, direct.logits, rtol=0, atol=0)
+    assert not torch.allclose(widget.run.logits, intervened.logits)  # the ablation did something
+    path = tmp_path / "reproduce.py"
+    path.write_text(widget.code(model_expr="model"))
+    result = runpy.run_path(str(path), init_globals={"model": model})
+    torch.testing.assert_close(result["logits"].float(), direct.logits, atol=1e-5, rtol=0)
+    # undoing the ablation, then a patch, keeps the rest as saved
+    widget.undo()
+    torch.testing.assert_close(widget.run.logits, intervened.logits, rtol=0, atol=0)
+    widget.unpatch(0)
+    only_mid, _ = lw.patch(lw.analyze(model, CORRUPTED, progress=False), intervened.clean.intervene(
+        list(intervened.interventions))[0], ("mid", 2, 13))
+    assert widget.run.patches == only_mid.patches
+    torch.testing.assert_close(widget.run.logits, only_mid.logits, rtol=0, atol=0)
+
+
+def test_a_patched_run_shown_beside_another_prompt_keeps_the_activations_it_was_patched_with(intervened, model):
+    """A third prompt as the other one: ablating does not patch again from it."""
+    third = lw.analyze(model, PROMPT.replace("Mary and John", "John and Mary"), progress=False)
+    widget = lw.Widget(intervened, other=third, threshold=0.02)
+    widget.ablate(("ffn", 1, [13]))
+    direct, _ = intervened.intervene([("ffn", 1, [13])])
+    assert widget.run.patches == intervened.patches  # still from the corrupted prompt
+    torch.testing.assert_close(widget.run.logits, direct.logits, rtol=0, atol=0)
 
 
 def test_the_widget_of_a_loaded_intervened_run_without_its_model_shows_its_routes_and_interventions(intervened,
