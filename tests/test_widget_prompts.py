@@ -145,6 +145,24 @@ def test_a_continuation_reopened_after_it_left_the_cache_keeps_its_tokens_and_ma
     assert w.view.prompts.continued == ()
 
 
+def test_a_continuations_text_typed_after_it_left_the_cache_opens_its_entry(model, monkeypatch):
+    from lmtt_widget.widget import prompts
+
+    monkeypatch.setattr(prompts, "CACHED_RUNS", 1)
+    w = lw.show(model, PROMPTS[:2], threshold=0.02)
+    assert invoke(w, "generate", {"prompt": PROMPTS[1], "max_new_tokens": 6, "chat": False})["ok"]
+    generated, listed = w.run, list(w.prompts)
+    index = w.prompt_list["current"]
+    w.open_prompt(0)  # the continuation's run leaves the cache
+    assert index not in w.prompt_list["analysed"]
+    assert invoke(w, "analyze", {"prompt": generated.prompt})["ok"]  # its exact text in the text box
+    assert w.prompts == listed and w.prompt_list["current"] == index
+    assert w.run is not generated and w.run.input_ids.tolist() == generated.input_ids.tolist()
+    assert w.run.generated == generated.generated and w.info["generated"] == [generated.generated.start,
+                                                                             generated.generated.stop]
+    torch.testing.assert_close(w.run.logits, generated.logits)
+
+
 # -- 3. an aggregate in the widget ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")

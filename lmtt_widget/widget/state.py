@@ -191,10 +191,11 @@ class View:
 
     def analyze(self, prompt: str) -> View:
         """The same view of a new prompt (analysed as the run shown was, or at hand from before),
-        added to the prompt list; the selection is cleared and the contrast reset to the runner-up."""
+        added to the prompt list; the selection is cleared and the contrast reset to the runner-up.
+        The exact text of a listed continuation (Generate) opens that entry: its tokens, its marks."""
         if not isinstance(prompt, str):
             raise LmttError(f"prompt must be a string, got {type(prompt).__name__}")
-        run = self.prompts.cache.get(prompt) or self.analyze_like_shown(prompt)
+        run = self.prompts.run_of(prompt, self.analyze_like_shown)  # a continuation's text: its entry's ids
         return self._switched(run, self.prompts.showing(run))
 
     def analyze_like_shown(self, prompt) -> Run:
