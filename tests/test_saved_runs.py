@@ -6,10 +6,10 @@ import runpy
 
 import pytest
 import torch
+from test_widget import invoke
 
 import lmtt_widget as lw
 import tiny
-from test_widget import invoke
 from lmtt_widget.widget import serialize as S
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
