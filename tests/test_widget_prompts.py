@@ -11,8 +11,9 @@ from test_widget import invoke, refused
 
 import lmtt_widget as lw
 from lmtt_widget.widget import protocol as P
+from tiny import IOI
 
-PROMPTS = ["When Mary and John went to the store, John gave a drink to", "The capital of France is",
+PROMPTS = [IOI, "The capital of France is",
            "Hello world! Tokens, spaces and\nnewlines."]
 
 
