@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py
 
-IOI = "When Mary and John went to the store, John gave a drink to"
+from tiny import IOI  # noqa: E402 (tests/ on the path first)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import tiny
 from lmtt_widget import attention as A
 from lmtt_widget.interventions import Ablation
 from test_perf_paths import assert_same_graph
+from tiny import IOI
 
-PROMPT = "When Mary and John went to the store, John gave a drink to"
 N_TOKENS = 40
 
 
@@ -83,7 +83,7 @@ def test_an_analysis_is_the_same_with_either_attention(family):
     eager_hf.set_attn_implementation("eager")
     eager_model = lw.load_model(eager_hf, tokenizer=tiny.tokenizer())
     assert eager_model._module.config._attn_implementation == "eager"  # it gives probabilities: it stays eager
-    lazy, eager = lw.analyze(lazy_model, PROMPT), lw.analyze(eager_model, PROMPT)
+    lazy, eager = lw.analyze(lazy_model, IOI), lw.analyze(eager_model, IOI)
     for layer in range(lazy.shape.n_layers):
         torch.testing.assert_close(lazy.attention_pattern(layer), eager.attention_pattern(layer), rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(lazy.attention_contributions(layer), eager.attention_contributions(layer),
@@ -102,6 +102,6 @@ def test_a_model_without_probabilities_is_refused_with_the_fix():
     hf_model.set_attn_implementation("sdpa")
     model = nnsight.TransformersModel(hf_model, tokenizer=tiny.tokenizer())  # not through lw.load_model
     with pytest.raises(lw.LmttError, match="'sdpa' attention gives no attention probabilities: load the model with"):
-        lw.analyze(model, PROMPT)
-    lw.analyze(lw.load_model(hf_model, tokenizer=tiny.tokenizer()), PROMPT)  # the package's traces get probabilities
+        lw.analyze(model, IOI)
+    lw.analyze(lw.load_model(hf_model, tokenizer=tiny.tokenizer()), IOI)  # the package's traces get probabilities
     assert hf_model.config._attn_implementation == "sdpa"  # and the model stays the user's

@@ -7,8 +7,8 @@ from accelerate import dispatch_model
 
 import lmtt_widget as lw
 import tiny
+from tiny import IOI
 
-PROMPT = "When Mary and John went to the store, John gave a drink to"
 SWAPPED = "When John and Mary went to the store, Mary gave a drink to"  # same length in tokens
 FAMILIES = ["llama", "gpt2", "gpt_neox"]  # grouped-query, tied unembedding (Conv1D), parallel blocks
 TOL = dict(rel=1e-4, abs=1e-6)  # float32 rounding
@@ -99,10 +99,10 @@ def assert_same(got, want) -> None:
 def test_device_hooks_on_one_device_change_nothing(family):
     model = dispatched(family, "cpu", "cpu")
     assert hasattr(model._module.get_output_embeddings(), "_hf_hook")  # accelerate moves tensors between modules
-    run, reference = lw.analyze(model, PROMPT), lw.analyze(tiny.load(family), PROMPT)
+    run, reference = lw.analyze(model, IOI), lw.analyze(tiny.load(family), IOI)
     assert_same(analysis(run), analysis(reference))
     assert_same(interventions(run), interventions(reference))
-    assert_same(routes(lw.analyze_compact(model, PROMPT)), routes(reference))
+    assert_same(routes(lw.analyze_compact(model, IOI)), routes(reference))
 
 
 @two_gpus
@@ -111,10 +111,10 @@ def test_a_model_split_over_two_gpus_gives_the_same_analysis(family):
     model = dispatched(family, 0, 1)
     assert {p.device.index for p in model._module.parameters()} == {0, 1}
     one_gpu = lw.load_model(tiny.hf_model(family), tokenizer=tiny.tokenizer(), device="cuda:0")
-    run, reference = lw.analyze(model, PROMPT), lw.analyze(one_gpu, PROMPT)
+    run, reference = lw.analyze(model, IOI), lw.analyze(one_gpu, IOI)
     assert_same(analysis(run), analysis(reference))
     assert_same(interventions(run), interventions(reference))
-    assert_same(routes(lw.analyze_compact(model, PROMPT)), routes(reference))  # shares computed inside the trace
+    assert_same(routes(lw.analyze_compact(model, IOI)), routes(reference))  # shares computed inside the trace
 
 
 @two_gpus
@@ -125,6 +125,6 @@ def test_device_map_auto_with_a_memory_cap_splits_the_layers_and_changes_nothing
                           max_memory={0: 150_000, 1: 10**9})
     assert len(set(model._module.hf_device_map.values())) == 2, model._module.hf_device_map
     one_gpu = lw.load_model(tiny.hf_model("llama"), tokenizer=tiny.tokenizer(), device="cuda:0")
-    run, reference = lw.analyze(model, PROMPT), lw.analyze(one_gpu, PROMPT)
+    run, reference = lw.analyze(model, IOI), lw.analyze(one_gpu, IOI)
     assert_same(analysis(run), analysis(reference))
     assert_same(interventions(run), interventions(reference))

@@ -20,8 +20,8 @@ from lmtt_widget import interventions as I
 from lmtt_widget.architectures import out_proj_per_head
 from lmtt_widget.faithfulness import faithfulness
 from lmtt_widget.tracing import exclusive
+from tiny import IOI
 
-PROMPT = "When Mary and John went to the store, John gave a drink to"
 SWAPPED = "When John and Mary went to the store, Mary gave a drink to"  # same length in tokens
 FAMILIES = ["llama", "gpt2", "gpt_neox", "opt"]  # grouped-query, Conv1D, parallel, 2-d FFN
 
@@ -37,7 +37,7 @@ def one_thread():
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def run(request):
-    return lw.analyze(tiny.load(request.param), PROMPT)
+    return lw.analyze(tiny.load(request.param), IOI)
 
 
 def modules(run, layer):
@@ -176,7 +176,7 @@ def test_interventions_never_change_the_weights(run):
     run.faithfulness(k=2, draws=1, candidates=4)  # with the effects: a backward pass, no gradient kept
     after = run.hf_model.state_dict()
     assert all(torch.equal(before[name], after[name]) for name in before)
-    torch.testing.assert_close(lw.analyze(run.model, PROMPT).logits, run.logits, atol=0, rtol=0)
+    torch.testing.assert_close(lw.analyze(run.model, IOI).logits, run.logits, atol=0, rtol=0)
 
 
 def test_interventions_add_up_and_record_themselves(run):
@@ -226,13 +226,13 @@ def test_comparison_reports_the_original_prediction(run):
     ([], "no ablations given"),
 ])
 def test_bad_ablations_are_refused_with_the_valid_range(spec, message):
-    run = lw.analyze(tiny.load("llama"), PROMPT)
+    run = lw.analyze(tiny.load("llama"), IOI)
     with pytest.raises(LmttError, match=message.replace("(", r"\(")):
         run.intervene(spec)
 
 
 def test_bad_mode_and_tokens_are_refused():
-    run = lw.analyze(tiny.load("llama"), PROMPT)
+    run = lw.analyze(tiny.load("llama"), IOI)
     with pytest.raises(LmttError, match="mode must be one of"):
         run.intervene(("ffn", 0), "resample")
     with pytest.raises(LmttError, match="not one"):
@@ -304,7 +304,7 @@ def test_patching_one_node_equals_a_hook(run):
 
 def test_two_prompts_of_different_lengths_are_refused():
     model = tiny.load("llama")
-    run, shorter = lw.analyze(model, PROMPT), lw.analyze(model, "The capital of France is")
+    run, shorter = lw.analyze(model, IOI), lw.analyze(model, "The capital of France is")
     for call in (lambda: I.patch(shorter, run, ("post", 0, 1)), lambda: I.compare(run, shorter)):
         with pytest.raises(LmttError, match="(23 and 7|7 and 23) tokens long, so their positions do not align"):
             call()
@@ -516,13 +516,13 @@ def test_overlapping_ablations_in_two_modes_are_refused(run):
 
 @pytest.mark.parametrize("tolerance", [-1, -0.01, "0.1", None, True, float("nan")])
 def test_compare_refuses_a_bad_tolerance(tolerance):
-    run = lw.analyze(tiny.load("llama"), PROMPT)
+    run = lw.analyze(tiny.load("llama"), IOI)
     with pytest.raises(LmttError, match="tolerance must be a number >= 0"):
         I.compare(run, run, tolerance=tolerance)
 
 
 def test_a_run_argument_that_is_not_a_run_is_named():
-    run = lw.analyze(tiny.load("llama"), PROMPT)
+    run = lw.analyze(tiny.load("llama"), IOI)
     calls = [(lambda: I.patch(run, "x", ("post", 0, 1)), "run_into"),
              (lambda: I.patch(None, run, ("post", 0, 1)), "run_from"),
              (lambda: I.compare(run, 3), "run_b"), (lambda: I.compare([run], run), "run_a"),
@@ -609,7 +609,7 @@ def test_a_new_kind_is_one_class():
             return [put("block_output", self.layer, rows(self.positions), 0.0)]
 
     try:
-        run = lw.analyze(tiny.load("llama"), PROMPT)
+        run = lw.analyze(tiny.load("llama"), IOI)
         new, _ = run.intervene(("residual", 1, [3, 4]))
         expected = hooked_logits(run, [(modules(run, 1)["block"], "post", set_rows(None, [3, 4], 0.0))])
         torch.testing.assert_close(new.logits, expected, atol=1e-5, rtol=0)

@@ -7,27 +7,21 @@ import torch
 
 import lmtt_widget as lw
 import tiny
-
-PROMPT = "When Mary and John went to the store, John gave a drink to"
-
-
-@pytest.fixture(scope="module")
-def llama():
-    return tiny.load("llama")
+from tiny import IOI
 
 
 @pytest.fixture(scope="module")
-def llama_run(llama):
-    return lw.analyze(llama, PROMPT, progress=False)
+def llama_run(model):
+    return lw.analyze(model, IOI, progress=False)
 
 
 # -- 1. token ids in ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("form", [list, tuple, torch.tensor, np.array, lambda ids: torch.tensor(ids).int()])
-def test_token_ids_in_any_one_dimensional_form_give_the_run_of_the_text(llama, llama_run, form):
-    run = lw.analyze(llama, form(llama_run.input_ids.tolist()), progress=False)
+def test_token_ids_in_any_one_dimensional_form_give_the_run_of_the_text(model, llama_run, form):
+    run = lw.analyze(model, form(llama_run.input_ids.tolist()), progress=False)
     assert torch.equal(run.input_ids, llama_run.input_ids)
-    assert run.prompt == PROMPT
+    assert run.prompt == IOI
     assert run.tokens == llama_run.tokens
     torch.testing.assert_close(run.attention_contributions(1)[0], llama_run.attention_contributions(1)[0])
 
@@ -46,28 +40,28 @@ def test_token_ids_in_any_one_dimensional_form_give_the_run_of_the_text(llama, l
     ([-1, 400, 2], r"token id -1 \(at index 0\) .* 2 ids are outside"),
     (list(range(1, 66)), r"65 tokens long; this model reads at most 64"),
 ])
-def test_anything_but_text_or_one_prompts_ids_is_refused_saying_what_it_is(llama, prompt, message):
+def test_anything_but_text_or_one_prompts_ids_is_refused_saying_what_it_is(model, prompt, message):
     with pytest.raises(lw.LmttError, match=message):
-        lw.analyze(llama, prompt)
+        lw.analyze(model, prompt)
 
 
-def test_prepend_bos_applies_to_ids_as_to_text(llama, llama_run):
+def test_prepend_bos_applies_to_ids_as_to_text(model, llama_run):
     ids = llama_run.input_ids.tolist()
-    bos = llama.tokenizer.bos_token_id
-    assert lw.analyze(llama, ids, prepend_bos=True, progress=False).input_ids.tolist() == [bos] + ids
+    bos = model.tokenizer.bos_token_id
+    assert lw.analyze(model, ids, prepend_bos=True, progress=False).input_ids.tolist() == [bos] + ids
     with pytest.raises(lw.LmttError, match="only a BOS token"):
-        lw.analyze(llama, [bos], prepend_bos=False)
+        lw.analyze(model, [bos], prepend_bos=False)
 
 
-def test_compact_analysis_takes_ids_too(llama, llama_run):
-    compact = lw.analyze_compact(llama, llama_run.input_ids.tolist(), floor=0.0)
+def test_compact_analysis_takes_ids_too(model, llama_run):
+    compact = lw.analyze_compact(model, llama_run.input_ids.tolist(), floor=0.0)
     assert compact.tokens == llama_run.tokens
     torch.testing.assert_close(compact.attention_contributions(2)[0], llama_run.attention_contributions(2)[0])
 
 
 # -- 2. batches -----------------------------------------------------------------------------------
 
-PROMPTS = [PROMPT, "Hello world", "The capital of France is Paris. The capital of Italy is",
+PROMPTS = [IOI, "Hello world", "The capital of France is Paris. The capital of Italy is",
            "Tokens, spaces and\nnewlines.", "Mary"]
 
 
@@ -128,7 +122,7 @@ def test_shares_taken_in_several_chunks_of_targets_and_a_model_with_eager_attent
     hf_model = tiny.hf_model("llama")
     hf_model.set_attn_implementation("eager")  # probabilities as tensors, not computed from queries and keys
     model = lw.load_model(hf_model, tokenizer=tiny.tokenizer())
-    long = [PROMPT + " and then " + PROMPT[:n] for n in (20, 30, 40, 50, 55, 57)]
+    long = [IOI + " and then " + IOI[:n] for n in (20, 30, 40, 50, 55, 57)]
     budget = 100_000  # a few targets of the batch at a time: each prompt's edges come from several chunks
     from lmtt_widget import contributions as C
     chunks = []
@@ -151,37 +145,37 @@ def test_shares_taken_in_several_chunks_of_targets_and_a_model_with_eager_attent
         assert_same_run(run, lw.analyze(model, prompt, progress=False, budget_bytes=budget))
 
 
-def test_strings_ids_and_generators_mix_and_keep_their_order(llama):
-    ids = llama.tokenizer(PROMPTS[1])["input_ids"]
+def test_strings_ids_and_generators_mix_and_keep_their_order(model):
+    ids = model.tokenizer(PROMPTS[1])["input_ids"]
     prompts = (p for p in [PROMPTS[0], ids, torch.tensor(ids), PROMPTS[3]])  # a generator: no length
-    runs = lw.analyze_many(llama, prompts, batch_size=2)
+    runs = lw.analyze_many(model, prompts, batch_size=2)
     assert [run.prompt for run in runs] == [PROMPTS[0], PROMPTS[1], PROMPTS[1], PROMPTS[3]]
     assert_same_run(runs[2], runs[1])
 
 
-def test_a_datasets_column_is_an_iterable_of_prompts(llama):
+def test_a_datasets_column_is_an_iterable_of_prompts(model):
     datasets = pytest.importorskip("datasets")
     column = datasets.Dataset.from_dict({"text": PROMPTS[:3]})["text"]
-    assert [run.prompt for run in lw.analyze_many(llama, column)] == PROMPTS[:3]
+    assert [run.prompt for run in lw.analyze_many(model, column)] == PROMPTS[:3]
 
 
 @pytest.mark.parametrize("prompts, options, message", [
-    (PROMPT, {}, r"prompts must be a list .* got str; for one prompt use lw.analyze"),
+    (IOI, {}, r"prompts must be a list .* got str; for one prompt use lw.analyze"),
     (3, {}, r"prompts must be a list .* got int"),
-    ({"text": [PROMPT]}, {}, r"got dict"),
-    ([PROMPT, "", "Mary"], {}, r"prompt 1: prompt is empty"),
-    ([PROMPT, [1, 999]], {}, r"prompt 1: token id 999 .* out of the vocabulary"),
-    ([PROMPT], {"batch_size": 0}, r"batch_size must be a positive integer, got 0"),
-    ([PROMPT], {"padding": "middle"}, r"padding must be 'right' or 'left', got 'middle'"),
-    ([PROMPT], {"floor": 2}, r"floor must be a number in \[0, 1\)"),
+    ({"text": [IOI]}, {}, r"got dict"),
+    ([IOI, "", "Mary"], {}, r"prompt 1: prompt is empty"),
+    ([IOI, [1, 999]], {}, r"prompt 1: token id 999 .* out of the vocabulary"),
+    ([IOI], {"batch_size": 0}, r"batch_size must be a positive integer, got 0"),
+    ([IOI], {"padding": "middle"}, r"padding must be 'right' or 'left', got 'middle'"),
+    ([IOI], {"floor": 2}, r"floor must be a number in \[0, 1\)"),
 ])
-def test_bad_prompts_and_options_are_refused_by_name(llama, prompts, options, message):
+def test_bad_prompts_and_options_are_refused_by_name(model, prompts, options, message):
     with pytest.raises(lw.LmttError, match=message):
-        lw.analyze_many(llama, prompts, **options)
+        lw.analyze_many(model, prompts, **options)
 
 
-def test_runs_of_a_stream_keep_only_their_shares_and_top_predictions(llama, llama_run):
-    compact = lw.analyze_many(llama, [PROMPT])[0]
+def test_runs_of_a_stream_keep_only_their_shares_and_top_predictions(model, llama_run):
+    compact = lw.analyze_many(model, [IOI])[0]
     assert compact._capture is None and compact.holds_activations is False
     kept = sum(shares.nbytes for shares in compact.layers) + sum(t.numel() * t.element_size() for t in compact._top)
     capture = llama_run.capture
@@ -195,7 +189,7 @@ def test_runs_of_a_stream_keep_only_their_shares_and_top_predictions(llama, llam
     assert compact.holds_activations
 
 
-def test_a_progress_bar_counts_the_prompts(llama, monkeypatch):
+def test_a_progress_bar_counts_the_prompts(model, monkeypatch):
     from lmtt_widget import many
     from lmtt_widget.progress import progress_counter
 
@@ -205,9 +199,9 @@ def test_a_progress_bar_counts_the_prompts(llama, monkeypatch):
         bars.append(progress_counter(**options))
         return bars[-1]
     monkeypatch.setattr(many, "progress_counter", counted)
-    lw.analyze_many(llama, PROMPTS, batch_size=2, progress=True)
-    lw.analyze_many(llama, (p for p in PROMPTS[:3]), progress=True)  # a generator: counted without a total
-    lw.analyze_many(llama, PROMPTS[:2], progress=False)
+    lw.analyze_many(model, PROMPTS, batch_size=2, progress=True)
+    lw.analyze_many(model, (p for p in PROMPTS[:3]), progress=True)  # a generator: counted without a total
+    lw.analyze_many(model, PROMPTS[:2], progress=False)
     (listed, generated, silent) = bars
     assert "tqdm" in type(listed).__name__ and listed.desc.startswith("prompts")
     assert (listed.total, listed.n) == (5, 5) and (generated.total, generated.n) == (None, 3)
@@ -230,34 +224,34 @@ def test_compact_shares_in_batches_through_the_simulated_remote_path(padding):
 
 # -- 4. the model's own continuation --------------------------------------------------------------
 
-def test_the_greedy_continuation_is_transformers_own_and_the_whole_text_is_analysed(llama):
+def test_the_greedy_continuation_is_transformers_own_and_the_whole_text_is_analysed(model):
     prompt = "When Mary and John went to the store"
-    ids = llama.tokenizer(prompt, return_tensors="pt")["input_ids"]
-    expected = llama._module.generate(ids, max_new_tokens=9, do_sample=False, pad_token_id=0)[0]
-    run = lw.generate(llama, prompt, max_new_tokens=9)
+    ids = model.tokenizer(prompt, return_tensors="pt")["input_ids"]
+    expected = model._module.generate(ids, max_new_tokens=9, do_sample=False, pad_token_id=0)[0]
+    run = lw.generate(model, prompt, max_new_tokens=9)
     assert run.input_ids.tolist() == expected.tolist()
     assert run.generated == range(ids.shape[1], len(expected))
-    assert run.prompt == llama.tokenizer.decode(expected)
-    alone = lw.analyze(llama, expected, progress=False)
+    assert run.prompt == model.tokenizer.decode(expected)
+    alone = lw.analyze(model, expected, progress=False)
     torch.testing.assert_close(run.attention_contributions(1)[0], alone.attention_contributions(1)[0])
     for position in run.generated:  # every generated token's routes can be read
         assert run.graph(token=position, threshold=0.02).number_of_edges() > 0
 
 
-def test_generate_options_go_to_transformers(llama):
+def test_generate_options_go_to_transformers(model):
     prompt = "The capital of France is"
-    short = lw.generate(llama, prompt, max_new_tokens=6, min_new_tokens=6, eos_token_id=None)
+    short = lw.generate(model, prompt, max_new_tokens=6, min_new_tokens=6, eos_token_id=None)
     assert len(short.generated) == 6
-    beams = lw.generate(llama, prompt, max_new_tokens=4, num_beams=2)
-    ids = llama.tokenizer(prompt, return_tensors="pt")["input_ids"]
-    expected = llama._module.generate(ids, max_new_tokens=4, num_beams=2, do_sample=False, pad_token_id=0)[0]
+    beams = lw.generate(model, prompt, max_new_tokens=4, num_beams=2)
+    ids = model.tokenizer(prompt, return_tensors="pt")["input_ids"]
+    expected = model._module.generate(ids, max_new_tokens=4, num_beams=2, do_sample=False, pad_token_id=0)[0]
     assert beams.input_ids.tolist() == expected.tolist()
 
 
-def test_generating_leaves_the_users_model_as_it_was(llama):
-    own = llama._module.config._attn_implementation
-    lw.generate(llama, "Hello world", max_new_tokens=3)
-    assert llama._module.config._attn_implementation == own
+def test_generating_leaves_the_users_model_as_it_was(model):
+    own = model._module.config._attn_implementation
+    lw.generate(model, "Hello world", max_new_tokens=3)
+    assert model._module.config._attn_implementation == own
 
 
 @pytest.mark.parametrize("call, message", [
@@ -267,13 +261,13 @@ def test_generating_leaves_the_users_model_as_it_was(llama):
     (lambda m: lw.generate(m, [1, 2], chat=True), r"chat=True takes the user's message as a string, got list"),
     (lambda m: lw.generate(m, "Hello", num_return_sequences=2, num_beams=2), r"gave 2 continuations"),
 ])
-def test_bad_generate_requests_are_refused(llama, call, message):
+def test_bad_generate_requests_are_refused(model, call, message):
     with pytest.raises(lw.LmttError, match=message):
-        call(llama)
+        call(model)
 
 
-def test_a_saved_continuation_keeps_its_generated_positions(llama, tmp_path):
-    run = lw.generate(llama, "Hello world", max_new_tokens=4)
+def test_a_saved_continuation_keeps_its_generated_positions(model, tmp_path):
+    run = lw.generate(model, "Hello world", max_new_tokens=4)
     assert lw.load_run(run.to_file(tmp_path / "g.lmtt")).generated == run.generated
 
 
@@ -292,13 +286,13 @@ def test_the_demo_models_chat_answer_is_its_own_greedy_answer(demo_model):
 
 # -- 3. routes over a dataset ---------------------------------------------------------------------
 
-IOI = [f"When {a} and {b} went to the store, {b} gave a drink to" for a, b in
+IOI_VARIANTS = [f"When {a} and {b} went to the store, {b} gave a drink to" for a, b in
        [("Mary", "John"), ("John", "Mary"), ("Mary and Bob", "Tom"), ("Tom", "Alice")]]
 
 
 @pytest.fixture(scope="module")
-def ioi_runs(llama):
-    return lw.analyze_many(llama, IOI)
+def ioi_runs(model):
+    return lw.analyze_many(model, IOI_VARIANTS)
 
 
 def aligned_dense(run, layer, positions):
@@ -383,7 +377,7 @@ def test_bad_positions_are_refused_saying_which(ioi_runs, positions, message):
 
 
 def test_runs_of_different_models_or_things_that_are_not_runs_are_refused(ioi_runs):
-    other = lw.analyze(tiny.load("gpt2"), PROMPT, progress=False)
+    other = lw.analyze(tiny.load("gpt2"), IOI, progress=False)
     with pytest.raises(lw.LmttError, match="run 1 is of another model"):
         lw.aggregate([ioi_runs[0], other])
     with pytest.raises(lw.LmttError, match="item 1 is str"):

@@ -8,8 +8,7 @@ import tiny
 from lmtt_widget import contributions as C
 from lmtt_widget import graph as G
 from lmtt_widget import run as R
-
-PROMPT = "When Mary and John went to the store, John gave a drink to"
+from tiny import IOI
 
 
 def random_layer(n_tokens=24, n_heads=6, n_kv=2, head_dim=4, d=20, seed=0, zeros=0, peaked=False):
@@ -88,12 +87,12 @@ def test_sources_after_the_target_get_nothing():
 
 @pytest.fixture(scope="module", params=tiny.FAMILIES)
 def family_run(request):
-    return lw.analyze(tiny.load(request.param), PROMPT)
+    return lw.analyze(tiny.load(request.param), IOI)
 
 
 @pytest.mark.parametrize("distance", ["l1", "l2"])
 def test_layer_shares_match_the_naive_formula(family_run, distance, monkeypatch):
-    run = family_run if distance == "l1" else lw.analyze(family_run.model, PROMPT, distance="l2")
+    run = family_run if distance == "l1" else lw.analyze(family_run.model, IOI, distance="l2")
     p = C.distance_order(distance)
 
     def naive(whole, probs, head_out, p, budget=None, *, values, w_o, valid):  # a batch of one; one chunk

@@ -14,9 +14,9 @@ import tiny
 from lmtt_widget.widget import _HANDLERS
 from lmtt_widget.widget import protocol as P
 from lmtt_widget.widget.export import standalone_html, widget_state
+from tiny import IOI
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
 def test_the_committed_typescript_is_generated_from_the_python_declarations():
@@ -63,7 +63,7 @@ def test_declared_types_accept_what_they_declare():
 
 @pytest.fixture(scope="module")
 def widget():
-    return lw.Widget(lw.analyze(tiny.load("llama"), PROMPT), threshold=0.01)
+    return lw.Widget(lw.analyze(tiny.load("llama"), IOI), threshold=0.01)
 
 
 def test_every_trait_of_a_busy_widget_holds_its_declared_type(widget):

@@ -12,8 +12,9 @@ import torch
 import lmtt_widget as lw
 import tiny
 from lmtt_widget.remote import analyze_compact
+from tiny import IOI
 
-PROMPTS = ["When Mary and John went to the store, John gave a drink to", "The capital of France is Paris. The"]
+PROMPTS = [IOI, "The capital of France is Paris. The"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -2,20 +2,21 @@
 recomputed; interventions again with the model it was made with, and no other; edges as a table."""
 
 import json
+import runpy
 
 import pytest
 import torch
+from test_widget import invoke
 
 import lmtt_widget as lw
 import tiny
 from lmtt_widget.widget import serialize as S
-
-PROMPT = "When Mary and John went to the store, John gave a drink to"
+from tiny import IOI, IOI_CORRUPTED
 
 
 @pytest.fixture(scope="module")
 def run(model):
-    return lw.analyze(model, PROMPT, progress=False)
+    return lw.analyze(model, IOI, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def test_the_fingerprint_takes_a_bfloat16_copy_for_the_same_model(path):
 
 
 def test_queries_and_keys_kept_instead_of_probabilities_round_trip(model, tmp_path):
-    small = lw.analyze(model, PROMPT, budget_bytes=20_000, progress=False)  # probabilities do not fit: q and k kept
+    small = lw.analyze(model, IOI, budget_bytes=20_000, progress=False)  # probabilities do not fit: q and k kept
     assert not any(isinstance(p, torch.Tensor) for p in small.capture.probs.values())
     loaded = lw.load_run(small.to_file(tmp_path / "qk.lmtt"))
     for layer in range(small.shape.n_layers):
@@ -139,7 +140,7 @@ def test_the_file_is_safetensors_with_json_metadata_and_no_pickle(path):
 
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["lmtt"])
-    assert meta["prompt"] == PROMPT and meta["model"]["architecture"]["model_type"] == "llama"
+    assert meta["prompt"] == IOI and meta["model"]["architecture"]["model_type"] == "llama"
     assert b"pickle" not in path.read_bytes()[:200] and not path.read_bytes().startswith(b"\x80")
 
 
@@ -151,7 +152,7 @@ def intervened(run, model):
     corrupted prompt (whose run the file does not hold)."""
     ablated, _ = run.intervene([("head", 1, 2), ("neuron", 0, 5, [3, 13])])
     ablated, _ = ablated.intervene([("edge", 2, 3, 13, 1)], mode="mean")
-    corrupted = lw.analyze(model, PROMPT.replace(" John gave", " Mary gave"), progress=False)
+    corrupted = lw.analyze(model, IOI_CORRUPTED, progress=False)
     patched, _ = lw.patch(corrupted, ablated, [("head", 1, 0, 13), ("mid", 2, 13)])
     return patched
 
@@ -180,7 +181,7 @@ def test_an_intervened_run_round_trips_with_its_clean_run_and_what_was_changed(r
     assert loaded.interventions == intervened.interventions
     assert [ab.label(str) for ab in loaded.interventions] == [ab.label(str) for ab in intervened.interventions]
     assert [ab.mode for ab in loaded.interventions] == ["zero", "zero", "mean"]
-    assert loaded.patches == intervened.patches and loaded.patches[0][1] == PROMPT.replace(" John gave", " Mary gave")
+    assert loaded.patches == intervened.patches and loaded.patches[0][1] == IOI_CORRUPTED
     for mine, theirs in zip(loaded.patch_ids, intervened.patch_ids, strict=True):
         assert torch.equal(mine, theirs)
     assert repr(loaded) == repr(intervened)
@@ -200,7 +201,7 @@ def test_an_intervened_file_names_its_interventions_in_its_json(intervened_path)
         (["head", 1, 2], "zero"), (["neuron", 0, 5, [3, 13]], "zero"), (["edge", 2, 3, 13, 1], "mean")]
     assert meta["interventions"][0]["description"] == "head 2 of layer 1, all positions, zeroed"
     assert [entry["node"] for entry in meta["patches"]] == [["head", 1, 0, 13], ["mid", 2, 13]]
-    assert meta["clean"]["prompt"] == PROMPT
+    assert meta["clean"]["prompt"] == IOI
     assert not intervened_path.read_bytes().startswith(b"\x80")
 
 
@@ -236,6 +237,43 @@ def test_the_widget_of_a_loaded_intervened_run_with_its_model_shows_what_the_ori
     for name in ("info", "payload", "graph_diff", "comparison", "interventions", "patches", "intervention_code"):
         assert getattr(loaded, name) == getattr(original, name), name
     assert len(loaded.interventions) == 3 and len(loaded.patches) == 2
+
+
+def test_the_widget_adds_ablations_to_a_loaded_patched_run_keeping_its_patches(intervened, intervened_path, model,
+                                                                             tmp_path):
+    """As on the run before saving: the patches keep the activations they were saved with (their
+    source prompt's run is not at hand), the ablation is added, and the code reruns the same."""
+    loaded = lw.load_run(intervened_path, model=model)
+    direct, _ = intervened.intervene([("ffn", 1, [13])])
+    widget = lw.Widget(loaded, threshold=0.02)
+    reply = invoke(widget, "ablate", {"spec": ["ffn", 1, [13]], "mode": "zero"})  # as the page asks
+    assert reply["ok"] is True, reply
+    assert widget.run.patches == intervened.patches and widget.run.interventions == direct.interventions
+    assert_same_shares(widget.run, direct)
+    torch.testing.assert_close(widget.run.logits, direct.logits, rtol=0, atol=0)
+    assert not torch.allclose(widget.run.logits, intervened.logits)  # the ablation did something
+    path = tmp_path / "reproduce.py"
+    path.write_text(widget.code(model_expr="model"))
+    result = runpy.run_path(str(path), init_globals={"model": model})
+    torch.testing.assert_close(result["logits"].float(), direct.logits, atol=1e-5, rtol=0)
+    # undoing the ablation, then a patch, keeps the rest as saved
+    widget.undo()
+    torch.testing.assert_close(widget.run.logits, intervened.logits, rtol=0, atol=0)
+    widget.unpatch(0)
+    only_mid, _ = lw.patch(lw.analyze(model, IOI_CORRUPTED, progress=False), intervened.clean.intervene(
+        list(intervened.interventions))[0], ("mid", 2, 13))
+    assert widget.run.patches == only_mid.patches
+    torch.testing.assert_close(widget.run.logits, only_mid.logits, rtol=0, atol=0)
+
+
+def test_a_patched_run_shown_beside_another_prompt_keeps_the_activations_it_was_patched_with(intervened, model):
+    """A third prompt as the other one: ablating does not patch again from it."""
+    third = lw.analyze(model, IOI.replace("Mary and John", "John and Mary"), progress=False)
+    widget = lw.Widget(intervened, other=third, threshold=0.02)
+    widget.ablate(("ffn", 1, [13]))
+    direct, _ = intervened.intervene([("ffn", 1, [13])])
+    assert widget.run.patches == intervened.patches  # still from the corrupted prompt
+    torch.testing.assert_close(widget.run.logits, direct.logits, rtol=0, atol=0)
 
 
 def test_the_widget_of_a_loaded_intervened_run_without_its_model_shows_its_routes_and_interventions(intervened,
@@ -275,7 +313,7 @@ def test_edges_are_the_routes_as_a_dataframe(run):
 @pytest.mark.parametrize("family", ["gemma2", "olmoe", "falcon_alibi"])
 def test_families_with_post_norms_experts_or_alibi_round_trip(family, tmp_path):
     model = tiny.load(family)
-    run = lw.analyze(model, PROMPT, progress=False)
+    run = lw.analyze(model, IOI, progress=False)
     loaded = lw.load_run(run.to_file(tmp_path / f"{family}.lmtt"), model=model)
     assert_same_routes(loaded, run, threshold=0.02)
     for name in ("attn_scale", "ffn_scale"):

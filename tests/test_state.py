@@ -12,14 +12,12 @@ import lmtt_widget as lw
 from lmtt_widget.widget import protocol as P
 from lmtt_widget.widget.export import preloaded_panels
 from lmtt_widget.widget.state import View
-
-PROMPT = "When Mary and John went to the store, John gave a drink to"
-CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
+from tiny import IOI, IOI_CORRUPTED
 
 
 @pytest.fixture(scope="module")
 def run(model):
-    return lw.analyze(model, PROMPT)
+    return lw.analyze(model, IOI)
 
 
 def test_a_view_is_immutable_and_its_actions_return_new_snapshots(run):
@@ -83,14 +81,14 @@ def test_another_target_or_contrast_clears_a_measured_faithfulness(run):
 
 
 def test_a_pair_patches_and_swaps_without_a_widget(model, run):
-    other = lw.analyze(model, CORRUPTED)
+    other = lw.analyze(model, IOI_CORRUPTED)
     view = View.of(run, other, threshold=0.01)
     assert view.reference == (other, "other") and view.traits()["graph_diff"]["against"] == "other"
     last = run.n_tokens - 1
     patched, comparison = view.patch(("head", 1, 2, last))
     expected = lw.patch(other, run, ("head", 1, 2, last), position=last)[1]
     assert comparison.after.probability == pytest.approx(expected.after.probability)
-    assert patched.traits()["patches"][0]["source"] == CORRUPTED
+    assert patched.traits()["patches"][0]["source"] == IOI_CORRUPTED
     swapped = patched.swap()
     assert swapped.run is other and swapped.other is run and swapped.run.patches == ()
     with pytest.raises(lw.LmttError, match="already patched"):

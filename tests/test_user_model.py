@@ -9,8 +9,8 @@ import torch
 import lmtt_widget as lw
 import tiny
 from lmtt_widget.tracing import Edit, trace
+from tiny import IOI
 
-PROMPT = "When Mary and John went to the store, John gave a drink to"
 FAMILIES = ["llama", "gpt2", "gpt_neox", "opt"]
 
 
@@ -54,7 +54,7 @@ def test_a_users_model_behaves_as_before_after_load_model_and_an_analysis(family
     model = lw.load_model(hf_model, tokenizer=tiny.tokenizer())
     assert hf_model.config._attn_implementation == attention
     assert_behaves_like(hf_model, untouched)
-    run = lw.analyze(model, PROMPT)
+    run = lw.analyze(model, IOI)
     run.attention_pattern(1)  # computed when read, after the trace
     assert hf_model.config._attn_implementation == attention
     assert_behaves_like(hf_model, untouched)
@@ -64,7 +64,7 @@ def test_an_sdpa_models_attention_still_comes_from_queries_and_keys_in_the_analy
     """The analysis keeps its speed: probabilities not kept whole stay queries and keys."""
     model = tiny.load("llama")
     assert model._module.config._attn_implementation == "sdpa"
-    run = lw.analyze(model, PROMPT, budget_bytes=2_000)
+    run = lw.analyze(model, IOI, budget_bytes=2_000)
     assert all(isinstance(p, lw.attention.AttentionProbs) for p in run.capture.probs.values())
     assert len(run.capture.probs) == run.shape.n_layers
 
@@ -73,7 +73,7 @@ def test_an_error_inside_a_trace_leaves_the_users_attention_as_it_was():
     hf_model = tiny.hf_model("llama")
     untouched = copy.deepcopy(hf_model)
     model = lw.load_model(hf_model, tokenizer=tiny.tokenizer())
-    run = lw.analyze(model, PROMPT)
+    run = lw.analyze(model, IOI)
 
     def fail(tensor, state):
         raise RuntimeError("an edit that fails")
@@ -82,17 +82,17 @@ def test_an_error_inside_a_trace_leaves_the_users_attention_as_it_was():
         trace(model, run.family, run.shape, run.input_ids, [Edit("attention_output", 1, fail)])
     assert hf_model.config._attn_implementation == "sdpa"
     assert_behaves_like(hf_model, untouched)
-    torch.testing.assert_close(lw.analyze(model, PROMPT).logits, run.logits, rtol=0, atol=0)  # and it still works
+    torch.testing.assert_close(lw.analyze(model, IOI).logits, run.logits, rtol=0, atol=0)  # and it still works
 
 
 def test_a_model_in_training_mode_is_analysed_without_dropout_and_keeps_its_mode():
     hf_model = tiny.hf_model("gpt2")  # dropout 0.1 in its embeddings, attention and residuals
     model = lw.load_model(hf_model, tokenizer=tiny.tokenizer())
-    evaluated = lw.analyze(model, PROMPT)
+    evaluated = lw.analyze(model, IOI)
     hf_model.train()
     hf_model.transformer.h[1].attn.eval()  # a mode the user set on one module
     for _ in range(2):
-        torch.testing.assert_close(lw.analyze(model, PROMPT).logits, evaluated.logits, rtol=0, atol=0)
+        torch.testing.assert_close(lw.analyze(model, IOI).logits, evaluated.logits, rtol=0, atol=0)
     assert hf_model.training and hf_model.transformer.h[0].training and not hf_model.transformer.h[1].attn.training
 
 
@@ -103,10 +103,10 @@ def test_a_users_model_behaves_as_before_after_traces_stopped_at_a_layer(family)
     hf_model = tiny.hf_model(family)
     untouched = copy.deepcopy(hf_model)
     model = lw.load_model(hf_model, tokenizer=tiny.tokenizer())
-    run = lw.analyze(model, PROMPT, budget_bytes=2_000)
+    run = lw.analyze(model, IOI, budget_bytes=2_000)
     assert run.capture.neurons == {}
     run.neuron_activations(0)
     run.neuron_activations(1)
     assert_behaves_like(hf_model, untouched)
-    again = lw.analyze(model, PROMPT)
+    again = lw.analyze(model, IOI)
     torch.testing.assert_close(again.neuron_activations(1), run.neuron_activations(1), rtol=0, atol=0)

@@ -16,13 +16,12 @@ import tiny
 from lmtt_widget.widget import protocol as P
 from lmtt_widget.widget import serialize as S
 from lmtt_widget.widget.export import standalone_html, widget_state
-
-PROMPT = "When Mary and John went to the store, John gave a drink to"
+from tiny import IOI
 
 
 @pytest.fixture()
 def widget(model):
-    return lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    return lw.Widget(lw.analyze(model, IOI), threshold=0.01)
 
 
 class Comm:
@@ -86,7 +85,7 @@ def test_traits_describe_the_run(widget):
     assert widget.target == run.n_tokens - 1
     assert widget.threshold == 0.01 and widget.renormalize is True and widget.normalize_lens is True
     info = widget.info
-    assert info["tokens"] == run.tokens and info["prompt"] == PROMPT
+    assert info["tokens"] == run.tokens and info["prompt"] == IOI
     assert (info["n_layers"], info["n_heads"], info["n_kv_heads"], info["d_model"]) == (3, 4, 2, 32)
     assert info["n_params"] == sum(p.numel() for p in run.hf_model.parameters())
     top = run.top_tokens(position=5, k=S.TOP_K)
@@ -158,7 +157,7 @@ def test_bad_view_values_from_python_raise(widget):
 
 def test_unknown_keyword_is_rejected(model):
     with pytest.raises(TypeError, match="treshold"):
-        lw.Widget(lw.analyze(model, PROMPT), treshold=0.1)
+        lw.Widget(lw.analyze(model, IOI), treshold=0.1)
 
 
 # -- selections --------------------------------------------------------------------------------
@@ -404,7 +403,7 @@ def test_every_malformed_message_gets_a_typed_error_reply_and_changes_nothing(wi
     sent, buffers = send(widget, content)  # the same reply reaches the page, never silence
     assert sent == {**reply, "buffer_paths": []} and buffers == []
     assert widget.view is view and widget_state(widget) == before
-    assert widget.run.prompt == PROMPT  # `prompt: null` was not analysed as the text "None"
+    assert widget.run.prompt == IOI  # `prompt: null` was not analysed as the text "None"
 
 
 def test_each_reply_carries_its_commands_id(widget):

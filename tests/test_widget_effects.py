@@ -12,13 +12,12 @@ import lmtt_widget as lw
 import tiny
 from lmtt_widget.widget import serialize as S
 from lmtt_widget.widget.state import View
-
-PROMPT = "When Mary and John went to the store, John gave a drink to"
+from tiny import IOI
 
 
 @pytest.fixture(scope="module")
 def run():
-    return lw.analyze(tiny.load("llama", seed=3), PROMPT)
+    return lw.analyze(tiny.load("llama", seed=3), IOI)
 
 
 def test_the_metric_follows_the_target_and_the_contrast(run):
@@ -107,7 +106,7 @@ def test_without_effects_the_widget_works_by_share_and_refuses_what_needs_them()
     fields, and what needs effects is refused. A family with post-norms (Gemma 2) has them."""
     gemma = lw.analyze(tiny.load("gemma2"), "Hello world")
     assert lw.Widget(gemma, threshold=0.01).effects is not None
-    aggregate = lw.aggregate(lw.analyze_many(tiny.load("llama", seed=3), [PROMPT, PROMPT.replace("Mary", "Anne")]))
+    aggregate = lw.aggregate(lw.analyze_many(tiny.load("llama", seed=3), [IOI, IOI.replace("Mary", "Anne")]))
     w = lw.Widget(aggregate, threshold=0.01)
     assert w.view.effects is None and w.effects is None
     assert w.graph.number_of_edges() == aggregate.graph(threshold=0.01).number_of_edges()

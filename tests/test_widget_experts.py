@@ -15,15 +15,15 @@ import tiny
 from lmtt_widget import LmttError
 from lmtt_widget.widget import selections
 from lmtt_widget.widget.export import preloaded_panels
+from tiny import IOI
 
-PROMPT = "When Mary and John went to the store, John gave a drink to"
 MOE_LAYER, DENSE_LAYER = 0, 1  # tests/tiny.py: qwen2_moe has mlp_only_layers=[1]
 TOKEN = 6
 
 
 @pytest.fixture(scope="module")
 def run():
-    return lw.analyze(tiny.load("qwen2_moe"), PROMPT, progress=False)
+    return lw.analyze(tiny.load("qwen2_moe"), IOI, progress=False)
 
 
 @pytest.fixture()
@@ -117,7 +117,7 @@ def test_an_ablated_expert_shows_its_clean_values_and_the_ablation_removes_its_w
 
 
 def test_a_mixtral_widget_exports_with_its_experts(tmp_path):
-    run = lw.analyze(tiny.load("mixtral"), PROMPT, progress=False)
+    run = lw.analyze(tiny.load("mixtral"), IOI, progress=False)
     w = lw.Widget(run, threshold=0.01)
     w.select("ffn", layer=1, token=TOKEN)
     panel = next(p for p in preloaded_panels(w.view).values() if p["selection"]["kind"] == "ffn")

@@ -12,13 +12,12 @@ import lmtt_widget as lw
 import tiny
 from lmtt_widget.widget import selections
 from lmtt_widget.widget.export import preloaded_panels
-
-PROMPT = "When Mary and John went to the store, John gave a drink to"
+from tiny import IOI
 
 
 @pytest.fixture(scope="module", params=tiny.FAMILIES + tiny.NEW_FAMILIES)
 def widget(request):
-    return lw.Widget(lw.analyze(tiny.load(request.param), PROMPT, progress=False), threshold=0.01)
+    return lw.Widget(lw.analyze(tiny.load(request.param), IOI, progress=False), threshold=0.01)
 
 
 def test_every_kind_of_panel_and_the_export(widget):

@@ -19,13 +19,12 @@ from lmtt_widget import LmttError
 from lmtt_widget import interventions as I
 from lmtt_widget.widget import serialize as S
 from lmtt_widget.widget.export import widget_state
-
-PROMPT = "When Mary and John went to the store, John gave a drink to"
+from tiny import IOI
 
 
 @pytest.fixture(scope="module")
 def clean(model):
-    return lw.analyze(model, PROMPT)
+    return lw.analyze(model, IOI)
 
 
 @pytest.fixture()

@@ -14,14 +14,12 @@ import lmtt_widget as lw
 from lmtt_widget import LmttError
 from lmtt_widget.widget import serialize as S
 from lmtt_widget.widget.export import widget_state
-
-CLEAN = "When Mary and John went to the store, John gave a drink to"
-CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
+from tiny import IOI, IOI_CORRUPTED
 
 
 @pytest.fixture(scope="module")
 def runs(model):
-    return lw.analyze(model, CLEAN), lw.analyze(model, CORRUPTED)
+    return lw.analyze(model, IOI), lw.analyze(model, IOI_CORRUPTED)
 
 
 @pytest.fixture()
@@ -37,7 +35,7 @@ def diff_counts(diff) -> dict:
 def test_pair_shows_the_difference_of_the_two_prompts_routes(widget, runs):
     clean, corrupted = runs
     assert widget.run is clean and widget.other is corrupted
-    assert widget.pair["prompt"] == CORRUPTED and widget.pair["tokens"] == list(corrupted.tokens)
+    assert widget.pair["prompt"] == IOI_CORRUPTED and widget.pair["tokens"] == list(corrupted.tokens)
     top = corrupted.logits[-1].softmax(-1).max()
     assert widget.pair["top"][0][1] == pytest.approx(float(top))
     diff = lw.compare(corrupted, clean, token=widget.target, threshold=0.01)
@@ -63,7 +61,7 @@ def test_patch_shows_the_patched_run_and_undo_restores(widget, runs):
     assert widget.comparison["after"]["logit"] != pytest.approx(widget.comparison["before"]["logit"], abs=1e-6)
     assert clean.tokens[last] == " to"  # as the label shows it
     assert widget.patches == [
-        {"node": ["head", 1, 2, last], "label": f"head L1.2 at {last} ␣to", "source": CORRUPTED}]
+        {"node": ["head", 1, 2, last], "label": f"head L1.2 at {last} ␣to", "source": IOI_CORRUPTED}]
     assert set(widget.graph.edges(keys=True)) == set(expected_run.graph(widget.target, 0.01).edges(keys=True))
     assert widget.graph_diff["against"] == "other"
     widget.diff_against = "clean"  # what the patch changed in the routes
@@ -98,7 +96,7 @@ def test_swap_shows_the_other_prompt(widget, runs):
     widget.patch(("ffn", 1, 15))
     widget.swap()
     assert widget.run is corrupted and widget.other is clean and widget.patches == []
-    assert widget.info["prompt"] == CORRUPTED and widget.pair["prompt"] == CLEAN
+    assert widget.info["prompt"] == IOI_CORRUPTED and widget.pair["prompt"] == IOI
     assert widget.graph_diff["counts"] == diff_counts(lw.compare(clean, corrupted, token=widget.target, threshold=0.01))
     reply = invoke(widget, "swap", {})
     assert reply == {"kind": "lmtt-reply", "id": "c-1", "ok": True, "result": None, "buffer_paths": []}
@@ -118,9 +116,9 @@ def test_prompts_that_do_not_align_are_refused(model, runs):
     assert message.startswith("comparing two prompts:") and "tokens long" in message
     assert w.other is None and w.pair is None
     assert w.view is view and widget_state(w) == before
-    reply = invoke(w, "pair", {"prompt": CORRUPTED})
+    reply = invoke(w, "pair", {"prompt": IOI_CORRUPTED})
     assert reply["ok"] is True and reply["result"] is None
-    assert w.other.prompt == CORRUPTED and w.notice is None and w.graph_diff["against"] == "other"
+    assert w.other.prompt == IOI_CORRUPTED and w.notice is None and w.graph_diff["against"] == "other"
     # a new prompt for the shown side must align too: the graph stays
     view, before = w.view, widget_state(w)
     with pytest.raises(LmttError, match="tokens long"):
@@ -140,10 +138,10 @@ def test_bad_patches_from_the_page_are_refused_visibly(widget, runs):
 
 
 def test_show_pair_and_the_saved_page_keep_the_pair(model, tmp_path):
-    w = lw.show_pair(model, CLEAN, CORRUPTED)
-    assert w.run.prompt == CLEAN and w.other.prompt == CORRUPTED
+    w = lw.show_pair(model, IOI, IOI_CORRUPTED)
+    assert w.run.prompt == IOI and w.other.prompt == IOI_CORRUPTED
     with pytest.raises(TypeError, match="two prompts"):
-        lw.show_pair(model, CLEAN)
+        lw.show_pair(model, IOI)
     html = w.save_html(tmp_path / "pair.html").read_text()
     assert '"pair"' in html and "Mary gave" in html
 

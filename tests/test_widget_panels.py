@@ -9,15 +9,14 @@ from __future__ import annotations
 import pytest
 import torch
 from test_widget import invoke, refused
-from test_widget_interventions import PROMPT, clean, widget  # noqa: F401  (the same fixtures)
+from test_widget_interventions import clean, widget  # noqa: F401  (the same fixtures)
 
 import lmtt_widget as lw
 from lmtt_widget import LmttError
 from lmtt_widget import vocab as V
 from lmtt_widget.widget import selections
 from lmtt_widget.widget import serialize as S
-
-OTHER = "When Mary and John went to the store, Mary gave a drink to"
+from tiny import IOI, IOI_CORRUPTED
 
 
 def values(encoded) -> torch.Tensor:
@@ -108,7 +107,7 @@ def test_an_ablated_ffn_block_and_neuron_show_their_clean_values(widget, clean):
 
 
 def test_a_patched_head_says_so(model, clean):
-    w = lw.Widget(clean, other=lw.analyze(model, OTHER), threshold=0.01)
+    w = lw.Widget(clean, other=lw.analyze(model, IOI_CORRUPTED), threshold=0.01)
     w.patch(("head", 2, 1, 9))
     data = w.panel({"kind": "attention", "layer": 2, "source": 3, "target": 9, "head": 1})
     assert data["intervened"] == {"how": "patched", "label": w.patches[0]["label"]}
@@ -145,8 +144,8 @@ def test_long_prompts_maps_carry_the_tokens_that_matter(widget, clean, monkeypat
 
 
 def test_attention_rows_equal_the_pattern_whether_or_not_the_probabilities_were_kept(model):
-    kept = lw.analyze(model, PROMPT)
-    lazy = lw.analyze(model, PROMPT, budget_bytes=2_000)  # the probabilities do not fit: computed when read
+    kept = lw.analyze(model, IOI)
+    lazy = lw.analyze(model, IOI, budget_bytes=2_000)  # the probabilities do not fit: computed when read
     targets = [0, 3, 4, 5, 11, 16]
     for run in (kept, lazy):
         torch.testing.assert_close(run.attention_rows(1, targets), kept.attention_pattern(1)[:, targets].float())

@@ -11,8 +11,9 @@ from test_widget import invoke, refused
 
 import lmtt_widget as lw
 from lmtt_widget.widget import protocol as P
+from tiny import IOI
 
-PROMPTS = ["When Mary and John went to the store, John gave a drink to", "The capital of France is",
+PROMPTS = [IOI, "The capital of France is",
            "Hello world! Tokens, spaces and\nnewlines."]
 
 
@@ -143,6 +144,24 @@ def test_a_continuation_reopened_after_it_left_the_cache_keeps_its_tokens_and_ma
                                                                              generated.generated.stop]
     w.prompts = [PROMPTS[0]]  # a new list drops what it kept of the continuation
     assert w.view.prompts.continued == ()
+
+
+def test_a_continuations_text_typed_after_it_left_the_cache_opens_its_entry(model, monkeypatch):
+    from lmtt_widget.widget import prompts
+
+    monkeypatch.setattr(prompts, "CACHED_RUNS", 1)
+    w = lw.show(model, PROMPTS[:2], threshold=0.02)
+    assert invoke(w, "generate", {"prompt": PROMPTS[1], "max_new_tokens": 6, "chat": False})["ok"]
+    generated, listed = w.run, list(w.prompts)
+    index = w.prompt_list["current"]
+    w.open_prompt(0)  # the continuation's run leaves the cache
+    assert index not in w.prompt_list["analysed"]
+    assert invoke(w, "analyze", {"prompt": generated.prompt})["ok"]  # its exact text in the text box
+    assert w.prompts == listed and w.prompt_list["current"] == index
+    assert w.run is not generated and w.run.input_ids.tolist() == generated.input_ids.tolist()
+    assert w.run.generated == generated.generated and w.info["generated"] == [generated.generated.start,
+                                                                             generated.generated.stop]
+    torch.testing.assert_close(w.run.logits, generated.logits)
 
 
 # -- 3. an aggregate in the widget ----------------------------------------------------------------

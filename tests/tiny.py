@@ -28,8 +28,10 @@ from transformers import (
 
 import lmtt_widget
 
-CORPUS = [
-    "When Mary and John went to the store, John gave a drink to Mary.",
+IOI = "When Mary and John went to the store, John gave a drink to"  # the prompt most tests analyse
+IOI_CORRUPTED = IOI.replace(" John gave", " Mary gave")  # as long in tokens, the other name giving: to patch from
+CORPUS = [  # what the tokenizer is trained on
+    IOI + " Mary.",
     "The capital of France is Paris. The capital of Italy is Rome.",
     "Hello world! Tokens, spaces and\nnewlines.",
 ]

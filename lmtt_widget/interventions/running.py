@@ -18,7 +18,7 @@ import torch
 from .. import vocab as V
 from ..errors import LmttError, check_index
 from ..tracing import Edit, trace
-from .kinds import Ablation, edits_for, parse_all
+from .kinds import Ablation, check_together, edits_for, parse_all
 from .nodes import parse_node
 
 
@@ -168,8 +168,7 @@ def intervene(run, ablations, mode: str = "zero", *, position: int = -1, against
     check_run(run, "run", "intervene")
     clean, earlier = base(run)
     added = parse_all(clean, ablations, mode, earlier)
-    new = clean.reanalyze(_edits(clean, earlier + added, run.patch_edits))
-    mark_intervened(new, clean, earlier + added, run.patches, run.patch_ids, run.patch_values)
+    new = _rerun(clean, earlier + added, run.patches, run.patch_ids, run.patch_values)
     return new, compare_logits(run, run.logits, new.logits, position, against)
 
 
@@ -187,9 +186,29 @@ def patch(run_from, run_into, node, *, position: int = -1, against=None):
     patches = tuple(run_into.patches) + tuple((n, run_from.prompt) for n in nodes)
     patch_ids = tuple(run_into.patch_ids) + tuple(run_from.input_ids for _ in nodes)
     patch_values = tuple(run_into.patch_values) + tuple(n.value(run_from) for n in nodes)
-    new = clean.reanalyze(_edits(clean, earlier, patch_edits(patches, patch_values)))
-    mark_intervened(new, clean, earlier, patches, patch_ids, patch_values)
+    new = _rerun(clean, earlier, patches, patch_ids, patch_values)
     return new, compare_logits(run_into, run_into.logits, new.logits, position, against)
+
+
+def rerun(run, ablations, patches):
+    """`run`'s clean run rerun with `ablations` (Ablations, e.g. all of run.interventions but one)
+    and the patches of `run` numbered `patches`, each putting in place the activation it was made
+    with: no source prompt's run is needed, so a run loaded from a file reruns as the run it was
+    saved from. How the widget undoes one ablation or patch, or adds an ablation beside patches."""
+    check_run(run, "run", "rerun")
+    clean, ablations = base(run)[0], list(ablations)
+    check_together(ablations)
+
+    def kept(parts: tuple) -> tuple:
+        return tuple(parts[i] for i in patches)
+    return _rerun(clean, ablations, kept(run.patches), kept(run.patch_ids), kept(run.patch_values))
+
+
+def _rerun(clean, ablations: list[Ablation], patches, patch_ids, patch_values):
+    """The clean run rerun with every ablation's edits made afresh, then the patches' (run.patches,
+    their source prompts' ids and their values)."""
+    new = clean.reanalyze(_edits(clean, ablations, patch_edits(patches, patch_values)))
+    return mark_intervened(new, clean, ablations, patches, patch_ids, patch_values)
 
 
 def patch_edits(patches, values) -> tuple[Edit, ...]:

@@ -8,8 +8,9 @@ prompts' runs itself.
     lw.show(lw.aggregate(runs, positions))                                 # the mean, then each prompt
 
 A prompt the model continued itself (Generate, lw.generate) keeps its token ids and generated
-positions with its entry (`Continuation`): analysed again once its run has left the cache, it is
-the same tokens with the same positions marked (its text, tokenized anew, might not give them).
+positions with its entry (`Continuation`): analysed again once its run has left the cache (opened
+from the list, or its exact text typed in), it is the same tokens with the same positions marked
+(its text, tokenized anew, might not give them).
 """
 
 from __future__ import annotations
@@ -100,9 +101,7 @@ class Prompts:
         return 0 if self.aggregate is None else len(self.aggregate.runs)
 
     def run_at(self, index: int, analyze: Callable[[str | torch.Tensor], Run]) -> tuple[int, Run]:
-        """(the index checked, the run of prompt `index`): the aggregate's, a cached one, or analysed
-        now by `analyze` (of its text, or of a continuation's token ids, its generated positions
-        marked again)."""
+        """(the index checked, the run of prompt `index`): the aggregate's, else `run_of` its text."""
         if not self.texts:
             raise LmttError("there are no prompts to open: add some with w.prompts = [...] or the text box")
         index = check_index("prompt", index, len(self.texts))
@@ -112,16 +111,21 @@ class Prompts:
                 raise LmttError(f"prompt {index} of this aggregate has only its shares (lw.analyze_compact): it "
                                 "cannot be shown on its own; aggregate runs of lw.analyze or lw.analyze_many")
             return index, run
-        text = self.texts[index]
+        return index, self.run_of(self.texts[index], analyze)
+
+    def run_of(self, text: str, analyze: Callable[[str | torch.Tensor], Run]) -> Run:
+        """The run of `text` (opened from the list or typed in): a cached one, or analysed now by
+        `analyze`, of a listed continuation's token ids (its generated positions marked again)
+        where `text` is one, else of the text."""
         cached = self.cache.get(text)
         if cached is not None:
-            return index, cached
+            return cached
         continuation = self.continuation(text)
         if continuation is None:
-            return index, analyze(text)
+            return analyze(text)
         run = analyze(torch.tensor(continuation.input_ids))
         run.generated = continuation.generated
-        return index, run
+        return run
 
     def info(self, aggregate_shown: bool) -> dict:
         """protocol.PromptList of this list."""

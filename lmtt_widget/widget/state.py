@@ -191,10 +191,11 @@ class View:
 
     def analyze(self, prompt: str) -> View:
         """The same view of a new prompt (analysed as the run shown was, or at hand from before),
-        added to the prompt list; the selection is cleared and the contrast reset to the runner-up."""
+        added to the prompt list; the selection is cleared and the contrast reset to the runner-up.
+        The exact text of a listed continuation (Generate) opens that entry: its tokens, its marks."""
         if not isinstance(prompt, str):
             raise LmttError(f"prompt must be a string, got {type(prompt).__name__}")
-        run = self.prompts.cache.get(prompt) or self.analyze_like_shown(prompt)
+        run = self.prompts.run_of(prompt, self.analyze_like_shown)  # a continuation's text: its entry's ids
         return self._switched(run, self.prompts.showing(run))
 
     def analyze_like_shown(self, prompt) -> Run:
@@ -263,11 +264,8 @@ class View:
         if not specs:
             raise LmttError("no ablations given; e.g. ablate(('head', 3, 1))")
         current = list(self.run.interventions)
-        added = [I.parse(self.clean, spec, mode) for spec in specs]
-        for ab in added:
-            if ab in current or added.count(ab) > 1:
-                raise LmttError(f"{ab.as_tuple()!r} in mode {ab.mode!r} is already ablated")
-        return self._intervened(current + added, self._patch_nodes())  # type: ignore[return-value]
+        added = I.parse_all(self.clean, list(specs), mode, current)  # refuses one already ablated
+        return self._intervened(current + added, self._all_patches())  # type: ignore[return-value]
 
     def undo(self, index: int = -1) -> tuple[View, I.Comparison | None]:
         """Drop one ablation (the last by default) and rerun the clean run with the others."""
@@ -275,7 +273,7 @@ class View:
         if not current:
             raise LmttError("there is no intervention to undo")
         index = check_index("intervention", index, len(current))
-        return self._intervened(current[:index] + current[index + 1:], self._patch_nodes())
+        return self._intervened(current[:index] + current[index + 1:], self._all_patches())
 
     def patch(self, *nodes) -> tuple[View, I.Comparison]:
         """Patch each node's activation from the other prompt (see lmtt_widget.interventions.patch)."""
@@ -289,14 +287,15 @@ class View:
         for node in added:
             if node in current or added.count(node) > 1:
                 raise LmttError(f"{node!r} is already patched")
-        return self._intervened(list(self.run.interventions), current + added)  # type: ignore[return-value]
+        run, _ = I.patch(self.other, self.run, added, position=self.target)  # the earlier patches as they were
+        return self._compared(run)  # type: ignore[return-value]
 
     def unpatch(self, index: int = -1) -> tuple[View, I.Comparison | None]:
         current = self._patch_nodes()
         if not current:
             raise LmttError("there is no patch to undo")
         index = check_index("patch", index, len(current))
-        return self._intervened(list(self.run.interventions), current[:index] + current[index + 1:])
+        return self._intervened(list(self.run.interventions), [i for i in range(len(current)) if i != index])
 
     def compare_with(self, other: str | Run) -> View:
         """A pair: `other` (a prompt, analysed like the run shown, or a Run) as long in tokens as the
@@ -331,12 +330,18 @@ class View:
     def _patch_nodes(self) -> list:
         return [node for node, _ in self.run.patches]
 
-    def _intervened(self, ablations: list, patches: list) -> tuple[View, I.Comparison | None]:
-        """The clean run rerun with `ablations`, then `patches` from the other prompt."""
+    def _all_patches(self) -> list[int]:
+        return list(range(len(self.run.patches)))
+
+    def _intervened(self, ablations: list, patches: list[int]) -> tuple[View, I.Comparison | None]:
+        """The clean run rerun with `ablations` and the run shown's patches numbered `patches`, each
+        with the activation it was made with (not patched again from the other prompt: the run
+        shown may come from a file, or from a pair with another prompt)."""
+        return self._compared(I.rerun(self.run, ablations, patches) if ablations or patches else self.clean)
+
+    def _compared(self, run: Run) -> tuple[View, I.Comparison | None]:
+        """This view of `run` (an intervened run of its clean run), and its comparison with the clean run."""
         clean = self.clean
-        run = clean.intervene(ablations, position=self.target)[0] if ablations else clean
-        if patches:
-            run, _ = I.patch(self.other, run, patches, position=self.target)
         comparison = None if run is clean else \
             I.compare_logits(clean, clean.logits, run.logits, self.target, self.contrast)
         return self._showing(run, selection=self.selection), comparison

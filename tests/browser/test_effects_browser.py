@@ -8,10 +8,10 @@ import pytest
 
 import lmtt_widget as lw
 from page_numbers import signed
+from tiny import IOI
 
 pytestmark = pytest.mark.browser
 
-PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
 def signed_edges(graph) -> tuple[int, int]:
@@ -20,7 +20,7 @@ def signed_edges(graph) -> tuple[int, int]:
 
 
 def test_contrast_rank_by_and_missed_edges_round_trip(model, page, harness, artifacts):
-    run = lw.analyze(model, PROMPT)
+    run = lw.analyze(model, IOI)
     w = lw.Widget(run, threshold=0.02)
     harness(w)
     # edges coloured by the sign of their effect
@@ -80,7 +80,7 @@ def test_contrast_rank_by_and_missed_edges_round_trip(model, page, harness, arti
 
 
 def test_panels_show_effects_beside_shares(model, page, harness, artifacts):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     h = harness(w)
     last = w.target  # an edge into the token whose prediction the effects measure
     w.select("attention", layer=2, source=3, target=last, head=1)

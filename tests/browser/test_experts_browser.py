@@ -9,16 +9,16 @@ import pytest
 import lmtt_widget as lw
 import tiny
 from page_numbers import fmt
+from tiny import IOI
 
 pytestmark = pytest.mark.browser
 
-PROMPT = "When Mary and John went to the store, John gave a drink to"
 LAYER, TOKEN = 0, 6  # tests/tiny.py: qwen2_moe's layer 0 is a mixture with a shared expert
 
 
 def test_the_experts_of_a_mixture_and_an_experts_own_panel(page, harness, artifacts):
     page.set_viewport_size({"width": 1100, "height": 900})
-    run = lw.analyze(tiny.load("qwen2_moe"), PROMPT, progress=False)
+    run = lw.analyze(tiny.load("qwen2_moe"), IOI, progress=False)
     w = lw.Widget(run, threshold=0.01)
     h = harness(w)
     w.select("ffn", layer=LAYER, token=TOKEN)

@@ -8,10 +8,10 @@ import pytest
 
 import lmtt_widget as lw
 from page_numbers import fmt, signed
+from tiny import IOI
 
 pytestmark = pytest.mark.browser
 
-PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
 def metric(page, cls: str) -> str:
@@ -19,7 +19,7 @@ def metric(page, cls: str) -> str:
 
 
 def test_ablate_a_head_shows_before_after_and_undo_restores(model, page, harness, artifacts):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     h = harness(w)
     clean_edges = page.locator("path.edge").count()
     assert page.locator("button.ablate").is_disabled()  # nothing selected yet
@@ -92,7 +92,7 @@ def test_ablate_a_head_shows_before_after_and_undo_restores(model, page, harness
 
 
 def test_ablate_an_edge_from_a_click_then_another_and_undo_one(model, page, harness):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     h = harness(w)
     h.click_edge("attention", cross_token=True)
     page.wait_for_selector("canvas.heatmap")
@@ -120,7 +120,7 @@ def test_ablate_an_edge_from_a_click_then_another_and_undo_one(model, page, harn
 
 
 def test_bad_ablation_is_refused_visibly_and_keeps_the_graph(model, page, harness):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     harness(w)
     edges = page.locator("path.edge").count()
     # past the page's own choices, as a stale or hand-made frontend would send it: each command
@@ -145,7 +145,7 @@ def test_bad_ablation_is_refused_visibly_and_keeps_the_graph(model, page, harnes
 
 
 def test_faithfulness_chart_and_code_box_show_what_python_computed(model, page, harness, artifacts):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     h = harness(w)
     w.ablate(("head", 0, 1))
     h.push()
@@ -199,7 +199,7 @@ def test_demo_ioi_ablate_the_mary_heads(demo_model, ioi_run, page, harness, arti
 
 
 def test_saved_page_of_an_intervened_widget_says_so(model, page, tmp_path, artifacts):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     w.ablate(("head", 1, 2), ("edge", 2, 3, 9))
     page.goto(w.save_html(tmp_path / "ablated.html").as_uri())
     page.wait_for_selector("body[data-ready='1']")

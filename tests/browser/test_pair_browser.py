@@ -9,15 +9,14 @@ import pytest
 import lmtt_widget as lw
 from lmtt_widget.widget.selections import visible
 from page_numbers import fmt, signed
+from tiny import IOI, IOI_CORRUPTED
 
 pytestmark = pytest.mark.browser
 
-CLEAN = "When Mary and John went to the store, John gave a drink to"
-CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 
 
 def test_pair_shows_both_prompts_and_their_difference(model, page, harness, artifacts):
-    w = lw.Widget(lw.analyze(model, CLEAN), other=lw.analyze(model, CORRUPTED), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), other=lw.analyze(model, IOI_CORRUPTED), threshold=0.01)
     harness(w)
     page.wait_for_selector(".lmtt-pair.paired")
     shown = page.locator(".pair-shown .tok").all_text_contents()
@@ -39,12 +38,12 @@ def test_pair_shows_both_prompts_and_their_difference(model, page, harness, arti
     # show the other prompt: the roles swap, in Python too
     page.click("button.swap")
     page.wait_for_function("() => document.querySelector('.pair-other .tok.differs').textContent === '␣John'")
-    assert w.run.prompt == CORRUPTED and w.other.prompt == CLEAN
+    assert w.run.prompt == IOI_CORRUPTED and w.other.prompt == IOI
     assert page.errors == []
 
 
 def test_patch_a_head_round_trips_and_undo_restores(model, page, harness, artifacts):
-    w = lw.Widget(lw.analyze(model, CLEAN), other=lw.analyze(model, CORRUPTED), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), other=lw.analyze(model, IOI_CORRUPTED), threshold=0.01)
     h = harness(w)
     clean_edges = page.locator("path.edge").count()
     last = w.run.n_tokens - 1
@@ -57,7 +56,7 @@ def test_patch_a_head_round_trips_and_undo_restores(model, page, harness, artifa
     page.click("button.patch")
     page.wait_for_selector(".prediction-change")
     assert w.patches == [{"node": ["head", 1, 2, last], "label": f"head L1.2 at {last} {visible(w.run.tokens[last])}",
-                          "source": CORRUPTED}]
+                          "source": IOI_CORRUPTED}]
     # the numbers are interventions.patch's, done by hand
     _, expected = lw.patch(w.other, w.run.clean, ("head", 1, 2, last), position=w.target)
     c = w.comparison
@@ -87,7 +86,7 @@ def test_patch_a_head_round_trips_and_undo_restores(model, page, harness, artifa
 
 
 def test_patch_a_residual_node_with_an_ablation_active(model, page, harness):
-    w = lw.Widget(lw.analyze(model, CLEAN), other=lw.analyze(model, CORRUPTED), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), other=lw.analyze(model, IOI_CORRUPTED), threshold=0.01)
     h = harness(w)
     w.ablate(("head", 0, 1))
     w.select("residual", stage="post", layer=0, token=15)
@@ -107,7 +106,7 @@ def test_patch_a_residual_node_with_an_ablation_active(model, page, harness):
 
 
 def test_prompts_of_another_length_are_refused_visibly(model, page, harness):
-    w = lw.Widget(lw.analyze(model, CLEAN), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     harness(w)
     assert page.locator(".lmtt-pair.paired").count() == 0
     page.fill("input.other-prompt", "When Mary went to the store, John gave a drink to")
@@ -117,8 +116,8 @@ def test_prompts_of_another_length_are_refused_visibly(model, page, harness):
     assert f"{w.run.n_tokens} and" in message and "tokens long" in message
     assert w.other is None and page.locator(".lmtt-pair.paired").count() == 0
     # a prompt of the same length starts the pair
-    page.fill("input.other-prompt", CORRUPTED)
+    page.fill("input.other-prompt", IOI_CORRUPTED)
     page.click("button.compare-with")
     page.wait_for_selector(".lmtt-pair.paired")
-    assert w.other.prompt == CORRUPTED and page.locator(".lmtt .message").is_hidden()
+    assert w.other.prompt == IOI_CORRUPTED and page.locator(".lmtt .message").is_hidden()
     assert page.errors == []

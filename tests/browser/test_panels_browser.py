@@ -13,10 +13,10 @@ from page_actions import ablate
 
 import lmtt_widget as lw
 from page_numbers import fmt
+from tiny import IOI
 
 pytestmark = pytest.mark.browser
 
-PROMPT = "When Mary and John went to the store, John gave a drink to"
 EDGE = {"kind": "attention", "layer": 1, "source": 3, "target": 9, "head": 2}
 
 # the colour of a canvas pixel, at a point given in CSS px from its top left
@@ -33,7 +33,7 @@ def show_edge(w, h, page, edge=EDGE) -> None:
 
 
 def test_an_ablated_heads_panel_says_so_and_shows_its_clean_values(model, page, harness, artifacts):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     h = harness(w)
     show_edge(w, h, page)
     ablate(page, ["head", 1, 2])
@@ -66,7 +66,7 @@ def test_an_ablated_heads_panel_says_so_and_shows_its_clean_values(model, page, 
 
 def test_tables_fit_the_panel_with_the_full_text_on_hover(model, page, harness, artifacts):
     page.set_viewport_size({"width": 1000, "height": 900})
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     h = harness(w)
     w.select("ffn", layer=2, token=6)
     h.push()
@@ -87,7 +87,7 @@ def test_tables_fit_the_panel_with_the_full_text_on_hover(model, page, harness, 
 
 
 def test_more_lists_the_longer_lists(model, page, harness):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     h = harness(w)
     w.select("residual", stage="post", layer=1, token=5)
     h.push()
@@ -101,7 +101,7 @@ def test_more_lists_the_longer_lists(model, page, harness):
 
 
 def test_maps_have_labels_read_out_values_zoom_pan_and_crop(model, page, harness, artifacts):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     h = harness(w)
     show_edge(w, h, page, {**EDGE, "layer": 2, "source": 5, "target": 20})
     figure = page.locator("figure.map").first
@@ -143,7 +143,7 @@ def test_maps_have_labels_read_out_values_zoom_pan_and_crop(model, page, harness
 
 
 def test_all_heads_view_chooses_a_head(model, page, harness):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     h = harness(w)
     show_edge(w, h, page)
     heads = page.locator("figure.all-heads")
@@ -159,7 +159,7 @@ def test_all_heads_view_chooses_a_head(model, page, harness):
 def test_maps_follow_a_dark_theme(model, page, harness, artifacts, theme):
     if theme == "prefers-dark":
         page.emulate_media(color_scheme="dark")
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     h = harness(w)
     if theme == "jupyterlab-dark":  # the variables JupyterLab's dark theme sets on the page
         page.evaluate("""() => { const s = document.documentElement.style;

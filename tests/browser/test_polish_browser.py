@@ -12,15 +12,14 @@ import pytest
 from page_actions import ablate
 
 import lmtt_widget as lw
+from tiny import IOI, IOI_CORRUPTED
 
 pytestmark = pytest.mark.browser
 
-PROMPT = "When Mary and John went to the store, John gave a drink to"
-CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 
 
 def test_a_tiny_threshold_reads_as_it_is_and_the_slider_sets_one(model, page, harness):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     h = harness(w)
     w.threshold = 0.0001
     h.push()
@@ -35,23 +34,23 @@ def test_a_tiny_threshold_reads_as_it_is_and_the_slider_sets_one(model, page, ha
 
 
 def test_a_refused_prompt_stays_in_the_box_marked_as_not_shown(model, page, harness):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     harness(w)
     box = page.locator("textarea.prompt")
     assert page.locator(".prompt-note").is_hidden()
     box.fill("   ")
     page.click("button.analyze")
     page.wait_for_function("() => document.querySelector('.lmtt .message').textContent.includes('prompt is empty')")
-    assert box.input_value() == "   " and w.run.prompt == PROMPT  # the user's text, the old graph
+    assert box.input_value() == "   " and w.run.prompt == IOI  # the user's text, the old graph
     note = page.locator(".prompt-note")
     assert "Not analysed yet: the graph shows the prompt analysed before" in note.text_content()
     assert "edited" in box.get_attribute("class")
     note.locator("button.restore").click()
-    assert box.input_value() == PROMPT and note.is_hidden()
+    assert box.input_value() == IOI and note.is_hidden()
 
 
 def test_a_new_analysis_clears_the_compare_box(model, page, harness):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     harness(w)
     page.fill("input.other-prompt", "half typed")
     page.fill("textarea.prompt", "The capital of France is")
@@ -64,7 +63,7 @@ def test_a_new_analysis_clears_the_compare_box(model, page, harness):
 
 def test_controls_are_compact_and_intervention_controls_come_with_a_selection(model, page, harness, artifacts):
     page.set_viewport_size({"width": 1400, "height": 1000})
-    w = lw.Widget(lw.analyze(model, PROMPT), other=lw.analyze(model, CORRUPTED), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), other=lw.analyze(model, IOI_CORRUPTED), threshold=0.01)
     h = harness(w)
     assert page.locator(".ablate-row").is_hidden() and page.locator(".patch-row").is_hidden()
     assert page.locator("select.ablate-what option").count() == 0  # no empty list is shown
@@ -96,7 +95,7 @@ POINTS = """() => [...document.querySelectorAll('path.diff-mark.vanished')].map(
 
 
 def test_vanished_edges_are_drawn_with_their_nodes(model, page, harness, artifacts):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     harness(w)
     ablate(page, ["attention", 1])
     page.wait_for_selector("path.diff-mark.vanished")

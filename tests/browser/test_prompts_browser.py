@@ -8,10 +8,11 @@ from __future__ import annotations
 import pytest
 
 import lmtt_widget as lw
+from tiny import IOI
 
 pytestmark = pytest.mark.browser
 
-PROMPTS = ["When Mary and John went to the store, John gave a drink to", "The capital of France is",
+PROMPTS = [IOI, "The capital of France is",
            "Hello world"]
 
 

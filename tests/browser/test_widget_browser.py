@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 import lmtt_widget as lw
+from tiny import IOI
 
 pytestmark = pytest.mark.browser
 
-PROMPT = "When Mary and John went to the store, John gave a drink to"
 XSS = "<img src=x onerror=alert(1)>"
 
 
@@ -18,7 +18,7 @@ def visible(token: str) -> str:
 
 
 def test_bundle_renders_the_routes_graph(model, page, harness, artifacts):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     harness(w)
     assert page.locator("path.edge").count() == w.graph.number_of_edges()
     attention = sum(1 for *_, k in w.graph.edges(keys=True) if k == "attention")
@@ -39,7 +39,7 @@ def test_bundle_renders_the_routes_graph(model, page, harness, artifacts):
 
 
 def test_clicking_a_node_selects_it_in_python_and_shows_the_logit_lens(model, page, harness, artifacts):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     harness(w)
     node = page.locator("circle.node.post").first
     index = int(node.get_attribute("data-node"))
@@ -56,7 +56,7 @@ def test_clicking_a_node_selects_it_in_python_and_shows_the_logit_lens(model, pa
 
 
 def test_clicking_an_edge_selects_it_in_python_and_shows_the_heads(model, page, harness, artifacts):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     h = harness(w)
     point = h.click_edge("attention", cross_token=True)
     page.wait_for_selector("canvas.heatmap")
@@ -77,7 +77,7 @@ def test_clicking_an_edge_selects_it_in_python_and_shows_the_heads(model, page, 
 
 
 def test_clicking_an_ffn_node_lists_neurons_and_a_neuron_selects_it(model, page, harness, artifacts):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     harness(w)
     page.locator("circle.node.ffn").first.click()
     page.wait_for_selector("table.neurons tbody tr")
@@ -100,7 +100,7 @@ def test_clicking_an_ffn_node_lists_neurons_and_a_neuron_selects_it(model, page,
 
 
 def test_selection_set_in_python_is_highlighted(model, page, harness):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     h = harness(w)
     w.select("attention", layer=2, source=3, target=9, head=1)
     h.push()
@@ -111,7 +111,7 @@ def test_selection_set_in_python_is_highlighted(model, page, harness):
 
 
 def test_choosing_a_target_redraws_its_routes(model, page, harness):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     harness(w)
     page.locator(".target-cell[data-target='6']").click()
     page.wait_for_selector(".target-cell.active[data-target='6']")
@@ -120,7 +120,7 @@ def test_choosing_a_target_redraws_its_routes(model, page, harness):
 
 
 def test_bad_selection_from_the_page_is_refused_visibly(model, page, harness):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     harness(w)
     # past the page's own check, as a stale or hand-made frontend would send it
     page.evaluate("() => { lmttModel.set('selection', {kind: 'ffn', layer: 42, token: 0, neuron: null}); "
@@ -149,18 +149,18 @@ def test_xss_prompt_is_text_and_runs_nothing(model, page, harness, artifacts):
 
 
 def test_analysis_error_shows_and_keeps_the_graph(model, page, harness):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     harness(w)
     edges = page.locator("path.edge").count()
     page.fill("textarea.prompt", "   ")
     page.click("button.analyze")
     page.wait_for_function("() => document.querySelector('.lmtt .message').textContent.includes('Could not analyse')")
     assert "prompt is empty" in page.locator(".lmtt .message").text_content()
-    assert page.locator("path.edge").count() == edges and w.run.prompt == PROMPT
+    assert page.locator("path.edge").count() == edges and w.run.prompt == IOI
 
 
 def test_saved_html_works_offline(model, page, tmp_path, artifacts):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     path = w.save_html(tmp_path / "saved.html")
     page.goto(path.as_uri())
     page.wait_for_selector("body[data-ready='1']")
@@ -189,7 +189,7 @@ def test_saved_html_works_offline(model, page, tmp_path, artifacts):
 
 @pytest.mark.demo
 def test_demo_model_graph_screenshot(demo_model, page, harness, artifacts):
-    w = lw.Widget(lw.analyze(demo_model, PROMPT))
+    w = lw.Widget(lw.analyze(demo_model, IOI))
     h = harness(w)
     assert page.locator("path.edge").count() == w.graph.number_of_edges()
     assert w.info["tokens"][-1] == " to"
@@ -201,7 +201,7 @@ def test_demo_model_graph_screenshot(demo_model, page, harness, artifacts):
 
 
 def test_keyboard_moves_a_cursor_and_selects(model, page, harness):
-    w = lw.Widget(lw.analyze(model, PROMPT), threshold=0.01)
+    w = lw.Widget(lw.analyze(model, IOI), threshold=0.01)
     harness(w)
     last = w.run.n_tokens - 1
     page.focus(".lmtt-graph")

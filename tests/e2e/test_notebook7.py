@@ -10,12 +10,12 @@ import time
 import pytest
 
 from clicks import HEAVIEST_EDGE_MIDPOINT, click_when_still
+from tiny import IOI
 
 pytestmark = [pytest.mark.e2e, pytest.mark.demo, pytest.mark.browser]
 
-PROMPT = "When Mary and John went to the store, John gave a drink to"
 CELLS = [
-    f"import lmtt_widget as lw\nw = lw.show(lw.load_model(), {PROMPT!r})\nw",
+    f"import lmtt_widget as lw\nw = lw.show(lw.load_model(), {IOI!r})\nw",
     "print(w.selection)",
 ]
 
