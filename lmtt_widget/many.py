@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import nnsight
 import torch
 
 from . import contributions as C
+from . import vocab as V
 from .architectures import Shape, check_attention, family_of, shape_of, text_config, w_o
 from .attention import AttentionProbs, output_probs, probs_window
 from .errors import LmttError, check_floor, check_positive
@@ -159,17 +161,28 @@ def check_padding(padding: str) -> str:
     return padding
 
 
+SORTED_BATCHES = 8  # batches' worth of prompts read ahead and ordered by length: less padding, bounded memory
+
+
 def in_batches(model, prompts: Iterable, batch_size: int, progress: bool | None, prepend_bos: bool | None,
                analyze_batch: Callable[[list[tuple[torch.Tensor, str]]], list]) -> list:
-    """`analyze_batch` of each `batch_size` prompts in turn ((ids, text) of each), read from
-    `prompts` as they come; what it returns, in order; a progress bar over the prompts."""
+    """`analyze_batch` of `batch_size` prompts at a time ((ids, text) of each), read from `prompts`
+    as they come, SORTED_BATCHES batches' worth at once, each batch of prompts of similar lengths
+    (the padding costs what the prompts do); what it returns, in the prompts' order; a progress
+    bar over the prompts."""
     batch_size = check_positive("batch_size", batch_size)
     results: list = []
     bar = progress_counter(enabled=progress, desc="prompts", total=_length(prompts), unit="prompt")
     try:
-        for chunk in _chunks(checked_prompts(model, prompts, prepend_bos), batch_size):
-            results += analyze_batch(chunk)
-            bar.update(len(chunk))
+        for window in _chunks(checked_prompts(model, prompts, prepend_bos), batch_size * SORTED_BATCHES):
+            by_length = sorted(range(len(window)), key=lambda index: len(window[index][0]))
+            in_order = [None] * len(window)
+            for first in range(0, len(window), batch_size):
+                indices = by_length[first:first + batch_size]
+                for index, result in zip(indices, analyze_batch([window[index] for index in indices]), strict=True):
+                    in_order[index] = result
+                bar.update(len(indices))
+            results += in_order
     finally:
         bar.close()
     return results
@@ -209,11 +222,10 @@ def _analyze_batch(model, prompts: list[tuple[torch.Tensor, str]], padding: str,
     floors = [floor_for(floor, shape, length, budget_bytes) for _, _, length in spans]
     layers: list[list[LayerShares]] = [[] for _ in spans]
     kept = [_Kept(span, kept_whole(hf_model, family, shape, span[2], budget_bytes)) for span in spans]
-    tops: list[tuple[torch.Tensor, torch.Tensor]] = []
     device = hf_model.device
     clamp = family.value_clamp(text_config(hf_model))
     with torch.no_grad(), exclusive(model), model.trace(batch.ids.to(device), attention_mask=batch.mask.to(device),
-                                                        position_ids=batch.positions.to(device)):
+                                                        position_ids=batch.positions.to(device)) as tracer:
         for layer in range(shape.n_layers):
             neurons = activations and any(own.keep.neurons for own in kept)
             tensors = batch_layer(model, family, shape, layer, clamp, neurons=neurons)
@@ -224,13 +236,17 @@ def _analyze_batch(model, prompts: list[tuple[torch.Tensor, str]], padding: str,
             if activations:
                 for own in kept:
                     own.add(layer, tensors)
-        final_normed = family.get(model, "final_norm").output
+        final_normed = family.get(model, "final_norm").output.reshape(batch.ids.shape[0], batch.ids.shape[1], -1)
         if activations:
             for own in kept:
-                own.finish(final_normed.reshape(batch.ids.shape[0], batch.ids.shape[1], -1))
-        tops.extend(top_k(model.output.logits, spans, TOP_K_KEPT))
+                own.finish(final_normed)
+        own_rows = nnsight.save(torch.cat([final_normed[row, start:start + length] for row, start, length in spans]))
+        tracer.stop()  # no logits of the padding: the top predictions are made of the prompts' own rows below
+    lengths = [length for _, _, length in spans]
+    top_probs, top_ids = V.top_predictions(hf_model, family, own_rows, TOP_K_KEPT, budget_bytes)
+    tops = zip(top_probs.split(lengths), top_ids.split(lengths))
     return [Run(model, text, ids, own.capture if activations else None, layers[i], distance, budget_bytes, floors[i],
-                top=tops[i]) for i, ((ids, text), own) in enumerate(zip(prompts, kept))]
+                top=top) for i, ((ids, text), own, top) in enumerate(zip(prompts, kept, tops))]
 
 
 @torch.no_grad()
@@ -239,9 +255,8 @@ def top_k(logits: torch.Tensor, spans: list[tuple[int, int, int]], k: int) -> li
     the batch's logits [B, T, V] (the model's own: soft-capped or scaled where the family is)."""
     out = []
     for row, start, length in spans:
-        probs = logits[row, start:start + length].float().softmax(-1)
-        top = probs.topk(min(k, probs.shape[-1]), dim=-1)
-        out.append((top.values.cpu(), top.indices.cpu()))
+        probs, ids = V.top_of_logits(logits[row, start:start + length].float(), k)
+        out.append((probs.cpu(), ids.cpu()))
     return out
 
 

@@ -263,6 +263,8 @@ def _forward(model, family: Family, shape: Shape, input_ids: torch.Tensor, edits
         final_normed = rows(family.get(model, "final_norm").output).save()  # type: ignore[attr-defined]  # nnsight's
         if on_output is not None:
             on_output(model.output.logits[0])
+        else:  # no logits: Run.logits makes them from final_normed when asked ([T, V] is large at length)
+            tracer.stop()
 
     def plain(tensors):
         return [t.detach() for t in tensors]

@@ -41,6 +41,26 @@ def unembed(hf_model, family: Family, normed: torch.Tensor) -> torch.Tensor:
         return family.final_logits(head(normed.to(head.weight.device, head.weight.dtype)), text_config(hf_model))
 
 
+@torch.no_grad()
+def top_predictions(hf_model, family: Family, normed: torch.Tensor, k: int,
+                    budget_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's top-k next tokens after each of the already-normalised residuals `normed`
+    [N, d]: (probabilities [N, k], ids [N, k]), from logits made a slice of rows at a time (about
+    `budget_bytes` of them at once)."""
+    n_vocab = hf_model.get_output_embeddings().weight.shape[0]
+    step = max(1, budget_bytes // (4 * n_vocab))
+    tops = [top_of_logits(unembed(hf_model, family, normed[first:first + step]).float(), k)
+            for first in range(0, normed.shape[0], step)]
+    return torch.cat([probs for probs, _ in tops]).cpu(), torch.cat([ids for _, ids in tops]).cpu()
+
+
+def top_of_logits(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities [..., k], ids [..., k]) of the k largest `logits` [..., V]: their softmax,
+    without making the softmax of all V."""
+    top = logits.topk(min(k, logits.shape[-1]), dim=-1)
+    return (top.values - logits.logsumexp(-1, keepdim=True)).exp(), top.indices
+
+
 def final_norm(hf_model, family: Family, resid: torch.Tensor) -> torch.Tensor:
     norm = family.get(hf_model, "final_norm")
     with torch.no_grad():

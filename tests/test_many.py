@@ -153,6 +153,54 @@ def test_strings_ids_and_generators_mix_and_keep_their_order(model):
     assert_same_run(runs[2], runs[1])
 
 
+def test_batches_hold_prompts_of_like_lengths_read_a_bounded_window_ahead(model, monkeypatch):
+    from lmtt_widget import many
+
+    monkeypatch.setattr(many, "SORTED_BATCHES", 2)  # windows of 4 prompts at batch_size 2
+    batches, read = [], []
+    analyze_batch = many._analyze_batch
+
+    def recorded(model, prompts, *args):
+        batches.append(sorted(len(ids) for ids, _ in prompts))
+        return analyze_batch(model, prompts, *args)
+    monkeypatch.setattr(many, "_analyze_batch", recorded)
+
+    def stream():  # long and short prompts in turn, as a dataset may give them
+        for n in range(10):
+            read.append(n)
+            yield PROMPTS[n % 2] if n < 8 else PROMPTS[2 + n % 2]
+    runs = lw.analyze_many(model, stream(), batch_size=2)
+    assert [run.prompt for run in runs] == [PROMPTS[n % 2] if n < 8 else PROMPTS[2 + n % 2] for n in range(10)]
+    short, long = sorted(len(model.tokenizer(p)["input_ids"]) for p in PROMPTS[:2])
+    assert batches[:4] == [[short, short], [long, long]] * 2  # not a short prompt padded to a long one's length
+    assert len(batches) == 5 and read == list(range(10))
+    for run, prompt in zip(runs[7:], [PROMPTS[1], PROMPTS[2], PROMPTS[3]]):
+        assert_same_run(run, lw.analyze(model, prompt, progress=False))
+
+
+def test_no_logits_of_every_position_are_made_where_none_are_needed(model):
+    """analyze stops the forward pass before the unembedding ([T, V] logits are large at length);
+    analyze_many unembeds the prompts' own positions, not the padding; both equal the model's own."""
+    head, rows = model._module.get_output_embeddings(), []
+    hook = head.register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].shape[:-1].numel()))
+    try:
+        run = lw.analyze(model, IOI, progress=False)
+        assert rows == []
+        ids = run.input_ids[None]
+        own = model._module(ids).logits[0].float()  # one unembedding of every position: the user's call
+        assert rows == [run.n_tokens]
+        torch.testing.assert_close(run.logits, own, rtol=1e-5, atol=1e-5)
+        rows.clear()
+        runs = lw.analyze_many(model, [IOI, PROMPTS[1], PROMPTS[4]], padding="left")
+        assert sum(rows) == sum(r.n_tokens for r in runs) < 3 * run.n_tokens
+    finally:
+        hook.remove()
+    probs, top = runs[0].top_predictions(5)
+    expected = own.softmax(-1).topk(5)
+    assert torch.equal(top, expected.indices)
+    torch.testing.assert_close(probs, expected.values, rtol=1e-5, atol=1e-6)
+
+
 def test_a_datasets_column_is_an_iterable_of_prompts(model):
     datasets = pytest.importorskip("datasets")
     column = datasets.Dataset.from_dict({"text": PROMPTS[:3]})["text"]
