@@ -133,8 +133,9 @@ def analyze_many(model, prompts: Iterable, *, batch_size: int = 8, progress: boo
                  prepend_bos: bool | None = None, budget_bytes: int = C.DEFAULT_BUDGET_BYTES,
                  floor: float | None = None) -> list[Run]:
     """`analyze` of every prompt in `prompts` (a list or any iterable, e.g. a generator or a
-    datasets column, of strings or token ids), `batch_size` prompts per forward pass; the runs
-    in order, each equal to what `analyze` gives that prompt alone.
+    datasets column, of strings or token ids), `batch_size` prompts per forward pass, each with
+    prompts of like length among the next few batches' worth (less padding to compute); the runs
+    in the prompts' order, each equal to what `analyze` gives that prompt alone.
 
     `padding` "right" or "left" (the results are the same). Runs keep their shares and top
     predictions; with `activations` also their captured activations (as `analyze`'s runs do),
