@@ -32,6 +32,7 @@ import torch
 
 from .errors import LmttError, check_index
 from .run import TOP_K_KEPT, LayerShares, Shares
+from .saved import identity
 
 AGGREGATE_TOP_K = 5  # the mean-probability predictions an aggregate keeps per position
 
@@ -63,7 +64,7 @@ class Aggregate(Shares):
                  spread: list[LayerSpread], top: tuple[torch.Tensor, torch.Tensor]):
         first = runs[0]
         super().__init__(names, torch.zeros(0, dtype=torch.long), first.shape, layers, first.distance,
-                         max(run.floor for run in runs), top=top, decode=first._decode)
+                         max(run.floor for run in runs), top=top, decode=_decoder(runs))
         self.runs = runs
         self.index = index  # [prompts, T]: each prompt's position of each aggregate position
         self.spread = spread
@@ -204,6 +205,7 @@ def aggregate(runs: Sequence[Shares], positions: Sequence[dict[str, int]] | None
             raise LmttError(f"run {r} is of another model or distance than run 0 ({run.shape.n_layers} layers, "
                             f"{run.shape.n_heads} heads, {run.distance!r} vs {runs[0].shape.n_layers}, "
                             f"{runs[0].shape.n_heads}, {runs[0].distance!r}): aggregate runs of one model")
+    _check_one_model(runs)
     names, index = _from_end(runs) if positions is None else _named(runs, positions)
     layers, spread = zip(*(_mean_layer(runs, index, layer) for layer in range(runs[0].shape.n_layers)))
     return Aggregate(runs, names, index, list(layers), list(spread), _mean_top(runs, index))
@@ -211,6 +213,54 @@ def aggregate(runs: Sequence[Shares], positions: Sequence[dict[str, int]] | None
 
 def _refuse_runs(runs) -> list:
     raise LmttError(f"aggregate takes a list of runs, got {type(runs).__name__}")
+
+
+def _check_one_model(runs: list[Shares]) -> None:
+    """Refuse runs of a model with the same shape but other weights (a fine-tune, another seed): by
+    the weights' fingerprint of a file (saved.identity), the same for a run made here and its file.
+    Compact shares name no model and are not compared."""
+    fingerprints: dict[int, str] = {}  # id(model) -> its fingerprint: each model's weights read once
+    first = None
+    for r, run in enumerate(runs):
+        weights = _weights_of(run, fingerprints)
+        if weights is None:
+            continue
+        if first is None:
+            first = r, weights
+        elif weights != first[1]:
+            raise LmttError(f"run {r} is of another model than run {first[0]}: the same architecture with other "
+                            f"weights ({getattr(run, 'model_name', '')!r} vs "
+                            f"{getattr(runs[first[0]], 'model_name', '')!r}): aggregate runs of one model")
+
+
+def _weights_of(run: Shares, fingerprints: dict[int, str]) -> str | None:
+    model, saved = getattr(run, "model", None), getattr(run, "saved", None)
+    if model is not None:
+        if id(model) not in fingerprints:
+            fingerprints[id(model)] = identity(model._module)["weights"]
+        return fingerprints[id(model)]
+    return None if saved is None else saved.identity["weights"]
+
+
+def _decoder(runs: list[Shares]):
+    """The text of token ids: by the first run's tokenizer or, where it does not know one (runs loaded
+    from files without their model: each file keeps the text of its own tokens only), by any run's."""
+    def decode(ids) -> str:
+        ids = [int(i) for i in ids]
+        try:
+            return runs[0]._decode(ids)
+        except LmttError:
+            return "".join(_decode_one(runs, i) for i in ids)
+    return decode
+
+
+def _decode_one(runs: list[Shares], token_id: int) -> str:
+    for run in runs:
+        try:
+            return run._decode([token_id])
+        except LmttError:
+            pass
+    raise LmttError(f"token id {token_id} is not among the tokens these runs' files kept: load them with their model")
 
 
 def _from_end(runs: list[Shares]) -> tuple[list[str], torch.Tensor]:
@@ -232,6 +282,9 @@ def _named(runs: list[Shares], positions) -> tuple[list[str], torch.Tensor]:
     names = list(positions[0]) if isinstance(positions[0], dict) else []
     if not names:
         raise LmttError("positions[0] must be a dict of names and positions, e.g. {'IO': 2, 'S1': 4, 'END': -1}")
+    not_text = next((name for name in names if not isinstance(name, str)), None)
+    if not_text is not None:  # they name the aggregate's positions, as a run's tokens do
+        raise LmttError(f"position names must be strings, got {not_text!r} in positions[0]")
     index = []
     for r, (run, named) in enumerate(zip(runs, positions)):
         if not isinstance(named, dict) or set(named) != set(names):

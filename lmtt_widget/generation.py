@@ -39,8 +39,13 @@ def generate(model, prompt, max_new_tokens: int = 20, *, chat: bool = False, dis
     options = {"do_sample": False, "max_new_tokens": max_new_tokens,
                "pad_token_id": _pad_id(model.tokenizer, hf_model), **generate_kwargs}
     with torch.no_grad():
-        out = hf_model.generate(ids[None].to(hf_model.device), attention_mask=torch.ones_like(ids)[None].to(
-            hf_model.device), **options)
+        try:
+            out = hf_model.generate(ids[None].to(hf_model.device), attention_mask=torch.ones_like(ids)[None].to(
+                hf_model.device), **options)
+        except (ValueError, TypeError) as error:  # transformers checks the options it is given: say which were ours
+            if not generate_kwargs:
+                raise
+            raise LmttError(f"transformers' generate refused the options {sorted(generate_kwargs)}: {error}") from None
     sequences = getattr(out, "sequences", out)  # a tensor, or an output object with return_dict_in_generate
     if sequences.shape[0] != 1:
         raise LmttError(f"generate gave {sequences.shape[0]} continuations; lw.generate analyses one "

@@ -175,7 +175,11 @@ def write(path, tensors: dict[str, torch.Tensor], meta: dict) -> pathlib.Path:
     over it, so that a failed write never leaves a broken file."""
     from safetensors.torch import save_file
 
-    path = pathlib.Path(path)
+    path = _path(path)
+    if path.is_dir():
+        raise LmttError(f"cannot write {path}: it is a folder; give a file's name, e.g. {path / 'run.lmtt'}")
+    if not path.parent.is_dir():
+        raise LmttError(f"cannot write {path}: there is no folder {path.parent}")
     # each tensor its own contiguous copy on the CPU: safetensors refuses tensors that share memory
     plain = {name: t.detach().cpu().contiguous().clone() for name, t in tensors.items()}
     partial = path.with_name(f".{path.name}.partial")
@@ -191,7 +195,7 @@ def read(path) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, meta) of a file `write` made; a clear LmttError for anything else."""
     from safetensors import SafetensorError, safe_open
 
-    path = pathlib.Path(path)
+    path = _path(path)
     if not path.is_file():
         raise LmttError(f"no such file: {path}")
     try:
@@ -202,11 +206,24 @@ def read(path) -> tuple[dict[str, torch.Tensor], dict]:
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except SafetensorError as error:
         raise LmttError(f"{path} is not a run saved by lmtt-widget (run.to_file): {error}") from None
-    meta = json.loads(header["lmtt"])
+    try:
+        meta = json.loads(header["lmtt"])
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise LmttError(f"{path} is marked as a run saved by lmtt-widget, but its metadata is damaged (not the JSON "
+                        "object run.to_file writes)")
     if meta.get("version") not in READABLE:
         raise LmttError(f"{path} was saved in run format {meta.get('version')}; this lmtt-widget reads formats "
                         f"{', '.join(map(str, READABLE))}")
     return tensors, meta
+
+
+def _path(path) -> pathlib.Path:
+    try:
+        return pathlib.Path(path)
+    except TypeError:
+        raise LmttError(f"path must be a file's path (a str or os.PathLike), got {type(path).__name__}") from None
 
 
 def family_named(name: str) -> Family:

@@ -118,3 +118,42 @@ def test_the_widget_selects_an_edge_that_runs_backwards_in_the_aggregates_order(
     assert any(row["share"] > 0 for row in rows)
     with pytest.raises(lw.LmttError, match="no neurons or experts to select"):
         w.select("neuron", layer=1, token=io, neuron=0)
+
+
+def test_runs_of_a_model_of_the_same_shape_with_other_weights_are_refused(runs_and_positions, tmp_path):
+    runs, _ = runs_and_positions
+    other_weights = lw.analyze(tiny.load("llama", seed=1), TEMPLATES[0].format(io="Mary", s="John"), progress=False)
+    assert other_weights.shape == runs[0].shape
+    with pytest.raises(lw.LmttError, match="run 1 is of another model than run 0: the same architecture with other "
+                                           "weights"):
+        lw.aggregate([runs[0], other_weights])
+    # the same weights are one model: loaded again, or a run loaded from its file without the model
+    again = lw.analyze(tiny.load("llama"), TEMPLATES[0].format(io="Mary", s="John"), progress=False)
+    runs[1].to_file(tmp_path / "run.lmtt")
+    agg = lw.aggregate([runs[0], again, lw.load_run(tmp_path / "run.lmtt")])
+    torch.testing.assert_close(agg.layers[1].ffn, torch.stack([r.layers[1].ffn[-agg.n_tokens:]
+                                                               for r in (runs[0], runs[0], runs[1])]).mean(0))
+    other_weights.to_file(tmp_path / "other.lmtt")
+    with pytest.raises(lw.LmttError, match="run 1 is of another model than run 0"):
+        lw.aggregate([runs[0], lw.load_run(tmp_path / "other.lmtt")])
+
+
+def test_position_names_are_strings(runs_and_positions):
+    runs, positions = runs_and_positions
+    with pytest.raises(lw.LmttError, match=r"position names must be strings, got 1 in positions\[0\]"):
+        lw.aggregate(runs, [{1: p["IO"], "END": -1} for p in positions])
+
+
+def test_an_aggregate_of_runs_loaded_without_their_model_names_its_predictions_and_shows(runs_and_positions,
+                                                                                         tmp_path):
+    runs, positions = runs_and_positions
+    for r, run in enumerate(runs):
+        run.to_file(tmp_path / f"{r}.lmtt", activations=False)
+    loaded = [lw.load_run(tmp_path / f"{r}.lmtt") for r in range(len(runs))]
+    live, shared = lw.aggregate(runs, positions), lw.aggregate(loaded, positions)
+    # the mean predictions name tokens that only some of the files kept
+    first_file = set(loaded[0].saved.vocab)
+    assert any(int(i) not in first_file for i in shared.top_predictions(5)[1].reshape(-1))
+    assert shared.top_tokens(-1, k=5) == live.top_tokens(-1, k=5)
+    w = lw.show(shared, threshold=0.01)
+    assert w.info["tokens"] == ["IO", "S1", "S2", "END"] and w.info["aggregate"] == len(runs)

@@ -308,6 +308,10 @@ def test_generating_leaves_the_users_model_as_it_was(model):
     (lambda m: lw.generate(m, "Hello", chat=True), r"no chat template, which chat=True needs"),
     (lambda m: lw.generate(m, [1, 2], chat=True), r"chat=True takes the user's message as a string, got list"),
     (lambda m: lw.generate(m, "Hello", num_return_sequences=2, num_beams=2), r"gave 2 continuations"),
+    (lambda m: lw.generate(m, "Hello", max_new_tokens=2, temprature=0.5),
+     r"transformers' generate refused the options \['temprature'\]: .*not used by the model"),
+    (lambda m: lw.generate(m, "Hello", max_new_tokens=2, do_sample=True, temperature=-1.0),
+     r"transformers' generate refused the options \['do_sample', 'temperature'\]: .*temperature"),
 ])
 def test_bad_generate_requests_are_refused(model, call, message):
     with pytest.raises(lw.LmttError, match=message):

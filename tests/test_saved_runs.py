@@ -135,6 +135,27 @@ def test_files_that_are_not_saved_runs_are_refused(run, tmp_path):
         lw.load_run(tmp_path / "other.safetensors")
 
 
+
+def test_a_path_that_is_none_or_a_damaged_header_is_refused_by_name(tmp_path):
+    for bad in (None, 3):
+        with pytest.raises(lw.LmttError, match=rf"path must be a file's path \(a str or os.PathLike\), got "
+                                               rf"{type(bad).__name__}"):
+            lw.load_run(bad)
+    from safetensors.torch import save_file
+    for text in ("{not json", "[1, 2]"):
+        damaged = tmp_path / "damaged.lmtt"
+        save_file({"x": torch.zeros(2)}, str(damaged), metadata={"format": "lmtt-run", "lmtt": text})
+        with pytest.raises(lw.LmttError, match="marked as a run saved by lmtt-widget, but its metadata is damaged"):
+            lw.load_run(damaged)
+
+
+def test_a_run_is_not_written_into_a_missing_folder_nor_over_a_folder(run, tmp_path):
+    with pytest.raises(lw.LmttError, match=r"cannot write .*run.lmtt: there is no folder .*missing"):
+        run.to_file(tmp_path / "missing" / "run.lmtt")
+    with pytest.raises(lw.LmttError, match=r"cannot write .*: it is a folder; give a file's name"):
+        run.to_file(tmp_path)
+    assert list(tmp_path.iterdir()) == [] and list(tmp_path.parent.glob(f".{tmp_path.name}*")) == []
+
 def test_the_file_is_safetensors_with_json_metadata_and_no_pickle(path):
     from safetensors import safe_open
 
