@@ -55,10 +55,9 @@ def top_predictions(hf_model, family: Family, normed: torch.Tensor, k: int,
 
 
 def top_of_logits(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities [..., k], ids [..., k]) of the k largest `logits` [..., V]: their softmax,
-    without making the softmax of all V."""
-    top = logits.topk(min(k, logits.shape[-1]), dim=-1)
-    return (top.values - logits.logsumexp(-1, keepdim=True)).exp(), top.indices
+    """(probabilities [..., k], ids [..., k]) of the k largest `logits` [..., V]."""
+    ids = logits.topk(min(k, logits.shape[-1]), dim=-1).indices  # the order of the logits, not of rounded probabilities
+    return logits.softmax(-1).gather(-1, ids), ids  # (softmax is 2-3x faster than logsumexp on CPU)
 
 
 def final_norm(hf_model, family: Family, resid: torch.Tensor) -> torch.Tensor:
