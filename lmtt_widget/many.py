@@ -25,7 +25,7 @@ from . import contributions as C
 from . import vocab as V
 from .architectures import Shape, check_attention, family_of, shape_of, text_config, w_o
 from .attention import AttentionProbs, output_probs, probs_window
-from .errors import LmttError, check_floor, check_positive
+from .errors import LmttError, _integer, check_floor, check_positive
 from .progress import progress_counter
 from .run import TOP_K_KEPT, Kept, LayerShares, Run, batch_shares, floor_for, kept_whole, prompt_ids
 from .tracing import Capture, _first, attention_inputs_of, block_update, exclusive
@@ -170,12 +170,19 @@ def in_batches(model, prompts: Iterable, batch_size: int, progress: bool | None,
     """`analyze_batch` of `batch_size` prompts at a time ((ids, text) of each), read from `prompts`
     as they come, SORTED_BATCHES batches' worth at once, each batch of prompts of similar lengths
     (the padding costs what the prompts do); what it returns, in the prompts' order; a progress
-    bar over the prompts."""
+    bar over the prompts.
+
+    Nothing done is lost to a bad prompt late in a stream, nor to an interrupt: the exception
+    carries `.runs`, the results of every prompt before the first one without a result (a bad
+    prompt's predecessors are analysed first), and a note that says how many there are."""
     batch_size = check_positive("batch_size", batch_size)
     results: list = []
+    in_order: list = []  # the window in progress
     bar = progress_counter(enabled=progress, desc="prompts", total=_length(prompts), unit="prompt")
+    checked = checked_prompts(model, prompts, prepend_bos)
     try:
-        for window in _chunks(checked_prompts(model, prompts, prepend_bos), batch_size * SORTED_BATCHES):
+        while True:
+            window, bad = _window(checked, batch_size * SORTED_BATCHES)
             by_length = sorted(range(len(window)), key=lambda index: len(window[index][0]))
             in_order = [None] * len(window)
             for first in range(0, len(window), batch_size):
@@ -184,9 +191,20 @@ def in_batches(model, prompts: Iterable, batch_size: int, progress: bool | None,
                     in_order[index] = result
                 bar.update(len(indices))
             results += in_order
+            in_order = []
+            if bad is not None:
+                raise bad
+            if len(window) < batch_size * SORTED_BATCHES:
+                return results
+    except BaseException as error:  # a bad prompt, an interrupt, an error of the analysis: keep what is done
+        done = results + list(itertools.takewhile(lambda result: result is not None, in_order))
+        error.runs = done  # type: ignore[attr-defined]
+        if done:
+            error.add_note(f"lmtt-widget: the results of the first {len(done)} prompts are in this exception's "
+                           ".runs")
+        raise
     finally:
         bar.close()
-    return results
 
 
 def checked_prompts(model, prompts: Iterable, prepend_bos: bool | None) -> Iterator[tuple[torch.Tensor, str]]:
@@ -194,16 +212,29 @@ def checked_prompts(model, prompts: Iterable, prepend_bos: bool | None) -> Itera
     if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Iterable) or hasattr(prompts, "keys"):
         raise LmttError(f"prompts must be a list (or another iterable) of prompts, got {type(prompts).__name__}"
                         + ("; for one prompt use lw.analyze" if isinstance(prompts, str) else ""))
+    if hasattr(prompts, "column_names"):  # a whole datasets.Dataset: its rows are dicts
+        raise LmttError(f"prompts is a whole dataset (columns {list(prompts.column_names)}): pass one column of "
+                        "prompts, e.g. dataset['text'] or dataset['input_ids']")
+    if len(getattr(prompts, "shape", ())) == 1:
+        raise LmttError(f"prompts is one prompt's token ids (a 1-D {type(prompts).__name__}): for one prompt use "
+                        "lw.analyze(model, ids), or give a list of prompts: [ids]")
     for index, prompt in enumerate(prompts):
         try:
             yield prompt_ids(model, prompt, prepend_bos)
         except LmttError as error:
-            raise LmttError(f"prompt {index}: {error}") from None
+            hint = " (a single token id: is this one prompt's ids? use lw.analyze(model, ids), or a list [ids])" \
+                if _integer(prompt) is not None else ""
+            raise LmttError(f"prompt {index}: {error}{hint}") from None
 
 
-def _chunks(items: Iterator, size: int) -> Iterator[list]:
-    while chunk := list(itertools.islice(items, size)):
-        yield chunk
+def _window(prompts: Iterator, size: int) -> tuple[list, LmttError | None]:
+    """The next `size` prompts (fewer at the end), or those before a bad one, and its error."""
+    window: list = []
+    try:
+        window.extend(itertools.islice(prompts, size))
+    except LmttError as error:
+        return window, error
+    return window, None
 
 
 def _length(prompts) -> int | None:

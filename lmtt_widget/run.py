@@ -223,7 +223,9 @@ def token_ids(prompt, n_vocab: int) -> list[int]:
                             f"{type(item).__name__} {item!r:.40}" + (" (a batch? give one prompt's ids)"
                                                                      if isinstance(item, (list, tuple)) else ""))
     else:
-        hint = " (a tokenizer's output: pass its ['input_ids'])" if hasattr(prompt, "keys") else ""
+        hint = (" (a tokenizer's output: pass its ['input_ids'])" if "input_ids" in prompt else
+                f" with keys {list(prompt.keys())[:8]} (a dataset's row? pass a column of prompts, e.g. "
+                "dataset['text'])") if hasattr(prompt, "keys") else ""
         raise LmttError(f"prompt must be a string or a 1-D list, tuple, tensor or array of token ids, got "
                         f"{type(prompt).__name__}{hint}")
     if not ids:

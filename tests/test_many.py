@@ -201,10 +201,61 @@ def test_no_logits_of_every_position_are_made_where_none_are_needed(model):
     torch.testing.assert_close(probs, expected.values, rtol=1e-5, atol=1e-6)
 
 
-def test_a_datasets_column_is_an_iterable_of_prompts(model):
-    datasets = pytest.importorskip("datasets")
-    column = datasets.Dataset.from_dict({"text": PROMPTS[:3]})["text"]
-    assert [run.prompt for run in lw.analyze_many(model, column)] == PROMPTS[:3]
+def test_a_datasets_column_is_an_iterable_of_prompts_and_a_whole_dataset_is_refused_saying_so(model):
+    import datasets
+
+    dataset = datasets.Dataset.from_dict({"text": PROMPTS[:3], "label": [0, 1, 0]})
+    assert [run.prompt for run in lw.analyze_many(model, dataset["text"])] == PROMPTS[:3]
+    ids = dataset.map(lambda row: model.tokenizer(row["text"]))
+    assert [run.prompt for run in lw.analyze_many(model, ids["input_ids"])] == PROMPTS[:3]
+    assert [run.prompt for run in lw.analyze_many(model, ids.with_format("torch")["input_ids"])] == PROMPTS[:3]
+    with pytest.raises(lw.LmttError, match=r"a whole dataset \(columns \['text', 'label'\]\): pass one column"):
+        lw.analyze_many(model, dataset)
+    row = r"prompt 0: .*got dict with keys \['text', 'label'\] \(a dataset's row\? pass a column"
+    with pytest.raises(lw.LmttError, match=row):
+        lw.analyze_many(model, iter(dataset))
+
+
+def test_a_bad_prompt_late_in_a_stream_keeps_the_runs_before_it(model, monkeypatch):
+    from lmtt_widget import many
+
+    monkeypatch.setattr(many, "SORTED_BATCHES", 2)  # windows of 4 prompts at batch_size 2
+    prompts = [PROMPTS[n % 4] for n in range(6)] + [IOI * 20] + PROMPTS  # prompt 6 is longer than the context
+    with pytest.raises(lw.LmttError, match=r"prompt 6: prompt is \d+ tokens long") as refused:
+        lw.analyze_many(model, (p for p in prompts), batch_size=2)
+    runs = refused.value.runs
+    assert [run.prompt for run in runs] == prompts[:6]  # the window of the bad prompt analysed up to it
+    assert_same_run(runs[5], lw.analyze(model, prompts[5], progress=False))
+    assert "the results of the first 6 prompts are in this exception's .runs" in refused.value.__notes__[0]
+
+
+def test_an_interrupt_keeps_the_runs_done_in_the_prompts_order(model, monkeypatch):
+    from lmtt_widget import many
+
+    monkeypatch.setattr(many, "SORTED_BATCHES", 2)
+    analyze_batch, calls = many._analyze_batch, []
+
+    def interrupted(*args):
+        calls.append(len(calls))
+        if len(calls) == 4:  # the second batch of the second window: the kernel is interrupted
+            raise KeyboardInterrupt
+        return analyze_batch(*args)
+    monkeypatch.setattr(many, "_analyze_batch", interrupted)
+    prompts = PROMPTS[3:] + PROMPTS + PROMPTS  # window 2: prompts 4..7, the shortest two done first
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        lw.analyze_many(model, prompts, batch_size=2)
+    runs = stopped.value.runs
+    done = sorted(range(4, 8), key=lambda n: len(model.tokenizer(prompts[n])["input_ids"]))[:2]
+    assert [run.prompt for run in runs] == prompts[:4 + (4 in done) * (1 + (5 in done))]
+
+
+@pytest.mark.parametrize("prompts, message", [
+    (torch.tensor([1, 2, 3]), r"prompts is one prompt's token ids \(a 1-D Tensor\): for one prompt use lw.analyze"),
+    ([1, 2, 3], r"prompt 0: .* \(a single token id: is this one prompt's ids\? use lw.analyze"),
+])
+def test_one_prompts_ids_given_as_many_prompts_are_refused_saying_what_they_look_like(model, prompts, message):
+    with pytest.raises(lw.LmttError, match=message):
+        lw.analyze_many(model, prompts)
 
 
 @pytest.mark.parametrize("prompts, options, message", [
