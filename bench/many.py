@@ -10,9 +10,9 @@ Cases (the demo model, SmolLM2-135M, unless --model names another):
   (the ways interleaved 32 prompts at a time in one process, so that other processes' load falls
   on each alike), and, each way in a fresh process, the peak memory (RSS above what was there
   before, the model and a warm-up loaded) while analysing and keeping every run, and what a run
-  keeps (a run of `analyze` its activations; one of `analyze_many` its shares and top predictions);
+  keeps (a run of `analyze` its activations; one of `analyze_many` its shares and final-normed residuals);
 - long: the same for `--n-long` prompts of about 256 tokens;
-- cost: what one run keeps at T=64 (shares and top predictions, and the activations `analyze`
+- cost: what one run keeps at T=64 (shares and final-normed residuals, and the activations `analyze`
   keeps), and how many such runs fit in 24 GB;
 - file: one run of T=1024: `to_file` (seconds, bytes, with and without activations) and
   `load_run` (seconds, without and with the model; the file is memory-mapped, so also the time to
@@ -59,9 +59,11 @@ def long_prompts(tokenizer, n: int, n_tokens: int = 256) -> list[list[int]]:
 
 
 def _kept_bytes(run) -> int:
-    """What a run keeps: its shares, top predictions and (if held) its activations."""
+    """What a run keeps: its shares, top predictions or final-normed residuals, and (if held) its
+    activations."""
     total = sum(shares.nbytes for shares in run.layers)
     total += sum(t.numel() * t.element_size() for t in (run._top or ()))
+    total += 0 if run._final_normed is None else run._final_normed.nbytes
     if run.holds_activations:
         capture = run.capture
         tensors = capture.resid + capture.attn_out + capture.ffn_out + capture.values + [capture.final_normed]

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .errors import LmttError, check_index
-from .run import TOP_K_KEPT, LayerShares, Shares
+from .run import TOP_K_KEPT, LayerShares, Shares, top_predictions_at
 from .saved import identity
 
 AGGREGATE_TOP_K = 5  # the mean-probability predictions an aggregate keeps per position
@@ -336,10 +336,9 @@ def _mean_top(runs: list[Shares], index: torch.Tensor) -> tuple[torch.Tensor, to
     prompt's top ones counts 0 there)."""
     n = index.shape[1]
     mass: list[dict[int, float]] = [{} for _ in range(n)]
-    for run, at in zip(runs, index):
-        probs, ids = run.top_predictions(min(TOP_K_KEPT, run.shape.d_vocab))
-        for k, position in enumerate(at.tolist()):
-            for p, i in zip(probs[position].tolist(), ids[position].tolist()):
+    for probs, ids in top_predictions_at(runs, index, min(TOP_K_KEPT, runs[0].shape.d_vocab)):
+        for k in range(n):
+            for p, i in zip(probs[k].tolist(), ids[k].tolist()):
                 mass[k][i] = mass[k].get(i, 0.0) + p / len(runs)
     k = min(AGGREGATE_TOP_K, min(len(m) for m in mass))
     best = [sorted(m.items(), key=lambda item: -item[1])[:k] for m in mass]

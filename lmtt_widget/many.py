@@ -27,7 +27,7 @@ from .architectures import Shape, check_attention, family_of, shape_of, text_con
 from .attention import AttentionProbs, output_probs, probs_window
 from .errors import LmttError, _integer, check_floor, check_positive
 from .progress import progress_counter
-from .run import TOP_K_KEPT, Kept, LayerShares, Run, batch_shares, floor_for, kept_whole, prompt_ids
+from .run import Kept, LayerShares, Run, batch_shares, floor_for, kept_whole, prompt_ids
 from .tracing import Capture, _first, attention_inputs_of, block_update, exclusive
 
 PADDING = ("right", "left")
@@ -137,8 +137,9 @@ def analyze_many(model, prompts: Iterable, *, batch_size: int = 8, progress: boo
     prompts of like length among the next few batches' worth (less padding to compute); the runs
     in the prompts' order, each equal to what `analyze` gives that prompt alone.
 
-    `padding` "right" or "left" (the results are the same). Runs keep their shares and top
-    predictions; with `activations` also their captured activations (as `analyze`'s runs do),
+    `padding` "right" or "left" (the results are the same). Runs keep their shares and their
+    final-normed residuals [T, d] (their top predictions are made from them when first asked, as
+    `analyze`'s logits are); with `activations` also their captured activations (as `analyze`'s runs do),
     else a readout that needs them traces its prompt again when first asked (so a long stream
     keeps little: bench/README.md says how little). `progress`: a bar over the prompts (None: once
     it takes over a second). `distance`, `prepend_bos`, `budget_bytes` and `floor` as for `analyze`.
@@ -272,13 +273,10 @@ def _analyze_batch(model, prompts: list[tuple[torch.Tensor, str]], padding: str,
         if activations:
             for own in kept:
                 own.finish(final_normed)
-        own_rows = nnsight.save(torch.cat([final_normed[row, start:start + length] for row, start, length in spans]))
-        tracer.stop()  # no logits of the padding: the top predictions are made of the prompts' own rows below
-    lengths = [length for _, _, length in spans]
-    top_probs, top_ids = V.top_predictions(hf_model, family, own_rows, TOP_K_KEPT, budget_bytes)
-    tops = zip(top_probs.split(lengths), top_ids.split(lengths))
+        normed = nnsight.save([final_normed[row, start:start + length].clone() for row, start, length in spans])
+        tracer.stop()  # no logits: a run makes its top predictions from its final-normed residuals when asked
     return [Run(model, text, ids, own.capture if activations else None, layers[i], distance, budget_bytes, floors[i],
-                top=top) for i, ((ids, text), own, top) in enumerate(zip(prompts, kept, tops))]
+                final_normed=normed[i]) for i, ((ids, text), own) in enumerate(zip(prompts, kept))]
 
 
 @torch.no_grad()

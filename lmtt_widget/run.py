@@ -395,6 +395,25 @@ def _sub_batch_shares(x: torch.Tensor, attn: torch.Tensor, ffn: torch.Tensor, po
     return out
 
 
+def top_predictions_at(runs: list, index: torch.Tensor, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each run's top-k next tokens (probabilities [n, k], ids [n, k]) at its positions index[r]
+    [n]. Runs that make them from their final-normed residuals (lw.analyze_many's) share one
+    unembedding of just those rows per model: 256 runs one by one would read the unembedding
+    matrix 256 times for all their positions."""
+    by_model: dict[int, list[int]] = {}
+    for r, run in enumerate(runs):
+        if isinstance(run, Run) and run._makes_top():
+            by_model.setdefault(id(run.model), []).append(r)
+    made: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for group in by_model.values():
+        first = runs[group[0]]
+        rows = torch.cat([runs[r]._final_normed[index[r]] for r in group])
+        probs, ids = V.top_predictions(first.hf_model, first.family, rows, k, first.budget_bytes)
+        made |= dict(zip(group, zip(probs.split(index.shape[1]), ids.split(index.shape[1]))))
+    return [made[r] if r in made else tuple(t[index[r]] for t in run.top_predictions(k))  # type: ignore[misc]
+            for r, run in enumerate(runs)]
+
+
 class Shares:
     """Tokens and the shares of every block's parts: all that routes, at any target token and
     threshold, need. `Run` adds the captured activations; `lmtt_widget.remote.analyze_compact`
@@ -529,11 +548,14 @@ class Run(Shares):
 
     def __init__(self, model, prompt: str, input_ids: torch.Tensor, capture: Capture | None,
                  layers: list[LayerShares], distance: str, budget_bytes: int, floor: float = 0.0, edits=None, *,
-                 top: tuple[torch.Tensor, torch.Tensor] | None = None, saved: SavedModel | None = None):
+                 top: tuple[torch.Tensor, torch.Tensor] | None = None, saved: SavedModel | None = None,
+                 final_normed: torch.Tensor | None = None):
         """`capture` None: the activations were not kept (lw.analyze_many), and the first readout
         that needs them traces the prompt again. `top`: the top predictions at every position
         (probabilities [T, k], ids [T, k]), read instead of the logits while the capture is not
-        held. `saved`: what a file (lw.load_run) says of the model, for a run loaded without it."""
+        held; or `final_normed` [T, d], the last residuals after the final norm, from which the
+        model makes them (and the logits) when first asked. `saved`: what a file (lw.load_run)
+        says of the model, for a run loaded without it."""
         if model is not None:
             family = family_of(model._module)
             shape, decode = shape_of(model._module, family), model.tokenizer.decode
@@ -547,6 +569,7 @@ class Run(Shares):
         self.model = model
         self.prompt = prompt
         self._capture = capture
+        self._final_normed = final_normed
         self.saved = saved
         self.budget_bytes = budget_bytes
         self.edits = edits  # how the forward pass was changed; later traces of this run repeat them
@@ -612,7 +635,13 @@ class Run(Shares):
     @functools.cached_property
     def logits(self) -> torch.Tensor:
         """[T, V] float32: the model's output logits."""
-        return V.unembed(self.hf_model, self.family, self.capture.final_normed).float().cpu()  # type: ignore[arg-type]
+        return V.unembed(self.hf_model, self.family, self._normed()).float().cpu()
+
+    def _normed(self) -> torch.Tensor:
+        """[T, d]: the last residuals after the final norm (what the unembedding reads)."""
+        if self._capture is None and self._final_normed is not None:
+            return self._final_normed
+        return self.capture.final_normed  # type: ignore[return-value]  # a capture of a whole pass has it
 
     def top_predictions(self, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
         """(probabilities [T, k], token ids [T, k]): the model's top-k next tokens at every position."""
@@ -631,11 +660,20 @@ class Run(Shares):
 
     def _reads_top(self, k) -> bool:
         """Whether the kept top predictions answer for the top k: logits are not held, nor can
-        they be had without tracing again (or at all, without the model)."""
+        they be had without tracing again (or at all, without the model). A run that keeps its
+        final-normed residuals (lw.analyze_many's) makes its top predictions from them first
+        ([T, k] kept, not the [T, V] logits)."""
+        if self._makes_top():
+            self._top = V.top_predictions(self.hf_model, self.family, self._normed(), TOP_K_KEPT, self.budget_bytes)
         if self._top is None or "logits" in self.__dict__ or (self._capture is not None and self.model is not None):
             return False
         count = _integer(k)
         return count is not None and 0 < count <= self._top[0].shape[1]
+
+    def _makes_top(self) -> bool:
+        """Whether the top predictions are still to be made from the kept final-normed residuals."""
+        return self._top is None and self._capture is None and self._final_normed is not None and \
+            self.model is not None
 
     # -- importances ----------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import torch
 
 import lmtt_widget as lw
 import tiny
-from tiny import IOI
+from tiny import IOI, IOI_CORRUPTED
 
 
 @pytest.fixture(scope="module")
@@ -178,27 +178,38 @@ def test_batches_hold_prompts_of_like_lengths_read_a_bounded_window_ahead(model,
         assert_same_run(run, lw.analyze(model, prompt, progress=False))
 
 
-def test_no_logits_of_every_position_are_made_where_none_are_needed(model):
-    """analyze stops the forward pass before the unembedding ([T, V] logits are large at length);
-    analyze_many unembeds the prompts' own positions, not the padding; both equal the model's own."""
+def test_no_logits_are_made_until_asked_and_then_of_the_positions_asked(model):
+    """analyze stops the forward pass before the unembedding ([T, V] logits are large at length),
+    and so does analyze_many: its runs keep their final-normed residuals [T, d] and make their top
+    predictions from them when first asked; an aggregate unembeds just the positions it lines up,
+    for all its runs at once. All equal the model's own."""
     head, rows = model._module.get_output_embeddings(), []
     hook = head.register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].shape[:-1].numel()))
     try:
         run = lw.analyze(model, IOI, progress=False)
         assert rows == []
-        ids = run.input_ids[None]
-        own = model._module(ids).logits[0].float()  # one unembedding of every position: the user's call
+        own = model._module(run.input_ids[None]).logits[0].float()  # one unembedding of every position: the user's
         assert rows == [run.n_tokens]
         torch.testing.assert_close(run.logits, own, rtol=1e-5, atol=1e-5)
         rows.clear()
-        runs = lw.analyze_many(model, [IOI, PROMPTS[1], PROMPTS[4]], padding="left")
-        assert sum(rows) == sum(r.n_tokens for r in runs) < 3 * run.n_tokens
+        runs = lw.analyze_many(model, [IOI, PROMPTS[1], PROMPTS[4], IOI_CORRUPTED], padding="left")
+        assert rows == [] and all(r._final_normed.shape == (r.n_tokens, r.shape.d_model) for r in runs)
+        probs, top = runs[0].top_predictions(5)
+        assert rows == [run.n_tokens] and runs[0]._top[0].shape == (run.n_tokens, 10)
+        runs[0].top_tokens(-1, k=3)
+        assert rows == [run.n_tokens]  # kept: [T, 10], not the [T, V] logits
+        rows.clear()
+        agg = lw.aggregate(runs[1:])
+        assert rows == [3 * agg.n_tokens]  # one unembedding of the lined-up positions of the three runs
+        alone = lw.aggregate([lw.analyze(model, p, progress=False) for p in (PROMPTS[1], PROMPTS[4], IOI_CORRUPTED)])
     finally:
         hook.remove()
-    probs, top = runs[0].top_predictions(5)
     expected = own.softmax(-1).topk(5)
     assert torch.equal(top, expected.indices)
     torch.testing.assert_close(probs, expected.values, rtol=1e-5, atol=1e-6)
+    (p1, i1), (p2, i2) = agg.top_predictions(5), alone.top_predictions(5)
+    assert torch.equal(i1, i2)
+    torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6)
 
 
 def test_a_datasets_column_is_an_iterable_of_prompts_and_a_whole_dataset_is_refused_saying_so(model):
@@ -276,7 +287,7 @@ def test_bad_prompts_and_options_are_refused_by_name(model, prompts, options, me
 def test_runs_of_a_stream_keep_only_their_shares_and_top_predictions(model, llama_run):
     compact = lw.analyze_many(model, [IOI])[0]
     assert compact._capture is None and compact.holds_activations is False
-    kept = sum(shares.nbytes for shares in compact.layers) + sum(t.numel() * t.element_size() for t in compact._top)
+    kept = sum(shares.nbytes for shares in compact.layers) + compact._final_normed.nbytes
     capture = llama_run.capture
     tensors = capture.resid + capture.attn_out + capture.ffn_out + capture.values
     full = sum(t.numel() * t.element_size() for t in tensors)
