@@ -5,6 +5,9 @@ each openable. Commands as the page sends them; tiny random models; no browser."
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from test_widget import invoke, refused
@@ -199,7 +202,8 @@ def test_a_click_on_an_edge_lists_the_prompts_behind_it_and_each_opens(agg, mode
     calls = traced(monkeypatch, model)
     index = panel["rows"][0]["index"]
     assert invoke(w, "open_prompt", {"index": index})["ok"]
-    assert w.run is agg.runs[index] and w.prompt_list["current"] == index
+    assert w.run.prompt == agg.runs[index].prompt and w.prompt_list["current"] == index
+    assert w.run is not agg.runs[index]  # a copy: what is traced for the panels stays with the widget
     # the aggregate held its run: nothing analysed again, only the effects traced (the compact run's
     # logits for the answer, then the forward and backward pass)
     assert w.prompt_list["aggregate"]["shown"] is False and len(calls) == 2
@@ -219,3 +223,42 @@ def test_an_aggregate_refuses_what_needs_one_prompt(agg):
     assert len(residual["rows"]) == 3 and all(isinstance(row["share"], float) for row in residual["rows"])
     assert torch.tensor([r["share"] for r in residual["rows"]]).mean() == pytest.approx(
         float(agg.layers[1].ffn_residual[3]), abs=1e-6)
+
+
+def live_runs_holding_activations(shown: list[weakref.ref]) -> int:
+    gc.collect()
+    return sum(run is not None and run.holds_activations for run in (ref() for ref in shown))
+
+
+def test_an_aggregates_prompts_opened_keep_their_activations_in_the_bounded_cache_only(agg, model, monkeypatch):
+    from lmtt_widget.widget import prompts
+
+    monkeypatch.setattr(prompts, "CACHED_RUNS", 1)
+    w = lw.Widget(agg, threshold=0.01)
+    shown = []
+    for index in [0, 1, 2, 0]:
+        assert invoke(w, "open_prompt", {"index": index})["ok"]
+        assert invoke(w, "panel", {"selection": {"kind": "ffn", "layer": 1, "token": 4}})["ok"]  # traces again
+        shown.append(weakref.ref(w.run))
+    assert not any(run.holds_activations for run in agg.runs)  # the user's runs stay compact
+    assert live_runs_holding_activations(shown) == 1 and len(w.view.prompts.cache.runs) == 1
+    fresh = lw.analyze(model, agg.runs[0].prompt)
+    torch.testing.assert_close(w.run.residual(1, 4), fresh.residual(1, 4))
+    assert invoke(w, "open_aggregate", {})["ok"] and invoke(w, "open_prompt", {"index": 0})["ok"]
+    assert w.run is shown[-1]()  # still cached: nothing traced again
+
+
+def test_runs_that_left_the_cache_and_ablated_runs_no_longer_shown_are_let_go(model, monkeypatch):
+    from lmtt_widget.widget import prompts
+
+    monkeypatch.setattr(prompts, "CACHED_RUNS", 2)
+    w = lw.show(model, [f"Mary and John went {i}" for i in range(5)], threshold=0.02)
+    shown = []
+    for index in range(5):
+        w.open_prompt(index)
+        shown.append(weakref.ref(w.run))
+        for head in (0, 1):
+            w.ablate(("head", 1, head))
+            shown.append(weakref.ref(w.run))
+    # the two prompts cached, and the run shown (the last one, ablated twice)
+    assert live_runs_holding_activations(shown) == 3

@@ -1,7 +1,8 @@
 """The prompts a widget switches between: a list of texts (w.prompts), the one shown, and the
 aggregate the widget came from, if any. Runs already analysed stay at hand in a small cache
-shared by the widget's snapshots, so switching back to one is instant; an aggregate holds its
-prompts' runs itself.
+shared by the widget's snapshots, so switching back to one is instant. An aggregate's prompt is
+shown as a copy of its run (`shown_copy`): what the widget traces again for it (activations, for
+panels) stays with the copy in the cache and goes with it, the aggregate's runs stay compact.
 
     lw.show(model, ["When Mary and John ...", "When Tom and Anna ..."])   # a prompt selector
     lw.show(model, "prompts.txt")                                          # one prompt per line
@@ -15,9 +16,10 @@ from the list, or its exact text typed in), it is the same tokens with the same 
 
 from __future__ import annotations
 
+import copy
 import pathlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -30,25 +32,27 @@ CACHED_RUNS = 8  # runs kept at hand besides the one shown (each holds its activ
 
 
 class RunCache:
-    """The runs of recently shown prompts, least recently used dropped first, by prompt text."""
+    """The runs of recently shown prompts, least recently used dropped first: by prompt text, or an
+    aggregate's prompt by the aggregate's run (whose copy is shown)."""
 
     def __init__(self, size: int | None = None):
         self.size = CACHED_RUNS if size is None else size
-        self.runs: OrderedDict[str, Run] = OrderedDict()
+        self.runs: OrderedDict[Hashable, Run] = OrderedDict()
 
-    def get(self, text: str) -> Run | None:
-        if text in self.runs:
-            self.runs.move_to_end(text)
-        return self.runs.get(text)
+    def get(self, key: Hashable) -> Run | None:
+        if key in self.runs:
+            self.runs.move_to_end(key)
+        return self.runs.get(key)
 
-    def put(self, run: Run) -> None:
-        self.runs[run.prompt] = run
-        self.runs.move_to_end(run.prompt)
+    def put(self, run: Run, key: Hashable = None) -> None:
+        key = run.prompt if key is None else key
+        self.runs[key] = run
+        self.runs.move_to_end(key)
         while len(self.runs) > self.size:
             self.runs.popitem(last=False)
 
-    def __contains__(self, text: str) -> bool:
-        return text in self.runs
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self.runs
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,8 @@ class Prompts:
         return 0 if self.aggregate is None else len(self.aggregate.runs)
 
     def run_at(self, index: int, analyze: Callable[[str | torch.Tensor], Run]) -> tuple[int, Run]:
-        """(the index checked, the run of prompt `index`): the aggregate's, else `run_of` its text."""
+        """(the index checked, the run of prompt `index`): a copy of the aggregate's (`shown_copy`,
+        cached), else `run_of` its text."""
         if not self.texts:
             raise LmttError("there are no prompts to open: add some with w.prompts = [...] or the text box")
         index = check_index("prompt", index, len(self.texts))
@@ -110,7 +115,11 @@ class Prompts:
             if not isinstance(run, Run):
                 raise LmttError(f"prompt {index} of this aggregate has only its shares (lw.analyze_compact): it "
                                 "cannot be shown on its own; aggregate runs of lw.analyze or lw.analyze_many")
-            return index, run
+            shown = self.cache.get(run)
+            if shown is None:
+                shown = shown_copy(run)
+                self.cache.put(shown, key=run)
+            return index, shown
         return index, self.run_of(self.texts[index], analyze)
 
     def run_of(self, text: str, analyze: Callable[[str | torch.Tensor], Run]) -> Run:
@@ -134,6 +143,14 @@ class Prompts:
                 "analysed": [i for i, text in enumerate(self.texts) if i < self.n_aggregated or text in self.cache],
                 "aggregate": None if agg is None else {"n_prompts": len(agg.runs), "positions": list(agg.tokens),
                                                        "shown": aggregate_shown}}
+
+
+def shown_copy(run: Run) -> Run:
+    """`run` with the same shares, settings and model, but activations of its own: what the widget
+    traces again for its panels stays on the copy (which the cache lets go), not on the user's run."""
+    shown = copy.copy(run)
+    shown._neuron_cache, shown._probs_traced = copy.copy(run._neuron_cache), copy.copy(run._probs_traced)
+    return shown
 
 
 def _text(run) -> str:

@@ -61,6 +61,13 @@ class Memo:
             self.values.popitem(last=False)
         return value
 
+    def keep_only(self, runs) -> None:
+        """Forget the values derived from runs other than `runs` (e.g. a prompt's run that left the
+        widget's cache, or an intervened run no longer shown): their activations go with them."""
+        held = {id(run) for run in runs}
+        for key in [key for key in self.values if any(isinstance(part, Run) and id(part) not in held for part in key)]:
+            del self.values[key]
+
 
 def _flag(name: str, value) -> bool:
     if not isinstance(value, bool):
@@ -355,7 +362,10 @@ class View:
         """This view of another run: drawn with its own routes, nothing measured yet."""
         view = replace(self, run=run, show_reference=False, faithfulness=None)
         selection = changes.pop("selection", self.selection)
-        return view.set(**changes, selection=selection)
+        view = view.set(**changes, selection=selection)
+        # what was derived from a run the widget can no longer show goes, and its activations with it
+        self.memo.keep_only([run, run.clean, self.other, *self.prompts.cache.runs.values()])
+        return view
 
     # -- derived ---------------------------------------------------------------------------------
 
