@@ -6,6 +6,7 @@ each openable. Commands as the page sends them; tiny random models; no browser."
 from __future__ import annotations
 
 import gc
+import re
 import weakref
 
 import pytest
@@ -52,6 +53,45 @@ def test_a_text_file_gives_one_prompt_per_line(model, tmp_path):
     empty.write_text("\n  \n", encoding="utf-8")
     with pytest.raises(lw.LmttError, match="has no prompts"):
         lw.show(model, empty)
+
+
+def test_a_text_file_is_read_as_utf8_lines_split_at_newlines_only(model, tmp_path):
+    path = tmp_path / "prompts.txt"  # a BOM, Windows line ends, and separators within lines
+    path.write_bytes("\ufeffWhen Mary\x0cand John\r\n\r\nTom\x1cAnna\x85Bob\u2028Sue\r\nLast".encode("utf-8"))
+    assert lw.show(model, path).prompts == ["When Mary\x0cand John", "Tom\x1cAnna\x85Bob\u2028Sue", "Last"]
+
+
+def test_a_line_the_model_refuses_is_named_by_file_and_line(model, tmp_path):
+    too_long = " ".join(["Mary"] * 100)  # over the tiny models' 64 positions
+    path = tmp_path / "prompts.txt"
+    path.write_text(f"Mary and John\n\n{too_long}\n", encoding="utf-8")
+    w = lw.show(model, path)
+    message = refused(invoke(w, "open_prompt", {"index": 1}))
+    assert re.fullmatch(rf"{re.escape(str(path))} line 3: prompt is \d+ tokens long; this model reads at most 64",
+                        message)
+    assert refused(invoke(w, "analyze", {"prompt": too_long})) == message  # its text typed in: the same line
+    path.write_text(f"{too_long}\nMary and John\n", encoding="utf-8")
+    with pytest.raises(lw.LmttError, match=rf"{re.escape(str(path))} line 1: prompt is \d+ tokens long"):
+        lw.show(model, path)  # the first line, analysed by show itself
+    path.write_bytes(b"Mary and John\nTom \xff and Anna\n")
+    with pytest.raises(lw.LmttError, match=rf"{re.escape(str(path))} line 2 is not UTF-8 text"):
+        lw.show(model, path)
+    assert "line" not in refused(invoke(lw.show(model, ["Mary and John", too_long]), "open_prompt", {"index": 1}))
+
+
+@pytest.mark.parametrize("name", ["nope.txt", "/tmp/lmtt-no-such-folder/nope.txt", "data/ioi.json",
+                                  "~/lmtt no such folder/ioi prompts.csv"])
+def test_a_missing_file_is_refused_not_analysed_as_a_prompt(model, name):
+    with pytest.raises(lw.LmttError, match=re.escape(f"no such prompt file: {name!r}") + ".*pass it in a list"):
+        lw.show(model, name)
+    with pytest.raises(lw.LmttError, match="no such prompt file"):
+        lw.show(model, [IOI]).prompts = name
+
+
+@pytest.mark.parametrize("prompt", ["Mary went to the store.", "Open the file notes.txt", "Compute 3/4 of it.",
+                                    "Mary.John", "https://github.com", "e.g."])
+def test_a_prompt_that_is_not_a_file_name_is_analysed(model, prompt):
+    assert lw.show(model, prompt).run.prompt == prompt
 
 
 def test_a_prompt_with_a_newline_is_one_prompt(model):
