@@ -336,8 +336,8 @@ def test_the_widget_of_a_run_loaded_without_its_model_refuses_new_prompts_saying
 
 def test_a_pair_of_runs_loaded_without_their_model_is_shown_and_refuses_what_needs_it(run, model, tmp_path):
     corrupted = lw.analyze(model, IOI_CORRUPTED, progress=False)
-    w = lw.Widget(lw.load_run(run.to_file(tmp_path / "a.lmtt")), other=lw.load_run(corrupted.to_file(tmp_path / "b.lmtt")),
-                  threshold=0.02, prompts=[IOI, "Alice and Bob"])
+    clean, other = (lw.load_run(r.to_file(tmp_path / f"{i}.lmtt")) for i, r in enumerate([run, corrupted]))
+    w = lw.Widget(clean, other=other, threshold=0.02, prompts=[IOI, "Alice and Bob"])
     assert w.pair["top"] == [[token, p] for token, p in corrupted.top_tokens(w.target, k=3)]
     assert re.search(NEEDS_MODEL, refused(invoke(w, "patch", {"node": ["post", 1, 3]})))
     assert re.search("analysing a new prompt: .*" + NEEDS_MODEL, refused(invoke(w, "open_prompt", {"index": 1})))
