@@ -2,11 +2,12 @@
 recomputed; interventions again with the model it was made with, and no other; edges as a table."""
 
 import json
+import re
 import runpy
 
 import pytest
 import torch
-from test_widget import invoke
+from test_widget import invoke, refused
 
 import lmtt_widget as lw
 import tiny
@@ -310,6 +311,37 @@ def test_the_widget_of_a_loaded_intervened_run_without_its_model_shows_its_route
     assert loaded.intervention_code.startswith("# this run was loaded from a file without its model")
     with pytest.raises(lw.LmttError, match="needs the model's weights"):
         loaded.panel({"kind": "ffn", "layer": 1, "token": 4})
+
+
+NEEDS_MODEL = r"loaded from a file without its model.*needs the model's weights: lw\.load_run\(path, model="
+ABLATION = {"spec": ["head", 1, 0], "mode": "zero"}
+
+
+def test_the_widget_of_a_run_loaded_without_its_model_refuses_new_prompts_saying_how_to_give_it(path):
+    w = lw.show(lw.load_run(path), threshold=0.02)
+    before = w.prompt_list
+    with pytest.raises(lw.LmttError, match="analysing a new prompt: .*" + NEEDS_MODEL):
+        w.analyze("Alice and Bob")
+    for name, request, what in [
+            ("analyze", {"prompt": "Alice and Bob"}, "analysing a new prompt"),
+            ("generate", {"prompt": "Alice and Bob", "max_new_tokens": 3, "chat": False}, "generating a continuation"),
+            ("pair", {"prompt": IOI_CORRUPTED}, "analysing a new prompt"),
+            ("ablate", ABLATION, ""), ("faithfulness", {"k": 2, "mode": "zero"}, "faithfulness compares")]:
+        assert refused(invoke(w, name, request)).startswith(what), name
+        assert re.search(NEEDS_MODEL, refused(invoke(w, name, request))), name
+    with pytest.raises(lw.LmttError, match="routes by effect need effects, and this run was loaded"):
+        w.rank_by = "effect"
+    assert w.prompt_list == before and w.rank_by == "share"
+
+
+def test_a_pair_of_runs_loaded_without_their_model_is_shown_and_refuses_what_needs_it(run, model, tmp_path):
+    corrupted = lw.analyze(model, IOI_CORRUPTED, progress=False)
+    clean, other = (lw.load_run(r.to_file(tmp_path / f"{i}.lmtt")) for i, r in enumerate([run, corrupted]))
+    w = lw.Widget(clean, other=other, threshold=0.02, prompts=[IOI, "Alice and Bob"])
+    assert w.pair["top"] == [[token, p] for token, p in corrupted.top_tokens(w.target, k=3)]
+    assert re.search(NEEDS_MODEL, refused(invoke(w, "patch", {"node": ["post", 1, 3]})))
+    assert re.search("analysing a new prompt: .*" + NEEDS_MODEL, refused(invoke(w, "open_prompt", {"index": 1})))
+    assert invoke(w, "swap", {})["ok"] and w.run.prompt == IOI_CORRUPTED
 
 
 # -- edges as a table ----------------------------------------------------------------------------

@@ -5,6 +5,10 @@ each openable. Commands as the page sends them; tiny random models; no browser."
 
 from __future__ import annotations
 
+import gc
+import re
+import weakref
+
 import pytest
 import torch
 from test_widget import invoke, refused
@@ -49,6 +53,45 @@ def test_a_text_file_gives_one_prompt_per_line(model, tmp_path):
     empty.write_text("\n  \n", encoding="utf-8")
     with pytest.raises(lw.LmttError, match="has no prompts"):
         lw.show(model, empty)
+
+
+def test_a_text_file_is_read_as_utf8_lines_split_at_newlines_only(model, tmp_path):
+    path = tmp_path / "prompts.txt"  # a BOM, Windows line ends, and separators within lines
+    path.write_bytes("\ufeffWhen Mary\x0cand John\r\n\r\nTom\x1cAnna\x85Bob\u2028Sue\r\nLast".encode("utf-8"))
+    assert lw.show(model, path).prompts == ["When Mary\x0cand John", "Tom\x1cAnna\x85Bob\u2028Sue", "Last"]
+
+
+def test_a_line_the_model_refuses_is_named_by_file_and_line(model, tmp_path):
+    too_long = " ".join(["Mary"] * 100)  # over the tiny models' 64 positions
+    path = tmp_path / "prompts.txt"
+    path.write_text(f"Mary and John\n\n{too_long}\n", encoding="utf-8")
+    w = lw.show(model, path)
+    message = refused(invoke(w, "open_prompt", {"index": 1}))
+    assert re.fullmatch(rf"{re.escape(str(path))} line 3: prompt is \d+ tokens long; this model reads at most 64",
+                        message)
+    assert refused(invoke(w, "analyze", {"prompt": too_long})) == message  # its text typed in: the same line
+    path.write_text(f"{too_long}\nMary and John\n", encoding="utf-8")
+    with pytest.raises(lw.LmttError, match=rf"{re.escape(str(path))} line 1: prompt is \d+ tokens long"):
+        lw.show(model, path)  # the first line, analysed by show itself
+    path.write_bytes(b"Mary and John\nTom \xff and Anna\n")
+    with pytest.raises(lw.LmttError, match=rf"{re.escape(str(path))} line 2 is not UTF-8 text"):
+        lw.show(model, path)
+    assert "line" not in refused(invoke(lw.show(model, ["Mary and John", too_long]), "open_prompt", {"index": 1}))
+
+
+@pytest.mark.parametrize("name", ["nope.txt", "/tmp/lmtt-no-such-folder/nope.txt", "data/ioi.json",
+                                  "~/lmtt no such folder/ioi prompts.csv"])
+def test_a_missing_file_is_refused_not_analysed_as_a_prompt(model, name):
+    with pytest.raises(lw.LmttError, match=re.escape(f"no such prompt file: {name!r}") + ".*pass it in a list"):
+        lw.show(model, name)
+    with pytest.raises(lw.LmttError, match="no such prompt file"):
+        lw.show(model, [IOI]).prompts = name
+
+
+@pytest.mark.parametrize("prompt", ["Mary went to the store.", "Open the file notes.txt", "Compute 3/4 of it.",
+                                    "Mary.John", "https://github.com", "e.g."])
+def test_a_prompt_that_is_not_a_file_name_is_analysed(model, prompt):
+    assert lw.show(model, prompt).run.prompt == prompt
 
 
 def test_a_prompt_with_a_newline_is_one_prompt(model):
@@ -199,7 +242,8 @@ def test_a_click_on_an_edge_lists_the_prompts_behind_it_and_each_opens(agg, mode
     calls = traced(monkeypatch, model)
     index = panel["rows"][0]["index"]
     assert invoke(w, "open_prompt", {"index": index})["ok"]
-    assert w.run is agg.runs[index] and w.prompt_list["current"] == index
+    assert w.run.prompt == agg.runs[index].prompt and w.prompt_list["current"] == index
+    assert w.run is not agg.runs[index]  # a copy: what is traced for the panels stays with the widget
     # the aggregate held its run: nothing analysed again, only the effects traced (the compact run's
     # logits for the answer, then the forward and backward pass)
     assert w.prompt_list["aggregate"]["shown"] is False and len(calls) == 2
@@ -219,3 +263,42 @@ def test_an_aggregate_refuses_what_needs_one_prompt(agg):
     assert len(residual["rows"]) == 3 and all(isinstance(row["share"], float) for row in residual["rows"])
     assert torch.tensor([r["share"] for r in residual["rows"]]).mean() == pytest.approx(
         float(agg.layers[1].ffn_residual[3]), abs=1e-6)
+
+
+def live_runs_holding_activations(shown: list[weakref.ref]) -> int:
+    gc.collect()
+    return sum(run is not None and run.holds_activations for run in (ref() for ref in shown))
+
+
+def test_an_aggregates_prompts_opened_keep_their_activations_in_the_bounded_cache_only(agg, model, monkeypatch):
+    from lmtt_widget.widget import prompts
+
+    monkeypatch.setattr(prompts, "CACHED_RUNS", 1)
+    w = lw.Widget(agg, threshold=0.01)
+    shown = []
+    for index in [0, 1, 2, 0]:
+        assert invoke(w, "open_prompt", {"index": index})["ok"]
+        assert invoke(w, "panel", {"selection": {"kind": "ffn", "layer": 1, "token": 4}})["ok"]  # traces again
+        shown.append(weakref.ref(w.run))
+    assert not any(run.holds_activations for run in agg.runs)  # the user's runs stay compact
+    assert live_runs_holding_activations(shown) == 1 and len(w.view.prompts.cache.runs) == 1
+    fresh = lw.analyze(model, agg.runs[0].prompt)
+    torch.testing.assert_close(w.run.residual(1, 4), fresh.residual(1, 4))
+    assert invoke(w, "open_aggregate", {})["ok"] and invoke(w, "open_prompt", {"index": 0})["ok"]
+    assert w.run is shown[-1]()  # still cached: nothing traced again
+
+
+def test_runs_that_left_the_cache_and_ablated_runs_no_longer_shown_are_let_go(model, monkeypatch):
+    from lmtt_widget.widget import prompts
+
+    monkeypatch.setattr(prompts, "CACHED_RUNS", 2)
+    w = lw.show(model, [f"Mary and John went {i}" for i in range(5)], threshold=0.02)
+    shown = []
+    for index in range(5):
+        w.open_prompt(index)
+        shown.append(weakref.ref(w.run))
+        for head in (0, 1):
+            w.ablate(("head", 1, head))
+            shown.append(weakref.ref(w.run))
+    # the two prompts cached, and the run shown (the last one, ablated twice)
+    assert live_runs_holding_activations(shown) == 3

@@ -34,7 +34,7 @@ from ..models import DEMO_PROMPT, load_model
 from ..run import Run, analyze
 from . import protocol as P
 from . import serialize as S
-from .prompts import names_a_file, read_prompts
+from .prompts import names_a_file, naming_line, read_prompts
 from .state import View
 
 STATIC = pathlib.Path(__file__).parent.parent / "static"
@@ -424,16 +424,21 @@ def show(model=None, prompt=None, **options) -> Widget:
     rank_by, with_effects: False skips the effects' backward pass for each prompt and target shown; the
     default computes them for prompts up to state.EFFECTS_AUTO_MAX tokens).
 
-    `prompt` may be a list of prompts, or a text file of them (one per line): the widget shows the
-    first and switches between them. `show(run)` and `show(lw.aggregate(runs))` show what is given."""
+    `prompt` may be a list of prompts, or a UTF-8 text file of them (one per line; a refusal names
+    the line): the widget shows the first and switches between them. A string that reads as a file's
+    name ("prompts.txt", "/data/ioi.csv") but names none is refused (a prompt like it goes in a list).
+    `show(run)` and `show(lw.aggregate(runs))` show what is given."""
     if isinstance(model, (Run, Aggregate)):
         return Widget(model, **options)
+    one_prompt = prompt is None or (isinstance(prompt, str) and not names_a_file(prompt))  # before loading a model
     if model is None or isinstance(model, str):
         model = load_model(model)
-    if prompt is None or (isinstance(prompt, str) and not names_a_file(prompt)):
+    if one_prompt:
         return Widget(analyze(model, DEMO_PROMPT if prompt is None else prompt), **options)
-    prompts = read_prompts(prompt)
-    return Widget(analyze(model, prompts[0]), prompts=prompts, **options)
+    prompts, file = read_prompts(prompt)
+    with naming_line(file, prompts[0]):
+        first = analyze(model, prompts[0])
+    return Widget(first, prompts=file or prompts, **options)
 
 
 def show_pair(model=None, prompt: str | None = None, other: str | None = None, **options) -> Widget:

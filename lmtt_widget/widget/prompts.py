@@ -1,7 +1,8 @@
 """The prompts a widget switches between: a list of texts (w.prompts), the one shown, and the
 aggregate the widget came from, if any. Runs already analysed stay at hand in a small cache
-shared by the widget's snapshots, so switching back to one is instant; an aggregate holds its
-prompts' runs itself.
+shared by the widget's snapshots, so switching back to one is instant. An aggregate's prompt is
+shown as a copy of its run (`shown_copy`): what the widget traces again for it (activations, for
+panels) stays with the copy in the cache and goes with it, the aggregate's runs stay compact.
 
     lw.show(model, ["When Mary and John ...", "When Tom and Anna ..."])   # a prompt selector
     lw.show(model, "prompts.txt")                                          # one prompt per line
@@ -15,9 +16,13 @@ from the list, or its exact text typed in), it is the same tokens with the same 
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import copy
 import pathlib
+import re
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -27,28 +32,32 @@ from ..errors import LmttError, check_index
 from ..run import Run
 
 CACHED_RUNS = 8  # runs kept at hand besides the one shown (each holds its activations)
+# a string without spaces that ends in one of these names a prompt file, whether it exists or not
+PROMPT_FILE_SUFFIXES = (".txt", ".text", ".md", ".csv", ".tsv")
 
 
 class RunCache:
-    """The runs of recently shown prompts, least recently used dropped first, by prompt text."""
+    """The runs of recently shown prompts, least recently used dropped first: by prompt text, or an
+    aggregate's prompt by the aggregate's run (whose copy is shown)."""
 
     def __init__(self, size: int | None = None):
         self.size = CACHED_RUNS if size is None else size
-        self.runs: OrderedDict[str, Run] = OrderedDict()
+        self.runs: OrderedDict[Hashable, Run] = OrderedDict()
 
-    def get(self, text: str) -> Run | None:
-        if text in self.runs:
-            self.runs.move_to_end(text)
-        return self.runs.get(text)
+    def get(self, key: Hashable) -> Run | None:
+        if key in self.runs:
+            self.runs.move_to_end(key)
+        return self.runs.get(key)
 
-    def put(self, run: Run) -> None:
-        self.runs[run.prompt] = run
-        self.runs.move_to_end(run.prompt)
+    def put(self, run: Run, key: Hashable = None) -> None:
+        key = run.prompt if key is None else key
+        self.runs[key] = run
+        self.runs.move_to_end(key)
         while len(self.runs) > self.size:
             self.runs.popitem(last=False)
 
-    def __contains__(self, text: str) -> bool:
-        return text in self.runs
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self.runs
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,51 @@ class Continuation:
 
 
 @dataclass(frozen=True)
+class PromptFile:
+    """The prompts of a UTF-8 text file, one per line (blank lines skipped), and the line each is on."""
+
+    path: pathlib.Path
+    texts: tuple[str, ...]
+    lines: tuple[int, ...]  # 1-based, one per text
+
+    @classmethod
+    def read(cls, path) -> PromptFile:
+        path = pathlib.Path(path).expanduser()
+        try:
+            data = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # as "utf-8-sig" reads it, byte offsets kept
+        except OSError as error:
+            raise LmttError(f"cannot read prompts from {path}: {error}") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = data[:error.start].count(b"\n") + 1
+            raise LmttError(f"{path} line {line} is not UTF-8 text ({error.reason}): save the file as UTF-8") from None
+        # lines end at "\n" alone (str.splitlines also splits at form feeds, \x85, \u2028, ... within a prompt)
+        numbered = [(number, line.removesuffix("\r")) for number, line in enumerate(text.split("\n"), 1)]
+        numbered = [(number, line) for number, line in numbered if line.strip()]
+        if not numbered:
+            raise LmttError(f"{path} has no prompts: write one prompt per line")
+        return cls(path, tuple(line for _, line in numbered), tuple(number for number, _ in numbered))
+
+    def where(self, text: str) -> str | None:
+        """Where `text` was read ("<path> line <n>", its first line); None if no line is `text`."""
+        return next((f"{self.path} line {number}" for line, number in zip(self.texts, self.lines) if line == text),
+                    None)
+
+
+@contextlib.contextmanager
+def naming_line(file: PromptFile | None, text: str):
+    """A refusal (LmttError) while `text` is analysed names the file and line it was read from, if any."""
+    try:
+        yield
+    except LmttError as error:
+        where = None if file is None else file.where(text)
+        if where is None:
+            raise
+        raise LmttError(f"{where}: {error}") from None
+
+
+@dataclass(frozen=True)
 class Prompts:
     """The prompt list of one widget snapshot (see the module docstring)."""
 
@@ -68,13 +122,16 @@ class Prompts:
     aggregate: Aggregate | None = None  # its runs are the first len(aggregate.runs) prompts
     cache: RunCache = field(default_factory=RunCache, compare=False, repr=False)
     continued: tuple[tuple[str, Continuation], ...] = ()  # (text, its continuation) of the generated prompts
+    file: PromptFile | None = None  # the file the listed prompts were read from, if any (its lines named in refusals)
 
     @classmethod
     def of(cls, shown: Run | Aggregate, texts=None) -> Prompts:
         if isinstance(shown, Aggregate):
             return cls(tuple(_text(run) for run in shown.runs), None, shown)
-        listed = cls(tuple(read_prompts(texts)) if texts is not None else ())
-        return listed.showing(shown)
+        if texts is None:
+            return cls().showing(shown)
+        listed, file = read_prompts(texts)
+        return cls(listed, file=file).showing(shown)
 
     def showing(self, run: Run) -> Prompts:
         """The list once `run` is shown: its prompt added if new, and made the current one."""
@@ -85,11 +142,12 @@ class Prompts:
             continued += ((run.prompt, Continuation(tuple(run.input_ids.tolist()), run.generated)),)
         return replace(self, texts=texts, current=texts.index(run.prompt), continued=continued)
 
-    def listing(self, texts) -> Prompts:
+    def listing(self, source) -> Prompts:
         """Another list of prompts (the aggregate's stay first), the one shown current if listed."""
-        texts = self.texts[:self.n_aggregated] + tuple(read_prompts(texts))
+        listed, file = read_prompts(source)
+        texts = self.texts[:self.n_aggregated] + listed
         shown = None if self.current is None else self.texts[self.current]
-        return replace(self, texts=texts, current=texts.index(shown) if shown in texts else None,
+        return replace(self, texts=texts, current=texts.index(shown) if shown in texts else None, file=file,
                        continued=tuple((text, c) for text, c in self.continued if text in texts))
 
     def continuation(self, text: str) -> Continuation | None:
@@ -101,7 +159,8 @@ class Prompts:
         return 0 if self.aggregate is None else len(self.aggregate.runs)
 
     def run_at(self, index: int, analyze: Callable[[str | torch.Tensor], Run]) -> tuple[int, Run]:
-        """(the index checked, the run of prompt `index`): the aggregate's, else `run_of` its text."""
+        """(the index checked, the run of prompt `index`): a copy of the aggregate's (`shown_copy`,
+        cached), else `run_of` its text."""
         if not self.texts:
             raise LmttError("there are no prompts to open: add some with w.prompts = [...] or the text box")
         index = check_index("prompt", index, len(self.texts))
@@ -110,7 +169,11 @@ class Prompts:
             if not isinstance(run, Run):
                 raise LmttError(f"prompt {index} of this aggregate has only its shares (lw.analyze_compact): it "
                                 "cannot be shown on its own; aggregate runs of lw.analyze or lw.analyze_many")
-            return index, run
+            shown = self.cache.get(run)
+            if shown is None:
+                shown = shown_copy(run)
+                self.cache.put(shown, key=run)
+            return index, shown
         return index, self.run_of(self.texts[index], analyze)
 
     def run_of(self, text: str, analyze: Callable[[str | torch.Tensor], Run]) -> Run:
@@ -122,7 +185,8 @@ class Prompts:
             return cached
         continuation = self.continuation(text)
         if continuation is None:
-            return analyze(text)
+            with naming_line(self.file, text):
+                return analyze(text)
         run = analyze(torch.tensor(continuation.input_ids))
         run.generated = continuation.generated
         return run
@@ -136,33 +200,56 @@ class Prompts:
                                                        "shown": aggregate_shown}}
 
 
+def shown_copy(run: Run) -> Run:
+    """`run` with the same shares, settings and model, but activations of its own: what the widget
+    traces again for its panels stays on the copy (which the cache lets go), not on the user's run."""
+    shown = copy.copy(run)
+    shown._neuron_cache, shown._probs_traced = copy.copy(run._neuron_cache), copy.copy(run._probs_traced)
+    return shown
+
+
 def _text(run) -> str:
     return getattr(run, "prompt", None) or "".join(run.tokens)
 
 
 def names_a_file(value) -> bool:
-    """Whether `value` is a string naming an existing file (else it is a prompt)."""
+    """Whether `value` is a string naming an existing file (else it is a prompt); a string that
+    reads as a file's name (`looks_like_a_path`) but names none is refused, not taken for a prompt."""
     if not isinstance(value, str) or "\n" in value:
         return False
     try:
-        return pathlib.Path(value).is_file()
+        if pathlib.Path(value).expanduser().is_file():
+            return True
     except (OSError, ValueError):  # a name too long for a path, or with a NUL: a prompt
         return False
+    if looks_like_a_path(value):
+        raise LmttError(f"no such prompt file: {value!r} (to analyse this text as a prompt, pass it in a list: "
+                        "lw.show(model, [text]))")
+    return False
 
 
-def read_prompts(source) -> list[str]:
-    """Prompts from a list (or tuple) of strings, or from a text file (a pathlib.Path, or a string
-    naming an existing file): one prompt per line, blank lines skipped."""
+def looks_like_a_path(text: str) -> bool:
+    """Whether a one-line string reads as a file's name rather than a prompt: its name has a suffix
+    (".txt": a letter, then up to 4 letters or digits), and it has no spaces and either a prompt
+    file's suffix (PROMPT_FILE_SUFFIXES) or a folder ("data/ioi.json"), or it starts as a path does
+    ("/", "~/", "./", "../", "C:\\"), spaces allowed ("~/my prompts.txt"). A web address is a prompt."""
+    name = re.split(r"[\\/]", text)[-1]
+    if text != text.strip() or "://" in text or not re.search(r"[^.]\.[A-Za-z][A-Za-z0-9]{0,4}$", name):
+        return False
+    if not any(character.isspace() for character in text):
+        return name.lower().endswith(PROMPT_FILE_SUFFIXES) or name != text
+    return re.match(r"(/|~/|\.\.?/|[A-Za-z]:[\\/])", text) is not None
+
+
+def read_prompts(source) -> tuple[tuple[str, ...], PromptFile | None]:
+    """(the prompts, the file they were read from or None) of a list (or tuple) of strings, or of a
+    text file (a pathlib.Path, a string naming an existing file, or a PromptFile read already): one
+    prompt per line, blank lines skipped."""
+    if isinstance(source, PromptFile):
+        return source.texts, source
     if isinstance(source, pathlib.Path) or names_a_file(source):
-        path = pathlib.Path(source)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as error:
-            raise LmttError(f"cannot read prompts from {path}: {error}") from None
-        prompts = [line for line in lines if line.strip()]
-        if not prompts:
-            raise LmttError(f"{path} has no prompts: write one prompt per line")
-        return prompts
+        file = PromptFile.read(source)
+        return file.texts, file
     if isinstance(source, str) or not isinstance(source, (list, tuple)):
         raise LmttError(f"prompts are a list of strings or a text file (one prompt per line), got "
                         f"{type(source).__name__}" + (" (no such file)" if isinstance(source, str) else ""))
@@ -171,7 +258,7 @@ def read_prompts(source) -> list[str]:
     bad = next((i for i, text in enumerate(source) if not isinstance(text, str) or not text.strip()), None)
     if bad is not None:
         raise LmttError(f"prompt {bad} must be a non-empty string, got {source[bad]!r:.40}")
-    return list(source)
+    return tuple(source), None
 
 
 def prompts_panel(agg: Aggregate, selection: dict, target: int, threshold: float, renormalize: bool) -> dict:

@@ -61,6 +61,13 @@ class Memo:
             self.values.popitem(last=False)
         return value
 
+    def keep_only(self, runs) -> None:
+        """Forget the values derived from runs other than `runs` (e.g. a prompt's run that left the
+        widget's cache, or an intervened run no longer shown): their activations go with them."""
+        held = {id(run) for run in runs}
+        for key in [key for key in self.values if any(isinstance(part, Run) and id(part) not in held for part in key)]:
+            del self.values[key]
+
 
 def _flag(name: str, value) -> bool:
     if not isinstance(value, bool):
@@ -201,16 +208,21 @@ class View:
     def analyze_like_shown(self, prompt) -> Run:
         """`prompt` (a string, or token ids: a continuation reopened) analysed as the run shown was,
         with a floor that keeps the threshold shown."""
-        like = self._like_shown()
+        like = self._like_shown("analysing a new prompt")
         return analyze(like.model, prompt, distance=like.distance, budget_bytes=like.budget_bytes,
                        floor=self._floor_shown(), progress=False)  # no tqdm in the widget's output
 
-    def _like_shown(self) -> Run:
-        """The run whose model and settings new prompts are analysed with (an aggregate: its first prompt's)."""
+    def _like_shown(self, what: str) -> Run:
+        """The run whose model and settings new prompts are analysed with (an aggregate: its first
+        prompt's); refused, saying how to give the model, where it has none for `what`."""
         run = self.run if isinstance(self.run, Run) else self.run.runs[0]
         if not isinstance(run, Run):
             raise LmttError("this aggregate's runs are compact shares without their model (lw.analyze_compact): "
                             "new prompts cannot be analysed here")
+        try:
+            run.needs_model()
+        except LmttError as error:  # a run loaded from a file without its model
+            raise LmttError(f"{what}: {error}") from None
         return run
 
     def _floor_shown(self) -> float | None:
@@ -231,7 +243,7 @@ class View:
 
     def generate(self, prompt: str, max_new_tokens: int = 20, chat: bool = False) -> View:
         """The model's own continuation of `prompt`, analysed as the run shown was, shown and listed."""
-        like = self._like_shown()
+        like = self._like_shown("generating a continuation")
         run = generate(like.model, prompt, max_new_tokens, chat=chat, distance=like.distance,
                        budget_bytes=like.budget_bytes, floor=self._floor_shown(), progress=False)
         return self._switched(run, self.prompts.showing(run))
@@ -350,7 +362,10 @@ class View:
         """This view of another run: drawn with its own routes, nothing measured yet."""
         view = replace(self, run=run, show_reference=False, faithfulness=None)
         selection = changes.pop("selection", self.selection)
-        return view.set(**changes, selection=selection)
+        view = view.set(**changes, selection=selection)
+        # what was derived from a run the widget can no longer show goes, and its activations with it
+        self.memo.keep_only([run, run.clean, self.other, *self.prompts.cache.runs.values()])
+        return view
 
     # -- derived ---------------------------------------------------------------------------------
 
@@ -398,7 +413,7 @@ class View:
         if self.with_effects is None and not self.effects_on:
             return (f"effects are off for prompts over {EFFECTS_AUTO_MAX} tokens (each target costs a backward "
                     "pass; turn them on: w.with_effects = True)")
-        if not self.with_effects:
+        if self.with_effects is False:
             return "effects are turned off (turn them on: w.with_effects = True)"
         if isinstance(self.run, Aggregate):
             return f"the aggregate of {len(self.run.runs)} prompts has none (open one of its prompts)"
@@ -568,9 +583,9 @@ def run_info(run: Run | Aggregate) -> dict:
 
 
 def _pair(other: Run, target: int) -> dict:
-    top = other.logits[target].softmax(-1).topk(3)  # the other prompt's prediction at the target shown
+    # the other prompt's prediction at the target shown (from the file's top predictions, if loaded without its model)
     return {"prompt": other.prompt, "tokens": list(other.tokens),
-            "top": [[other.decode(int(i)), float(p)] for p, i in zip(top.values, top.indices)]}
+            "top": [[token, p] for token, p in other.top_tokens(target, k=3)]}
 
 
 def _active(ab, run: Run | Aggregate) -> dict:
