@@ -583,6 +583,14 @@ class Run(Shares):
         self._neuron_cache: dict[int, torch.Tensor] = {}  # traced again for a layer the capture lacks
         self._probs_traced: dict[int, torch.Tensor] = {}  # traced again (eager attention), least recent first
 
+    def __copy__(self) -> Run:
+        """The same run (shares, settings, model) with caches of its own: what the copy traces
+        again is kept on the copy alone."""
+        shown = object.__new__(type(self))
+        shown.__dict__ = self.__dict__ | {"_neuron_cache": dict(self._neuron_cache),
+                                          "_probs_traced": dict(self._probs_traced)}
+        return shown
+
     def __repr__(self) -> str:
         changed = f", {len(self.interventions)} ablations, {len(self.patches)} patches" if self.clean else ""
         return (f"Run({self.model_name!r}, {len(self.tokens)} tokens, {self.shape.n_layers} layers, "

@@ -203,9 +203,7 @@ class Prompts:
 def shown_copy(run: Run) -> Run:
     """`run` with the same shares, settings and model, but activations of its own: what the widget
     traces again for its panels stays on the copy (which the cache lets go), not on the user's run."""
-    shown = copy.copy(run)
-    shown._neuron_cache, shown._probs_traced = copy.copy(run._neuron_cache), copy.copy(run._probs_traced)
-    return shown
+    return copy.copy(run)  # Run.__copy__: caches of its own
 
 
 def _text(run) -> str:
