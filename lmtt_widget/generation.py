@@ -14,6 +14,7 @@ import torch
 from . import contributions as C
 from .architectures import family_of, shape_of
 from .errors import LmttError, check_floor, check_positive
+from .models import check_model
 from .run import Run, analyze_ids, prompt_ids, token_ids
 
 
@@ -26,6 +27,7 @@ def generate(model, prompt, max_new_tokens: int = 20, *, chat: bool = False, dis
     `budget_bytes`, `floor` and `progress` as for `analyze`). `chat=True` first puts the prompt, as the user's
     message, into the tokenizer's chat template (an instruct model's). The run's `generated` is
     the range of positions the model wrote."""
+    check_model(model, "lw.generate")
     max_new_tokens = check_positive("max_new_tokens", max_new_tokens)
     C.distance_order(distance), check_positive("budget_bytes", budget_bytes)  # refused before generating
     if floor is not None:

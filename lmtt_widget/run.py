@@ -23,6 +23,7 @@ from .architectures import Shape, check_attention, family_of, ffn_out_matrix, po
 from .attention import AttentionProbs, batch_of_one, dense, probs_window
 from .contributions import head_outputs
 from .errors import LmttError, _integer, check_floor, check_index, check_positive, check_threshold
+from .models import check_model
 from .progress import progress_steps
 from .saved import SavedModel
 from .tracing import Capture, attention_probs, neuron_activations, trace
@@ -128,6 +129,7 @@ def analyze(model, prompt, *, distance: str = "l1", prepend_bos: bool | None = N
     `progress`: None shows a progress bar once the analysis takes over a second, True always,
     False never.
     """
+    check_model(model, "lw.analyze")
     input_ids, text = prompt_ids(model, prompt, prepend_bos)
     return analyze_ids(model, input_ids, prompt=text, distance=distance, budget_bytes=budget_bytes, floor=floor,
                        progress=progress)
@@ -1025,6 +1027,8 @@ def load_run(path, model=None) -> Run:
     `model` (from `load_model`), which must be the model the run was made with (same architecture
     and weights; anything else is refused); an intervened run then reruns and takes more
     interventions as it did before it was saved."""
+    if model is not None:
+        check_model(model, "lw.load_run")
     tensors, meta = S.read(path)
     if model is not None:
         S.check_same_model(meta["model"], model._module, path, meta["name"])
