@@ -25,7 +25,6 @@ import torch
 from . import contributions as C
 from .architectures import check_attention, family_of, post_norm_map, shape_of, text_config
 from .errors import check_floor, check_positive
-from .models import check_model
 from .many import (
     BatchLayer,
     batch_layer,
@@ -36,6 +35,7 @@ from .many import (
     shares_of,
     top_k,
 )
+from .models import check_model
 from .run import LayerShares, Shares, floor_for, prompt_ids
 from .tracing import exclusive
 

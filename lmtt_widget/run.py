@@ -1030,18 +1030,38 @@ def load_run(path, model=None) -> Run:
     if model is not None:
         check_model(model, "lw.load_run")
     tensors, meta = S.read(path)
+    saved = S.saved_model(path, meta)
     if model is not None:
         S.check_same_model(meta["model"], model._module, path, meta["name"])
-    shape = Shape(**meta["shape"])
-    saved = SavedModel(meta["name"], S.family_named(meta["family"]), shape, meta["model"], meta["n_params"],
-                       meta["tokens"], {int(i): text for i, text in meta["vocab"].items()})
+    _check_file_parts(path, tensors, meta, saved.shape)
     run = _run_from_file(tensors, meta, model, saved)
     if "clean" in meta:  # an intervened run (format 2)
+        S.check_keys(path, meta, ["interventions", "patches"])
+        _check_file_parts(path, tensors, meta["clean"], saved.shape, "clean.")
+        S.check_patches(path, tensors, meta["patches"])
         clean = _run_from_file({name[len("clean."):]: t for name, t in tensors.items() if name.startswith("clean.")},
                                meta["clean"], model, saved)
         I.mark_intervened(run, clean, S.ablations_from(meta["interventions"]),
                           *S.patches_from(tensors, meta["patches"]))
     return run
+
+
+def _check_file_parts(path, tensors: dict[str, torch.Tensor], meta: dict, shape: Shape, prefix: str = "") -> None:
+    """Refuse, naming what, a file whose run (its tensors named `prefix`...) lacks a part that
+    `Run._file_parts` writes or holds one of another shape than its metadata says."""
+    where = "its metadata" + (f" of the {prefix.rstrip('.')} run" if prefix else "")
+    S.check_keys(path, meta, ["prompt", "tokens", "distance", "budget_bytes", "floor", "generated", "capture"], where)
+    n_tokens = len(meta["tokens"])
+    S.check_layout(path, tensors, {f"{prefix}input_ids": (n_tokens,), f"{prefix}top.probs": (n_tokens, "k"),
+                                   f"{prefix}top.ids": (n_tokens, "k")})
+    for layer in range(shape.n_layers):
+        name = f"{prefix}layers.{layer}."
+        S.check_layout(path, tensors, {f"{name}edges": ("n", 2), f"{name}heads": ("n", shape.n_heads),
+                                       **{f"{name}{part}": (n_tokens,) for part in ("attn_residual", "ffn",
+                                                                                   "ffn_residual")}})
+        S.check_edges(path, f"{name}edges", tensors[f"{name}edges"], n_tokens)
+    if meta["capture"] is not None:
+        S.check_layout(path, tensors, S.capture_layout(path, meta["capture"], shape, n_tokens, prefix))
 
 
 def _run_from_file(tensors: dict[str, torch.Tensor], meta: dict, model, saved: SavedModel) -> Run:
