@@ -502,9 +502,10 @@ class Shares:
 
     def edges(self, token: int = -1, threshold: float = 0.04, renormalize: bool = True):
         """The routes' edges (`graph(token, threshold, renormalize)`) as a pandas DataFrame, one row
-        per edge: kind, layer, source and target (stage and position), weight, and each head's share
+        per edge: kind, layer, source and target (source_stage, source: its position, source_token:
+        its text as `tokens` gives it; an aggregate's position name), weight, and each head's share
         of attention edges (head_0 ... ; empty for the other kinds)."""
-        return G.edge_table(self.graph(token, threshold, renormalize), self.shape.n_heads)
+        return G.edge_table(self.graph(token, threshold, renormalize), self.shape.n_heads, self.tokens)
 
     def full_graph(self, threshold: float = 0.04, renormalize: bool = True, *, heads: str = "sum"):
         """Every edge above `threshold`, for all tokens (`heads` as in `graph`)."""

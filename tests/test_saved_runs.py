@@ -391,7 +391,11 @@ def test_edges_are_the_routes_as_a_dataframe(run):
     table = run.edges(threshold=0.01)
     graph = run.graph(threshold=0.01)
     assert len(table) == graph.number_of_edges()
-    assert list(table.columns[:7]) == ["kind", "layer", "source_stage", "source", "target_stage", "target", "weight"]
+    assert list(table.columns[:9]) == ["kind", "layer", "source_stage", "source", "source_token", "target_stage",
+                                       "target", "target_token", "weight"]
+    assert list(table.source_token) == [run.tokens[p] for p in table.source]  # the tokens' texts, for a paper's table
+    assert list(table.target_token) == [run.tokens[p] for p in table.target]
+    assert set(table[table.target == run.n_tokens - 1].target_token) == {run.tokens[-1]} == {" to"}
     assert list(table.weight) == sorted(table.weight, reverse=True)
     attention = table[table.kind == "attention"]
     heads = attention[[f"head_{h}" for h in range(run.shape.n_heads)]]
