@@ -14,23 +14,26 @@ import torch
 from . import contributions as C
 from .architectures import family_of, shape_of
 from .errors import LmttError, check_floor, check_positive
+from .models import check_model
 from .run import Run, analyze_ids, prompt_ids, token_ids
 
 
 def generate(model, prompt, max_new_tokens: int = 20, *, chat: bool = False, distance: str = "l1",
-             budget_bytes: int = C.DEFAULT_BUDGET_BYTES, floor: float | None = None, progress: bool | None = None,
-             **generate_kwargs) -> Run:
+             prepend_bos: bool | None = None, budget_bytes: int = C.DEFAULT_BUDGET_BYTES, floor: float | None = None,
+             progress: bool | None = None, **generate_kwargs) -> Run:
     """Continue `prompt` (a string or token ids) by up to `max_new_tokens` tokens with the model's
     `generate` (greedy: do_sample=False unless `generate_kwargs` say otherwise; they go to
     `generate` as they are) and analyse the prompt with its continuation (`distance`,
-    `budget_bytes`, `floor` and `progress` as for `analyze`). `chat=True` first puts the prompt, as the user's
-    message, into the tokenizer's chat template (an instruct model's). The run's `generated` is
-    the range of positions the model wrote."""
+    `prepend_bos`, `budget_bytes`, `floor` and `progress` as for `analyze`). `chat=True` first
+    puts the prompt, as the user's message, into the tokenizer's chat template (an instruct
+    model's; `prepend_bos` then forces or removes a BOS token at the start of the templated
+    text). The run's `generated` is the range of positions the model wrote."""
+    check_model(model, "lw.generate")
     max_new_tokens = check_positive("max_new_tokens", max_new_tokens)
     C.distance_order(distance), check_positive("budget_bytes", budget_bytes)  # refused before generating
     if floor is not None:
         check_floor(floor)
-    ids = chat_ids(model, prompt) if chat else prompt_ids(model, prompt)[0]
+    ids = prompt_ids(model, chat_ids(model, prompt) if chat else prompt, prepend_bos)[0]
     hf_model = model._module
     n_ctx = shape_of(hf_model, family_of(hf_model)).n_ctx
     if n_ctx is not None and len(ids) + max_new_tokens > n_ctx:

@@ -214,11 +214,12 @@ def full_graph(run, threshold: float = 0.04, renormalize: bool = True, heads: st
     return _label_nodes(g, run)
 
 
-def edge_table(g: nx.MultiDiGraph, n_heads: int):
+def edge_table(g: nx.MultiDiGraph, n_heads: int, tokens: list[str]):
     """A graph's edges as a pandas DataFrame (one row each, strongest first): kind, layer (of the
-    block the edge enters), source_stage, source, target_stage, target (positions), weight, any
-    other number the edges carry (an aggregate's std and support), and head_0 .. head_{H-1}
-    (attention edges' per-head shares; NaN for the other kinds)."""
+    block the edge enters), source_stage, source (position), source_token (its text in `tokens`),
+    target_stage, target, target_token, weight, any other number the edges carry (an aggregate's
+    std and support), and head_0 .. head_{H-1} (attention edges' per-head shares; NaN for the
+    other kinds)."""
     import pandas as pd
 
     rows = []
@@ -226,9 +227,11 @@ def edge_table(g: nx.MultiDiGraph, n_heads: int):
         heads = data.get("heads") or [float("nan")] * n_heads
         extra = {k: v for k, v in data.items() if isinstance(v, float) and k != "weight"}
         rows.append({"kind": data["kind"], "layer": v_layer, "source_stage": u_stage, "source": u_pos,
-                     "target_stage": v_stage, "target": v_pos, "weight": data["weight"], **extra,
+                     "source_token": tokens[u_pos], "target_stage": v_stage, "target": v_pos,
+                     "target_token": tokens[v_pos], "weight": data["weight"], **extra,
                      **{f"head_{h}": float(s) for h, s in enumerate(heads)}})
-    columns = ["kind", "layer", "source_stage", "source", "target_stage", "target", "weight"]
+    columns = ["kind", "layer", "source_stage", "source", "source_token", "target_stage", "target", "target_token",
+               "weight"]
     table = pd.DataFrame(rows, columns=None if rows else columns + [f"head_{h}" for h in range(n_heads)])
     return table.sort_values("weight", ascending=False, ignore_index=True) if rows else table
 

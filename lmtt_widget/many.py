@@ -26,6 +26,7 @@ from . import vocab as V
 from .architectures import Shape, check_attention, family_of, shape_of, text_config, w_o
 from .attention import AttentionProbs, output_probs, probs_window
 from .errors import LmttError, _integer, check_floor, check_positive
+from .models import check_model
 from .progress import progress_counter
 from .run import Kept, LayerShares, Run, batch_shares, floor_for, kept_whole, prompt_ids
 from .tracing import Capture, _first, attention_inputs_of, block_update, exclusive
@@ -144,6 +145,7 @@ def analyze_many(model, prompts: Iterable, *, batch_size: int = 8, progress: boo
     keeps little: bench/README.md says how little). `progress`: a bar over the prompts (None: once
     it takes over a second). `distance`, `prepend_bos`, `budget_bytes` and `floor` as for `analyze`.
     """
+    check_model(model, "lw.analyze_many")
     p = C.distance_order(distance)
     budget_bytes = check_positive("budget_bytes", budget_bytes)
     floor = None if floor is None else check_floor(floor)

@@ -77,6 +77,28 @@ def load_model(
     return nnsight.TransformersModel(hf_model, tokenizer=tokenizer)
 
 
+def check_model(model: Any, where: str) -> Any:
+    """`model` if it is what `load_model` returns (any nnsight model of a causal LM with its
+    tokenizer, such as nnsight.TransformersModel for NDIF); else an LmttError, prefixed with
+    `where` (the public function called), that says how to get one."""
+    import nnsight
+
+    if isinstance(model, nnsight.Envoy) and getattr(model, "tokenizer", None) is not None:
+        return model
+    if isinstance(model, str):
+        got, fix = f"the string {model!r}", f"load it with lw.load_model({model!r})"
+    elif model is None:
+        got, fix = "None", "load one with lw.load_model() (the demo model) or lw.load_model('hub id or path')"
+    elif isinstance(model, nnsight.Envoy):  # a part of a model, or one wrapped without its tokenizer
+        got = f"an nnsight model of {type(model._module).__name__} without a tokenizer"
+        fix = "give the whole causal LM, wrapped with lw.load_model(model, tokenizer=...)"
+    elif isinstance(model, torch.nn.Module):
+        got, fix = type(model).__name__, "wrap it with lw.load_model(model, tokenizer=...)"
+    else:
+        got, fix = type(model).__name__, "load one with lw.load_model(...)"
+    raise LmttError(f"{where}: model must be what lw.load_model returns, got {got}: {fix}")
+
+
 def _dtype(dtype: Any) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype

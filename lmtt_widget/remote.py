@@ -35,6 +35,7 @@ from .many import (
     shares_of,
     top_k,
 )
+from .models import check_model
 from .run import LayerShares, Shares, floor_for, prompt_ids
 from .tracing import exclusive
 
@@ -44,6 +45,7 @@ def analyze_compact(model, prompt, *, remote: bool | str = False, floor: float =
                     budget_bytes: int = C.DEFAULT_BUDGET_BYTES) -> Shares:
     """Shares of every block's parts, computed inside the trace (remotely with `remote=True`);
     `prompt` is a string or one prompt's token ids, as for `analyze`."""
+    check_model(model, "lw.analyze_compact")
     options = _checked(model, floor, k, distance, budget_bytes)
     return _compact_batch(model, [prompt_ids(model, prompt, prepend_bos)], remote, "right", *options)[0]
 
@@ -54,6 +56,7 @@ def analyze_compact_many(model, prompts, *, remote: bool | str = False, batch_si
     """`analyze_compact` of every prompt in `prompts` (as for `lw.analyze_many`), `batch_size` prompts
     per trace (per request with `remote=True`), padded on the `padding` side; the results in order,
     each what `analyze_compact` gives that prompt alone."""
+    check_model(model, "lw.analyze_compact_many")
     options = _checked(model, floor, k, distance, budget_bytes)
     check_padding(padding)
     batch_size = batch_size_for(family_of(model._module), check_positive("batch_size", batch_size))

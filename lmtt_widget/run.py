@@ -23,6 +23,7 @@ from .architectures import Shape, check_attention, family_of, ffn_out_matrix, po
 from .attention import AttentionProbs, batch_of_one, dense, probs_window
 from .contributions import head_outputs
 from .errors import LmttError, _integer, check_floor, check_index, check_positive, check_threshold
+from .models import check_model
 from .progress import progress_steps
 from .saved import SavedModel
 from .tracing import Capture, attention_probs, neuron_activations, trace
@@ -128,6 +129,7 @@ def analyze(model, prompt, *, distance: str = "l1", prepend_bos: bool | None = N
     `progress`: None shows a progress bar once the analysis takes over a second, True always,
     False never.
     """
+    check_model(model, "lw.analyze")
     input_ids, text = prompt_ids(model, prompt, prepend_bos)
     return analyze_ids(model, input_ids, prompt=text, distance=distance, budget_bytes=budget_bytes, floor=floor,
                        progress=progress)
@@ -521,9 +523,10 @@ class Shares:
 
     def edges(self, token: int = -1, threshold: float = 0.04, renormalize: bool = True):
         """The routes' edges (`graph(token, threshold, renormalize)`) as a pandas DataFrame, one row
-        per edge: kind, layer, source and target (stage and position), weight, and each head's share
+        per edge: kind, layer, source and target (source_stage, source: its position, source_token:
+        its text as `tokens` gives it; an aggregate's position name), weight, and each head's share
         of attention edges (head_0 ... ; empty for the other kinds)."""
-        return G.edge_table(self.graph(token, threshold, renormalize), self.shape.n_heads)
+        return G.edge_table(self.graph(token, threshold, renormalize), self.shape.n_heads, self.tokens)
 
     def full_graph(self, threshold: float = 0.04, renormalize: bool = True, *, heads: str = "sum"):
         """Every edge above `threshold`, for all tokens (`heads` as in `graph`)."""
@@ -1073,19 +1076,41 @@ def load_run(path, model=None) -> Run:
     `model` (from `load_model`), which must be the model the run was made with (same architecture
     and weights; anything else is refused); an intervened run then reruns and takes more
     interventions as it did before it was saved."""
+    if model is not None:
+        check_model(model, "lw.load_run")
     tensors, meta = S.read(path)
+    saved = S.saved_model(path, meta)
     if model is not None:
         S.check_same_model(meta["model"], model._module, path, meta["name"])
-    shape = Shape(**meta["shape"])
-    saved = SavedModel(meta["name"], S.family_named(meta["family"]), shape, meta["model"], meta["n_params"],
-                       meta["tokens"], {int(i): text for i, text in meta["vocab"].items()})
+    _check_file_parts(path, tensors, meta, saved.shape)
     run = _run_from_file(tensors, meta, model, saved)
     if "clean" in meta:  # an intervened run (format 2)
+        S.check_keys(path, meta, ["interventions", "patches"])
+        _check_file_parts(path, tensors, meta["clean"], saved.shape, "clean.")
+        S.check_patches(path, tensors, meta["patches"])
         clean = _run_from_file({name[len("clean."):]: t for name, t in tensors.items() if name.startswith("clean.")},
                                meta["clean"], model, saved)
         I.mark_intervened(run, clean, S.ablations_from(meta["interventions"]),
                           *S.patches_from(tensors, meta["patches"]))
     return run
+
+
+def _check_file_parts(path, tensors: dict[str, torch.Tensor], meta: dict, shape: Shape, prefix: str = "") -> None:
+    """Refuse, naming what, a file whose run (its tensors named `prefix`...) lacks a part that
+    `Run._file_parts` writes or holds one of another shape than its metadata says."""
+    where = "its metadata" + (f" of the {prefix.rstrip('.')} run" if prefix else "")
+    S.check_keys(path, meta, ["prompt", "tokens", "distance", "budget_bytes", "floor", "generated", "capture"], where)
+    n_tokens = len(meta["tokens"])
+    S.check_layout(path, tensors, {f"{prefix}input_ids": (n_tokens,), f"{prefix}top.probs": (n_tokens, "k"),
+                                   f"{prefix}top.ids": (n_tokens, "k")})
+    for layer in range(shape.n_layers):
+        name = f"{prefix}layers.{layer}."
+        S.check_layout(path, tensors, {f"{name}edges": ("n", 2), f"{name}heads": ("n", shape.n_heads),
+                                       **{f"{name}{part}": (n_tokens,) for part in ("attn_residual", "ffn",
+                                                                                   "ffn_residual")}})
+        S.check_edges(path, f"{name}edges", tensors[f"{name}edges"], n_tokens)
+    if meta["capture"] is not None:
+        S.check_layout(path, tensors, S.capture_layout(path, meta["capture"], shape, n_tokens, prefix))
 
 
 def _run_from_file(tensors: dict[str, torch.Tensor], meta: dict, model, saved: SavedModel) -> Run:

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import pathlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -133,6 +134,81 @@ def capture_from(tensors: dict[str, torch.Tensor], meta: dict) -> Capture:
                    *(list(tensors[name]) if name in tensors else [] for name in ("attn_scale", "ffn_scale")))
 
 
+# -- checking what a file holds --------------------------------------------------------------------
+# A file edited by hand or written by a bug is refused when it is read, naming what is wrong, rather
+# than failing later deep inside a readout. Checks read the shapes and the metadata, and scan each
+# layer's edges once: cheap beside reading the file.
+
+# tensor name -> its shape: an int is fixed by the metadata, a str a size that the tensors of one
+# layout share (the first binds it); None: any shape
+Layout = dict[str, tuple[int | str, ...] | None]
+
+
+def damaged(path, what: str) -> LmttError:
+    return LmttError(f"{path} is damaged: {what}")
+
+
+def check_keys(path, meta, keys: Iterable[str], where: str = "its metadata") -> None:
+    """Refuse a file whose JSON `meta` (an object) lacks one of `keys`."""
+    if not isinstance(meta, dict):
+        raise damaged(path, f"{where} is {type(meta).__name__}, not the JSON object run.to_file writes")
+    missing = [key for key in keys if key not in meta]
+    if missing:
+        raise damaged(path, f"{where} lacks {', '.join(map(repr, missing))}")
+
+
+def check_layout(path, tensors: dict[str, torch.Tensor], layout: Layout) -> None:
+    """Refuse a file that lacks a tensor of `layout` or holds one of another shape."""
+    sizes: dict[str, int] = {}
+    for name, expected in layout.items():
+        if name not in tensors:
+            raise damaged(path, f"it lacks tensor {name!r}")
+        actual = tuple(tensors[name].shape)
+        if expected is None:
+            continue
+        shown = ", ".join(f"{size}={sizes[size]}" if size in sizes else str(size) for size in expected)
+        if len(actual) != len(expected) or any(
+                have != (sizes.setdefault(want, have) if isinstance(want, str) else want)
+                for have, want in zip(actual, expected)):
+            raise damaged(path, f"tensor {name!r} has shape {list(actual)} where [{shown}] is expected")
+
+
+def check_edges(path, name: str, edges: torch.Tensor, n_tokens: int) -> None:
+    """Refuse attention edges [n, 2] (target, source) outside the prompt or out of the order that
+    lookups by target rely on."""
+    if len(edges) == 0:
+        return
+    if int(edges.min()) < 0 or int(edges.max()) >= n_tokens:
+        raise damaged(path, f"tensor {name!r} holds positions outside 0..{n_tokens - 1}")
+    keys = edges[:, 0].long() * n_tokens + edges[:, 1]
+    if not bool((keys[1:] > keys[:-1]).all()):
+        raise damaged(path, f"tensor {name!r} is not sorted by target, then source (as run.to_file writes it)")
+
+
+def capture_layout(path, capture_meta, shape: Shape, n_tokens: int, prefix: str = "") -> Layout:
+    """The shapes of the activations `capture_tensors` wrote, as `capture_meta` and the model's shape say."""
+    check_keys(path, capture_meta, ["probs"], "its metadata's capture")
+    n_layers, n_heads, head_dim, d_model = shape.n_layers, shape.n_heads, shape.head_dim, shape.d_model
+    layout: Layout = {"resid": (n_layers + 1, n_tokens, d_model), "attn_out": (n_layers, n_tokens, d_model),
+                      "ffn_out": (n_layers, n_tokens, d_model), "final_normed": (n_tokens, d_model),
+                      "values": (n_layers, n_tokens, shape.n_kv_heads, head_dim)}
+    check_keys(path, capture_meta["probs"], [], "its metadata's capture of attention probabilities")
+    for layer, computed in capture_meta["probs"].items():
+        if not (layer.isdigit() and int(layer) < n_layers):
+            raise damaged(path, f"its metadata's capture names layer {layer!r} of a model with {n_layers} layers")
+        if computed is None:
+            layout[f"probs.{layer}"] = (n_heads, n_tokens, n_tokens)
+        else:
+            check_keys(path, computed, ["scaling", "groups"], f"its metadata's capture of layer {layer}")
+            groups = computed["groups"]  # query heads per key head
+            if type(groups) is not int or groups < 1 or n_heads % groups:
+                raise damaged(path, f"its metadata's capture of layer {layer} has groups {groups!r} where a divisor "
+                                    f"of the {n_heads} heads is expected")
+            layout |= {f"probs.{layer}.query": (n_heads, n_tokens, head_dim),
+                       f"probs.{layer}.key": (n_heads // groups, n_tokens, head_dim)}
+    return {f"{prefix}{name}": expected for name, expected in layout.items()}
+
+
 # -- interventions ---------------------------------------------------------------------------------
 
 def ablations_meta(ablations) -> list[dict]:
@@ -158,6 +234,18 @@ def patches_parts(patches, patch_ids, patch_values) -> tuple[dict[str, torch.Ten
         tensors |= {f"patches.{i}.source_ids": ids, f"patches.{i}.value": value}
         entries.append({"node": list(node.as_tuple()), "source_prompt": prompt, "description": node.describe()})
     return tensors, entries
+
+
+def check_patches(path, tensors: dict[str, torch.Tensor], entries) -> None:
+    """Refuse, naming what, patches that `patches_from` could not restore."""
+    if not isinstance(entries, list):
+        raise damaged(path, "its metadata's patches are not a list")
+    for i, entry in enumerate(entries):
+        check_keys(path, entry, ["node", "source_prompt"], f"its metadata's patch {i}")
+        if not (isinstance(entry["node"], list) and entry["node"] and entry["node"][0] in NODES):
+            raise damaged(path, f"its metadata's patch {i} has node {entry['node']!r}, not one of the kinds "
+                                f"{', '.join(NODES)}")
+        check_layout(path, tensors, {f"patches.{i}.source_ids": ("s",), f"patches.{i}.value": None})
 
 
 def patches_from(tensors: dict[str, torch.Tensor], entries: list[dict]) -> tuple[tuple, tuple, tuple]:
@@ -226,5 +314,31 @@ def _path(path) -> pathlib.Path:
         raise LmttError(f"path must be a file's path (a str or os.PathLike), got {type(path).__name__}") from None
 
 
-def family_named(name: str) -> Family:
-    return next(family for family in FAMILIES if family.name == name)
+def saved_model(path, meta: dict) -> SavedModel:
+    """What the file `path` (its JSON `meta`) says of the model; refused, naming what, if it is damaged."""
+    check_keys(path, meta, ["family", "shape", "model", "name", "n_params", "tokens", "vocab"])
+    family = next((family for family in FAMILIES if family.name == meta["family"]), None)
+    if family is None:
+        raise damaged(path, f"it names the model family {meta['family']!r}, which this lmtt-widget does not know "
+                            f"(known: {', '.join(family.name for family in FAMILIES)})")
+    shape = _shape(path, meta["shape"])
+    check_keys(path, meta["model"], ["architecture", "weights", "dtype"], "its metadata's model")
+    if not isinstance(meta["tokens"], list) or not isinstance(meta["vocab"], dict):
+        raise damaged(path, "its metadata's tokens (a list) or vocab (an object) are not what run.to_file writes")
+    return SavedModel(meta["name"], family, shape, meta["model"], meta["n_params"], meta["tokens"],
+                      {int(i): text for i, text in meta["vocab"].items()})
+
+
+def _shape(path, fields) -> Shape:
+    names = [field.name for field in dataclasses.fields(Shape)]
+    check_keys(path, fields, names, "its metadata's shape")
+    for name in names:
+        value, optional = fields[name], name == "n_ctx"
+        if name == "parallel":
+            fits = isinstance(value, bool)
+        else:
+            fits = (value is None and optional) or (type(value) is int and value > 0)
+        if not fits:
+            expected = "true or false" if name == "parallel" else "a positive integer" + (" or null" * optional)
+            raise damaged(path, f"its metadata's shape has {name} {value!r} where {expected} is expected")
+    return Shape(**{name: fields[name] for name in names})

@@ -157,3 +157,16 @@ def test_an_aggregate_of_runs_loaded_without_their_model_names_its_predictions_a
     assert shared.top_tokens(-1, k=5) == live.top_tokens(-1, k=5)
     w = lw.show(shared, threshold=0.01)
     assert w.info["tokens"] == ["IO", "S1", "S2", "END"] and w.info["aggregate"] == len(runs)
+
+
+def test_an_aggregates_edges_name_their_positions(runs_and_positions):
+    runs, positions = runs_and_positions
+    named = lw.aggregate(runs, positions).edges(token=3, threshold=0.005)  # the routes to END
+    assert set(named.target_token) <= {"IO", "S1", "S2", "END"} and "END" in set(named.target_token)
+    assert list(named.source_token) == [["IO", "S1", "S2", "END"][p] for p in named.source]
+    # lined up from the end: a position is named by the token all prompts have there, else by its offset
+    by_end = lw.aggregate(runs)
+    from_end = by_end.edges(threshold=0.005)
+    assert by_end.tokens[-1] == " to" and any(name.startswith("[-") for name in by_end.tokens)  # the names differ
+    assert list(from_end.source_token) == [by_end.tokens[p] for p in from_end.source]
+    assert set(from_end[from_end.target == len(by_end.tokens) - 1].target_token) == {" to"}

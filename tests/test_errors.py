@@ -81,3 +81,38 @@ def test_half_precision_computes_shares_in_float32():
     heads, residual = run.attention_contributions(0)
     assert heads.dtype == torch.float32 and not torch.isnan(heads).any()
     torch.testing.assert_close(heads.sum((1, 2)) + residual, torch.ones(run.n_tokens))
+
+
+ENTRY_POINTS = {  # every public function that takes a model, called as a user would
+    "lw.analyze": lambda m: lw.analyze(m, "Mary"),
+    "lw.analyze_many": lambda m: lw.analyze_many(m, ["Mary"]),
+    "lw.analyze_compact": lambda m: lw.analyze_compact(m, "Mary"),
+    "lw.analyze_compact_many": lambda m: lw.analyze_compact_many(m, ["Mary"]),
+    "lw.generate": lambda m: lw.generate(m, "Mary", max_new_tokens=2),
+}
+
+
+@pytest.mark.parametrize("where", ENTRY_POINTS)
+@pytest.mark.parametrize("given, message", [
+    (lambda model: tiny.hf_model("llama"), r"model must be what lw.load_model returns, got LlamaForCausalLM: "
+                                           r"wrap it with lw.load_model\(model, tokenizer=...\)"),
+    (lambda model: "gpt2", r"model must be what lw.load_model returns, got the string 'gpt2': "
+                           r"load it with lw.load_model\('gpt2'\)"),
+    (lambda model: None, r"model must be what lw.load_model returns, got None: load one with lw.load_model\(\)"),
+    (lambda model: model.model, r"model must be what lw.load_model returns, got an nnsight model of LlamaModel "
+                                r"without a tokenizer"),  # a part of the model
+    (lambda model: 3, r"model must be what lw.load_model returns, got int"),
+], ids=["transformers", "string", "None", "a part", "int"])
+def test_a_model_not_from_load_model_is_refused_by_every_entry_point(model, where, given, message):
+    with pytest.raises(lw.LmttError, match=rf"^{where}: {message}"):
+        ENTRY_POINTS[where](given(model))
+
+
+def test_load_run_refuses_a_model_not_from_load_model(model, tmp_path):
+    path = lw.analyze(model, "Mary").to_file(tmp_path / "run.lmtt")
+    with pytest.raises(lw.LmttError, match=r"^lw.load_run: model must be what lw.load_model returns, got "
+                                           r"LlamaForCausalLM"):
+        lw.load_run(path, model=tiny.hf_model("llama"))
+    with pytest.raises(lw.LmttError, match=r"got the string 'gpt2'"):
+        lw.load_run(path, model="gpt2")
+    assert lw.load_run(path).model is None  # no model is still fine: the run without its vocabulary readouts

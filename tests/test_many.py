@@ -1,6 +1,8 @@
 """Many prompts: token ids in, batched analysis equal to one prompt at a time, the model's own
 continuation, routes over a dataset."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -357,6 +359,35 @@ def test_generate_options_go_to_transformers(model):
     expected = model._module.generate(ids, max_new_tokens=4, num_beams=2, do_sample=False, pad_token_id=0)[0]
     assert beams.input_ids.tolist() == expected.tolist()
 
+
+def test_generate_prepends_or_drops_bos_as_analyze_does(model):
+    prompt = "The capital of France is"
+    bos = model.tokenizer.bos_token_id
+    ids = model.tokenizer(prompt)["input_ids"]
+    assert ids[0] != bos  # this tokenizer adds none by itself
+    with_bos = lw.generate(model, prompt, max_new_tokens=4, prepend_bos=True)
+    given = torch.tensor([[bos] + ids])  # BOS is this tokenizer's pad token too: the mask says it is read
+    expected = model._module.generate(given, attention_mask=torch.ones_like(given), max_new_tokens=4, do_sample=False,
+                                      pad_token_id=0)[0]
+    assert with_bos.input_ids.tolist() == expected.tolist()
+    assert with_bos.input_ids[:len(ids) + 1].tolist() == lw.analyze(model, prompt, prepend_bos=True).input_ids.tolist()
+    assert with_bos.generated.start == len(ids) + 1
+    without = lw.generate(model, [bos] + ids, max_new_tokens=4, prepend_bos=False)
+    assert without.input_ids[:len(ids)].tolist() == ids and without.generated.start == len(ids)
+    assert lw.generate(model, [bos] + ids, max_new_tokens=4).input_ids[:len(ids) + 1].tolist() == [bos] + ids
+
+
+def test_a_chat_prompt_keeps_or_drops_the_templates_bos():
+    tokenizer = copy.deepcopy(tiny.tokenizer())
+    tokenizer.chat_template = ("{{ bos_token }}{% for m in messages %}Q: {{ m['content'] }}{% endfor %}"
+                               "{% if add_generation_prompt %} A:{% endif %}")
+    chat_model = lw.load_model(tiny.hf_model("llama"), tokenizer=tokenizer)
+    as_templated = lw.generate(chat_model, "Hello", max_new_tokens=2, chat=True)
+    assert as_templated.input_ids[0] == tokenizer.bos_token_id
+    dropped = lw.generate(chat_model, "Hello", max_new_tokens=2, chat=True, prepend_bos=False)
+    n_prompt = as_templated.generated.start
+    assert dropped.input_ids[:n_prompt - 1].tolist() == as_templated.input_ids[1:n_prompt].tolist()
+    assert dropped.generated.start == n_prompt - 1
 
 def test_generating_leaves_the_users_model_as_it_was(model):
     own = model._module.config._attn_implementation

@@ -150,6 +150,79 @@ def test_a_path_that_is_none_or_a_damaged_header_is_refused_by_name(tmp_path):
             lw.load_run(damaged)
 
 
+def damaged_copy(path, target, change):
+    """A copy of the run file `path` at `target`, its tensors and JSON metadata changed by `change(tensors, meta)`,
+    as a hand edit or a bug would leave it."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        header, tensors = f.metadata(), {name: f.get_tensor(name) for name in f.keys()}
+    meta = json.loads(header["lmtt"])
+    change(tensors, meta)
+    save_file({name: t.contiguous() for name, t in tensors.items()}, str(target),
+              metadata={**header, "lmtt": json.dumps(meta)})
+    return target
+
+
+def drop(name):
+    return lambda tensors, meta: tensors.pop(name)
+
+
+def replace(name, make):
+    return lambda tensors, meta: tensors.__setitem__(name, make(tensors[name]))
+
+
+def first_edge_from(position):
+    def edges(tensor):
+        tensor = tensor.clone()
+        tensor[0, 1] = position
+        return tensor
+    return edges
+
+
+@pytest.mark.parametrize("change, message", [
+    (drop("layers.1.heads"), r"it lacks tensor 'layers.1.heads'"),
+    (drop("top.ids"), r"it lacks tensor 'top.ids'"),
+    (drop("resid"), r"it lacks tensor 'resid'"),
+    (replace("layers.1.edges", lambda t: t[:3, 0]),
+     r"tensor 'layers.1.edges' has shape \[3\] where \[n, 2\] is expected"),
+    (replace("layers.1.heads", lambda t: t[:-1]),
+     r"tensor 'layers.1.heads' has shape \[(\d+), 4\] where \[n=(?!\1)\d+, 4\] is expected"),
+    (replace("layers.2.heads", lambda t: t[:, :3]), r"tensor 'layers.2.heads' has shape \[\d+, 3\] where \[n=\d+, 4\]"),
+    (replace("layers.0.ffn", lambda t: t[:5]), r"tensor 'layers.0.ffn' has shape \[5\] where \[23\] is expected"),
+    (replace("top.ids", lambda t: t[:, :4]), r"tensor 'top.ids' has shape \[23, 4\] where \[23, k=10\] is expected"),
+    (replace("resid", lambda t: t[:3]), r"tensor 'resid' has shape \[3, 23, 32\] where \[4, 23, 32\] is expected"),
+    (replace("values", lambda t: t[:, :, :1]), r"tensor 'values' has shape \[3, 23, 1, 8\] where \[3, 23, 2, 8\]"),
+    (replace("probs.1", lambda t: t[:, :-1]), r"tensor 'probs.1' has shape \[4, 22, 23\] where \[4, 23, 23\]"),
+    (replace("layers.1.edges", first_edge_from(23)), r"tensor 'layers.1.edges' holds positions outside 0..22"),
+    (replace("layers.1.edges", first_edge_from(-1)), r"tensor 'layers.1.edges' holds positions outside 0..22"),
+    (replace("layers.1.edges", lambda t: t.flip(0)),
+     r"tensor 'layers.1.edges' is not sorted by target, then source \(as run.to_file writes it\)"),
+    (lambda tensors, meta: meta.pop("shape"), r"its metadata lacks 'shape'"),
+    (lambda tensors, meta: meta.pop("tokens"), r"its metadata lacks 'tokens'"),
+    (lambda tensors, meta: meta.pop("capture"), r"its metadata lacks 'capture'"),
+    (lambda tensors, meta: meta["shape"].pop("n_heads"), r"its metadata's shape lacks 'n_heads'"),
+    (lambda tensors, meta: meta["shape"].update(n_layers="3"), r"its metadata's shape has n_layers '3' where a "
+                                                               r"positive integer is expected"),
+    (lambda tensors, meta: meta["model"].pop("weights"), r"its metadata's model lacks 'weights'"),
+    (lambda tensors, meta: meta.update(family="bloom"), r"it names the model family 'bloom', which this lmtt-widget "
+                                                        r"does not know \(known: gpt2, llama, "),
+    (lambda tensors, meta: meta.update(tokens=meta["tokens"][:-1]),
+     r"tensor 'input_ids' has shape \[23\] where \[22\] is expected"),
+    (lambda tensors, meta: meta["capture"]["probs"].update({"7": None}),
+     r"its metadata's capture names layer '7' of a model with 3 layers"),
+])
+def test_a_damaged_file_is_refused_naming_what_is_missing_or_malformed(path, tmp_path, change, message):
+    damaged = damaged_copy(path, tmp_path / "run.lmtt", change)
+    with pytest.raises(lw.LmttError, match=rf"^{tmp_path / 'run.lmtt'} is damaged: {message}"):
+        lw.load_run(damaged)
+
+
+def test_the_undamaged_copy_loads(path, tmp_path, run):  # the copying above changes nothing by itself
+    assert_same_routes(lw.load_run(damaged_copy(path, tmp_path / "run.lmtt", lambda tensors, meta: None)), run)
+
+
 def test_a_run_is_not_written_into_a_missing_folder_nor_over_a_folder(run, tmp_path):
     with pytest.raises(lw.LmttError, match=r"cannot write .*run.lmtt: there is no folder .*missing"):
         run.to_file(tmp_path / "missing" / "run.lmtt")
@@ -350,7 +423,11 @@ def test_edges_are_the_routes_as_a_dataframe(run):
     table = run.edges(threshold=0.01)
     graph = run.graph(threshold=0.01)
     assert len(table) == graph.number_of_edges()
-    assert list(table.columns[:7]) == ["kind", "layer", "source_stage", "source", "target_stage", "target", "weight"]
+    assert list(table.columns[:9]) == ["kind", "layer", "source_stage", "source", "source_token", "target_stage",
+                                       "target", "target_token", "weight"]
+    assert list(table.source_token) == [run.tokens[p] for p in table.source]  # the tokens' texts, for a paper's table
+    assert list(table.target_token) == [run.tokens[p] for p in table.target]
+    assert set(table[table.target == run.n_tokens - 1].target_token) == {run.tokens[-1]} == {" to"}
     assert list(table.weight) == sorted(table.weight, reverse=True)
     attention = table[table.kind == "attention"]
     heads = attention[[f"head_{h}" for h in range(run.shape.n_heads)]]
@@ -376,3 +453,18 @@ def test_families_with_post_norms_experts_or_alibi_round_trip(family, tmp_path):
     assert loaded.head_logits(1, 1, -1, 3) == run.head_logits(1, 1, -1, 3)
     assert loaded.block_logits(1, -1, "ffn") == run.block_logits(1, -1, "ffn")
     torch.testing.assert_close(loaded.attention_pattern(2), run.attention_pattern(2))
+
+
+@pytest.mark.parametrize("change, message", [
+    (drop("clean.layers.0.heads"), r"it lacks tensor 'clean.layers.0.heads'"),
+    (replace("clean.resid", lambda t: t[:, :5]), r"tensor 'clean.resid' has shape \[4, 5, 32\] where \[4, 23, 32\]"),
+    (drop("patches.1.value"), r"it lacks tensor 'patches.1.value'"),
+    (lambda tensors, meta: meta["clean"].pop("floor"), r"its metadata of the clean run lacks 'floor'"),
+    (lambda tensors, meta: meta.pop("patches"), r"its metadata lacks 'patches'"),
+    (lambda tensors, meta: meta["patches"][0].update(node=["neck", 1, 0]),
+     r"its metadata's patch 0 has node \['neck', 1, 0\], not one of the kinds embed, "),
+])
+def test_a_damaged_intervened_file_is_refused_naming_what(intervened_path, tmp_path, change, message):
+    damaged = damaged_copy(intervened_path, tmp_path / "patched.lmtt", change)
+    with pytest.raises(lw.LmttError, match=rf"^{tmp_path / 'patched.lmtt'} is damaged: {message}"):
+        lw.load_run(damaged)
