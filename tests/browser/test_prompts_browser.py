@@ -73,7 +73,8 @@ def test_an_aggregate_lists_the_prompts_behind_an_edge_and_opens_each(model, pag
     page.screenshot(path=str(artifacts / "browser-aggregate.png"), full_page=True)
     page.locator("table.prompt-rows button.open-prompt").first.click()
     page.wait_for_function(f"() => document.querySelector('select.prompt-select').value === '{first}'")
-    assert w.run is agg.runs[first] and token_labels(page) == agg.runs[first].n_tokens
+    assert w.run.prompt == agg.runs[first].prompt and token_labels(page) == agg.runs[first].n_tokens
+    assert w.run is not agg.runs[first]  # a copy: what is traced for the panels stays with the widget
     page.select_option("select.prompt-select", "aggregate")
     page.wait_for_function("() => document.querySelectorAll('text.token-label').length === 4")
     assert w.run is agg
