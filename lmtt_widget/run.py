@@ -658,15 +658,13 @@ class Run(Shares):
         """(probabilities [T, k], token ids [T, k]): the model's top-k next tokens at every position."""
         if self._reads_top(k):
             return super().top_predictions(k)
-        top = self.logits.softmax(-1).topk(min(check_positive("k", k), self.logits.shape[-1]), dim=-1)
-        return top.values, top.indices
+        return V.top_of_logits(self.logits, check_positive("k", k))
 
     def top_tokens(self, position: int = -1, k: int = 10) -> list[tuple[str, float]]:
         """The model's top-k next tokens after `position`, with probabilities."""
         if self._reads_top(k):
             return super().top_tokens(position, k)
-        probs = self.logits[self.position(position)].softmax(-1)
-        values, ids = probs.topk(min(check_positive("k", k), probs.numel()))
+        values, ids = V.top_of_logits(self.logits[self.position(position)], check_positive("k", k))
         return [(self.decode(i), float(v)) for v, i in zip(values, ids)]
 
     def _reads_top(self, k) -> bool:
@@ -674,12 +672,13 @@ class Run(Shares):
         they be had without tracing again (or at all, without the model). A run that keeps its
         final-normed residuals (lw.analyze_many's) makes its top predictions from them first
         ([T, k] kept, not the [T, V] logits)."""
-        if self._makes_top():
-            self._top = V.top_predictions(self.hf_model, self.family, self._normed(), TOP_K_KEPT, self.budget_bytes)
-        if self._top is None or "logits" in self.__dict__ or (self._capture is not None and self.model is not None):
-            return False
         count = _integer(k)
-        return count is not None and 0 < count <= self._top[0].shape[1]
+        if count is None or count <= 0 or "logits" in self.__dict__ or \
+                (self._capture is not None and self.model is not None):
+            return False
+        if self._makes_top() and count <= min(TOP_K_KEPT, self.shape.d_vocab):
+            self._top = V.top_predictions(self.hf_model, self.family, self._normed(), TOP_K_KEPT, self.budget_bytes)
+        return self._top is not None and count <= self._top[0].shape[1]
 
     def _makes_top(self) -> bool:
         """Whether the top predictions are still to be made from the kept final-normed residuals."""

@@ -55,9 +55,38 @@ def top_predictions(hf_model, family: Family, normed: torch.Tensor, k: int,
 
 
 def top_of_logits(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities [..., k], ids [..., k]) of the k largest `logits` [..., V]."""
-    ids = logits.topk(min(k, logits.shape[-1]), dim=-1).indices  # the order of the logits, not of rounded probabilities
-    return logits.softmax(-1).gather(-1, ids), ids  # (softmax is 2-3x faster than logsumexp on CPU)
+    """(probabilities [..., k], ids [..., k]) of the k largest `logits` [..., V], equal logits in
+    the order of their ids: so the first k of the top 10 are the top k, whichever way they are made
+    (ties are common in bfloat16 logits; torch.topk orders them as it finds them)."""
+    n_vocab = logits.shape[-1]
+    k = min(k, n_vocab)
+    rows = logits.reshape(-1, n_vocab)
+    top = rows.topk(min(k + 1, n_vocab), dim=-1)
+    ids = top.indices[:, :k]
+    if k < n_vocab:  # rows where the (k+1)-th logit equals the k-th: which of the equal ones get in is chosen
+        ids = _smallest_ids_at_the_cut(rows, top.values, ids, k)
+    ids = ids.sort(dim=-1).values  # then by logit, equal ones keeping the order of their ids
+    ids = ids.gather(-1, rows.gather(-1, ids).sort(dim=-1, descending=True, stable=True).indices)
+    probs = rows.softmax(-1).gather(-1, ids)  # (softmax is 2-3x faster than logsumexp on CPU)
+    return probs.view(*logits.shape[:-1], k), ids.view(*logits.shape[:-1], k)
+
+
+def _smallest_ids_at_the_cut(rows: torch.Tensor, values: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
+    """`ids` [N, k] (the top k of `rows` [N, V], `values` [N, k+1] the top k+1 logits) where the
+    k-th and (k+1)-th logits are equal replaced by the logits above them and the smallest ids of
+    those equal to the k-th."""
+    crowded = (values[:, k] == values[:, k - 1]).nonzero()[:, 0]
+    if crowded.numel() == 0:
+        return ids
+    n_vocab = rows.shape[-1]
+    some, cut = rows[crowded], values[crowded, k - 1:k]
+    every = torch.arange(n_vocab, device=rows.device)
+    equal = torch.where(some == cut, every, n_vocab).topk(k, dim=-1, largest=False).values  # n_vocab: none
+    above = torch.where(values[crowded, :k] > cut, ids[crowded], n_vocab)
+    candidates = torch.cat([above, equal], dim=-1).sort(dim=-1).values  # by id
+    logit = torch.where(candidates < n_vocab, some.gather(-1, candidates.clamp_max(n_vocab - 1)), -torch.inf)
+    chosen = candidates.gather(-1, logit.sort(dim=-1, descending=True, stable=True).indices[:, :k])
+    return ids.index_copy(0, crowded, chosen)
 
 
 def final_norm(hf_model, family: Family, resid: torch.Tensor) -> torch.Tensor:

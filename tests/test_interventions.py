@@ -269,6 +269,21 @@ def test_exported_code_reproduces_patches_with_ablations(run, tmp_path):
     assert not torch.allclose(patched.logits, ablated.logits)
 
 
+def test_rerun_keeps_chosen_patches_with_their_values_and_checks_its_arguments(run):
+    other = lw.analyze(run.model, SWAPPED)
+    patched, _ = I.patch(other, run, [("post", 1, 3), ("embed", -1, 2)])
+    again = I.rerun(patched, [("head", 1, 1)], [1])  # the second patch kept, an ablation added
+    ablated, _ = run.intervene([("head", 1, 1)])
+    expected, _ = I.patch(other, ablated, [("embed", -1, 2)])
+    torch.testing.assert_close(again.logits, expected.logits, atol=1e-5, rtol=0)
+    assert [node for node, _ in again.patches] == [patched.patches[1][0]]
+    for ablations, indices, message in [(("head", 1, 1), [], r"ablations must be a list of ablations"),
+                                        ([], 0, r"patch_indices must be a list of positions in run.patches"),
+                                        ([], [2], r"patch 2 is out of range: valid are 0\.\.1")]:
+        with pytest.raises(lw.LmttError, match=message):
+            I.rerun(patched, ablations, indices)
+
+
 def test_patching_every_embedding_or_final_residual_gives_the_other_prompts_logits(run):
     other = lw.analyze(run.model, SWAPPED)
     last = run.shape.n_layers - 1

@@ -214,6 +214,20 @@ def test_no_logits_are_made_until_asked_and_then_of_the_positions_asked(model):
     torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6)
 
 
+def test_top_predictions_order_equal_logits_by_id_so_that_every_k_agrees():
+    from lmtt_widget import vocab as V
+
+    logits = torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0], [5.0, 4.0, 4.0, 4.0, 0.0]])
+    for k in range(1, 6):
+        probs, ids = V.top_of_logits(logits, k)
+        assert ids.tolist() == [[1, 2, 4, 3, 0][:k], [0, 1, 2, 3, 4][:k]]
+        torch.testing.assert_close(probs, logits.softmax(-1).gather(-1, ids), rtol=0, atol=0)
+    bf16 = (torch.randn(64, 5000, generator=torch.Generator().manual_seed(0)) * 3).bfloat16().float()  # many ties
+    probs, ids = V.top_of_logits(bf16, 10)
+    assert torch.equal(probs, bf16.softmax(-1).topk(10).values)
+    assert all(torch.equal(V.top_of_logits(bf16, k)[1], ids[:, :k]) for k in range(1, 10))
+
+
 def test_a_datasets_column_is_an_iterable_of_prompts_and_a_whole_dataset_is_refused_saying_so(model):
     import datasets
 

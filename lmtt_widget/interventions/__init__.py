@@ -27,7 +27,7 @@ routes show no attention edge through it. The model's weights are never changed.
     ablated_logits(run, ablations, mode)   -> [T, V] logits only, for sweeps
     compare(run_a, run_b)                  -> GraphDiff           edges that appear, vanish, change
     patch(run_from, run_into, node)        -> (Run, Comparison)   a node's activation from another prompt
-    rerun(run, ablations, patches)         -> Run                 the clean run with some of run's changes
+    rerun(run, ablations, patch_indices)   -> Run                 the clean run with some of run's changes
     code(run, ablations, mode)             -> str                 standalone nnsight code
     parse(run, spec, mode)                 -> Ablation            checked; .as_tuple(), .describe()
     parse_node(run, node)                  -> PatchNode           checked; .as_tuple(), .describe()

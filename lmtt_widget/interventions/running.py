@@ -18,7 +18,7 @@ import torch
 from .. import vocab as V
 from ..errors import LmttError, check_index
 from ..tracing import Edit, trace
-from .kinds import Ablation, check_together, edits_for, parse_all
+from .kinds import Ablation, check_together, edits_for, parse, parse_all
 from .nodes import parse_node
 
 
@@ -125,8 +125,7 @@ def readout(logits: torch.Tensor, position: int, token: int, other: int) -> Read
 
 
 def _top(run, logits: torch.Tensor, position: int, k: int = 10) -> list[tuple[str, float]]:
-    probs = logits[position].softmax(-1)
-    values, ids = probs.topk(min(k, probs.numel()))
+    values, ids = V.top_of_logits(logits[position], k)
     return [(run.decode(i), float(v)) for v, i in zip(values, ids)]
 
 
@@ -190,18 +189,26 @@ def patch(run_from, run_into, node, *, position: int = -1, against=None):
     return new, compare_logits(run_into, run_into.logits, new.logits, position, against)
 
 
-def rerun(run, ablations, patches):
-    """`run`'s clean run rerun with `ablations` (Ablations, e.g. all of run.interventions but one)
-    and the patches of `run` numbered `patches`, each putting in place the activation it was made
-    with: no source prompt's run is needed, so a run loaded from a file reruns as the run it was
-    saved from. How the widget undoes one ablation or patch, or adds an ablation beside patches."""
+def rerun(run, ablations, patch_indices, mode: str = "zero"):
+    """`run`'s clean run rerun with `ablations` (a list of ablations, as `intervene` takes them or
+    Ablations, e.g. all of run.interventions but one; none is fine) and the patches of `run`
+    numbered `patch_indices` (positions in run.patches), each putting in place the activation it
+    was made with: no source prompt's run is needed, so a run loaded from a file reruns as the run
+    it was saved from. How the widget undoes one ablation or patch, or adds an ablation beside
+    patches."""
     check_run(run, "run", "rerun")
-    clean, ablations = base(run)[0], list(ablations)
-    check_together(ablations)
+    clean = base(run)[0]
+    if not isinstance(ablations, (list, tuple)) or (ablations and isinstance(ablations[0], str)):
+        raise LmttError(f"ablations must be a list of ablations (e.g. [('head', 3, 1)]), got {ablations!r:.60}")
+    if not isinstance(patch_indices, (list, tuple, range)):
+        raise LmttError(f"patch_indices must be a list of positions in run.patches, got {patch_indices!r:.60}")
+    parsed = [parse(clean, spec, mode) for spec in ablations]
+    check_together(parsed)
+    kept = [check_index("patch", index, len(run.patches)) for index in patch_indices]
 
-    def kept(parts: tuple) -> tuple:
-        return tuple(parts[i] for i in patches)
-    return _rerun(clean, ablations, kept(run.patches), kept(run.patch_ids), kept(run.patch_values))
+    def chosen(parts: tuple) -> tuple:
+        return tuple(parts[i] for i in kept)
+    return _rerun(clean, parsed, chosen(run.patches), chosen(run.patch_ids), chosen(run.patch_values))
 
 
 def _rerun(clean, ablations: list[Ablation], patches, patch_ids, patch_values):
