@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import nnsight
 import torch
@@ -175,9 +175,10 @@ def in_batches(model, prompts: Iterable, batch_size: int, progress: bool | None,
     (the padding costs what the prompts do); what it returns, in the prompts' order; a progress
     bar over the prompts.
 
-    Nothing done is lost to a bad prompt late in a stream, nor to an interrupt: the exception
-    carries `.runs`, the results of every prompt before the first one without a result (a bad
-    prompt's predecessors are analysed first), and a note that says how many there are."""
+    Nothing done is lost to a bad prompt late in a stream, a failure of the iterable or an
+    interrupt: the exception carries `.runs`, the results of every prompt before the first one
+    without a result (the prompts read before a bad one or a failure are analysed first), and a
+    note that says how many there are."""
     batch_size = check_positive("batch_size", batch_size)
     results: list = []
     in_order: list = []  # the window in progress
@@ -212,15 +213,20 @@ def in_batches(model, prompts: Iterable, batch_size: int, progress: bool | None,
 
 def checked_prompts(model, prompts: Iterable, prepend_bos: bool | None) -> Iterator[tuple[torch.Tensor, str]]:
     """(ids, text) of each prompt, read as it comes; a bad one named by its index."""
-    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Iterable) or hasattr(prompts, "keys"):
+    whole_table = hasattr(prompts, "column_names") or (hasattr(prompts, "iloc") and hasattr(prompts, "columns"))
+    if whole_table:  # a datasets.Dataset (or its streaming form) or a pandas DataFrame: rows or names, not prompts
+        table: Any = prompts
+        columns = list(table.columns) if hasattr(table, "iloc") else list(table.column_names or [])
+        raise LmttError(f"prompts is a whole {'table' if hasattr(prompts, 'iloc') else 'dataset'}"
+                        + (f" (columns {list(columns)})" if columns else "")
+                        + ": pass one column of prompts, e.g. data['text'] or data['input_ids']")
+    mapping = hasattr(prompts, "keys") and not hasattr(prompts, "dtype")  # a dict, a tokenizer's output (not a Series)
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Iterable) or mapping:
         raise LmttError(f"prompts must be a list (or another iterable) of prompts, got {type(prompts).__name__}"
                         + ("; for one prompt use lw.analyze" if isinstance(prompts, str) else ""))
-    if hasattr(prompts, "column_names"):  # a whole datasets.Dataset: its rows are dicts
-        raise LmttError(f"prompts is a whole dataset (columns {list(prompts.column_names)}): pass one column of "
-                        "prompts, e.g. dataset['text'] or dataset['input_ids']")
-    if len(getattr(prompts, "shape", ())) == 1:
-        raise LmttError(f"prompts is one prompt's token ids (a 1-D {type(prompts).__name__}): for one prompt use "
-                        "lw.analyze(model, ids), or give a list of prompts: [ids]")
+    if len(getattr(prompts, "shape", ())) == 1 and "int" in str(getattr(prompts, "dtype", "")):
+        raise LmttError(f"prompts is one prompt's token ids (a 1-D {type(prompts).__name__} of integers): for one "
+                        "prompt use lw.analyze(model, ids), or give a list of prompts: [ids]")
     for index, prompt in enumerate(prompts):
         try:
             yield prompt_ids(model, prompt, prepend_bos)
@@ -230,12 +236,13 @@ def checked_prompts(model, prompts: Iterable, prepend_bos: bool | None) -> Itera
             raise LmttError(f"prompt {index}: {error}{hint}") from None
 
 
-def _window(prompts: Iterator, size: int) -> tuple[list, LmttError | None]:
-    """The next `size` prompts (fewer at the end), or those before a bad one, and its error."""
+def _window(prompts: Iterator, size: int) -> tuple[list, Exception | None]:
+    """The next `size` prompts (fewer at the end), or those read before a bad one or a failure of
+    the iterable (a dataset's map, a stream's read), and its error (an interrupt is not held up)."""
     window: list = []
     try:
         window.extend(itertools.islice(prompts, size))
-    except LmttError as error:
+    except Exception as error:
         return window, error
     return window, None
 
@@ -278,7 +285,8 @@ def _analyze_batch(model, prompts: list[tuple[torch.Tensor, str]], padding: str,
         normed = nnsight.save([final_normed[row, start:start + length].clone() for row, start, length in spans])
         tracer.stop()  # no logits: a run makes its top predictions from its final-normed residuals when asked
     return [Run(model, text, ids, own.capture if activations else None, layers[i], distance, budget_bytes, floors[i],
-                final_normed=normed[i]) for i, ((ids, text), own) in enumerate(zip(prompts, kept))]
+                final_normed=None if activations else normed[i].cpu())  # as the shares: a stream keeps no GPU memory
+            for i, ((ids, text), own) in enumerate(zip(prompts, kept))]
 
 
 @torch.no_grad()

@@ -276,8 +276,31 @@ def test_an_interrupt_keeps_the_runs_done_in_the_prompts_order(model, monkeypatc
     assert [run.prompt for run in runs] == prompts[:4 + (4 in done) * (1 + (5 in done))]
 
 
+def test_columns_of_tables_and_arrays_of_text_are_prompts_whole_tables_are_refused(model):
+    import datasets
+    import pandas as pd
+
+    table = pd.DataFrame({"text": PROMPTS[:3], "label": [0, 1, 0]})
+    for column in (table["text"], table["text"].to_numpy(), np.array(PROMPTS[:3])):
+        assert [run.prompt for run in lw.analyze_many(model, column)] == PROMPTS[:3]
+    with pytest.raises(lw.LmttError, match=r"a whole table \(columns \['text', 'label'\]\): pass one column"):
+        lw.analyze_many(model, table)
+    stream = datasets.IterableDataset.from_generator(lambda: iter([{"text": IOI}]))  # streaming=True gives these
+    with pytest.raises(lw.LmttError, match=r"a whole dataset.*: pass one column of prompts"):
+        lw.analyze_many(model, stream)
+
+
+def test_a_failure_of_the_iterable_keeps_the_runs_of_the_prompts_read_before_it(model):
+    def stream():
+        yield from PROMPTS[:3]
+        raise OSError("the connection to the dataset server was lost")
+    with pytest.raises(OSError, match="connection") as failed:
+        lw.analyze_many(model, stream(), batch_size=2)
+    assert [run.prompt for run in failed.value.runs] == PROMPTS[:3]
+
+
 @pytest.mark.parametrize("prompts, message", [
-    (torch.tensor([1, 2, 3]), r"prompts is one prompt's token ids \(a 1-D Tensor\): for one prompt use lw.analyze"),
+    (torch.tensor([1, 2, 3]), r"prompts is one prompt's token ids \(a 1-D Tensor of integers\): for one prompt"),
     ([1, 2, 3], r"prompt 0: .* \(a single token id: is this one prompt's ids\? use lw.analyze"),
 ])
 def test_one_prompts_ids_given_as_many_prompts_are_refused_saying_what_they_look_like(model, prompts, message):
@@ -300,7 +323,7 @@ def test_bad_prompts_and_options_are_refused_by_name(model, prompts, options, me
         lw.analyze_many(model, prompts, **options)
 
 
-def test_runs_of_a_stream_keep_only_their_shares_and_top_predictions(model, llama_run):
+def test_runs_of_a_stream_keep_only_their_shares_and_final_normed_residuals(model, llama_run):
     compact = lw.analyze_many(model, [IOI])[0]
     assert compact._capture is None and compact.holds_activations is False
     kept = sum(shares.nbytes for shares in compact.layers) + compact._final_normed.nbytes
