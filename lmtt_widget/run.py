@@ -3,6 +3,7 @@ and everything else (routes, neurons, vocabulary readouts) derived from it on de
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import pathlib
@@ -587,11 +588,12 @@ class Run(Shares):
         self._probs_traced: dict[int, torch.Tensor] = {}  # traced again (eager attention), least recent first
 
     def __copy__(self) -> Run:
-        """The same run (shares, settings, model) with caches of its own: what the copy traces
-        again is kept on the copy alone."""
+        """The same run (shares, settings, model) with caches of its own, its clean run's too: what
+        the copy traces again is kept on the copy alone."""
         shown = object.__new__(type(self))
         shown.__dict__ = self.__dict__ | {"_neuron_cache": dict(self._neuron_cache),
-                                          "_probs_traced": dict(self._probs_traced)}
+                                          "_probs_traced": dict(self._probs_traced),
+                                          "clean": None if self.clean is None else copy.copy(self.clean)}
         return shown
 
     def __repr__(self) -> str:

@@ -338,6 +338,20 @@ def test_runs_of_a_stream_keep_only_their_shares_and_final_normed_residuals(mode
     assert compact.holds_activations
 
 
+def test_a_copy_of_a_run_keeps_what_it_traces_to_itself_its_clean_runs_too(model, llama_run):
+    import copy
+
+    run = lw.analyze_many(model, [IOI])[0]
+    ablated, _ = run.intervene([("head", 0, 1)])
+    assert ablated.clean is run and not run.holds_activations
+    shown = copy.copy(ablated)
+    torch.testing.assert_close(shown.clean.residual(1, 2), llama_run.residual(1, 2))  # traced on the copy's clean run
+    assert shown.clean.holds_activations and not run.holds_activations
+    alone = copy.copy(run)
+    alone.neuron_activations(1)
+    assert alone.holds_activations and not run.holds_activations and run._neuron_cache == {}
+
+
 def test_a_progress_bar_counts_the_prompts(model, monkeypatch):
     from lmtt_widget import many
     from lmtt_widget.progress import progress_counter
