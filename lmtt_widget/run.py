@@ -400,9 +400,9 @@ def _sub_batch_shares(x: torch.Tensor, attn: torch.Tensor, ffn: torch.Tensor, po
 
 def top_predictions_at(runs: list, index: torch.Tensor, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Each run's top-k next tokens (probabilities [n, k], ids [n, k]) at its positions index[r]
-    [n]. Runs that make them from their final-normed residuals (lw.analyze_many's) share one
-    unembedding of just those rows per model: 256 runs one by one would read the unembedding
-    matrix 256 times for all their positions."""
+    [n]. Runs that have not made them yet (lw.analyze_many's, say) share one unembedding of just
+    those rows per model: 256 runs one by one would read the unembedding matrix 256 times for all
+    their positions."""
     by_model: dict[int, list[int]] = {}
     for r, run in enumerate(runs):
         if isinstance(run, Run) and run._makes_top():
@@ -410,7 +410,7 @@ def top_predictions_at(runs: list, index: torch.Tensor, k: int) -> list[tuple[to
     made: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for group in by_model.values():
         first = runs[group[0]]
-        rows = torch.cat([runs[r]._final_normed[index[r]] for r in group])
+        rows = torch.cat([runs[r]._normed()[index[r]] for r in group])
         probs, ids = V.top_predictions(first.hf_model, first.family, rows, k, first.budget_bytes)
         made |= dict(zip(group, zip(probs.split(index.shape[1]), ids.split(index.shape[1]))))
     return [made[r] if r in made else tuple(t[index[r]] for t in run.top_predictions(k))  # type: ignore[misc]
@@ -670,22 +670,21 @@ class Run(Shares):
         return [(self.decode(i), float(v)) for v, i in zip(values, ids)]
 
     def _reads_top(self, k) -> bool:
-        """Whether the kept top predictions answer for the top k: logits are not held, nor can
-        they be had without tracing again (or at all, without the model). A run that keeps its
-        final-normed residuals (lw.analyze_many's) makes its top predictions from them first
-        ([T, k] kept, not the [T, V] logits)."""
+        """Whether the kept top predictions answer for the top k (k <= 10, and the logits are not
+        held). A run with its model makes them first from its final-normed residuals (kept with
+        its activations, or alone by lw.analyze_many): [T, 10] kept, never the [T, V] logits
+        (805 MB at T=4096 for a 49k vocabulary) just to show predictions."""
         count = _integer(k)
-        if count is None or count <= 0 or "logits" in self.__dict__ or \
-                (self._capture is not None and self.model is not None):
+        if count is None or count <= 0 or "logits" in self.__dict__:
             return False
         if self._makes_top() and count <= min(TOP_K_KEPT, self.shape.d_vocab):
             self._top = V.top_predictions(self.hf_model, self.family, self._normed(), TOP_K_KEPT, self.budget_bytes)
         return self._top is not None and count <= self._top[0].shape[1]
 
     def _makes_top(self) -> bool:
-        """Whether the top predictions are still to be made from the kept final-normed residuals."""
-        return self._top is None and self._capture is None and self._final_normed is not None and \
-            self.model is not None
+        """Whether the top predictions are still to be made from the final-normed residuals."""
+        return self._top is None and self.model is not None and (
+            self._capture is not None or self._final_normed is not None)
 
     # -- importances ----------------------------------------------------------------------
 

@@ -185,6 +185,8 @@ def test_no_logits_are_made_until_asked_and_then_of_the_positions_asked(model):
     and so does analyze_many: its runs keep their final-normed residuals [T, d] and make their top
     predictions from them when first asked; an aggregate unembeds just the positions it lines up,
     for all its runs at once. All equal the model's own."""
+    from lmtt_widget import vocab as V
+
     head, rows = model._module.get_output_embeddings(), []
     hook = head.register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].shape[:-1].numel()))
     try:
@@ -206,6 +208,11 @@ def test_no_logits_are_made_until_asked_and_then_of_the_positions_asked(model):
         alone = lw.aggregate([lw.analyze(model, p, progress=False) for p in (PROMPTS[1], PROMPTS[4], IOI_CORRUPTED)])
     finally:
         hook.remove()
+    shown = lw.analyze(model, PROMPTS[2], progress=False)
+    kept = shown.top_predictions(5)  # what the widget shows of every run: [T, 10] kept, not the [T, V] logits
+    assert "logits" not in shown.__dict__ and shown._top[1].shape == (shown.n_tokens, 10)
+    assert torch.equal(kept[1], V.top_of_logits(shown.logits, 5)[1])
+    torch.testing.assert_close(kept[0], V.top_of_logits(shown.logits, 5)[0], rtol=1e-5, atol=1e-6)
     expected = own.softmax(-1).topk(5)
     assert torch.equal(top, expected.indices)
     torch.testing.assert_close(probs, expected.values, rtol=1e-5, atol=1e-6)
