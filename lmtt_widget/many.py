@@ -22,7 +22,6 @@ import nnsight
 import torch
 
 from . import contributions as C
-from . import vocab as V
 from .architectures import Shape, check_attention, family_of, shape_of, text_config, w_o
 from .attention import AttentionProbs, output_probs, probs_window
 from .errors import LmttError, _integer, check_floor, check_positive
@@ -218,7 +217,7 @@ def checked_prompts(model, prompts: Iterable, prepend_bos: bool | None) -> Itera
         table: Any = prompts
         columns = list(table.columns) if hasattr(table, "iloc") else list(table.column_names or [])
         raise LmttError(f"prompts is a whole {'table' if hasattr(prompts, 'iloc') else 'dataset'}"
-                        + (f" (columns {list(columns)})" if columns else "")
+                        + (f" (columns {columns})" if columns else "")
                         + ": pass one column of prompts, e.g. data['text'] or data['input_ids']")
     mapping = hasattr(prompts, "keys") and not hasattr(prompts, "dtype")  # a dict, a tokenizer's output (not a Series)
     if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Iterable) or mapping:
@@ -282,22 +281,12 @@ def _analyze_batch(model, prompts: list[tuple[torch.Tensor, str]], padding: str,
         if activations:
             for own in kept:
                 own.finish(final_normed)
-        normed = nnsight.save([final_normed[row, start:start + length].clone() for row, start, length in spans])
+        normed = nnsight.save([] if activations else  # else the capture holds them
+                              [final_normed[row, start:start + length].clone() for row, start, length in spans])
         tracer.stop()  # no logits: a run makes its top predictions from its final-normed residuals when asked
     return [Run(model, text, ids, own.capture if activations else None, layers[i], distance, budget_bytes, floors[i],
                 final_normed=None if activations else normed[i].cpu())  # as the shares: a stream keeps no GPU memory
             for i, ((ids, text), own) in enumerate(zip(prompts, kept))]
-
-
-@torch.no_grad()
-def top_k(logits: torch.Tensor, spans: list[tuple[int, int, int]], k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Each prompt's top-k next tokens at every position (probabilities [T, k], ids [T, k]), from
-    the batch's logits [B, T, V] (the model's own: soft-capped or scaled where the family is)."""
-    out = []
-    for row, start, length in spans:
-        probs, ids = V.top_of_logits(logits[row, start:start + length].float(), k)
-        out.append((probs.cpu(), ids.cpu()))
-    return out
 
 
 class _Kept:

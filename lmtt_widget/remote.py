@@ -23,6 +23,7 @@ import nnsight
 import torch
 
 from . import contributions as C
+from . import vocab as V
 from .architectures import check_attention, family_of, post_norm_map, shape_of, text_config
 from .errors import check_floor, check_positive
 from .many import (
@@ -33,7 +34,6 @@ from .many import (
     in_batches,
     padded,
     shares_of,
-    top_k,
 )
 from .models import check_model
 from .run import LayerShares, Shares, floor_for, prompt_ids
@@ -119,6 +119,17 @@ def _compact_layer(tensors: BatchLayer, w_o: torch.Tensor, parallel: bool, p: in
         payload["edges"] = payload["edges"].to(torch.int32)  # half the bytes on the wire; long again on arrival
         payloads.append(payload)
     return payloads
+
+
+@torch.no_grad()
+def top_k(logits: torch.Tensor, spans: list[tuple[int, int, int]], k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each prompt's top-k next tokens at every position (probabilities [T, k], ids [T, k]), from
+    the batch's logits [B, T, V] (the model's own: soft-capped or scaled where the family is)."""
+    out = []
+    for row, start, length in spans:
+        probs, ids = V.top_of_logits(logits[row, start:start + length].float(), k)
+        out.append((probs.cpu(), ids.cpu()))
+    return out
 
 
 def _bytes(dicts: list[dict]) -> int:

@@ -1,7 +1,7 @@
 """The prompts a widget switches between: a list of texts (w.prompts), the one shown, and the
 aggregate the widget came from, if any. Runs already analysed stay at hand in a small cache
 shared by the widget's snapshots, so switching back to one is instant. An aggregate's prompt is
-shown as a copy of its run (`shown_copy`): what the widget traces again for it (activations, for
+shown as a copy of its run (`Run.__copy__`): what the widget traces again for it (activations, for
 panels) stays with the copy in the cache and goes with it, the aggregate's runs stay compact.
 
     lw.show(model, ["When Mary and John ...", "When Tom and Anna ..."])   # a prompt selector
@@ -159,7 +159,7 @@ class Prompts:
         return 0 if self.aggregate is None else len(self.aggregate.runs)
 
     def run_at(self, index: int, analyze: Callable[[str | torch.Tensor], Run]) -> tuple[int, Run]:
-        """(the index checked, the run of prompt `index`): a copy of the aggregate's (`shown_copy`,
+        """(the index checked, the run of prompt `index`): a copy of the aggregate's (`Run.__copy__`,
         cached), else `run_of` its text."""
         if not self.texts:
             raise LmttError("there are no prompts to open: add some with w.prompts = [...] or the text box")
@@ -171,7 +171,7 @@ class Prompts:
                                 "cannot be shown on its own; aggregate runs of lw.analyze or lw.analyze_many")
             shown = self.cache.get(run)
             if shown is None:
-                shown = shown_copy(run)
+                shown = copy.copy(run)  # its own caches: what the panels trace leaves with the cache
                 self.cache.put(shown, key=run)
             return index, shown
         return index, self.run_of(self.texts[index], analyze)
@@ -198,12 +198,6 @@ class Prompts:
                 "analysed": [i for i, text in enumerate(self.texts) if i < self.n_aggregated or text in self.cache],
                 "aggregate": None if agg is None else {"n_prompts": len(agg.runs), "positions": list(agg.tokens),
                                                        "shown": aggregate_shown}}
-
-
-def shown_copy(run: Run) -> Run:
-    """`run` with the same shares, settings and model, but activations of its own: what the widget
-    traces again for its panels stays on the copy (which the cache lets go), not on the user's run."""
-    return copy.copy(run)  # Run.__copy__: caches of its own
 
 
 def _text(run) -> str:
